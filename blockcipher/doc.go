@@ -1,0 +1,22 @@
+// Package blockcipher encodes kmsfs file headers and seals and opens the
+// fixed-size AES-256-GCM blocks that follow them. The byte layout is
+// specified in docs/FORMAT.md; this package is its only implementation.
+//
+// Invariants:
+//
+//   - Every seal draws a fresh random 96-bit nonce; nonces are never derived
+//     or reused.
+//   - The additional data of block i of a file is file ID ‖ uint64(i) ‖ last,
+//     where last is 1 for the file's final block and 0 otherwise, so a block
+//     cannot be moved to another file, another index, or (except after a
+//     crash, see OpenRun) made the end of a truncated file.
+//   - A block that fails its tag is never returned: the caller gets a
+//     *BlockError wrapping ErrAuth and no plaintext.
+//   - Content key, key commitment and header MAC key are derived from the data
+//     key with HKDF-SHA256 (salt = file ID, one label each); the raw data key
+//     never keys AES directly. The commitment is compared in constant time
+//     before any block is opened.
+//
+// The package is pure: bytes in, bytes or error out. It knows nothing of
+// FUSE, KMS or paths, and never logs. A Cipher is safe for concurrent use.
+package blockcipher

@@ -1,0 +1,331 @@
+package blockcipher
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// Store is the stored (cipher) form of one file: its header slot followed by
+// its blocks. *os.File satisfies it.
+type Store interface {
+	io.ReaderAt
+	io.WriterAt
+	Truncate(cipherSize int64) error
+}
+
+// Preallocator is implemented by stores that can reserve space before a
+// write (fallocate with FALLOC_FL_KEEP_SIZE), so that a full disk fails the
+// write before any stored byte changes rather than half-way through.
+type Preallocator interface {
+	Preallocate(cipherOff, length int64) error
+}
+
+// File reads and writes the plaintext of one stored file at any offset and
+// length. It keeps no state: the caller passes the current plaintext size
+// (from the stored size, Layout.PlainSize) and must serialise calls that
+// change the file (WriteAt, Truncate) against each other and against ReadAt
+// on the same file, e.g. with a per-inode lock. The header must already be
+// in the store.
+//
+// Every change is ordered so that a process killed between any two of its
+// stored writes leaves a file that reads back without authentication errors
+// (old bytes, new bytes, or zeros in the part being extended or truncated);
+// docs/FORMAT.md, "Crash consistency", lists the steps.
+type File struct {
+	C *Cipher
+	S Store
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
+
+func getBuf(n int) *[]byte {
+	bp := bufPool.Get().(*[]byte)
+	if cap(*bp) < n {
+		*bp = make([]byte, 0, n)
+	}
+	*bp = (*bp)[:0]
+	return bp
+}
+
+func putBuf(bp *[]byte) {
+	if cap(*bp) <= 4<<20 {
+		bufPool.Put(bp)
+	}
+}
+
+// lastBlock returns the index of the final block of a plaintext of size
+// bytes, or -1 for an empty plaintext.
+func (f File) lastBlock(size int64) int64 {
+	return int64(f.C.layout.BlockCount(size)) - 1
+}
+
+// readStored reads exactly len(b) stored bytes at off; a short read means
+// the stored file is shorter than its size promised (ErrTruncated).
+func (f File) readStored(b []byte, off int64, blockIdx uint64) error {
+	n, err := f.S.ReadAt(b, off)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return &BlockError{Block: blockIdx, Err: formatErr("block", ErrTruncated, "stored file ends early")}
+	}
+	return err
+}
+
+// readBlock appends the plaintext of block idx of a plaintext of size bytes
+// to dst (nothing if the block is past the end).
+func (f File) readBlock(dst []byte, idx uint64, size int64) ([]byte, error) {
+	l := f.C.layout
+	plen := l.BlockPlainLen(idx, size)
+	if plen == 0 {
+		return dst, nil
+	}
+	sb := getBuf(int(plen + Overhead))
+	defer putBuf(sb)
+	stored := (*sb)[:plen+Overhead]
+	if err := f.readStored(stored, l.BlockToCipherOff(idx), idx); err != nil {
+		return dst, err
+	}
+	return f.C.OpenBlock(dst, stored, idx, int64(idx) == f.lastBlock(size))
+}
+
+func (f File) writeStored(b []byte, off int64) error {
+	if p, ok := f.S.(Preallocator); ok {
+		if err := p.Preallocate(off, int64(len(b))); err != nil {
+			return err
+		}
+	}
+	n, err := f.S.WriteAt(b, off)
+	if err == nil && n != len(b) {
+		err = io.ErrShortWrite
+	}
+	return err
+}
+
+// sealAt seals plain as block idx and writes it, padded with zeros to pad
+// stored bytes when pad is larger.
+func (f File) sealAt(plain []byte, idx uint64, last bool, pad int) error {
+	sb := getBuf(max(len(plain)+Overhead, pad))
+	defer putBuf(sb)
+	out := f.C.SealBlock(*sb, plain, idx, last)
+	if len(out) < pad {
+		out = append(out, zeros[:pad-len(out)]...)
+	}
+	*sb = out
+	return f.writeStored(out, f.C.layout.BlockToCipherOff(idx))
+}
+
+// ReadAt reads up to len(p) plaintext bytes at off from a file of size
+// plaintext bytes. It returns io.EOF at or past the end, like io.ReaderAt.
+// A block that fails authentication fails the whole read with a
+// *BlockError wrapping ErrAuth; no byte of it reaches p.
+func (f File) ReadAt(p []byte, off, size int64) (int, error) {
+	if off < 0 {
+		return 0, errors.New("blockcipher: negative offset")
+	}
+	if off >= size {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(p)), size-off))
+	if n == 0 {
+		return 0, nil
+	}
+	l := f.C.layout
+	first, count := l.Span(off, int64(n))
+	last := first + count - 1
+	cipherOff := l.BlockToCipherOff(first)
+	cipherEnd := min(l.BlockToCipherOff(last+1), l.CipherSize(size))
+	sb := getBuf(int(cipherEnd - cipherOff))
+	defer putBuf(sb)
+	stored := (*sb)[:cipherEnd-cipherOff]
+	if err := f.readStored(stored, cipherOff, first); err != nil {
+		return 0, err
+	}
+	endsFile := int64(last) == f.lastBlock(size)
+	runStart := l.BlockToPlainOff(first)
+	if runStart == off && (n%int(l.BlockSize) == 0 || off+int64(n) == size) {
+		// Aligned: decrypt straight into p.
+		if _, err := f.C.OpenRun(p[:0], stored, first, endsFile); err != nil {
+			return 0, err
+		}
+	} else {
+		pb := getBuf(len(stored))
+		defer putBuf(pb)
+		plain, err := f.C.OpenRun((*pb)[:0], stored, first, endsFile)
+		if err != nil {
+			return 0, err
+		}
+		copy(p[:n], plain[off-runStart:])
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// WriteAt writes p at plaintext offset off into a file of size plaintext
+// bytes and returns the new size. Writing past the end leaves a hole:
+// blocks that are never written stay sparse and read as zeros.
+func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
+	if off < 0 || off+int64(len(p)) > MaxPlainSize {
+		return size, fmt.Errorf("blockcipher: write at %d+%d out of range", off, len(p))
+	}
+	if len(p) == 0 {
+		return size, nil
+	}
+	l := f.C.layout
+	bs := l.BlockSize
+	end := off + int64(len(p))
+	newSize := max(size, end)
+	oldLast := f.lastBlock(size)
+	newLast := f.lastBlock(newSize)
+	first, count := l.Span(off, int64(len(p)))
+	last := first + count - 1
+
+	// Extending past the old final block: first make that block full and
+	// final (if partial), so a crash before the new blocks land leaves a
+	// valid, zero-extended file. After the new blocks it is re-sealed as
+	// a middle block.
+	var oldLastPlain *[]byte
+	if oldLast >= 0 && uint64(oldLast) < first {
+		oldLastPlain = getBuf(int(bs))
+		defer putBuf(oldLastPlain)
+		b, err := f.readBlock((*oldLastPlain)[:0], uint64(oldLast), size)
+		if err != nil {
+			return size, err
+		}
+		partial := int64(len(b)) < bs
+		b = append(b, zeros[:bs-int64(len(b))]...)
+		*oldLastPlain = b
+		if partial {
+			if err := f.sealAt(b, uint64(oldLast), true, 0); err != nil {
+				return size, err
+			}
+		}
+	}
+
+	runPlain := min(l.BlockToPlainOff(last+1), newSize) - l.BlockToPlainOff(first)
+	sb := getBuf(int(runPlain) + int(count)*Overhead)
+	defer putBuf(sb)
+	stored := *sb
+	// The run is head (partial block), middle (whole blocks straight from
+	// p, sealed as one run), tail (partial block).
+	i := first
+	for i <= last {
+		bstart := l.BlockToPlainOff(i)
+		blen := l.BlockPlainLen(i, newSize)
+		lo, hi := max(off, bstart)-bstart, min(end, bstart+blen)-bstart
+		if lo == 0 && hi == blen {
+			// Whole blocks: extend to the longest fully covered run.
+			j := i
+			for j < last && l.BlockPlainLen(j+1, newSize) <= end-l.BlockToPlainOff(j+1) {
+				j++
+			}
+			stored = f.C.SealRun(stored, p[bstart-off:min(end, l.BlockToPlainOff(j)+l.BlockPlainLen(j, newSize))-off], i, int64(j) == newLast)
+			i = j + 1
+			continue
+		}
+		// Partial block: merge with the old contents (zeros past the old
+		// end).
+		pb := getBuf(int(bs))
+		merged, err := f.readBlock((*pb)[:0], i, size)
+		if err != nil {
+			putBuf(pb)
+			return size, err
+		}
+		if int64(len(merged)) < blen {
+			merged = append(merged, zeros[:blen-int64(len(merged))]...)
+		}
+		merged = merged[:blen]
+		copy(merged[lo:hi], p[bstart+lo-off:])
+		stored = f.C.SealBlock(stored, merged, i, int64(i) == newLast)
+		*pb = merged
+		putBuf(pb)
+		i++
+	}
+	*sb = stored
+	if err := f.writeStored(stored, l.BlockToCipherOff(first)); err != nil {
+		return size, err
+	}
+	if oldLastPlain != nil {
+		if err := f.sealAt(*oldLastPlain, uint64(oldLast), false, 0); err != nil {
+			return newSize, err
+		}
+	}
+	return newSize, nil
+}
+
+// Truncate changes a file of size plaintext bytes to newSize bytes.
+// Growing leaves a hole; shrinking into a block re-seals that block as the
+// final one. The header stays: a truncate to 0 leaves a header-only file.
+func (f File) Truncate(size, newSize int64) error {
+	if newSize < 0 || newSize > MaxPlainSize {
+		return fmt.Errorf("blockcipher: truncate to %d out of range", newSize)
+	}
+	l := f.C.layout
+	switch {
+	case newSize == size:
+		return nil
+	case newSize == 0:
+		return f.S.Truncate(l.HeaderSize)
+	case newSize > size:
+		return f.grow(size, newSize)
+	}
+	// Shrink. Re-seal the new final block, then cut the stored file. If the
+	// final block becomes partial, the re-sealed block is written padded
+	// with zeros over its old stored extent in one write: a crash before the
+	// cut leaves "sealed ‖ zeros", which OpenBlock reads as the truncated
+	// block zero-extended (openShortened), never as an auth error.
+	newLast := uint64(f.lastBlock(newSize))
+	pb := getBuf(int(l.BlockSize))
+	defer putBuf(pb)
+	b, err := f.readBlock((*pb)[:0], newLast, size)
+	if err != nil {
+		return err
+	}
+	*pb = b
+	b = b[:l.BlockPlainLen(newLast, newSize)]
+	oldExtent := int(l.BlockPlainLen(newLast, size) + Overhead)
+	if err := f.sealAt(b, newLast, true, oldExtent); err != nil {
+		return err
+	}
+	return f.S.Truncate(l.CipherSize(newSize))
+}
+
+func (f File) grow(size, newSize int64) error {
+	l := f.C.layout
+	bs := l.BlockSize
+	oldLast, newLast := f.lastBlock(size), f.lastBlock(newSize)
+	pb := getBuf(int(bs))
+	defer putBuf(pb)
+	var b []byte
+	if oldLast >= 0 {
+		var err error
+		if b, err = f.readBlock((*pb)[:0], uint64(oldLast), size); err != nil {
+			return err
+		}
+		*pb = b
+	}
+	if oldLast == newLast {
+		// Growing inside the final block: one in-place write.
+		b = append(b, zeros[:l.BlockPlainLen(uint64(newLast), newSize)-int64(len(b))]...)
+		*pb = b
+		return f.sealAt(b, uint64(newLast), true, 0)
+	}
+	if oldLast >= 0 && int64(len(b)) < bs {
+		b = append(b, zeros[:bs-int64(len(b))]...)
+		*pb = b
+		if err := f.sealAt(b, uint64(oldLast), true, 0); err != nil {
+			return err
+		}
+	}
+	if err := f.sealAt(zeros[:l.BlockPlainLen(uint64(newLast), newSize)], uint64(newLast), true, 0); err != nil {
+		return err
+	}
+	if oldLast >= 0 {
+		return f.sealAt(b, uint64(oldLast), false, 0)
+	}
+	return nil
+}

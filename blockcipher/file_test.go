@@ -1,0 +1,283 @@
+package blockcipher
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"testing"
+)
+
+// model applies the same operations to a plain byte slice.
+type model []byte
+
+func (m *model) write(p []byte, off int64) {
+	if len(p) == 0 {
+		return // a zero-length pwrite does not extend a file
+	}
+	if end := off + int64(len(p)); end > int64(len(*m)) {
+		*m = append(*m, make([]byte, end-int64(len(*m)))...)
+	}
+	copy((*m)[off:], p)
+}
+
+func (m *model) truncate(n int64) {
+	if n <= int64(len(*m)) {
+		*m = (*m)[:n]
+	} else {
+		*m = append(*m, make([]byte, n-int64(len(*m)))...)
+	}
+}
+
+func checkWhole(t *testing.T, f File, m *MemStore, want []byte) {
+	t.Helper()
+	size := plainSize(t, f, m)
+	if size != int64(len(want)) {
+		t.Fatalf("plain size %d, want %d", size, len(want))
+	}
+	got := make([]byte, size+10)
+	n, err := f.ReadAt(got, 0, size)
+	if err != io.EOF && !(err == nil && size == 0) {
+		t.Fatalf("ReadAt whole file: n=%d err=%v", n, err)
+	}
+	if !bytes.Equal(got[:n], want) {
+		t.Fatalf("contents differ (size %d)", size)
+	}
+}
+
+// TestWriteReadEdges writes at every offset/length near block edges into
+// files of every size near block edges, and reads back at the same edges.
+func TestWriteReadEdges(t *testing.T) {
+	const bs = 512
+	edges := []int64{0, 1, bs - 1, bs, bs + 1, 2*bs - 1, 2 * bs, 3*bs + 7}
+	lengths := []int{0, 1, bs - 1, bs, bs + 1, 3 * bs, 3*bs + 5}
+	for _, initial := range []int64{0, 1, bs - 1, bs, bs + 1, 2 * bs} {
+		for _, off := range edges {
+			for _, n := range lengths {
+				name := fmt.Sprintf("size%d/off%d/len%d", initial, off, n)
+				f, m := newTestFile(t, bs)
+				var want model
+				init := randBytes(int(initial))
+				if _, err := f.WriteAt(init, 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				want.write(init, 0)
+				p := randBytes(n)
+				size, err := f.WriteAt(p, off, plainSize(t, f, m))
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				want.write(p, off)
+				if size != int64(len(want)) {
+					t.Fatalf("%s: WriteAt returned size %d, want %d", name, size, len(want))
+				}
+				checkWhole(t, f, m, want)
+				for _, roff := range edges {
+					for _, rn := range lengths {
+						buf := make([]byte, rn)
+						got, err := f.ReadAt(buf, roff, size)
+						wantN := max(0, min(int64(rn), size-roff))
+						if int64(got) != wantN || (err != nil && err != io.EOF) {
+							t.Fatalf("%s: ReadAt(%d, %d) = %d, %v; want %d", name, roff, rn, got, err, wantN)
+						}
+						if wantN > 0 && !bytes.Equal(buf[:got], want[roff:roff+wantN]) {
+							t.Fatalf("%s: ReadAt(%d, %d) content differs", name, roff, rn)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestTruncateEdges(t *testing.T) {
+	const bs = 512
+	sizes := []int64{0, 1, bs - 1, bs, bs + 1, 2*bs - 1, 2 * bs, 2*bs + 1, 5*bs + 3}
+	for _, from := range sizes {
+		for _, to := range sizes {
+			f, m := newTestFile(t, bs)
+			var want model
+			p := randBytes(int(from))
+			f.WriteAt(p, 0, 0)
+			want.write(p, 0)
+			if err := f.Truncate(from, to); err != nil {
+				t.Fatalf("%d→%d: %v", from, to, err)
+			}
+			want.truncate(to)
+			checkWhole(t, f, m, want)
+			if to > 0 && m.Size() != f.C.Layout().CipherSize(to) {
+				t.Fatalf("%d→%d: stored size %d", from, to, m.Size())
+			}
+		}
+	}
+}
+
+func TestHolesStaySparse(t *testing.T) {
+	const bs = 4096
+	f, m := newTestFile(t, bs)
+	if _, err := f.WriteAt([]byte("end"), 10*bs, 0); err != nil {
+		t.Fatal(err)
+	}
+	stored := m.Bytes()
+	l := f.C.Layout()
+	for i := uint64(0); i < 10; i++ {
+		off := l.BlockToCipherOff(i)
+		if !isZero(stored[off : off+l.StoredBlockSize()]) {
+			t.Fatalf("block %d of the hole was written", i)
+		}
+	}
+	want := append(make([]byte, 10*bs), "end"...)
+	checkWhole(t, f, m, want)
+	// Truncating up leaves a hole too.
+	if err := f.Truncate(10*bs+3, 20*bs+1); err != nil {
+		t.Fatal(err)
+	}
+	stored = m.Bytes()
+	for i := uint64(11); i < 20; i++ {
+		off := l.BlockToCipherOff(i)
+		if !isZero(stored[off : off+l.StoredBlockSize()]) {
+			t.Fatalf("block %d of the grown hole was written", i)
+		}
+	}
+	checkWhole(t, f, m, append(want, make([]byte, 10*bs-2)...))
+}
+
+// TestRandomOps checks thousands of seeded random writes, truncates and
+// reads against the model.
+func TestRandomOps(t *testing.T) {
+	for _, bs := range []int{512, 4096} {
+		rng := rand.New(rand.NewPCG(uint64(bs), 42))
+		f, m := newTestFile(t, bs)
+		var want model
+		for op := 0; op < 3000; op++ {
+			size := int64(len(want))
+			switch r := rng.IntN(10); {
+			case r < 6:
+				off := rng.Int64N(size + 3*int64(bs) + 1)
+				p := randBytes(rng.IntN(4*bs + 1))
+				got, err := f.WriteAt(p, off, size)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want.write(p, off)
+				if got != int64(len(want)) {
+					t.Fatalf("op %d: size %d, want %d", op, got, len(want))
+				}
+			case r < 8:
+				to := rng.Int64N(size*2 + int64(bs) + 1)
+				if err := f.Truncate(size, to); err != nil {
+					t.Fatal(err)
+				}
+				want.truncate(to)
+			default:
+				off := rng.Int64N(size + 1)
+				buf := make([]byte, rng.IntN(3*bs+1))
+				n, err := f.ReadAt(buf, off, size)
+				if err != nil && err != io.EOF {
+					t.Fatalf("op %d: read: %v", op, err)
+				}
+				if !bytes.Equal(buf[:n], want[off:off+int64(n)]) {
+					t.Fatalf("op %d: read at %d+%d differs", op, off, len(buf))
+				}
+			}
+			if op%200 == 0 {
+				checkWhole(t, f, m, want)
+			}
+		}
+		checkWhole(t, f, m, want)
+	}
+}
+
+// crashStore applies the first `allow` mutations, then fails every later
+// one: the state a killed process leaves behind.
+type crashStore struct {
+	*MemStore
+	allow int
+}
+
+var errCrashed = errors.New("crashed")
+
+func (c *crashStore) WriteAt(p []byte, off int64) (int, error) {
+	if c.allow == 0 {
+		return 0, errCrashed
+	}
+	c.allow--
+	return c.MemStore.WriteAt(p, off)
+}
+
+func (c *crashStore) Truncate(n int64) error {
+	if c.allow == 0 {
+		return errCrashed
+	}
+	c.allow--
+	return c.MemStore.Truncate(n)
+}
+
+// TestCrashAtEveryStep interrupts writes and truncates after every prefix
+// of their stored mutations and checks the file still reads without an
+// authentication error, every byte being old, new, or zero.
+func TestCrashAtEveryStep(t *testing.T) {
+	const bs = 512
+	rng := rand.New(rand.NewPCG(7, 7))
+	type op struct {
+		name string
+		run  func(f File, size int64) error
+		next func(m *model)
+	}
+	for trial := 0; trial < 400; trial++ {
+		f, m := newTestFile(t, bs)
+		initial := randBytes(rng.IntN(6 * bs))
+		f.WriteAt(initial, 0, 0)
+		old := model(bytes.Clone(initial))
+		var o op
+		if rng.IntN(2) == 0 {
+			off := rng.Int64N(int64(len(initial)) + 3*bs)
+			p := randBytes(1 + rng.IntN(3*bs))
+			o = op{fmt.Sprintf("write %d+%d", off, len(p)),
+				func(f File, size int64) error { _, err := f.WriteAt(p, off, size); return err },
+				func(m *model) { m.write(p, off) }}
+		} else {
+			to := rng.Int64N(int64(len(initial)) + 3*bs)
+			o = op{fmt.Sprintf("truncate to %d", to),
+				func(f File, size int64) error { return f.Truncate(size, to) },
+				func(m *model) { m.truncate(to) }}
+		}
+		newM := model(bytes.Clone(old))
+		o.next(&newM)
+		snapshot := m.Bytes()
+		for allow := 0; ; allow++ {
+			cs := &crashStore{MemStore: NewMemStore(snapshot), allow: allow}
+			cf := File{C: f.C, S: cs}
+			err := o.run(cf, int64(len(old)))
+			size, serr := f.C.Layout().PlainSize(cs.Size())
+			if serr != nil {
+				t.Fatalf("trial %d %s crash after %d steps: stored size invalid: %v", trial, o.name, allow, serr)
+			}
+			got := make([]byte, size)
+			if size > 0 {
+				if _, rerr := cf.ReadAt(got, 0, size); rerr != nil {
+					t.Fatalf("trial %d %s (initial %d) crash after %d steps: %v", trial, o.name, len(old), allow, rerr)
+				}
+			}
+			for i := range got {
+				var ov, nv byte
+				if i < len(old) {
+					ov = old[i]
+				}
+				if i < len(newM) {
+					nv = newM[i]
+				}
+				if got[i] != ov && got[i] != nv && got[i] != 0 {
+					t.Fatalf("trial %d %s crash after %d steps: byte %d is neither old, new nor zero", trial, o.name, allow, i)
+				}
+			}
+			if err == nil {
+				if !bytes.Equal(got, newM) {
+					t.Fatalf("trial %d %s: completed but content differs", trial, o.name)
+				}
+				break
+			}
+		}
+	}
+}

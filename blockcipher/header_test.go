@@ -1,0 +1,138 @@
+package blockcipher
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestHeaderRoundTrip(t *testing.T) {
+	h := testHeader(t, 1024, 4096)
+	h.Keys = append(h.Keys, KeyEntry{Kind: "aws-kms", KeyID: "arn:aws:kms:eu-west-2:111122223333:key/bc436485-5092-42b8-92a3-0aa8b93536dc", Blob: bytes.Repeat([]byte{7}, 184)})
+	key := randomKey()
+	slot, _, err := h.Seal(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(slot) != 1024 {
+		t.Fatalf("slot has %d bytes, want 1024", len(slot))
+	}
+	got, err := ParseHeader(slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := got.Marshal()
+	if err != nil || !bytes.Equal(again, slot) {
+		t.Fatalf("re-marshal differs (err %v)", err)
+	}
+	if _, err := got.Open(key); err != nil {
+		t.Fatalf("Open with the right key: %v", err)
+	}
+	if _, err := got.Open(randomKey()); !errors.Is(err, ErrHeaderAuth) {
+		t.Fatalf("Open with another key: %v, want ErrHeaderAuth", err)
+	}
+	hs, bs, err := ParsePrefix(slot[:PrefixSize])
+	if err != nil || hs != 1024 || bs != 4096 {
+		t.Fatalf("ParsePrefix = %d, %d, %v", hs, bs, err)
+	}
+}
+
+// TestHeaderTamper flips every byte of a sealed header in turn: each flip
+// must fail parsing or authentication, never pass.
+func TestHeaderTamper(t *testing.T) {
+	h := testHeader(t, 256, 4096)
+	key := randomKey()
+	slot, _, err := h.Seal(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range slot {
+		bad := bytes.Clone(slot)
+		bad[i] ^= 0x01
+		got, err := ParseHeader(bad)
+		if err == nil {
+			_, err = got.Open(key)
+		}
+		if err == nil {
+			t.Errorf("flip of byte %d went unnoticed", i)
+		}
+	}
+}
+
+func TestHeaderCommitmentBindsKey(t *testing.T) {
+	// Two entries wrapping different keys: whichever a reader unwraps,
+	// only the committed key opens the header.
+	h := testHeader(t, 512, 4096)
+	k1, k2 := randomKey(), randomKey()
+	slot, _, err := h.Seal(k1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, _ := ParseHeader(slot)
+	if _, err := parsed.Open(k2); !errors.Is(err, ErrHeaderAuth) || !strings.Contains(err.Error(), "commitment") {
+		t.Fatalf("Open with the uncommitted key: %v", err)
+	}
+}
+
+func TestParseHeaderRejects(t *testing.T) {
+	h := testHeader(t, 512, 4096)
+	slot, _, err := h.Seal(randomKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mut := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(slot)) }
+	cases := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"empty", nil, ErrTruncated},
+		{"short magic", slot[:3], ErrTruncated},
+		{"bad magic", mut(func(b []byte) []byte { b[0] = 'X'; return b }), ErrBadMagic},
+		{"all zero", make([]byte, 512), ErrBadMagic},
+		{"version 2", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[6:], 2); return b }), ErrUnsupportedVersion},
+		{"version 0", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[6:], 0); return b }), ErrUnsupportedVersion},
+		{"prefix only", slot[:PrefixSize], ErrTruncated},
+		{"truncated slot", slot[:511], ErrTruncated},
+		{"trailing garbage", append(bytes.Clone(slot), 0), ErrMalformed},
+		{"block size not power of two", mut(func(b []byte) []byte { binary.BigEndian.PutUint32(b[12:], 4000); return b }), ErrMalformed},
+		{"huge header size", mut(func(b []byte) []byte { binary.BigEndian.PutUint32(b[8:], 1<<31); return b }), ErrMalformed},
+		{"unknown flag", mut(func(b []byte) []byte { b[81] = 1; return b }), ErrUnsupportedVersion},
+		{"zero keys", mut(func(b []byte) []byte { b[82] = 0; return b }), ErrMalformed},
+		{"too many keys", mut(func(b []byte) []byte { b[82] = MaxKeys + 1; return b }), ErrMalformed},
+		{"keys past slot", mut(func(b []byte) []byte { b[82] = 9; return b }), ErrMalformed},
+		{"unknown kind", mut(func(b []byte) []byte { b[fixedSize] = 9; return b }), ErrMalformed},
+		{"key ID too long", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[fixedSize+1:], 0xffff); return b }), ErrMalformed},
+		{"empty key ID", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[fixedSize+1:], 0); return b }), ErrMalformed},
+		{"blob too long", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[fixedSize+3+32:], MaxBlobLen+1); return b }), ErrMalformed},
+		{"blob past slot", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[fixedSize+3+32:], 500); return b }), ErrMalformed},
+		{"padding not zero", mut(func(b []byte) []byte { b[400] = 1; return b }), ErrMalformed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := ParseHeader(tc.in)
+			if h != nil || !errors.Is(err, tc.want) {
+				t.Fatalf("ParseHeader = %v, %v; want error %v", h, err, tc.want)
+			}
+			var fe *FormatError
+			if !errors.As(err, &fe) {
+				t.Fatalf("error %T is not a *FormatError", err)
+			}
+		})
+	}
+}
+
+func TestMarshalRefusesWhatDoesNotFit(t *testing.T) {
+	h := testHeader(t, 256, 4096)
+	h.Keys[0].Blob = make([]byte, 300)
+	if _, _, err := h.Seal(randomKey()); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "slot holds 256") {
+		t.Fatalf("Seal of an oversize entry: %v", err)
+	}
+	h = testHeader(t, 512, 4096)
+	h.Keys[0].Kind = "gpg"
+	if _, err := h.Marshal(); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Marshal of an unknown kind: %v", err)
+	}
+}

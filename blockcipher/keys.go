@@ -1,0 +1,102 @@
+package blockcipher
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+)
+
+// HKDF labels, one per derived key (docs/FORMAT.md, "Key derivation").
+const (
+	labelContent    = "kmsfs v1 content key"
+	labelCommitment = "kmsfs v1 key commitment"
+	labelHeaderMAC  = "kmsfs v1 header mac key"
+)
+
+// DataKeySize is the size of a data key: AES-256.
+const DataKeySize = 32
+
+func derive(dataKey []byte, fileID [IDSize]byte, label string, n int) []byte {
+	if len(dataKey) != DataKeySize {
+		panic("blockcipher: internal error: data key of wrong size")
+	}
+	k, err := hkdf.Key(sha256.New, dataKey, fileID[:], label, n)
+	if err != nil {
+		panic("blockcipher: internal error: hkdf: " + err.Error())
+	}
+	return k
+}
+
+// Seal computes the key commitment and the header MAC of h from dataKey,
+// stores them in h, and returns the encoded header slot and the Cipher for
+// the file's blocks. dataKey is not retained.
+func (h *Header) Seal(dataKey []byte) ([]byte, *Cipher, error) {
+	commitment := derive(dataKey, h.FileID, labelCommitment, CommitmentSize)
+	copy(h.Commitment[:], commitment)
+	h.MAC = [MACSize]byte{}
+	slot, err := h.Marshal()
+	if err != nil {
+		return nil, nil, err
+	}
+	mac := headerMAC(dataKey, h.FileID, slot[:len(slot)-MACSize])
+	copy(h.MAC[:], mac)
+	copy(slot[len(slot)-MACSize:], mac)
+	c, err := newCipher(dataKey, h)
+	if err != nil {
+		return nil, nil, err
+	}
+	return slot, c, nil
+}
+
+// Open checks h against dataKey, the key unwrapped from one of its entries:
+// first the key commitment (constant time), then the header MAC over the
+// slot. On success it returns the Cipher for the file's blocks; otherwise
+// an error wrapping ErrHeaderAuth. dataKey is not retained.
+func (h *Header) Open(dataKey []byte) (*Cipher, error) {
+	if len(dataKey) != DataKeySize {
+		return nil, fmt.Errorf("%w: data key has %d bytes", ErrHeaderAuth, len(dataKey))
+	}
+	commitment := derive(dataKey, h.FileID, labelCommitment, CommitmentSize)
+	if subtle.ConstantTimeCompare(commitment, h.Commitment[:]) != 1 {
+		return nil, fmt.Errorf("%w: key commitment does not match the unwrapped key", ErrHeaderAuth)
+	}
+	slot, err := h.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	mac := headerMAC(dataKey, h.FileID, slot[:len(slot)-MACSize])
+	if !hmac.Equal(mac, h.MAC[:]) {
+		return nil, fmt.Errorf("%w: header MAC mismatch", ErrHeaderAuth)
+	}
+	return newCipher(dataKey, h)
+}
+
+func headerMAC(dataKey []byte, fileID [IDSize]byte, body []byte) []byte {
+	key := derive(dataKey, fileID, labelHeaderMAC, 32)
+	defer clear(key)
+	m := hmac.New(sha256.New, key)
+	m.Write(body)
+	return m.Sum(nil)
+}
+
+func newCipher(dataKey []byte, h *Header) (*Cipher, error) {
+	layout, err := h.Layout()
+	if err != nil {
+		return nil, err
+	}
+	key := derive(dataKey, h.FileID, labelContent, 32)
+	defer clear(key)
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("blockcipher: %v", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("blockcipher: %v", err)
+	}
+	return &Cipher{aead: aead, fileID: h.FileID, layout: layout}, nil
+}

@@ -1,0 +1,121 @@
+package blockcipher
+
+import "math/bits"
+
+// Block framing: nonce ‖ AES-256-GCM ciphertext ‖ tag.
+const (
+	NonceSize = 12
+	TagSize   = 16
+	Overhead  = NonceSize + TagSize
+)
+
+// Layout is a volume's geometry: the header slot size and the plaintext
+// block size. All offset math between the plaintext view and the stored
+// (cipher) file lives here, so both directions stay consistent. Plain
+// offsets and sizes are "plain…", stored ones "cipher…".
+//
+// A stored file is either empty (no header: plaintext size 0) or a header
+// slot of HeaderSize bytes followed by blocks of BlockSize+Overhead bytes,
+// the last of which may be shorter (at least 1 plaintext byte).
+type Layout struct {
+	HeaderSize int64
+	BlockSize  int64
+}
+
+// MaxPlainSize bounds plaintext sizes and offsets so that no cipher offset
+// overflows an int64 whatever the geometry.
+const MaxPlainSize = 1 << 60
+
+// NewLayout checks the geometry: block size a power of two from
+// MinBlockSize to MaxBlockSize, header size from MinHeaderSize to
+// MaxHeaderSize.
+func NewLayout(headerSize, blockSize int) (Layout, error) {
+	if blockSize < MinBlockSize || blockSize > MaxBlockSize || bits.OnesCount(uint(blockSize)) != 1 {
+		return Layout{}, formatErr("block size", ErrMalformed, "%d, want a power of two from %d to %d", blockSize, MinBlockSize, MaxBlockSize)
+	}
+	if headerSize < MinHeaderSize || headerSize > MaxHeaderSize {
+		return Layout{}, formatErr("header size", ErrMalformed, "%d, want %d to %d", headerSize, MinHeaderSize, MaxHeaderSize)
+	}
+	return Layout{HeaderSize: int64(headerSize), BlockSize: int64(blockSize)}, nil
+}
+
+// StoredBlockSize is the stored size of a full block.
+func (l Layout) StoredBlockSize() int64 { return l.BlockSize + Overhead }
+
+// PlainSize returns the plaintext size of a stored file of cipherSize bytes.
+// It needs no read and no key. A size that no writer produces (a partial
+// header, or a last block too short to hold a byte) is reported with
+// ErrTruncated together with the size of the readable part.
+func (l Layout) PlainSize(cipherSize int64) (int64, error) {
+	if cipherSize == 0 {
+		return 0, nil
+	}
+	if cipherSize < l.HeaderSize {
+		return 0, formatErr("slot", ErrTruncated, "file has %d bytes, the header alone has %d", cipherSize, l.HeaderSize)
+	}
+	payload := cipherSize - l.HeaderSize
+	full, rem := payload/l.StoredBlockSize(), payload%l.StoredBlockSize()
+	plain := full * l.BlockSize
+	switch {
+	case rem == 0:
+		return plain, nil
+	case rem <= Overhead:
+		return plain, &BlockError{Block: uint64(full), Err: formatErr("block", ErrTruncated, "last block has %d bytes", rem)}
+	default:
+		return plain + rem - Overhead, nil
+	}
+}
+
+// CipherSize returns the stored size of a file holding plainSize bytes,
+// header included (a file with a header and no data has HeaderSize bytes).
+func (l Layout) CipherSize(plainSize int64) int64 {
+	full, rem := plainSize/l.BlockSize, plainSize%l.BlockSize
+	c := l.HeaderSize + full*l.StoredBlockSize()
+	if rem > 0 {
+		c += rem + Overhead
+	}
+	return c
+}
+
+// PlainOffToBlock returns the index of the block holding plainOff.
+func (l Layout) PlainOffToBlock(plainOff int64) uint64 { return uint64(plainOff / l.BlockSize) }
+
+// BlockToPlainOff returns the plaintext offset where block blockIdx starts.
+func (l Layout) BlockToPlainOff(blockIdx uint64) int64 { return int64(blockIdx) * l.BlockSize }
+
+// BlockToCipherOff returns the stored offset where block blockIdx starts.
+func (l Layout) BlockToCipherOff(blockIdx uint64) int64 {
+	return l.HeaderSize + int64(blockIdx)*l.StoredBlockSize()
+}
+
+// CipherOffToBlock returns the block whose stored bytes hold cipherOff
+// (cipherOff >= HeaderSize).
+func (l Layout) CipherOffToBlock(cipherOff int64) uint64 {
+	return uint64((cipherOff - l.HeaderSize) / l.StoredBlockSize())
+}
+
+// BlockCount returns the number of blocks of a plaintext of plainSize bytes.
+func (l Layout) BlockCount(plainSize int64) uint64 {
+	return uint64((plainSize + l.BlockSize - 1) / l.BlockSize)
+}
+
+// Span returns the blocks that plaintext bytes [plainOff, plainOff+length)
+// touch: the first index and the count (0 when length is 0).
+func (l Layout) Span(plainOff, length int64) (first uint64, count uint64) {
+	if length <= 0 {
+		return l.PlainOffToBlock(plainOff), 0
+	}
+	first = l.PlainOffToBlock(plainOff)
+	last := l.PlainOffToBlock(plainOff + length - 1)
+	return first, last - first + 1
+}
+
+// BlockPlainLen returns the plaintext length of block blockIdx in a file of
+// plainSize bytes (0 if the block is past the end).
+func (l Layout) BlockPlainLen(blockIdx uint64, plainSize int64) int64 {
+	start := l.BlockToPlainOff(blockIdx)
+	if start >= plainSize {
+		return 0
+	}
+	return min(l.BlockSize, plainSize-start)
+}

@@ -1,0 +1,82 @@
+package blockcipher
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestLayoutSizesRoundTrip(t *testing.T) {
+	for _, bs := range []int{512, 4096, 1 << 20} {
+		l, err := NewLayout(1024, bs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := int64(bs)
+		sizes := []int64{0, 1, 2, b - 1, b, b + 1, 2*b - 1, 2 * b, 2*b + 1, 100*b + 17, MaxPlainSize - 1}
+		prev := int64(-1)
+		for _, p := range sizes {
+			c := l.CipherSize(p)
+			if c <= prev {
+				t.Errorf("bs %d: CipherSize(%d) = %d not above the previous %d", bs, p, c, prev)
+			}
+			prev = c
+			got, err := l.PlainSize(c)
+			if err != nil || got != p {
+				t.Errorf("bs %d: PlainSize(CipherSize(%d)=%d) = %d, %v", bs, p, c, got, err)
+			}
+		}
+	}
+}
+
+func TestLayoutPlainSizeMonotonic(t *testing.T) {
+	l, _ := NewLayout(512, 512)
+	prev := int64(0)
+	for c := int64(0); c < 512+5*(512+Overhead); c++ {
+		p, _ := l.PlainSize(c)
+		if p < prev {
+			t.Fatalf("PlainSize(%d) = %d < PlainSize(%d) = %d", c, p, c-1, prev)
+		}
+		prev = p
+	}
+}
+
+func TestLayoutImpossibleSizes(t *testing.T) {
+	l, _ := NewLayout(512, 4096)
+	for _, c := range []int64{1, 100, 511, 512 + 1, 512 + Overhead, 512 + 4096 + Overhead + Overhead} {
+		if _, err := l.PlainSize(c); !errors.Is(err, ErrTruncated) {
+			t.Errorf("PlainSize(%d) error = %v, want ErrTruncated", c, err)
+		}
+	}
+}
+
+func TestNewLayoutRejects(t *testing.T) {
+	for _, tc := range []struct{ hs, bs int }{
+		{512, 0}, {512, 256}, {512, 4097}, {512, 3 << 10}, {512, 2 << 20}, {100, 4096}, {MaxHeaderSize + 1, 4096},
+	} {
+		if _, err := NewLayout(tc.hs, tc.bs); !errors.Is(err, ErrMalformed) {
+			t.Errorf("NewLayout(%d, %d) error = %v, want ErrMalformed", tc.hs, tc.bs, err)
+		}
+	}
+}
+
+func TestLayoutSpan(t *testing.T) {
+	l, _ := NewLayout(512, 4096)
+	for _, tc := range []struct {
+		off, n       int64
+		first, count uint64
+	}{
+		{0, 0, 0, 0}, {0, 1, 0, 1}, {4095, 1, 0, 1}, {4095, 2, 0, 2}, {4096, 4096, 1, 1},
+		{4096, 4097, 1, 2}, {1, 3 * 4096, 0, 4}, {10 * 4096, 1, 10, 1},
+	} {
+		first, count := l.Span(tc.off, tc.n)
+		if first != tc.first || count != tc.count {
+			t.Errorf("Span(%d, %d) = %d, %d; want %d, %d", tc.off, tc.n, first, count, tc.first, tc.count)
+		}
+	}
+	if got := l.BlockToCipherOff(3); got != 512+3*(4096+Overhead) {
+		t.Errorf("BlockToCipherOff(3) = %d", got)
+	}
+	if got := l.CipherOffToBlock(l.BlockToCipherOff(7) + 100); got != 7 {
+		t.Errorf("CipherOffToBlock = %d, want 7", got)
+	}
+}

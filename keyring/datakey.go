@@ -1,0 +1,105 @@
+package keyring
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+)
+
+// DataKey holds the plaintext of one data key. Its bytes live in locked
+// memory where the kernel allows (see lockedSlot) and are zeroed by Wipe.
+// It never prints its bytes: String, Format and LogValue show a short
+// fingerprint only.
+//
+// A DataKey is owned by one holder at a time; Wipe is idempotent but must
+// not race with Bytes. Use Clone to hand a copy to another owner.
+type DataKey struct {
+	b      []byte // guarded by the owner; nil after Wipe
+	locked bool   // b is a slot of the locked arena
+	fp     [4]byte
+}
+
+// NewDataKey copies src into a new DataKey and zeroes src, so a buffer
+// returned by an SDK does not keep the key. src must be DataKeySize bytes.
+func NewDataKey(src []byte) (*DataKey, error) {
+	if len(src) != DataKeySize {
+		clear(src)
+		return nil, fmt.Errorf("data key has %d bytes, want %d", len(src), DataKeySize)
+	}
+	k := newDataKey()
+	copy(k.b, src)
+	clear(src)
+	k.fp = fingerprint(k.b)
+	return k, nil
+}
+
+// randomDataKey returns a fresh random data key.
+func randomDataKey() *DataKey {
+	k := newDataKey()
+	rand.Read(k.b) // never fails since Go 1.24
+	k.fp = fingerprint(k.b)
+	return k
+}
+
+func newDataKey() *DataKey {
+	b, locked := arena.alloc()
+	return &DataKey{b: b, locked: locked}
+}
+
+func fingerprint(b []byte) [4]byte {
+	h := sha256.New()
+	h.Write([]byte("kmsfs data key fingerprint\x00"))
+	h.Write(b)
+	var fp [4]byte
+	copy(fp[:], h.Sum(nil))
+	return fp
+}
+
+// Bytes returns the key bytes, or nil after Wipe. Callers must not keep
+// the slice beyond the key's lifetime or copy it into unmanaged memory.
+func (k *DataKey) Bytes() []byte { return k.b }
+
+// Clone returns an independent copy that must be wiped separately.
+func (k *DataKey) Clone() *DataKey {
+	if k.b == nil {
+		panic("keyring: internal error: Clone of a wiped DataKey")
+	}
+	c := newDataKey()
+	copy(c.b, k.b)
+	c.fp = k.fp
+	return c
+}
+
+// Wipe zeroes the key bytes and releases their memory. Safe to call twice.
+func (k *DataKey) Wipe() {
+	if k == nil || k.b == nil {
+		return
+	}
+	clear(k.b)
+	if k.locked {
+		arena.release(k.b)
+	}
+	k.b = nil
+}
+
+// Wiped reports whether Wipe has been called.
+func (k *DataKey) Wiped() bool { return k.b == nil }
+
+// Locked reports whether the key bytes are in mlocked memory.
+func (k *DataKey) Locked() bool { return k.locked }
+
+// String prints a fingerprint only, never key bytes.
+func (k *DataKey) String() string {
+	if k == nil {
+		return "DataKey(nil)"
+	}
+	return "DataKey(fp=" + hex.EncodeToString(k.fp[:]) + ")"
+}
+
+// Format makes every fmt verb (%v, %x, %s, %#v...) print String().
+func (k *DataKey) Format(f fmt.State, _ rune) { fmt.Fprint(f, k.String()) }
+
+// LogValue redacts the key in log/slog output.
+func (k *DataKey) LogValue() slog.Value { return slog.StringValue(k.String()) }

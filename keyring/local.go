@@ -1,0 +1,195 @@
+package keyring
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// LocalKeyFileSize is the size of a local key file: 32 raw random bytes.
+const LocalKeyFileSize = 32
+
+// localBlobVersion is the first byte of every blob Local produces.
+const localBlobVersion = 1
+
+// localBlobSize is version(1) ‖ nonce(12) ‖ AES-256-GCM(data key)(32) ‖ tag(16).
+const localBlobSize = 1 + 12 + DataKeySize + 16
+
+// Local wraps data keys with a key-encryption key derived from a 32-byte key
+// file. The encryption context is the AES-GCM additional data, so a blob
+// opened under another context fails with ErrInvalidCiphertext, as with KMS.
+// It is the default for machines without AWS. Safe for concurrent use.
+type Local struct {
+	path  string
+	keyID string      // hex fingerprint of the key file
+	kek   cipher.AEAD // derived from the key file; the file bytes are not kept
+}
+
+var (
+	_ Keyring   = (*Local)(nil)
+	_ Wrapper   = (*Local)(nil)
+	_ Describer = (*Local)(nil)
+)
+
+// CreateLocalKeyFile writes a new random key file at path with mode 0600,
+// creating missing parent directories with mode 0700. It refuses to
+// overwrite an existing file.
+func CreateLocalKeyFile(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create key file directory: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create key file: %w", err)
+	}
+	key := make([]byte, LocalKeyFileSize)
+	rand.Read(key)
+	_, err = f.Write(key)
+	clear(key)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("write key file %s: %w", path, err)
+	}
+	return nil
+}
+
+// LoadLocal reads the key file at path. It refuses a file that group or
+// others may read or write (a key file must be mode 0600 or stricter) and a
+// file that is not exactly LocalKeyFileSize bytes.
+func LoadLocal(path string) (*Local, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, fmt.Errorf("open key file: %w (%v)", ErrAccessDenied, err)
+		}
+		return nil, fmt.Errorf("open key file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat key file: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("key file %s is not a regular file", path)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("key file %s has mode %04o, open to group or others: run chmod 600 %s", path, perm, path)
+	}
+	key := make([]byte, LocalKeyFileSize+1)
+	defer clear(key)
+	n, err := io.ReadFull(f, key)
+	if err != io.ErrUnexpectedEOF && err != nil && err != io.EOF {
+		return nil, fmt.Errorf("read key file %s: %w", path, err)
+	}
+	if n != LocalKeyFileSize {
+		return nil, fmt.Errorf("key file %s is not a kmsfs key file: it must hold exactly %d bytes", path, LocalKeyFileSize)
+	}
+	return newLocal(path, key[:LocalKeyFileSize])
+}
+
+// NewLocalFromBytes builds a Local keyring from raw key bytes (tests and
+// tools). It does not keep key.
+func NewLocalFromBytes(key []byte) (*Local, error) {
+	if len(key) != LocalKeyFileSize {
+		return nil, fmt.Errorf("local key must be %d bytes", LocalKeyFileSize)
+	}
+	return newLocal("", key)
+}
+
+func newLocal(path string, key []byte) (*Local, error) {
+	kekBytes, err := hkdf.Key(sha256.New, key, nil, "kmsfs local key-encryption key v1", 32)
+	if err != nil {
+		return nil, fmt.Errorf("derive local key: %v", err)
+	}
+	defer clear(kekBytes)
+	idBytes, err := hkdf.Key(sha256.New, key, nil, "kmsfs local key id v1", 16)
+	if err != nil {
+		return nil, fmt.Errorf("derive local key id: %v", err)
+	}
+	block, err := aes.NewCipher(kekBytes)
+	if err != nil {
+		return nil, fmt.Errorf("local key: %v", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("local key: %v", err)
+	}
+	return &Local{path: path, keyID: hex.EncodeToString(idBytes), kek: aead}, nil
+}
+
+// KeyID returns the key's fingerprint: a public value stored in headers and
+// in the volume config to name the key without revealing it.
+func (l *Local) KeyID() string { return l.keyID }
+
+// Describe names the key file and its fingerprint.
+func (l *Local) Describe() string {
+	if l.path == "" {
+		return "local key " + l.keyID
+	}
+	return "local key " + l.keyID + " (" + l.path + ")"
+}
+
+func (l *Local) aad(ec EncryptionContext) []byte {
+	aad := []byte("kmsfs local wrap v1\x00" + l.keyID + "\x00")
+	return append(aad, ec.Canonical()...)
+}
+
+// GenerateDataKey returns a random data key wrapped under the local key.
+func (l *Local) GenerateDataKey(ctx context.Context, ec EncryptionContext) (*DataKey, []WrappedKey, error) {
+	dk := randomDataKey()
+	w, err := l.Wrap(ctx, dk, ec)
+	if err != nil {
+		dk.Wipe()
+		return nil, nil, err
+	}
+	return dk, []WrappedKey{w}, nil
+}
+
+// Wrap wraps an existing data key under the local key.
+func (l *Local) Wrap(_ context.Context, dk *DataKey, ec EncryptionContext) (WrappedKey, error) {
+	if dk.Wiped() {
+		return WrappedKey{}, errors.New("keyring: wrap of a wiped data key")
+	}
+	blob := make([]byte, 1+12, localBlobSize)
+	blob[0] = localBlobVersion
+	rand.Read(blob[1:13])
+	blob = l.kek.Seal(blob, blob[1:13], dk.Bytes(), l.aad(ec))
+	return WrappedKey{Kind: KindLocal, KeyID: l.keyID, Blob: blob}, nil
+}
+
+// Decrypt unwraps the first local entry naming this key.
+func (l *Local) Decrypt(_ context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
+	for _, w := range wrapped {
+		if w.Kind != KindLocal || w.KeyID != l.keyID {
+			continue
+		}
+		if len(w.Blob) != localBlobSize || w.Blob[0] != localBlobVersion {
+			return nil, fmt.Errorf("local key %s: %w (blob of %d bytes)", l.keyID, ErrInvalidCiphertext, len(w.Blob))
+		}
+		dk := newDataKey()
+		_, err := l.kek.Open(dk.b[:0], w.Blob[1:13], w.Blob[13:], l.aad(ec))
+		if err != nil {
+			dk.Wipe()
+			return nil, fmt.Errorf("local key %s: %w", l.keyID, ErrInvalidCiphertext)
+		}
+		dk.fp = fingerprint(dk.b)
+		return dk, nil
+	}
+	return nil, fmt.Errorf("local key %s: %w", l.keyID, ErrNoUsableKey)
+}
