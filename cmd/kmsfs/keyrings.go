@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// keyOverrides are mount-time replacements for fields of the volume config.
+type keyOverrides struct {
+	region, endpoint, localKey string
+}
+
+// buildKeyring makes the keyring a volume config names: one provider, or
+// a Multi over several in config order.
+func buildKeyring(ctx context.Context, cfg *kfs.Config, ov keyOverrides) (keyring.Keyring, error) {
+	kmsCount := 0
+	for _, spec := range cfg.Keyrings {
+		if spec.Kind == keyring.KindAWSKMS {
+			kmsCount++
+		}
+	}
+	if kmsCount > 1 && (ov.region != "" || ov.endpoint != "") {
+		return nil, fail(exitUsage, "--region and --kms-endpoint are ambiguous: the volume has %d KMS keys", kmsCount)
+	}
+	var members []keyring.Keyring
+	for _, spec := range cfg.Keyrings {
+		switch spec.Kind {
+		case keyring.KindLocal:
+			path := spec.KeyFile
+			if ov.localKey != "" {
+				path = ov.localKey
+			}
+			l, err := loadLocalKey(path)
+			if err != nil {
+				return nil, err
+			}
+			if l.KeyID() != spec.KeyID {
+				return nil, fail(exitKey, "key file %s is key %s, but this volume needs key %s: give the right file with --local-key", path, l.KeyID(), spec.KeyID)
+			}
+			members = append(members, l)
+		case keyring.KindAWSKMS:
+			c := keyring.AWSKMSConfig{KeyID: spec.KeyID, KeyARN: spec.KeyARN, Region: spec.Region, Endpoint: spec.Endpoint}
+			if ov.region != "" {
+				c.Region = ov.region
+			}
+			if ov.endpoint != "" {
+				c.Endpoint = ov.endpoint
+			}
+			k, err := keyring.NewAWSKMS(ctx, c)
+			if err != nil {
+				return nil, fail(exitKey, "KMS key %s: %v", spec.KeyID, err)
+			}
+			members = append(members, k)
+		default:
+			return nil, fail(exitVolume, "unknown keyring kind %q", spec.Kind)
+		}
+	}
+	if len(members) == 1 {
+		return members[0], nil
+	}
+	m, err := keyring.NewMulti(members...)
+	if err != nil {
+		return nil, fail(exitKey, "%v", err)
+	}
+	return m, nil
+}
+
+func loadLocalKey(path string) (*keyring.Local, error) {
+	l, err := keyring.LoadLocal(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fail(exitKey, "key file %s does not exist: restore it from your backup, or give its path with --local-key", path)
+	}
+	if err != nil {
+		return nil, fail(exitKey, "%v", err)
+	}
+	return l, nil
+}
+
+// defaultKeyDir is where init puts a volume's local key file when none is
+// given: $XDG_CONFIG_HOME/kmsfs, else ~/.config/kmsfs.
+func defaultKeyDir() (string, error) {
+	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "kmsfs"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no $XDG_CONFIG_HOME or home directory for the key file: give one with --local-key")
+	}
+	return filepath.Join(home, ".config", "kmsfs"), nil
+}
+
+// keyError turns a keyring failure into one actionable line.
+func keyError(what string, err error) error {
+	hint := ""
+	switch {
+	case errors.Is(err, keyring.ErrAccessDenied):
+		hint = ": check the credentials and the key policy (kms:GenerateDataKey, kms:Decrypt)"
+	case errors.Is(err, keyring.ErrKeyDisabled):
+		hint = ": enable the key, or cancel its deletion"
+	case errors.Is(err, keyring.ErrKeyNotFound):
+		hint = ": check the key ID and the region"
+	case errors.Is(err, keyring.ErrUnreachable):
+		hint = ": check the network, the region and --kms-endpoint"
+	case errors.Is(err, keyring.ErrThrottled):
+		hint = ": KMS is throttling this account; retry later"
+	}
+	return fail(exitKey, "%s: %v%s", what, err, hint)
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// serveMetrics serves /metrics in the Prometheus text format: keyring calls,
+// errors and latency, and the filesystem's live key count.
+func serveMetrics(addr string, m *keyring.Metrics, root *kfs.Root, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		m.WritePrometheus(w)
+		st := root.Stats()
+		fmt.Fprintln(w, "# HELP kmsfs_live_keys Data keys held by open files.")
+		fmt.Fprintln(w, "# TYPE kmsfs_live_keys gauge")
+		fmt.Fprintf(w, "kmsfs_live_keys %d\n", st.LiveKeys)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+			log.Warn("metrics server stopped", "err", err.Error())
+		}
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
+}

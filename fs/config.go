@@ -1,0 +1,222 @@
+package fs
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// ConfigName is the volume config file at the root of CIPHERDIR. It is
+// hidden from the plaintext view.
+const ConfigName = "kmsfs.json"
+
+// ConfigVersion is the volume format version this kmsfs writes and reads.
+const ConfigVersion = 1
+
+// maxConfigSize bounds what ParseConfig reads: a config with many keyrings
+// is a few KiB.
+const maxConfigSize = 1 << 20
+
+// Config is the volume config, kmsfs.json (docs/FORMAT.md, "Volume config").
+type Config struct {
+	FormatVersion int           `json:"format_version"`
+	VolumeID      string        `json:"volume_id"`
+	BlockSize     int           `json:"block_size"`
+	HeaderSize    int           `json:"header_size"`
+	Keyrings      []KeyringSpec `json:"keyrings"`
+	Features      []string      `json:"features"`
+}
+
+// KeyringSpec names one keyring of a volume. No field is secret.
+type KeyringSpec struct {
+	Kind     keyring.Kind `json:"kind"`
+	KeyID    string       `json:"key_id"`
+	KeyARN   string       `json:"key_arn,omitempty"`
+	Region   string       `json:"region,omitempty"`
+	Endpoint string       `json:"endpoint,omitempty"`
+	KeyFile  string       `json:"key_file,omitempty"`
+}
+
+// ErrNoConfig: the directory has no kmsfs.json.
+var ErrNoConfig = errors.New("not a kmsfs volume (no " + ConfigName + ")")
+
+// ParseConfig decodes and validates a config. It refuses unknown fields,
+// unknown versions and features, and trailing data, and never panics.
+func ParseConfig(b []byte) (*Config, error) {
+	if len(b) > maxConfigSize {
+		return nil, fmt.Errorf("%s is %d bytes, larger than any valid config", ConfigName, len(b))
+	}
+	// Read the version alone first, so a future config with new fields
+	// gets "unsupported version" rather than "unknown field".
+	var v struct {
+		FormatVersion *int `json:"format_version"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("%s is not valid JSON: %v", ConfigName, err)
+	}
+	if v.FormatVersion == nil {
+		return nil, fmt.Errorf("%s has no format_version", ConfigName)
+	}
+	if *v.FormatVersion != ConfigVersion {
+		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads version %d)", *v.FormatVersion, ConfigVersion)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%s: %v", ConfigName, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%s: trailing data after the config object", ConfigName)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Validate checks every field (docs/FORMAT.md).
+func (c *Config) Validate() error {
+	if c.FormatVersion != ConfigVersion {
+		return fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads version %d)", c.FormatVersion, ConfigVersion)
+	}
+	if _, err := c.VolumeIDBytes(); err != nil {
+		return err
+	}
+	if _, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize); err != nil {
+		return fmt.Errorf("%s: %v", ConfigName, err)
+	}
+	if len(c.Keyrings) == 0 {
+		return fmt.Errorf("%s names no keyring", ConfigName)
+	}
+	if len(c.Keyrings) > blockcipher.MaxKeys {
+		return fmt.Errorf("%s names %d keyrings, at most %d are supported", ConfigName, len(c.Keyrings), blockcipher.MaxKeys)
+	}
+	for i, k := range c.Keyrings {
+		if err := k.validate(); err != nil {
+			return fmt.Errorf("%s keyring %d: %v", ConfigName, i+1, err)
+		}
+	}
+	if len(c.Features) > 0 {
+		return fmt.Errorf("%s uses feature %q, which this kmsfs does not support", ConfigName, c.Features[0])
+	}
+	return nil
+}
+
+func (k KeyringSpec) validate() error {
+	switch k.Kind {
+	case keyring.KindAWSKMS:
+		if k.KeyID == "" || k.KeyARN == "" {
+			return errors.New("aws-kms keyring needs key_id and key_arn")
+		}
+		if k.KeyFile != "" {
+			return errors.New("aws-kms keyring has a key_file")
+		}
+	case keyring.KindLocal:
+		if k.KeyFile == "" {
+			return errors.New("local keyring needs key_file")
+		}
+		if id, err := hex.DecodeString(k.KeyID); err != nil || len(id) != 16 {
+			return errors.New("local keyring key_id must be 32 hex digits")
+		}
+		if k.KeyARN != "" || k.Region != "" || k.Endpoint != "" {
+			return errors.New("local keyring has aws-kms fields")
+		}
+	default:
+		return fmt.Errorf("unknown keyring kind %q", k.Kind)
+	}
+	return nil
+}
+
+// VolumeIDBytes returns the decoded volume ID.
+func (c *Config) VolumeIDBytes() ([blockcipher.IDSize]byte, error) {
+	var id [blockcipher.IDSize]byte
+	b, err := hex.DecodeString(c.VolumeID)
+	if err != nil || len(b) != blockcipher.IDSize || hex.EncodeToString(b) != c.VolumeID {
+		return id, fmt.Errorf("%s: volume_id must be %d lowercase hex digits", ConfigName, 2*blockcipher.IDSize)
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+// Layout returns the volume geometry.
+func (c *Config) Layout() blockcipher.Layout {
+	l, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize)
+	if err != nil {
+		panic("fs: internal error: Layout of an unvalidated config")
+	}
+	return l
+}
+
+// LoadConfig reads and validates CIPHERDIR/kmsfs.json. A missing file is
+// ErrNoConfig.
+func LoadConfig(cipherDir string) (*Config, error) {
+	b, err := os.ReadFile(filepath.Join(cipherDir, ConfigName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNoConfig
+	}
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(b)
+}
+
+// WriteConfig writes c to CIPHERDIR/kmsfs.json atomically: a temporary
+// file in the same directory, fsync, rename, fsync of the directory. It
+// refuses to replace an existing config.
+func WriteConfig(cipherDir string, c *Config) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	tmp, err := os.CreateTemp(cipherDir, ".kmsfs.json.tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	// link(2) fails if the name exists, where rename would replace it.
+	final := filepath.Join(cipherDir, ConfigName)
+	if err := os.Link(tmp.Name(), final); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%s is already a kmsfs volume", cipherDir)
+		}
+		return err
+	}
+	return syncDir(cipherDir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

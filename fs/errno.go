@@ -1,0 +1,73 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"syscall"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// Errnos are chosen here and nowhere else.
+//
+//	a syscall.Errno, wrapped or not      itself (logged at debug level)
+//	keyring.ErrAccessDenied              EACCES  the key policy or credentials refuse us
+//	keyring.ErrKeyDisabled               EACCES  the key is disabled or pending deletion
+//	keyring.ErrKeyNotFound               EACCES  the key no longer exists
+//	keyring.ErrInvalidCiphertext         EIO     wrapped key damaged, or from another file or volume
+//	keyring.ErrNoUsableKey               EIO     the header names no key this volume trusts
+//	keyring.ErrUnreachable, ErrThrottled EIO     after the keyring's bounded retries
+//	blockcipher.ErrAuth, ErrHeaderAuth   EIO     tampered or damaged content
+//	*blockcipher.FormatError             EIO     not a kmsfs file, or a damaged header
+//	anything else                        EIO
+//
+// Every failure but a plain errno is logged once, with the operation, the
+// path and the reason; never key bytes (no error here carries any).
+func errnoOf(err error) syscall.Errno {
+	var errno syscall.Errno
+	var fe *blockcipher.FormatError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &errno):
+		return errno
+	case errors.Is(err, keyring.ErrAccessDenied),
+		errors.Is(err, keyring.ErrKeyDisabled),
+		errors.Is(err, keyring.ErrKeyNotFound):
+		return syscall.EACCES
+	case errors.Is(err, blockcipher.ErrAuth),
+		errors.Is(err, blockcipher.ErrHeaderAuth),
+		errors.As(err, &fe):
+		return syscall.EIO
+	}
+	return syscall.EIO
+}
+
+// errno maps err and logs it: at debug level for a plain errno that
+// applications meet every day (ENOENT, EEXIST...), as a warning for anything
+// else (EIO, ENOSPC, a keyring or integrity failure).
+func (r *Root) errno(err error, op, path string, attrs ...any) syscall.Errno {
+	e := errnoOf(err)
+	if e == 0 {
+		return 0
+	}
+	level := slog.LevelWarn
+	var plain syscall.Errno
+	if errors.As(err, &plain) && plain == e && !serious[e] {
+		level = slog.LevelDebug
+	}
+	ctx := context.Background()
+	if r.log.Enabled(ctx, level) {
+		args := append([]any{"op", op, "path", path, "errno", e.Error(), "err", err.Error()}, attrs...)
+		r.log.Log(ctx, level, "operation failed", args...)
+	}
+	return e
+}
+
+// serious errnos are logged as warnings even when the backing filesystem
+// returned them: they mean lost writes or a broken disk.
+var serious = map[syscall.Errno]bool{
+	syscall.EIO: true, syscall.ENOSPC: true, syscall.EDQUOT: true, syscall.ENOMEM: true, syscall.EUCLEAN: true,
+}

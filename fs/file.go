@@ -1,0 +1,267 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+)
+
+// file is an open regular file: a descriptor of the stored file plus the
+// inode's shared state (content lock, cipher).
+type file struct {
+	n     *node
+	st    *fileState
+	fd    int
+	flags uint32
+
+	closeOnce sync.Once
+}
+
+var (
+	_ fusefs.FileReader    = (*file)(nil)
+	_ fusefs.FileWriter    = (*file)(nil)
+	_ fusefs.FileFlusher   = (*file)(nil)
+	_ fusefs.FileFsyncer   = (*file)(nil)
+	_ fusefs.FileReleaser  = (*file)(nil)
+	_ fusefs.FileGetattrer = (*file)(nil)
+	_ fusefs.FileLseeker   = (*file)(nil)
+	_ fusefs.FileAllocater = (*file)(nil)
+)
+
+func (f *file) path() string { return f.n.relPath() }
+
+func (f *file) close() {
+	f.closeOnce.Do(func() {
+		unix.Close(f.fd)
+		f.n.release(f.st)
+	})
+}
+
+// blocks returns the blockcipher view of the stored file and its plaintext
+// size. Caller holds st.content. A stored size no writer produces is
+// reported with the size of the readable part and the error.
+func (f *file) blocks() (blockcipher.File, int64, error) {
+	stored, err := fdStore(f.fd).size()
+	if err != nil {
+		return blockcipher.File{}, 0, err
+	}
+	if stored == 0 {
+		return blockcipher.File{}, 0, nil
+	}
+	if f.st.cipher == nil {
+		// Empty when opened here; another mount has written it since.
+		return blockcipher.File{}, 0, errors.New("file was given a header by another mount while open here: reopen it")
+	}
+	size, err := f.n.r.layout.PlainSize(stored)
+	return blockcipher.File{C: f.st.cipher, S: fdStore(f.fd)}, size, err
+}
+
+// Read decrypts the blocks under [off, off+len(dest)). A block failing
+// authentication fails the read with EIO and one warning naming the file
+// and block; other blocks and files are unaffected.
+func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	f.st.content.RLock()
+	defer f.st.content.RUnlock()
+	bf, size, err := f.blocks()
+	if err != nil && (bf.C == nil || off+int64(len(dest)) > size) {
+		return nil, f.n.r.errno(err, "read", f.path(), "off", off)
+	}
+	if bf.C == nil {
+		return fuse.ReadResultData(nil), 0
+	}
+	n, err := bf.ReadAt(dest, off, size)
+	if err != nil && err != io.EOF {
+		return nil, f.n.r.errno(err, "read", f.path(), blockAttrs(err, off)...)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// blockAttrs names the failing block of err for the log line.
+func blockAttrs(err error, off int64) []any {
+	var be *blockcipher.BlockError
+	if errors.As(err, &be) {
+		return []any{"block", be.Block}
+	}
+	return []any{"off", off}
+}
+
+// Write encrypts data into the blocks under [off, off+len(data)),
+// reading and re-sealing partial blocks, under the inode's content lock.
+func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.n.r.opts.ReadOnly {
+		return 0, syscall.EROFS
+	}
+	f.st.content.Lock()
+	defer f.st.content.Unlock()
+	if err := f.ensureHeader(); err != nil {
+		return 0, f.n.r.errno(err, "write", f.path())
+	}
+	bf, size, err := f.blocks()
+	if err != nil {
+		return 0, f.n.r.errno(err, "write", f.path())
+	}
+	if _, err := bf.WriteAt(data, off, size); err != nil {
+		return 0, f.n.r.errno(err, "write", f.path(), blockAttrs(err, off)...)
+	}
+	return uint32(len(data)), 0
+}
+
+// truncate sets the plaintext size. Truncating to 0 keeps the header and
+// needs no key.
+func (f *file) truncate(size int64) error {
+	f.st.content.Lock()
+	defer f.st.content.Unlock()
+	stored, err := fdStore(f.fd).size()
+	if err != nil {
+		return err
+	}
+	if size == 0 {
+		if stored <= f.n.r.layout.HeaderSize {
+			return nil
+		}
+		return fdStore(f.fd).Truncate(f.n.r.layout.HeaderSize)
+	}
+	if err := f.ensureHeader(); err != nil {
+		return err
+	}
+	bf, cur, err := f.blocks()
+	if err != nil {
+		return err
+	}
+	return bf.Truncate(cur, size)
+}
+
+// Flush has nothing to do: writes reach the stored file before they are
+// acknowledged.
+func (f *file) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+// Fsync makes the stored file durable: fdatasync when the caller asked
+// only for data, fsync otherwise.
+func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	var err error
+	if flags&1 != 0 {
+		err = retryEINTR(func() error { return unix.Fdatasync(f.fd) })
+	} else {
+		err = retryEINTR(func() error { return unix.Fsync(f.fd) })
+	}
+	return f.n.r.errno(err, "fsync", f.path())
+}
+
+// Release closes the stored file; the inode's last release wipes its key.
+func (f *file) Release(ctx context.Context) syscall.Errno {
+	f.close()
+	return 0
+}
+
+// Getattr stats the open stored file (it may be unlinked).
+func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err != nil {
+		return f.n.r.errno(err, "getattr", f.path())
+	}
+	f.n.r.fillAttrFromStat(&st, &out.Attr)
+	return 0
+}
+
+// Allocate supports mode 0 (extend the file with zeros, reserving the
+// stored space) and FALLOC_FL_KEEP_SIZE (reserve only).
+func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	if f.n.r.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	if mode&^unix.FALLOC_FL_KEEP_SIZE != 0 {
+		return syscall.EOPNOTSUPP
+	}
+	end := int64(off + size)
+	if int64(off) < 0 || end < int64(off) || end > blockcipher.MaxPlainSize {
+		return syscall.EFBIG
+	}
+	f.st.content.Lock()
+	defer f.st.content.Unlock()
+	if err := f.ensureHeader(); err != nil {
+		return f.n.r.errno(err, "fallocate", f.path())
+	}
+	bf, cur, err := f.blocks()
+	if err != nil {
+		return f.n.r.errno(err, "fallocate", f.path())
+	}
+	l := f.n.r.layout
+	first, count := l.Span(int64(off), int64(size))
+	cipherOff := l.BlockToCipherOff(first)
+	cipherLen := l.BlockToCipherOff(first+count) - cipherOff
+	if err := fdStore(f.fd).Preallocate(cipherOff, cipherLen); err != nil {
+		return f.n.r.errno(err, "fallocate", f.path())
+	}
+	if mode&unix.FALLOC_FL_KEEP_SIZE == 0 && end > cur {
+		if err := bf.Truncate(cur, end); err != nil {
+			return f.n.r.errno(err, "fallocate", f.path())
+		}
+	}
+	return 0
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE from the stored file's holes: a
+// block is a hole only when none of its stored bytes is allocated; data
+// may include zeros, as POSIX allows.
+func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	f.st.content.RLock()
+	defer f.st.content.RUnlock()
+	stored, err := fdStore(f.fd).size()
+	if err != nil {
+		return 0, f.n.r.errno(err, "lseek", f.path())
+	}
+	l := f.n.r.layout
+	size, _ := l.PlainSize(stored)
+	if int64(off) >= size {
+		return 0, syscall.ENXIO
+	}
+	seek := func(cipherOff int64, w int) (int64, error) {
+		var r int64
+		err := retryEINTR(func() error {
+			var err error
+			r, err = unix.Seek(f.fd, cipherOff, w)
+			return err
+		})
+		return r, err
+	}
+	blk := l.PlainOffToBlock(int64(off))
+	switch whence {
+	case unix.SEEK_DATA:
+		c, err := seek(l.BlockToCipherOff(blk), unix.SEEK_DATA)
+		if err != nil {
+			return 0, f.n.r.errno(err, "lseek", f.path())
+		}
+		b := l.CipherOffToBlock(max(c, l.HeaderSize))
+		return uint64(max(int64(off), l.BlockToPlainOff(b))), 0
+	case unix.SEEK_HOLE:
+		last := l.BlockCount(size) - 1 // the final block is never a hole
+		for b := blk; b < last; b++ {
+			start := l.BlockToCipherOff(b)
+			d, err := seek(start, unix.SEEK_DATA)
+			if err == unix.ENXIO || err == nil && d >= l.BlockToCipherOff(b+1) {
+				return uint64(max(int64(off), l.BlockToPlainOff(b))), 0
+			}
+			if err != nil {
+				return 0, f.n.r.errno(err, "lseek", f.path())
+			}
+			// Skip to the block holding the next hole.
+			h, err := seek(start, unix.SEEK_HOLE)
+			if err != nil {
+				return 0, f.n.r.errno(err, "lseek", f.path())
+			}
+			if nb := l.CipherOffToBlock(h); nb > b+1 {
+				b = nb - 1
+			}
+		}
+		return uint64(size), 0
+	}
+	return 0, syscall.EINVAL
+}

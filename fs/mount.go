@@ -1,0 +1,64 @@
+package fs
+
+import (
+	"log/slog"
+	"os"
+	"time"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// MountOptions are the kernel-facing choices of a mount.
+type MountOptions struct {
+	// AllowOther lets other users use the mount (needs root, or
+	// user_allow_other in /etc/fuse.conf). Permissions are then checked by
+	// the kernel (default_permissions, always on), as on a local fs.
+	AllowOther bool
+	// Debug logs every FUSE request.
+	Debug bool
+}
+
+// Timeouts for the kernel's caches of attributes and names. One second is
+// what libfuse and gocryptfs use: a second mount of the same CIPHERDIR (a
+// second host) sees changes within it, and `ls -l` of a large directory
+// does not ask for every attribute twice.
+const (
+	entryTimeout = time.Second
+	attrTimeout  = time.Second
+)
+
+// Mount mounts r at mountpoint and returns the serving FUSE server. As root
+// it mounts directly (no fusermount3 needed); otherwise through
+// fusermount3.
+func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
+	et, at := entryTimeout, attrTimeout
+	logger := slog.NewLogLogger(r.log.Handler(), slog.LevelInfo)
+	opts := []string{"default_permissions"}
+	if r.opts.ReadOnly {
+		opts = append(opts, "ro")
+	}
+	o := &fusefs.Options{
+		EntryTimeout: &et,
+		AttrTimeout:  &at,
+		MountOptions: fuse.MountOptions{
+			AllowOther:  mo.AllowOther,
+			Options:     opts,
+			FsName:      r.opts.CipherDir,
+			Name:        "kmsfs",
+			DirectMount: os.Geteuid() == 0,
+			// Up to 1 MiB per write request (the kernel's limit):
+			// fewer round trips for large sequential writes, and
+			// runs of 256 blocks to seal in parallel.
+			MaxWrite:     1 << 20,
+			MaxReadAhead: 1 << 20,
+			// The kernel does POSIX and flock locks itself (within this
+			// mount) when the filesystem does not claim them.
+			EnableLocks: false,
+			Debug:       mo.Debug,
+			Logger:      logger,
+		},
+		Logger: logger,
+	}
+	return fusefs.Mount(mountpoint, r.Node(), o)
+}

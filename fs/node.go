@@ -1,0 +1,140 @@
+package fs
+
+import (
+	"context"
+	"sync"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// node is one inode of the plaintext view. Its backing object is found by
+// its path relative to CIPHERDIR (rootFd); an open file uses its handle's
+// descriptor instead.
+type node struct {
+	fusefs.Inode
+	r *Root
+
+	mu sync.Mutex // guards st
+	st *fileState // open-file state of a regular file; nil when nothing uses it
+}
+
+var (
+	_ fusefs.NodeLookuper  = (*node)(nil)
+	_ fusefs.NodeGetattrer = (*node)(nil)
+	_ fusefs.NodeStatfser  = (*node)(nil)
+)
+
+// relPath is the node's path relative to CIPHERDIR ("" for the root).
+func (n *node) relPath() string {
+	return n.Path(n.r.root.EmbeddedInode())
+}
+
+func (n *node) isRoot() bool { return n == n.r.root }
+
+// statx stats a backing path (relative, not following a final symlink),
+// with the birth time that tells reused inode numbers apart.
+func (r *Root) statx(path string, stx *unix.Statx_t) error {
+	return retryEINTR(func() error {
+		return unix.Statx(r.rootFd, rel(path), unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_BTIME, stx)
+	})
+}
+
+func genFromStatx(stx *unix.Statx_t) uint64 {
+	if stx.Mask&unix.STATX_BTIME == 0 || (stx.Btime.Sec == 0 && stx.Btime.Nsec == 0) {
+		return 1
+	}
+	return uint64(stx.Btime.Sec)*1e9 + uint64(stx.Btime.Nsec)
+}
+
+// fillAttr converts a backing statx to the plaintext view's attributes:
+// everything passes through but the size of regular files, which is the
+// plaintext size computed from the stored size (no read, no key).
+func (r *Root) fillAttr(stx *unix.Statx_t, out *fuse.Attr) {
+	out.Ino = stx.Ino
+	out.Size = stx.Size
+	out.Blocks = stx.Blocks
+	out.Atime, out.Atimensec = uint64(stx.Atime.Sec), stx.Atime.Nsec
+	out.Mtime, out.Mtimensec = uint64(stx.Mtime.Sec), stx.Mtime.Nsec
+	out.Ctime, out.Ctimensec = uint64(stx.Ctime.Sec), stx.Ctime.Nsec
+	out.Mode = uint32(stx.Mode)
+	out.Nlink = stx.Nlink
+	out.Uid, out.Gid = stx.Uid, stx.Gid
+	out.Rdev = uint32(unix.Mkdev(stx.Rdev_major, stx.Rdev_minor))
+	out.Blksize = stx.Blksize
+	if stx.Mode&unix.S_IFMT == unix.S_IFREG {
+		// A damaged stored size still gets the size of its readable
+		// part; reads of the damaged part fail with EIO and log then.
+		plain, _ := r.layout.PlainSize(int64(stx.Size))
+		out.Size = uint64(plain)
+	}
+}
+
+func (r *Root) fillAttrFromStat(st *unix.Stat_t, out *fuse.Attr) {
+	var stx unix.Statx_t
+	stx.Ino = st.Ino
+	stx.Size = uint64(st.Size)
+	stx.Blocks = uint64(st.Blocks)
+	stx.Atime = unix.StatxTimestamp{Sec: st.Atim.Sec, Nsec: uint32(st.Atim.Nsec)}
+	stx.Mtime = unix.StatxTimestamp{Sec: st.Mtim.Sec, Nsec: uint32(st.Mtim.Nsec)}
+	stx.Ctime = unix.StatxTimestamp{Sec: st.Ctim.Sec, Nsec: uint32(st.Ctim.Nsec)}
+	stx.Mode = uint16(st.Mode)
+	stx.Nlink = uint32(st.Nlink)
+	stx.Uid, stx.Gid = st.Uid, st.Gid
+	stx.Rdev_major, stx.Rdev_minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
+	stx.Blksize = uint32(st.Blksize)
+	r.fillAttr(&stx, out)
+}
+
+// newChild makes (or finds, for hard links) the inode for a backing object.
+func (n *node) newChild(ctx context.Context, stx *unix.Statx_t) *fusefs.Inode {
+	dev := unix.Mkdev(stx.Dev_major, stx.Dev_minor)
+	id := n.r.idFromStat(dev, stx.Ino, genFromStatx(stx), uint32(stx.Mode))
+	return n.NewInode(ctx, &node{r: n.r}, id)
+}
+
+// Lookup finds name in the directory. Hidden names do not exist.
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	dir := n.relPath()
+	if hidden(dir, name) {
+		return nil, syscall.ENOENT
+	}
+	var stx unix.Statx_t
+	if err := n.r.statx(join(dir, name), &stx); err != nil {
+		return nil, n.r.errno(err, "lookup", join(dir, name))
+	}
+	n.r.fillAttr(&stx, &out.Attr)
+	return n.newChild(ctx, &stx), 0
+}
+
+// Getattr stats the backing object; through an open handle when there is
+// one (the file may be unlinked).
+func (n *node) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if f, ok := fh.(*file); ok {
+		return f.Getattr(ctx, out)
+	}
+	var stx unix.Statx_t
+	p := n.relPath()
+	if err := n.r.statx(p, &stx); err != nil {
+		return n.r.errno(err, "getattr", p)
+	}
+	n.r.fillAttr(&stx, &out.Attr)
+	return 0
+}
+
+// Statfs reports the backing filesystem.
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	fd, err := openat(n.r.rootFd, rel(n.relPath()), unix.O_PATH, 0)
+	if err != nil {
+		return n.r.errno(err, "statfs", n.relPath())
+	}
+	defer unix.Close(fd)
+	var st syscall.Statfs_t
+	if err := retryEINTR(func() error { return syscall.Fstatfs(fd, &st) }); err != nil {
+		return n.r.errno(err, "statfs", n.relPath())
+	}
+	out.FromStatfsT(&st)
+	return 0
+}

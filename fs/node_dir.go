@@ -1,0 +1,233 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// Directory operations pass straight through to CIPHERDIR: names, links
+// and symlink targets are stored as they are, and none of these
+// operations needs a key.
+
+var (
+	_ fusefs.NodeMkdirer        = (*node)(nil)
+	_ fusefs.NodeRmdirer        = (*node)(nil)
+	_ fusefs.NodeUnlinker       = (*node)(nil)
+	_ fusefs.NodeRenamer        = (*node)(nil)
+	_ fusefs.NodeLinker         = (*node)(nil)
+	_ fusefs.NodeSymlinker      = (*node)(nil)
+	_ fusefs.NodeReadlinker     = (*node)(nil)
+	_ fusefs.NodeMknoder        = (*node)(nil)
+	_ fusefs.NodeOpendirHandler = (*node)(nil)
+)
+
+// dirOp runs f on the backing directory of n, refusing hidden names and
+// changes to a read-only mount.
+func (n *node) dirOp(op, name string, f func(dirfd int) error) syscall.Errno {
+	dir := n.relPath()
+	if hidden(dir, name) {
+		if op == "unlink" || op == "rmdir" {
+			return syscall.ENOENT
+		}
+		return syscall.EPERM
+	}
+	if n.r.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	dirfd, err := openat(n.r.rootFd, rel(dir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return n.r.errno(err, op, join(dir, name))
+	}
+	defer unix.Close(dirfd)
+	return n.r.errno(retryEINTR(func() error { return f(dirfd) }), op, join(dir, name))
+}
+
+// entry fills out and returns the inode of the new object name in n.
+func (n *node) entry(ctx context.Context, op, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	var stx unix.Statx_t
+	path := join(n.relPath(), name)
+	if err := n.r.statx(path, &stx); err != nil {
+		return nil, n.r.errno(err, op, path)
+	}
+	n.r.fillAttr(&stx, &out.Attr)
+	return n.newChild(ctx, &stx), 0
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	errno := n.dirOp("mkdir", name, func(dirfd int) error {
+		if err := unix.Mkdirat(dirfd, name, mode&0o7777); err != nil {
+			return err
+		}
+		if err := n.r.chownNew(ctx, dirfd, -1, name); err != nil {
+			unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+			return err
+		}
+		return nil
+	})
+	if errno != 0 {
+		return nil, errno
+	}
+	return n.entry(ctx, "mkdir", name, out)
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	// A regular file made by mknod is an empty stored file: no header
+	// until its first write, which is a valid empty kmsfs file.
+	errno := n.dirOp("mknod", name, func(dirfd int) error {
+		if err := unix.Mknodat(dirfd, name, mode, int(rdev)); err != nil {
+			return err
+		}
+		if err := n.r.chownNew(ctx, dirfd, -1, name); err != nil {
+			unix.Unlinkat(dirfd, name, 0)
+			return err
+		}
+		return nil
+	})
+	if errno != 0 {
+		return nil, errno
+	}
+	return n.entry(ctx, "mknod", name, out)
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	errno := n.dirOp("symlink", name, func(dirfd int) error {
+		if err := unix.Symlinkat(target, dirfd, name); err != nil {
+			return err
+		}
+		if err := n.r.chownNew(ctx, dirfd, -1, name); err != nil {
+			unix.Unlinkat(dirfd, name, 0)
+			return err
+		}
+		return nil
+	})
+	if errno != 0 {
+		return nil, errno
+	}
+	return n.entry(ctx, "symlink", name, out)
+}
+
+func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	t, ok := target.(*node)
+	if !ok || t.r != n.r {
+		return nil, syscall.EXDEV
+	}
+	if _, parent := t.Parent(); parent == nil {
+		// Unlinked or never named (O_TMPFILE): no path to link from.
+		return nil, syscall.ENOENT
+	}
+	src := t.relPath()
+	errno := n.dirOp("link", name, func(dirfd int) error {
+		return unix.Linkat(n.r.rootFd, src, dirfd, name, 0)
+	})
+	if errno != 0 {
+		return nil, errno
+	}
+	return n.entry(ctx, "link", name, out)
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	path := n.relPath()
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		var m int
+		err := retryEINTR(func() error {
+			var err error
+			m, err = unix.Readlinkat(n.r.rootFd, rel(path), buf)
+			return err
+		})
+		if err != nil {
+			return nil, n.r.errno(err, "readlink", path)
+		}
+		if m < size {
+			return buf[:m], 0
+		}
+	}
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	return n.dirOp("unlink", name, func(dirfd int) error { return unix.Unlinkat(dirfd, name, 0) })
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return n.dirOp("rmdir", name, func(dirfd int) error { return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR) })
+}
+
+// Rename passes flags (RENAME_NOREPLACE, RENAME_EXCHANGE) to renameat2.
+// The encryption context names no path, so no key is involved.
+func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, ok := newParent.(*node)
+	if !ok || np.r != n.r {
+		return syscall.EXDEV
+	}
+	newDir := np.relPath()
+	if hidden(newDir, newName) {
+		return syscall.EPERM
+	}
+	return n.dirOp("rename", name, func(dirfd int) error {
+		ndirfd, err := openat(n.r.rootFd, rel(newDir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(ndirfd)
+		return unix.Renameat2(dirfd, name, ndirfd, newName, uint(flags))
+	})
+}
+
+// OpendirHandle opens the backing directory; the listing hides kmsfs's
+// own names and supports seeking (telldir/seekdir).
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	dir := n.relPath()
+	fd, err := openat(n.r.rootFd, rel(dir), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, 0, n.r.errno(err, "opendir", dir)
+	}
+	ds, errno := fusefs.NewLoopbackDirStreamFd(fd)
+	if errno != 0 {
+		unix.Close(fd)
+		return nil, 0, errno
+	}
+	return &dirHandle{DirStream: ds, dir: dir}, 0, 0
+}
+
+// dirHandle filters hidden names out of a backing directory stream.
+type dirHandle struct {
+	fusefs.DirStream
+	dir string
+}
+
+var (
+	_ fusefs.FileReaddirenter = (*dirHandle)(nil)
+	_ fusefs.FileSeekdirer    = (*dirHandle)(nil)
+	_ fusefs.FileReleasedirer = (*dirHandle)(nil)
+	_ fusefs.FileFsyncdirer   = (*dirHandle)(nil)
+)
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	for d.HasNext() {
+		e, errno := d.Next()
+		if errno != 0 {
+			return nil, errno
+		}
+		if hidden(d.dir, e.Name) {
+			continue
+		}
+		return &e, 0
+	}
+	return nil, 0
+}
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	return d.DirStream.(fusefs.FileSeekdirer).Seekdir(ctx, off)
+}
+
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	d.DirStream.(fusefs.FileReleasedirer).Releasedir(ctx, flags)
+}
+
+func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	return d.DirStream.(fusefs.FileFsyncdirer).Fsyncdir(ctx, flags)
+}

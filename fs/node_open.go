@@ -1,0 +1,241 @@
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	_ fusefs.NodeOpener  = (*node)(nil)
+	_ fusefs.NodeCreater = (*node)(nil)
+)
+
+// backingFlags turns the flags of an open of the plaintext view into the
+// flags of the stored file: a writable handle must also read (partial
+// blocks are read, merged and re-sealed); O_APPEND is dropped because the
+// kernel sends every write with its offset; O_DIRECT is dropped because
+// stored blocks are not sector aligned; creation flags are handled here.
+func backingFlags(flags uint32) int {
+	f := int(flags) &^ (unix.O_ACCMODE | unix.O_APPEND | unix.O_DIRECT | unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | syscall.O_ASYNC | fuse.FMODE_EXEC)
+	if flags&unix.O_ACCMODE == unix.O_RDONLY {
+		return f | unix.O_RDONLY | unix.O_NOFOLLOW
+	}
+	return f | unix.O_RDWR | unix.O_NOFOLLOW
+}
+
+func writable(flags uint32) bool { return flags&unix.O_ACCMODE != unix.O_RDONLY }
+
+// Open opens a regular file: the first open of an inode unwraps its data
+// key (one keyring call, shared with concurrent openers).
+func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	path := n.relPath()
+	if n.r.opts.ReadOnly && (writable(flags) || flags&unix.O_TRUNC != 0) {
+		return nil, 0, syscall.EROFS
+	}
+	fd, err := n.r.openBacking(path, backingFlags(flags))
+	if err != nil {
+		return nil, 0, n.r.errno(err, "open", path)
+	}
+	st, err := n.acquire(fd, path, true)
+	if err != nil {
+		unix.Close(fd)
+		return nil, 0, n.r.errno(err, "open", path)
+	}
+	f := &file{n: n, st: st, fd: fd, flags: flags}
+	if flags&unix.O_TRUNC != 0 {
+		if err := f.truncate(0); err != nil {
+			f.close()
+			return nil, 0, n.r.errno(err, "open O_TRUNC", path)
+		}
+	}
+	return f, 0, 0
+}
+
+// openBacking opens a stored file. A write-only file cannot be opened for
+// reading and writing by its unprivileged owner: like gocryptfs, add the
+// owner's read bit for the open and take it away again.
+func (r *Root) openBacking(path string, flags int) (int, error) {
+	fd, err := openat(r.rootFd, rel(path), flags, 0)
+	if err != unix.EACCES || flags&unix.O_ACCMODE != unix.O_RDWR || processUID() == 0 {
+		return fd, err
+	}
+	var st unix.Stat_t
+	if fstatat(r.rootFd, rel(path), &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Uid != processUID() || st.Mode&0o400 != 0 {
+		return fd, err
+	}
+	if unix.Fchmodat(r.rootFd, rel(path), (st.Mode&0o7777)|0o400, 0) != nil {
+		return fd, err
+	}
+	fd, err = openat(r.rootFd, rel(path), flags, 0)
+	unix.Fchmodat(r.rootFd, rel(path), st.Mode&0o7777, 0)
+	return fd, err
+}
+
+// Create makes a regular file with its header already in place: the
+// header is written to an unnamed file (O_TMPFILE) that is then linked
+// under name, so no one ever sees the file without its header, and two
+// mounts creating one name race on the link, not on the header.
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	dir := n.relPath()
+	path := join(dir, name)
+	if hidden(dir, name) {
+		return nil, nil, 0, syscall.EPERM
+	}
+	if n.r.opts.ReadOnly {
+		return nil, nil, 0, syscall.EROFS
+	}
+	k, err := n.r.newFileKey()
+	if err != nil {
+		return nil, nil, 0, n.r.errno(err, "create", path)
+	}
+	slot, c, err := n.r.sealNewHeader(k)
+	if err != nil {
+		return nil, nil, 0, n.r.errno(err, "create", path)
+	}
+	fd, err := n.r.createWithHeader(ctx, dir, name, mode, slot)
+	if errors.Is(err, unix.EEXIST) && flags&unix.O_EXCL == 0 {
+		// Someone else (another mount) created it first: open theirs.
+		k.dk.Wipe()
+		return n.openExisting(ctx, name, flags, out)
+	}
+	if err != nil {
+		k.dk.Wipe()
+		return nil, nil, 0, n.r.errno(err, "create", path)
+	}
+	var stx unix.Statx_t
+	if err := retryEINTR(func() error {
+		return unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
+	}); err != nil {
+		k.dk.Wipe()
+		unix.Close(fd)
+		return nil, nil, 0, n.r.errno(err, "create", path)
+	}
+	n.r.fillAttr(&stx, &out.Attr)
+	child := n.newChild(ctx, &stx)
+	cn := child.Operations().(*node)
+	cn.mu.Lock()
+	st := cn.st
+	if st == nil {
+		st = &fileState{}
+		cn.st = st
+	}
+	st.users++
+	if !st.loaded {
+		st.cipher, st.dk, st.loaded = c, k.dk, true
+		n.r.stats.liveKeys.Add(1)
+	} else {
+		k.dk.Wipe()
+	}
+	cn.mu.Unlock()
+	return child, &file{n: cn, st: st, fd: fd, flags: flags}, 0, 0
+}
+
+// openExisting opens name after a create lost the race to another creator.
+func (n *node) openExisting(ctx context.Context, name string, flags uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	child, errno := n.Lookup(ctx, name, out)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	cn, ok := child.Operations().(*node)
+	switch {
+	case child.StableAttr().Mode == unix.S_IFDIR:
+		return nil, nil, 0, syscall.EISDIR
+	case !ok || child.StableAttr().Mode != unix.S_IFREG:
+		return nil, nil, 0, syscall.EEXIST
+	}
+	fh, fl, errno := cn.Open(ctx, flags&^(unix.O_CREAT|unix.O_EXCL))
+	return child, fh, fl, errno
+}
+
+// createWithHeader creates dir/name holding exactly the header slot, owned
+// by the caller, and returns a read-write descriptor of it. It fails with
+// EEXIST if the name exists.
+func (r *Root) createWithHeader(ctx context.Context, dir, name string, mode uint32, slot []byte) (int, error) {
+	dirfd, err := openat(r.rootFd, rel(dir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(dirfd)
+	perm := mode & 0o7777
+	fd, err := openat(dirfd, ".", unix.O_TMPFILE|unix.O_RDWR, perm)
+	named := ""
+	if err == unix.EOPNOTSUPP || err == unix.EISDIR || err == unix.EINVAL {
+		// No O_TMPFILE on this filesystem: a hidden temporary name.
+		var rnd [8]byte
+		rand.Read(rnd[:])
+		named = tmpPrefix + hex.EncodeToString(rnd[:])
+		fd, err = openat(dirfd, named, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW, perm)
+	}
+	if err != nil {
+		return -1, err
+	}
+	fail := func(err error) (int, error) {
+		unix.Close(fd)
+		if named != "" {
+			unix.Unlinkat(dirfd, named, 0)
+		}
+		return -1, err
+	}
+	if err := (fdStore(fd)).writeFull(slot, 0); err != nil {
+		return fail(err)
+	}
+	if err := r.chownNew(ctx, dirfd, fd, ""); err != nil {
+		return fail(err)
+	}
+	// The process umask (or a chown clearing set-id bits) may have
+	// changed the mode: set exactly what was asked.
+	if err := retryEINTR(func() error { return unix.Fchmod(fd, perm) }); err != nil {
+		return fail(err)
+	}
+	if named != "" {
+		err = retryEINTR(func() error { return unix.Linkat(dirfd, named, dirfd, name, 0) })
+		unix.Unlinkat(dirfd, named, 0)
+	} else {
+		err = retryEINTR(func() error { return unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH) })
+		if err == unix.ENOENT || err == unix.EPERM {
+			// AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link does not.
+			err = retryEINTR(func() error {
+				return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), dirfd, name, unix.AT_SYMLINK_FOLLOW)
+			})
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// chownNew gives a new object the caller's owner when kmsfs runs as root
+// (otherwise everything is owned by root), keeping the group of a set-gid
+// parent directory as the kernel would. The object is fd, or name in
+// dirfd (not following a symlink) when fd is -1.
+func (r *Root) chownNew(ctx context.Context, dirfd, fd int, name string) error {
+	if processUID() != 0 {
+		return nil
+	}
+	caller, ok := fuse.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	uid, gid := int(caller.Uid), int(caller.Gid)
+	var dst unix.Stat_t
+	if err := unix.Fstat(dirfd, &dst); err == nil && dst.Mode&unix.S_ISGID != 0 {
+		gid = int(dst.Gid)
+	}
+	if uid == 0 && gid == 0 {
+		return nil
+	}
+	if fd >= 0 {
+		return retryEINTR(func() error { return unix.Fchown(fd, uid, gid) })
+	}
+	return retryEINTR(func() error { return unix.Fchownat(dirfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW) })
+}

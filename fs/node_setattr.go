@@ -1,0 +1,146 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+	"time"
+	"unsafe"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+var _ fusefs.NodeSetattrer = (*node)(nil)
+
+// Setattr changes mode, owner, size and times. Through an open handle it
+// uses the handle's descriptor (the file may be unlinked); otherwise the
+// path. A size change goes through the inode's file state, so a truncate by
+// path and writes through open handles are serialised (gocryptfs once
+// corrupted files in this race).
+func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	path := n.relPath()
+	f, _ := fh.(*file)
+	if n.r.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	isLink := n.StableAttr().Mode == unix.S_IFLNK
+
+	if mode, ok := in.GetMode(); ok {
+		var err error
+		switch {
+		case f != nil:
+			err = retryEINTR(func() error { return unix.Fchmod(f.fd, mode&0o7777) })
+		case isLink:
+			err = syscall.EOPNOTSUPP // Linux symlinks have no mode
+		default:
+			err = retryEINTR(func() error { return unix.Fchmodat(n.r.rootFd, rel(path), mode&0o7777, 0) })
+		}
+		if err != nil {
+			return n.r.errno(err, "chmod", path)
+		}
+	}
+
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if uok || gok {
+		suid, sgid := -1, -1
+		if uok {
+			suid = int(uid)
+		}
+		if gok {
+			sgid = int(gid)
+		}
+		var err error
+		if f != nil {
+			err = retryEINTR(func() error { return unix.Fchown(f.fd, suid, sgid) })
+		} else {
+			err = retryEINTR(func() error { return unix.Fchownat(n.r.rootFd, rel(path), suid, sgid, unix.AT_SYMLINK_NOFOLLOW) })
+		}
+		if err != nil {
+			return n.r.errno(err, "chown", path)
+		}
+	}
+
+	// Size before times, so an explicit mtime is not clobbered.
+	if size, ok := in.GetSize(); ok {
+		if err := n.truncate(f, path, int64(size)); err != nil {
+			return n.r.errno(err, "truncate", path)
+		}
+	}
+
+	mtime, mok := in.GetMTime()
+	atime, aok := in.GetATime()
+	if mok || aok {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if aok {
+			ts[0] = timespec(atime, in.Valid&fuse.FATTR_ATIME_NOW != 0)
+		}
+		if mok {
+			ts[1] = timespec(mtime, in.Valid&fuse.FATTR_MTIME_NOW != 0)
+		}
+		var err error
+		if f != nil {
+			err = futimens(f.fd, ts)
+		} else {
+			err = retryEINTR(func() error { return unix.UtimesNanoAt(n.r.rootFd, rel(path), ts, unix.AT_SYMLINK_NOFOLLOW) })
+		}
+		if err != nil {
+			return n.r.errno(err, "utimens", path)
+		}
+	}
+
+	if f != nil {
+		return f.Getattr(ctx, out)
+	}
+	return n.Getattr(ctx, nil, out)
+}
+
+func timespec(t time.Time, now bool) unix.Timespec {
+	if now {
+		return unix.Timespec{Nsec: unix.UTIME_NOW}
+	}
+	ts, _ := unix.TimeToTimespec(t)
+	return ts
+}
+
+// futimens sets the times of an open file: utimensat(fd, NULL, ts, 0).
+func futimens(fd int, ts []unix.Timespec) error {
+	return retryEINTR(func() error {
+		_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+		if e != 0 {
+			return e
+		}
+		return nil
+	})
+}
+
+// truncate changes the plaintext size, through the handle when there is
+// one. Through a path it joins the inode's file state like an open does;
+// shrinking to zero needs no key, any other size unwraps it.
+func (n *node) truncate(f *file, path string, size int64) error {
+	if n.StableAttr().Mode != unix.S_IFREG {
+		if n.StableAttr().Mode == unix.S_IFDIR {
+			return syscall.EISDIR
+		}
+		return syscall.EINVAL
+	}
+	if size < 0 {
+		return syscall.EINVAL
+	}
+	if f != nil {
+		return f.truncate(size)
+	}
+	fd, err := n.r.openBacking(path, unix.O_RDWR|unix.O_NOFOLLOW)
+	if err != nil {
+		return err
+	}
+	st, err := n.acquire(fd, path, size != 0)
+	if err != nil {
+		unix.Close(fd)
+		return err
+	}
+	tmp := &file{n: n, st: st, fd: fd, flags: unix.O_RDWR}
+	defer tmp.close()
+	return tmp.truncate(size)
+}

@@ -1,0 +1,425 @@
+package keyring
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+)
+
+// Defaults of AWSKMSConfig.
+const (
+	DefaultKMSMaxAttempts = 3
+	DefaultKMSCallTimeout = 10 * time.Second
+	DefaultKMSMaxBackoff  = 2 * time.Second
+)
+
+// AWSKMSConfig configures an AWSKMS keyring.
+type AWSKMSConfig struct {
+	// KeyID names the KMS key as the user gave it: a key ID, a key ARN,
+	// alias/NAME or an alias ARN.
+	KeyID string
+	// KeyARN is the resolved key ARN when it is already known (from the
+	// volume config). When set, every call names this ARN and a response
+	// naming another key is refused.
+	KeyARN string
+	// Region of the key. Empty: the region of the key ARN (or alias ARN),
+	// which is where the key lives, else the SDK's default chain
+	// (AWS_REGION, the shared config).
+	Region string
+	// Endpoint, if set, is the KMS client's BaseEndpoint (local-kms, a VPC
+	// endpoint, a FIPS endpoint).
+	Endpoint string
+	// GrantTokens are sent with every GenerateDataKey, Encrypt and Decrypt.
+	GrantTokens []string
+	// MaxAttempts bounds the attempts of the SDK's standard retryer per
+	// call, the first one included. 0 means DefaultKMSMaxAttempts. The
+	// retryer keeps the SDK's retry quota (a token bucket per keyring), so
+	// in a long outage calls stop retrying and fail after one attempt
+	// until successes refill it.
+	MaxAttempts int
+	// MaxBackoff caps the retryer's delay between two attempts. 0 means
+	// DefaultKMSMaxBackoff.
+	MaxBackoff time.Duration
+	// CallTimeout bounds one whole KMS call, retries included. Each attempt
+	// gets CallTimeout/MaxAttempts to connect and answer, so a black-holed
+	// endpoint is retried rather than waited for. 0 means
+	// DefaultKMSCallTimeout.
+	CallTimeout time.Duration
+	// Credentials overrides the SDK's default credential chain (tests use
+	// static credentials). nil: the default chain.
+	Credentials aws.CredentialsProvider
+}
+
+// AWSKMS wraps data keys under one AWS KMS key (or a key of any endpoint
+// speaking the KMS API). Every wrapped entry it produces names the key's
+// ARN, never an alias, and it only sends entries naming that ARN to KMS.
+// Every KMS call runs under its own deadline (CallTimeout) and the SDK's
+// standard retryer with bounded attempts. Errors wrap the package's
+// sentinels (see kmsError). Safe for concurrent use.
+type AWSKMS struct {
+	client      *kms.Client
+	keyID       string // as configured
+	region      string
+	endpoint    string // redacted, for Describe
+	grantTokens []string
+	callTimeout time.Duration
+
+	resolveMu sync.Mutex // held by ResolveKeyARN's DescribeKey: one call at a time
+
+	mu     sync.Mutex
+	keyARN string // guarded by mu; "" until resolved, then never changes
+}
+
+var (
+	_ Keyring   = (*AWSKMS)(nil)
+	_ Wrapper   = (*AWSKMS)(nil)
+	_ Describer = (*AWSKMS)(nil)
+)
+
+// NewAWSKMS builds the KMS client. It makes no KMS call: a wrong key or
+// missing permissions show on the first GenerateDataKey or Decrypt.
+func NewAWSKMS(ctx context.Context, cfg AWSKMSConfig) (*AWSKMS, error) {
+	if cfg.KeyID == "" && cfg.KeyARN == "" {
+		return nil, errors.New("aws-kms keyring: no key given")
+	}
+	if cfg.KeyARN != "" && !isKeyARN(cfg.KeyARN) {
+		return nil, fmt.Errorf("aws-kms keyring: %q is not a KMS key ARN (arn:PARTITION:kms:REGION:ACCOUNT:key/ID)", cfg.KeyARN)
+	}
+	if cfg.KeyID == "" {
+		cfg.KeyID = cfg.KeyARN
+	}
+	if isKeyARN(cfg.KeyID) {
+		if cfg.KeyARN != "" && cfg.KeyARN != cfg.KeyID {
+			return nil, fmt.Errorf("aws-kms keyring: key %s does not match the volume's key %s", cfg.KeyID, cfg.KeyARN)
+		}
+		cfg.KeyARN = cfg.KeyID
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultKMSMaxAttempts
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultKMSMaxBackoff
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = DefaultKMSCallTimeout
+	}
+	if cfg.Region == "" {
+		cfg.Region = arnRegion(cfg.KeyARN)
+	}
+	if cfg.Region == "" {
+		cfg.Region = arnRegion(cfg.KeyID)
+	}
+	endpoint := ""
+	if cfg.Endpoint != "" {
+		u, err := url.Parse(cfg.Endpoint)
+		if err != nil || u.Scheme == "" || u.Host == "" {
+			return nil, fmt.Errorf("aws-kms keyring: endpoint %q is not a URL like https://kms.example.com", cfg.Endpoint)
+		}
+		endpoint = u.Redacted()
+	}
+
+	// One attempt may take at most its share of the call's budget: dial,
+	// TLS handshake and waiting for the response headers are all bounded by
+	// it, so a black-holed endpoint costs attempts, not the whole budget.
+	attemptTimeout := cfg.CallTimeout / time.Duration(cfg.MaxAttempts)
+	httpClient := awshttp.NewBuildableClient().
+		WithTimeout(attemptTimeout).
+		WithDialerOptions(func(d *net.Dialer) {
+			d.Timeout = attemptTimeout
+		}).
+		WithTransportOptions(func(tr *http.Transport) {
+			tr.TLSHandshakeTimeout = attemptTimeout
+			tr.ResponseHeaderTimeout = attemptTimeout
+		})
+
+	opts := []func(*config.LoadOptions) error{
+		config.WithHTTPClient(httpClient),
+		// The SDK's wire logging (LogRequestWithBody, LogResponseWithBody)
+		// would print the Plaintext of GenerateDataKey and Decrypt
+		// responses and of Encrypt requests: data keys in a log. Zero, set
+		// here and again on the client, logs no wire traffic whatever the
+		// environment says.
+		config.WithClientLogMode(0),
+	}
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	if cfg.Credentials != nil {
+		opts = append(opts, config.WithCredentialsProvider(cfg.Credentials))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("aws-kms keyring: load AWS config: %w", err)
+	}
+	if awsCfg.Region == "" {
+		return nil, errors.New("aws-kms keyring: no AWS region: pass --region, set AWS_REGION, or name the key by its ARN")
+	}
+	if awsCfg.Credentials != nil {
+		awsCfg.Credentials = tagCredentialErrors(awsCfg.Credentials)
+	}
+
+	retryer := retry.NewStandard(func(o *retry.StandardOptions) {
+		o.MaxAttempts = cfg.MaxAttempts
+		o.MaxBackoff = cfg.MaxBackoff
+	})
+	client := kms.NewFromConfig(awsCfg, func(o *kms.Options) {
+		o.Retryer = retryer
+		// cfg.MaxAttempts is the bound; AWS_MAX_ATTEMPTS must not raise it.
+		o.RetryMaxAttempts = 0
+		o.ClientLogMode = 0 // see config.WithClientLogMode above
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.Endpoint)
+		}
+	})
+
+	return &AWSKMS{
+		client:      client,
+		keyID:       cfg.KeyID,
+		region:      awsCfg.Region,
+		endpoint:    endpoint,
+		grantTokens: slices.Clone(cfg.GrantTokens),
+		callTimeout: cfg.CallTimeout,
+		keyARN:      cfg.KeyARN,
+	}, nil
+}
+
+// KeyARN returns the resolved key ARN, or "" while it is not known: the key
+// was configured by alias or key ID and no call has resolved it yet.
+func (k *AWSKMS) KeyARN() string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.keyARN
+}
+
+// ResolveKeyARN returns the key ARN, asking KMS (DescribeKey, which needs
+// kms:DescribeKey) if it is not known yet. Concurrent callers share one
+// DescribeKey.
+func (k *AWSKMS) ResolveKeyARN(ctx context.Context) (string, error) {
+	if arn := k.KeyARN(); arn != "" {
+		return arn, nil
+	}
+	k.resolveMu.Lock()
+	defer k.resolveMu.Unlock()
+	if arn := k.KeyARN(); arn != "" {
+		return arn, nil // resolved while we waited
+	}
+	ctx, cancel := context.WithTimeout(ctx, k.callTimeout)
+	defer cancel()
+	out, err := k.client.DescribeKey(ctx, &kms.DescribeKeyInput{
+		KeyId:       aws.String(k.keyID),
+		GrantTokens: k.grantTokens,
+	})
+	if err != nil {
+		return "", kmsError("DescribeKey", k.keyID, err)
+	}
+	if out.KeyMetadata == nil {
+		return "", fmt.Errorf("kms DescribeKey with key %s: response has no key metadata", k.keyID)
+	}
+	if err := k.learnKeyARN("DescribeKey", aws.ToString(out.KeyMetadata.Arn)); err != nil {
+		return "", err
+	}
+	return k.KeyARN(), nil
+}
+
+// learnKeyARN checks the key ARN a response names against the known one,
+// or remembers it if none is known yet.
+func (k *AWSKMS) learnKeyARN(op, got string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.keyARN != "" {
+		if got != k.keyARN {
+			return fmt.Errorf("kms %s with key %s: response names key %q, refusing it", op, k.keyARN, got)
+		}
+		return nil
+	}
+	if !isKeyARN(got) {
+		return fmt.Errorf("kms %s with key %s: response names %q, not a key ARN", op, k.keyID, got)
+	}
+	k.keyARN = got
+	return nil
+}
+
+// requestKeyID is what a request names: the ARN once known, so that a
+// retargeted alias cannot switch keys under a volume.
+func (k *AWSKMS) requestKeyID() string {
+	if arn := k.KeyARN(); arn != "" {
+		return arn
+	}
+	return k.keyID
+}
+
+// GenerateDataKey asks KMS for an AES-256 data key bound to ec. The wrapped
+// entry names the key ARN KMS reports; if the ARN was not known it is
+// remembered (KeyARN), and if it was, a response naming another key fails
+// the call. Errors wrap the sentinels (ErrAccessDenied, ErrKeyDisabled,
+// ErrKeyNotFound, ErrThrottled, ErrUnreachable).
+func (k *AWSKMS) GenerateDataKey(ctx context.Context, ec EncryptionContext) (*DataKey, []WrappedKey, error) {
+	keyID := k.requestKeyID()
+	ctx, cancel := context.WithTimeout(ctx, k.callTimeout)
+	defer cancel()
+	out, err := k.client.GenerateDataKey(ctx, &kms.GenerateDataKeyInput{
+		KeyId:             aws.String(keyID),
+		KeySpec:           types.DataKeySpecAes256,
+		EncryptionContext: kmsContext(ec),
+		GrantTokens:       k.grantTokens,
+	})
+	if err != nil {
+		return nil, nil, kmsError("GenerateDataKey", keyID, err)
+	}
+	// The SDK decoded Plaintext into a buffer of its own: NewDataKey and
+	// every failure path below zero it.
+	if err := k.learnKeyARN("GenerateDataKey", aws.ToString(out.KeyId)); err != nil {
+		clear(out.Plaintext)
+		return nil, nil, err
+	}
+	if len(out.CiphertextBlob) == 0 {
+		clear(out.Plaintext)
+		return nil, nil, fmt.Errorf("kms GenerateDataKey with key %s: response has no CiphertextBlob", keyID)
+	}
+	dk, err := NewDataKey(out.Plaintext)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kms GenerateDataKey with key %s: %v", keyID, err)
+	}
+	return dk, []WrappedKey{{Kind: KindAWSKMS, KeyID: aws.ToString(out.KeyId), Blob: out.CiphertextBlob}}, nil
+}
+
+// Wrap encrypts an existing data key under this KMS key (KMS Encrypt), so a
+// Multi keyring can add a copy under a second key or region. The entry names
+// the key ARN as GenerateDataKey's do.
+func (k *AWSKMS) Wrap(ctx context.Context, dk *DataKey, ec EncryptionContext) (WrappedKey, error) {
+	if dk.Wiped() {
+		return WrappedKey{}, errors.New("keyring: wrap of a wiped data key")
+	}
+	keyID := k.requestKeyID()
+	ctx, cancel := context.WithTimeout(ctx, k.callTimeout)
+	defer cancel()
+	out, err := k.client.Encrypt(ctx, &kms.EncryptInput{
+		KeyId:             aws.String(keyID),
+		Plaintext:         dk.Bytes(),
+		EncryptionContext: kmsContext(ec),
+		GrantTokens:       k.grantTokens,
+	})
+	if err != nil {
+		return WrappedKey{}, kmsError("Encrypt", keyID, err)
+	}
+	if err := k.learnKeyARN("Encrypt", aws.ToString(out.KeyId)); err != nil {
+		return WrappedKey{}, err
+	}
+	if len(out.CiphertextBlob) == 0 {
+		return WrappedKey{}, fmt.Errorf("kms Encrypt with key %s: response has no CiphertextBlob", keyID)
+	}
+	return WrappedKey{Kind: KindAWSKMS, KeyID: aws.ToString(out.KeyId), Blob: out.CiphertextBlob}, nil
+}
+
+// Decrypt unwraps the first aws-kms entry that names this keyring's key ARN
+// and opens under ec. Entries naming any other key (another ARN, an alias,
+// a bare key ID) are never sent to KMS: whoever can write the cipher dir
+// could name a key they control. No such entry: ErrNoUsableKey without a
+// KMS call, except that a keyring that does not know its ARN yet resolves
+// it first (ResolveKeyARN) when some entry is of kind aws-kms. KMS is
+// always told which key to use, and an answer naming another key fails
+// with ErrInvalidCiphertext. Other errors wrap the sentinels as
+// GenerateDataKey's do.
+func (k *AWSKMS) Decrypt(ctx context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
+	if !slices.ContainsFunc(wrapped, func(w WrappedKey) bool { return w.Kind == KindAWSKMS }) {
+		return nil, fmt.Errorf("kms key %s: %w", k.requestKeyID(), ErrNoUsableKey)
+	}
+	keyARN, err := k.ResolveKeyARN(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for _, w := range wrapped {
+		if w.Kind != KindAWSKMS || w.KeyID != keyARN {
+			continue
+		}
+		dk, err := k.decrypt(ctx, w, ec)
+		if err == nil {
+			return dk, nil
+		}
+		if !errors.Is(err, ErrInvalidCiphertext) {
+			return nil, err
+		}
+		lastErr = err // a later entry under the same key may still open
+	}
+	if lastErr != nil {
+		return nil, lastErr
+	}
+	return nil, fmt.Errorf("kms key %s: %w", keyARN, ErrNoUsableKey)
+}
+
+func (k *AWSKMS) decrypt(ctx context.Context, w WrappedKey, ec EncryptionContext) (*DataKey, error) {
+	ctx, cancel := context.WithTimeout(ctx, k.callTimeout)
+	defer cancel()
+	out, err := k.client.Decrypt(ctx, &kms.DecryptInput{
+		KeyId:             aws.String(w.KeyID),
+		CiphertextBlob:    w.Blob,
+		EncryptionContext: kmsContext(ec),
+		GrantTokens:       k.grantTokens,
+	})
+	if err != nil {
+		return nil, kmsError("Decrypt", w.KeyID, err)
+	}
+	if got := aws.ToString(out.KeyId); got != w.KeyID {
+		clear(out.Plaintext)
+		return nil, fmt.Errorf("kms Decrypt with key %s: %w (response names key %q)", w.KeyID, ErrInvalidCiphertext, got)
+	}
+	dk, err := NewDataKey(out.Plaintext)
+	if err != nil {
+		return nil, fmt.Errorf("kms Decrypt with key %s: %w (%v)", w.KeyID, ErrInvalidCiphertext, err)
+	}
+	return dk, nil
+}
+
+// Describe names the key (its ARN once known), the region and a custom
+// endpoint. It holds no secret.
+func (k *AWSKMS) Describe() string {
+	key := k.KeyARN()
+	if key == "" {
+		key = k.keyID
+	}
+	s := "aws-kms " + key + " (region " + k.region
+	if k.endpoint != "" {
+		s += ", endpoint " + k.endpoint
+	}
+	return s + ")"
+}
+
+// kmsContext converts ec for the SDK; an empty context is sent as none.
+func kmsContext(ec EncryptionContext) map[string]string {
+	if len(ec) == 0 {
+		return nil
+	}
+	return map[string]string(ec)
+}
+
+// isKeyARN reports whether s is a KMS key ARN,
+// arn:PARTITION:kms:REGION:ACCOUNT:key/ID (not an alias ARN).
+func isKeyARN(s string) bool {
+	parts := strings.SplitN(s, ":", 6)
+	return len(parts) == 6 && parts[0] == "arn" && parts[1] != "" && parts[2] == "kms" &&
+		parts[3] != "" && parts[4] != "" && strings.HasPrefix(parts[5], "key/") && len(parts[5]) > len("key/")
+}
+
+// arnRegion returns the region of a KMS key or alias ARN, or "".
+func arnRegion(s string) string {
+	parts := strings.SplitN(s, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "kms" {
+		return ""
+	}
+	return parts[3]
+}
