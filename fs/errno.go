@@ -49,6 +49,16 @@ func errnoOf(err error) syscall.Errno {
 // applications meet every day (ENOENT, EEXIST...), as a warning for anything
 // else (EIO, ENOSPC, a keyring or integrity failure).
 func (r *Root) errno(err error, op, path string, attrs ...any) syscall.Errno {
+	return r.logErrno(err, serious, op, path, attrs...)
+}
+
+// metaErrno is errno for metadata operations (xattrs), where ENOSPC or
+// E2BIG mean "value too large" and every plain errno is ordinary.
+func (r *Root) metaErrno(err error, op, path string) syscall.Errno {
+	return r.logErrno(err, nil, op, path)
+}
+
+func (r *Root) logErrno(err error, serious map[syscall.Errno]bool, op, path string, attrs ...any) syscall.Errno {
 	e := errnoOf(err)
 	if e == 0 {
 		return 0

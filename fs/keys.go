@@ -128,6 +128,14 @@ func (r *Root) readHeader(fd int) (*blockcipher.Header, error) {
 		return nil, fmt.Errorf("header: %w (file has %d bytes, the volume's header has %d)", blockcipher.ErrTruncated, st.Size, r.layout.HeaderSize)
 	}
 	slot := make([]byte, r.layout.HeaderSize)
+	// Reading the header is kmsfs's business, not an access the user
+	// made: keep it from touching the file's atime (O_NOATIME needs
+	// ownership or CAP_FOWNER; without it the atime may move).
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_NOATIME == 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME); err == nil {
+			defer unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+		}
+	}
 	if _, err := (fdStore(fd)).ReadAt(slot, 0); err != nil {
 		return nil, err
 	}

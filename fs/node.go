@@ -112,8 +112,8 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 // Getattr stats the backing object; through an open handle when there is
 // one (the file may be unlinked).
 func (n *node) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if f, ok := fh.(*file); ok {
-		return f.Getattr(ctx, out)
+	if g, ok := fh.(fusefs.FileGetattrer); ok {
+		return g.Getattr(ctx, out)
 	}
 	var stx unix.Statx_t
 	p := n.relPath()

@@ -185,18 +185,39 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHand
 	if err != nil {
 		return nil, 0, n.r.errno(err, "opendir", dir)
 	}
+	// The stream owns fd; a second descriptor serves fstat, so the
+	// directory can still be stat'ed after it was renamed over.
+	statFd, err := unix.Dup(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, 0, n.r.errno(err, "opendir", dir)
+	}
 	ds, errno := fusefs.NewLoopbackDirStreamFd(fd)
 	if errno != 0 {
 		unix.Close(fd)
+		unix.Close(statFd)
 		return nil, 0, errno
 	}
-	return &dirHandle{DirStream: ds, dir: dir}, 0, 0
+	return &dirHandle{DirStream: ds, dir: dir, r: n.r, statFd: statFd}, 0, 0
 }
 
 // dirHandle filters hidden names out of a backing directory stream.
 type dirHandle struct {
 	fusefs.DirStream
-	dir string
+	dir    string
+	r      *Root
+	statFd int
+}
+
+var _ fusefs.FileGetattrer = (*dirHandle)(nil)
+
+func (d *dirHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	var st unix.Stat_t
+	if err := unix.Fstat(d.statFd, &st); err != nil {
+		return d.r.errno(err, "getattr", d.dir)
+	}
+	d.r.fillAttrFromStat(&st, &out.Attr)
+	return 0
 }
 
 var (
@@ -225,6 +246,7 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 }
 
 func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	unix.Close(d.statFd)
 	d.DirStream.(fusefs.FileReleasedirer).Releasedir(ctx, flags)
 }
 

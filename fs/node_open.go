@@ -14,8 +14,9 @@ import (
 )
 
 var (
-	_ fusefs.NodeOpener  = (*node)(nil)
-	_ fusefs.NodeCreater = (*node)(nil)
+	_ fusefs.NodeOpener   = (*node)(nil)
+	_ fusefs.NodeCreater  = (*node)(nil)
+	_ fusefs.NodeTmpfiler = (*node)(nil)
 )
 
 // backingFlags turns the flags of an open of the plaintext view into the
@@ -238,4 +239,65 @@ func (r *Root) chownNew(ctx context.Context, dirfd, fd int, name string) error {
 		return retryEINTR(func() error { return unix.Fchown(fd, uid, gid) })
 	}
 	return retryEINTR(func() error { return unix.Fchownat(dirfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW) })
+}
+
+// Tmpfile makes an unnamed file (open with O_TMPFILE) in the directory: an
+// O_TMPFILE stored file with its header, never linked.
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	dir := n.relPath()
+	if n.r.opts.ReadOnly {
+		return nil, nil, 0, syscall.EROFS
+	}
+	k, err := n.r.newFileKey()
+	if err != nil {
+		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
+	}
+	slot, c, err := n.r.sealNewHeader(k)
+	if err != nil {
+		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
+	}
+	fd, err := n.r.createUnnamed(ctx, dir, mode, slot)
+	if err != nil {
+		k.dk.Wipe()
+		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx); err != nil {
+		k.dk.Wipe()
+		unix.Close(fd)
+		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
+	}
+	n.r.fillAttr(&stx, &out.Attr)
+	dev := unix.Mkdev(stx.Dev_major, stx.Dev_minor)
+	cn := &node{r: n.r}
+	child := n.NewInode(ctx, cn, n.r.idFromStat(dev, stx.Ino, genFromStatx(&stx), uint32(stx.Mode)))
+	cn = child.Operations().(*node)
+	st := &fileState{users: 1, loaded: true, cipher: c, dk: k.dk}
+	cn.mu.Lock()
+	cn.st = st
+	cn.mu.Unlock()
+	n.r.stats.liveKeys.Add(1)
+	return child, &file{n: cn, st: st, fd: fd, flags: flags}, 0, 0
+}
+
+// createUnnamed makes an O_TMPFILE stored file in dir holding the header.
+func (r *Root) createUnnamed(ctx context.Context, dir string, mode uint32, slot []byte) (int, error) {
+	dirfd, err := openat(r.rootFd, rel(dir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(dirfd)
+	fd, err := openat(dirfd, ".", unix.O_TMPFILE|unix.O_RDWR, mode&0o7777)
+	if err != nil {
+		return -1, err
+	}
+	if err := (fdStore(fd)).writeFull(slot, 0); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if err := r.chownNew(ctx, dirfd, fd, ""); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }

@@ -28,14 +28,14 @@ var (
 func (n *node) withXattrPath(op string, f func(path string, link bool) error) syscall.Errno {
 	p := n.relPath()
 	if n.StableAttr().Mode == unix.S_IFLNK {
-		return n.r.errno(retryEINTR(func() error { return f(filepath.Join(n.r.opts.CipherDir, p), true) }), op, p)
+		return n.r.metaErrno(retryEINTR(func() error { return f(filepath.Join(n.r.opts.CipherDir, p), true) }), op, p)
 	}
 	fd, err := openat(n.r.rootFd, rel(p), unix.O_PATH|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return n.r.errno(err, op, p)
 	}
 	defer unix.Close(fd)
-	return n.r.errno(retryEINTR(func() error { return f("/proc/self/fd/"+strconv.Itoa(fd), false) }), op, p)
+	return n.r.metaErrno(retryEINTR(func() error { return f("/proc/self/fd/"+strconv.Itoa(fd), false) }), op, p)
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {

@@ -1,0 +1,340 @@
+// Package tests mounts kmsfs for real: it builds cmd/kmsfs once, runs it as
+// a child process (an in-process mount can deadlock when the test itself
+// touches the mount), waits for its ready line, and unmounts in Cleanup.
+//
+// Without /dev/fuse these tests skip, unless KMSFS_REQUIRE_FUSE=1 (set by
+// .ci/run), which turns the skip into a failure.
+package tests
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var kmsfsBin string // built once by TestMain
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kmsfs-tests-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	kmsfsBin = filepath.Join(dir, "kmsfs")
+	args := []string{"build", "-o", kmsfsBin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/kmsfs")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build kmsfs:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requireFUSE skips without /dev/fuse, or fails when CI demands FUSE.
+func requireFUSE(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err == nil {
+		f.Close()
+		return
+	}
+	if os.Getenv("KMSFS_REQUIRE_FUSE") == "1" {
+		t.Fatalf("/dev/fuse is not usable (%v) and KMSFS_REQUIRE_FUSE=1: the FUSE tests must run here", err)
+	}
+	t.Skipf("/dev/fuse is not usable (%v); set KMSFS_REQUIRE_FUSE=1 to make this a failure", err)
+}
+
+// run runs the kmsfs binary and returns stdout, stderr and the exit code.
+func run(t testing.TB, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(kmsfsBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run kmsfs %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// volume is a CIPHERDIR made by `kmsfs init`, with the environment its
+// commands need (a private XDG_CONFIG_HOME for the local key file, KMS
+// settings when used).
+type volume struct {
+	Dir string
+	Env []string
+}
+
+// newVolume runs kmsfs init with extra flags in a fresh directory.
+func newVolume(t testing.TB, env []string, flags ...string) *volume {
+	t.Helper()
+	return newVolumeIn(t, t.TempDir(), env, flags...)
+}
+
+// tmpfsDir returns a fresh directory on tmpfs (/dev/shm), removed in
+// Cleanup.
+func tmpfsDir(t testing.TB) string {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs("/dev/shm", &st); err != nil || st.Type != 0x01021994 {
+		t.Fatalf("/dev/shm is not a tmpfs here (%v)", err)
+	}
+	d, err := os.MkdirTemp("/dev/shm", "kmsfs-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// newVolumeIn runs kmsfs init in a fresh directory under base.
+func newVolumeIn(t testing.TB, base string, env []string, flags ...string) *volume {
+	t.Helper()
+	v := &volume{Dir: filepath.Join(base, "cipher"), Env: append([]string{"XDG_CONFIG_HOME=" + filepath.Join(base, "config")}, env...)}
+	out, errOut, code := run(t, v.Env, append(append([]string{"init"}, flags...), v.Dir)...)
+	if code != 0 {
+		t.Fatalf("kmsfs init: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	return v
+}
+
+// mount is a running `kmsfs mount` child.
+type mount struct {
+	t    testing.TB
+	vol  *volume
+	Dir  string // the mountpoint
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan struct{}
+	err  error // the child's exit, after done
+
+	// AllowWarnings lets a test that provokes failures pass with the
+	// warnings they log; otherwise any WARN/ERROR line fails the test
+	// (gocryptfs does the same with its test mounts).
+	AllowWarnings bool
+	baseFDs       int
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+const readyTimeout = 60 * time.Second
+
+// mountVolume starts `kmsfs mount` in the foreground as a child and returns
+// once it printed its ready line. Cleanup unmounts, waits for the child
+// and checks its log and descriptors.
+func mountVolume(t testing.TB, v *volume, flags ...string) *mount {
+	t.Helper()
+	requireFUSE(t)
+	m := &mount{t: t, vol: v, Dir: filepath.Join(t.TempDir(), "mnt"), log: &syncBuffer{}, done: make(chan struct{})}
+	if err := os.Mkdir(m.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	args := append(append([]string{"mount", "--log-level", "debug"}, flags...), v.Dir, m.Dir)
+	m.cmd = exec.Command(kmsfsBin, args...)
+	m.cmd.Env = append(os.Environ(), v.Env...)
+	m.cmd.Stderr = m.log
+	stdout, err := m.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		ok := false
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "kmsfs: mounted ") && !ok {
+				ok = true
+				ready <- true
+			}
+		}
+		if !ok {
+			ready <- false
+		}
+	}()
+	go func() {
+		m.err = m.cmd.Wait()
+		close(m.done)
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			<-m.done
+			t.Fatalf("kmsfs mount exited without mounting (%v):\n%s", m.err, m.log.String())
+		}
+	case <-time.After(readyTimeout):
+		m.cmd.Process.Kill()
+		t.Fatalf("kmsfs mount not ready after %v:\n%s", readyTimeout, m.log.String())
+	}
+	m.baseFDs = m.openFDs()
+	t.Cleanup(m.cleanup)
+	return m
+}
+
+func (m *mount) path(p ...string) string { return filepath.Join(append([]string{m.Dir}, p...)...) }
+
+// openFDs counts the child's descriptors of CIPHERDIR and what is in it
+// (go-fuse's own descriptors, e.g. its splice pipes, come and go).
+func (m *mount) openFDs() int {
+	dir := fmt.Sprintf("/proc/%d/fd", m.cmd.Process.Pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, e := range ents {
+		t, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		if t == m.vol.Dir || strings.HasPrefix(t, m.vol.Dir+"/") {
+			n++
+		}
+	}
+	return n
+}
+
+// fdTargets lists what the child's descriptors point at.
+func (m *mount) fdTargets() string {
+	dir := fmt.Sprintf("/proc/%d/fd", m.cmd.Process.Pid)
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		t, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		out = append(out, e.Name()+"->"+t)
+	}
+	return strings.Join(out, " ")
+}
+
+// checkFDs fails if the child holds more descriptors than when it became
+// ready: every stored file it opened must be closed again. The kernel
+// sends RELEASE after close(2) returns, so it waits (bounded) for the count
+// to settle.
+func (m *mount) checkFDs() {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := m.openFDs()
+		if n <= m.baseFDs || n < 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			m.t.Errorf("descriptor leak: kmsfs holds %d descriptors, %d when it became ready: %s", n, m.baseFDs, m.fdTargets())
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// unmount stops the mount and waits for the child to exit.
+func (m *mount) unmount() error {
+	select {
+	case <-m.done:
+		return m.err
+	default:
+	}
+	_, errOut, code := run(m.t, nil, "unmount", m.Dir)
+	if code != 0 {
+		// Busy or already gone: ask the process itself.
+		m.t.Logf("kmsfs unmount: exit %d: %s", code, errOut)
+		m.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-m.done:
+		return m.err
+	case <-time.After(30 * time.Second):
+		m.cmd.Process.Kill()
+		syscall.Unmount(m.Dir, syscall.MNT_DETACH)
+		<-m.done
+		return fmt.Errorf("kmsfs did not exit within 30s of unmount")
+	}
+}
+
+var warnLine = regexp.MustCompile(`(?m)^.*level=(WARN|ERROR).*$`)
+
+func (m *mount) cleanup() {
+	select {
+	case <-m.done:
+	default:
+		m.checkFDs()
+	}
+	err := m.unmount()
+	if err != nil && !m.killed() {
+		m.t.Errorf("kmsfs mount exited with %v\n%s", err, m.log.String())
+	}
+	if !m.AllowWarnings {
+		if w := warnLine.FindAllString(m.log.String(), 5); len(w) > 0 {
+			m.t.Errorf("kmsfs logged warnings:\n%s", strings.Join(w, "\n"))
+		}
+	}
+	if m.t.Failed() {
+		m.t.Logf("kmsfs log:\n%s", tail(m.log.String(), 8000))
+	}
+}
+
+func (m *mount) killed() bool {
+	if m.cmd.ProcessState == nil {
+		return false
+	}
+	ws, ok := m.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
+}
+
+// writeFile and readFile are short helpers that fail the test.
+func writeFile(t testing.TB, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFile(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+var _ = io.EOF
