@@ -91,12 +91,31 @@ func (f File) readBlock(dst []byte, idx uint64, size int64) ([]byte, error) {
 	return f.C.OpenBlock(dst, stored, idx, int64(idx) == f.lastBlock(size))
 }
 
-func (f File) writeStored(b []byte, off int64) error {
-	if p, ok := f.S.(Preallocator); ok {
-		if err := p.Preallocate(off, int64(len(b))); err != nil {
+// reserve preallocates the stored extents of the given blocks of a file
+// of (new) plaintext size size, before anything is written: a full disk
+// then fails the change before it touches a byte. Blocks not listed (holes
+// being skipped) stay unallocated.
+func (f File) reserve(size int64, blocks ...[2]uint64) error {
+	p, ok := f.S.(Preallocator)
+	if !ok {
+		return nil
+	}
+	l := f.C.layout
+	for _, b := range blocks {
+		from, to := b[0], b[1] // inclusive
+		start := l.BlockToCipherOff(from)
+		end := l.BlockToCipherOff(to) + max(l.BlockPlainLen(to, size), 1) + Overhead
+		if to < l.BlockCount(size)-1 {
+			end = l.BlockToCipherOff(to + 1)
+		}
+		if err := p.Preallocate(start, end-start); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+func (f File) writeStored(b []byte, off int64) error {
 	n, err := f.S.WriteAt(b, off)
 	if err == nil && n != len(b) {
 		err = io.ErrShortWrite
@@ -183,6 +202,15 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 	newLast := f.lastBlock(newSize)
 	first, count := l.Span(off, int64(len(p)))
 	last := first + count - 1
+
+	// Reserve every stored byte this write will touch first.
+	reserve := [][2]uint64{{first, last}}
+	if oldLast >= 0 && uint64(oldLast) < first {
+		reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
+	}
+	if err := f.reserve(newSize, reserve...); err != nil {
+		return size, err
+	}
 
 	// Extending past the old final block: first make that block full and
 	// final (if partial), so a crash before the new blocks land leaves a
@@ -279,6 +307,9 @@ func (f File) Truncate(size, newSize int64) error {
 	// cut leaves "sealed ‖ zeros", which OpenBlock reads as the truncated
 	// block zero-extended (openShortened), never as an auth error.
 	newLast := uint64(f.lastBlock(newSize))
+	if err := f.reserve(size, [2]uint64{newLast, newLast}); err != nil {
+		return err
+	}
 	pb := getBuf(int(l.BlockSize))
 	defer putBuf(pb)
 	b, err := f.readBlock((*pb)[:0], newLast, size)
@@ -298,6 +329,13 @@ func (f File) grow(size, newSize int64) error {
 	l := f.C.layout
 	bs := l.BlockSize
 	oldLast, newLast := f.lastBlock(size), f.lastBlock(newSize)
+	reserve := [][2]uint64{{uint64(newLast), uint64(newLast)}}
+	if oldLast >= 0 && oldLast != newLast {
+		reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
+	}
+	if err := f.reserve(newSize, reserve...); err != nil {
+		return err
+	}
 	pb := getBuf(int(bs))
 	defer putBuf(pb)
 	var b []byte

@@ -281,3 +281,61 @@ func TestCrashAtEveryStep(t *testing.T) {
 		}
 	}
 }
+
+// fullStore refuses a random share of preallocations, as a full disk
+// would; writes themselves never fail.
+type fullStore struct {
+	*MemStore
+	rng *rand.Rand
+}
+
+var errNoSpace = errors.New("no space left on device")
+
+func (s *fullStore) Preallocate(off, length int64) error {
+	if s.rng.IntN(3) == 0 {
+		return errNoSpace
+	}
+	return nil
+}
+
+// TestFullDiskChangesNothing: a write or truncate refused for lack of space
+// leaves every stored byte as it was.
+func TestFullDiskChangesNothing(t *testing.T) {
+	const bs = 512
+	rng := rand.New(rand.NewPCG(3, 3))
+	f, m := newTestFile(t, bs)
+	fs := &fullStore{MemStore: m, rng: rng}
+	f.S = fs
+	var want model
+	refused := 0
+	for op := 0; op < 2000; op++ {
+		size := int64(len(want))
+		before := m.Bytes()
+		var err error
+		if rng.IntN(3) > 0 {
+			off := rng.Int64N(size + 3*bs + 1)
+			p := randBytes(1 + rng.IntN(3*bs))
+			if _, err = f.WriteAt(p, off, size); err == nil {
+				want.write(p, off)
+			}
+		} else {
+			to := rng.Int64N(size*2 + bs + 1)
+			if err = f.Truncate(size, to); err == nil {
+				want.truncate(to)
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, errNoSpace) {
+				t.Fatalf("op %d: %v", op, err)
+			}
+			refused++
+			if !bytes.Equal(m.Bytes(), before) {
+				t.Fatalf("op %d: a refused change altered the stored file", op)
+			}
+		}
+	}
+	checkWhole(t, f, m, want)
+	if refused < 100 {
+		t.Fatalf("only %d changes were refused: the test did not exercise a full disk", refused)
+	}
+}
