@@ -185,6 +185,8 @@ func hardenProcess(log *slog.Logger) {
 		log.Warn("cannot disable core dumps", "err", err.Error())
 	}
 	unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{})
+	dumpable, _ := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+	log.Debug("process hardened", "dumpable", dumpable)
 	unix.Umask(0)
 	if !keyring.LockedMemory() {
 		log.Info("key memory cannot be mlocked (RLIMIT_MEMLOCK); keys may reach swap")

@@ -1,0 +1,158 @@
+package tests
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// smallTmpfs mounts a tmpfs of size bytes (needs root) and unmounts it in
+// Cleanup.
+func smallTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size+",mode=0755"); err != nil {
+		t.Fatalf("mount a %s tmpfs (the disk-full tests need root): %v", size, err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
+// TestDiskFull: on a full backing filesystem, writes fail with ENOSPC (not
+// EIO), files written before keep their content, a file whose extension
+// was refused keeps its old content and size, the mount keeps serving, and
+// after freeing space writes work again.
+func TestDiskFull(t *testing.T) {
+	requireFUSE(t)
+	base := smallTmpfs(t, "8m")
+	v := newVolumeIn(t, base, nil)
+	m := mountVolume(t, v, "--key-pool", "0")
+	m.AllowWarnings = true // ENOSPC is logged as a warning, as it should be
+
+	keep := bytes.Repeat([]byte("keep me "), 100000) // 800 KB
+	writeFile(t, m.path("keep"), keep)
+	partial := bytes.Repeat([]byte("p"), 5000) // ends inside a block
+	writeFile(t, m.path("partial"), partial)
+
+	// Fill the disk.
+	fill, err := os.Create(m.path("fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte{0xab}, 64<<10)
+	var werr error
+	for i := 0; i < 1000 && werr == nil; i++ {
+		_, werr = fill.Write(chunk)
+	}
+	fill.Close()
+	if !errors.Is(werr, syscall.ENOSPC) {
+		t.Fatalf("filling the disk ended with %v, want ENOSPC", werr)
+	}
+
+	// Extending a file on a full disk: ENOSPC, and the file is unchanged.
+	f, err := os.OpenFile(m.path("partial"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.Write(bytes.Repeat([]byte("x"), 256<<10))
+	f.Close()
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("append on a full disk: %v, want ENOSPC", err)
+	}
+	// The kernel may have written a first piece before the refusal (a
+	// short write): the old bytes must be intact and the rest the new ones.
+	got := readFile(t, m.path("partial"))
+	if !bytes.HasPrefix(got, partial) || strings.Trim(string(got[len(partial):]), "x") != "" || len(got) >= len(partial)+256<<10 {
+		t.Fatalf("partial: after a refused append it has %d bytes, not its %d old ones followed by some of the new", len(got), len(partial))
+	}
+	partial = got
+	if got := readFile(t, m.path("keep")); !bytes.Equal(got, keep) {
+		t.Fatal("keep changed while the disk was full")
+	}
+	// New files cannot be created with their header, and leave nothing.
+	_, err = os.Create(m.path("new"))
+	if err != nil && !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("create on a full disk: %v, want ENOSPC or success", err)
+	}
+	ents, _ := os.ReadDir(v.Dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".kmsfs-tmp-") {
+			t.Fatalf("a temporary file was left in CIPHERDIR: %s", e.Name())
+		}
+	}
+	// The mount still serves.
+	if _, err := os.Stat(m.path("keep")); err != nil {
+		t.Fatal(err)
+	}
+	// Free space: writes work again.
+	if err := os.Remove(m.path("fill")); err != nil {
+		t.Fatal(err)
+	}
+	more := bytes.Repeat([]byte("y"), 300<<10)
+	f, err = os.OpenFile(m.path("partial"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(more); err != nil {
+		t.Fatalf("append after freeing space: %v", err)
+	}
+	f.Close()
+	if got := readFile(t, m.path("partial")); !bytes.Equal(got, append(bytes.Clone(partial), more...)) {
+		t.Fatal("partial: wrong content after freeing space")
+	}
+	if !strings.Contains(m.log.String(), "no space left on device") {
+		t.Error("ENOSPC was not logged")
+	}
+}
+
+// TestReadOnlyBacking: CIPHERDIR on a read-only mount: reads work, every
+// change fails with EROFS.
+func TestReadOnlyBacking(t *testing.T) {
+	requireFUSE(t)
+	v := newVolume(t, nil)
+	m := mountVolume(t, v)
+	writeFile(t, m.path("a"), []byte("readable"))
+	if err := os.Mkdir(m.path("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	// A read-only bind mount of the volume.
+	ro := filepath.Join(t.TempDir(), "ro")
+	if err := os.Mkdir(ro, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount(v.Dir, ro, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind mount (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(ro, syscall.MNT_DETACH) })
+	if err := syscall.Mount("", ro, "", syscall.MS_REMOUNT|syscall.MS_BIND|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	rov := &volume{Dir: ro, Env: v.Env}
+	m2 := mountVolume(t, rov)
+	if got := readFile(t, m2.path("a")); string(got) != "readable" {
+		t.Fatalf("read %q", got)
+	}
+	for name, op := range map[string]func() error{
+		"create":   func() error { _, err := os.Create(m2.path("b")); return err },
+		"write":    func() error { return os.WriteFile(m2.path("a"), []byte("x"), 0o644) },
+		"truncate": func() error { return os.Truncate(m2.path("a"), 1) },
+		"mkdir":    func() error { return os.Mkdir(m2.path("e"), 0o755) },
+		"unlink":   func() error { return os.Remove(m2.path("a")) },
+		"rename":   func() error { return os.Rename(m2.path("a"), m2.path("c")) },
+		"chmod":    func() error { return os.Chmod(m2.path("a"), 0o600) },
+	} {
+		if err := op(); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("%s on a read-only CIPHERDIR: %v, want EROFS", name, err)
+		}
+	}
+	if got := readFile(t, m2.path("a")); string(got) != "readable" {
+		t.Fatalf("read after refused changes: %q", got)
+	}
+}
