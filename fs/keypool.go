@@ -28,25 +28,37 @@ func (r *Root) generateKey(ctx context.Context) (*pooledKey, error) {
 	return &pooledKey{fileID: id, dk: dk, wrapped: wrapped}, nil
 }
 
-// keyPool keeps up to size data keys for new files generated in the
-// background, so a create does not wait for a keyring round trip. Keys sit
-// in locked memory (keyring.DataKey) and are wiped on close.
+// maxPoolWorkers bounds the GenerateDataKey calls the pool has in flight:
+// at a 10 ms KMS round trip, 32 keep up with about 3000 creates a second,
+// and stay far below KMS's per-account request quotas.
+const maxPoolWorkers = 32
+
+// keyPool keeps up to size data keys for new files, generated in the
+// background, so a create does not wait for a keyring round trip. A key
+// in the pool or being generated holds one of size slots, so at most size
+// keys exist that no file uses yet. Keys sit in locked memory
+// (keyring.DataKey) and are wiped on close.
 type keyPool struct {
-	r    *Root
-	keys chan *pooledKey
-	stop chan struct{}
-	done sync.WaitGroup
-	wake chan struct{}
+	r      *Root
+	keys   chan *pooledKey
+	slots  chan struct{}
+	stop   chan struct{}
+	ctx    context.Context // cancelled by close, so an unmount does not wait for KMS
+	cancel context.CancelFunc
+	done   sync.WaitGroup
 }
 
 func newKeyPool(r *Root, size int) *keyPool {
 	p := &keyPool{
-		r:    r,
-		keys: make(chan *pooledKey, size),
-		stop: make(chan struct{}),
-		wake: make(chan struct{}, 1),
+		r:     r,
+		keys:  make(chan *pooledKey, size),
+		slots: make(chan struct{}, size),
+		stop:  make(chan struct{}),
 	}
-	p.done.Go(p.fill)
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	for range min(size, maxPoolWorkers) {
+		p.done.Go(p.worker)
+	}
 	return p
 }
 
@@ -54,57 +66,48 @@ func newKeyPool(r *Root, size int) *keyPool {
 func (p *keyPool) take() *pooledKey {
 	select {
 	case k := <-p.keys:
-		select {
-		case p.wake <- struct{}{}:
-		default:
-		}
+		<-p.slots
 		return k
 	default:
-		select {
-		case p.wake <- struct{}{}:
-		default:
-		}
 		return nil
 	}
 }
 
-// fill tops the pool up, one key at a time; after a failure it backs off
-// (up to 30s) so an unreachable keyring is not hammered.
-func (p *keyPool) fill() {
+// worker generates a key whenever a slot is free. After a failure it backs
+// off (up to 30s) so an unreachable keyring is not hammered; creates then
+// call the keyring themselves and report its error.
+func (p *keyPool) worker() {
 	backoff := 100 * time.Millisecond
 	for {
-		for len(p.keys) < cap(p.keys) {
-			ctx, cancel := p.r.keyCtx()
-			k, err := p.r.generateKey(ctx)
-			cancel()
-			if err != nil {
-				p.r.log.Debug("key pool: generate failed; creates call the keyring directly", "err", err.Error())
-				select {
-				case <-p.stop:
-					return
-				case <-time.After(backoff):
-				}
-				backoff = min(2*backoff, 30*time.Second)
-				continue
-			}
-			backoff = 100 * time.Millisecond
-			select {
-			case p.keys <- k:
-			case <-p.stop:
-				k.dk.Wipe()
-				return
-			}
-		}
 		select {
+		case p.slots <- struct{}{}:
 		case <-p.stop:
 			return
-		case <-p.wake:
+		}
+		for {
+			ctx, cancel := context.WithTimeout(p.ctx, p.r.opts.KeyringTimeout)
+			k, err := p.r.generateKey(ctx)
+			cancel()
+			if err == nil {
+				backoff = 100 * time.Millisecond
+				p.keys <- k // never blocks: this key holds a slot
+				break
+			}
+			p.r.log.Debug("key pool: generate failed", "err", err.Error())
+			select {
+			case <-p.stop:
+				<-p.slots
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
 		}
 	}
 }
 
-// close stops the filler and wipes every pooled key.
+// close stops the workers and wipes every pooled key.
 func (p *keyPool) close() {
+	p.cancel()
 	close(p.stop)
 	p.done.Wait()
 	for {

@@ -161,16 +161,18 @@ func (r *Root) loadKey(fd int, path string) (*blockcipher.Cipher, *keyring.DataK
 	if err != nil || h == nil {
 		return nil, nil, err
 	}
-	entries := make([]keyring.WrappedKey, len(h.Keys))
-	for i, k := range h.Keys {
-		entries[i] = keyring.WrappedKey{Kind: keyring.Kind(k.Kind), KeyID: k.KeyID, Blob: k.Blob}
+	var dk *keyring.DataKey
+	if r.prefetch != nil {
+		dk = r.prefetch.take(h.FileID)
 	}
-	ctx, cancel := r.keyCtx()
-	defer cancel()
-	r.stats.decrypts.Add(1)
-	dk, err := r.opts.Keyring.Decrypt(ctx, entries, r.fileContext(h.FileID))
-	if err != nil {
-		return nil, nil, fmt.Errorf("unwrap data key: %w", err)
+	if dk == nil {
+		ctx, cancel := r.keyCtx()
+		defer cancel()
+		r.stats.decrypts.Add(1)
+		var err error
+		if dk, err = r.opts.Keyring.Decrypt(ctx, keyEntries(h), r.fileContext(h.FileID)); err != nil {
+			return nil, nil, fmt.Errorf("unwrap data key: %w", err)
+		}
 	}
 	c, err := h.Open(dk.Bytes())
 	if err != nil {

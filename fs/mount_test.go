@@ -2,13 +2,16 @@ package fs
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,4 +139,63 @@ func waitNoLiveKeys(t testing.TB, root *Root) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// countingKeyring counts keyring calls.
+type countingKeyring struct {
+	keyring.Keyring
+	generates, decrypts atomic.Int64
+}
+
+func (c *countingKeyring) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
+	c.generates.Add(1)
+	return c.Keyring.GenerateDataKey(ctx, ec)
+}
+
+func (c *countingKeyring) Decrypt(ctx context.Context, w []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
+	c.decrypts.Add(1)
+	return c.Keyring.Decrypt(ctx, w, ec)
+}
+
+// TestPrefetchKeys: listing a directory unwraps its files' keys in the
+// background; opening them then makes no further keyring call, and the
+// prefetched keys are handed over, not duplicated.
+func TestPrefetchKeys(t *testing.T) {
+	dir, cfg, kr := testVolume(t, 4096)
+	ck := &countingKeyring{Keyring: kr}
+	mnt, root := mountInProcess(t, Options{CipherDir: dir, Config: cfg, Keyring: ck, PrefetchKeys: true})
+	const n = 50
+	for i := 0; i < n; i++ {
+		if err := os.WriteFile(filepath.Join(mnt, fmt.Sprintf("f%02d", i)), []byte{byte(i)}, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitNoLiveKeys(t, root)
+	before := ck.decrypts.Load()
+	if _, err := os.ReadDir(mnt); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for root.Stats().Prefetched < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d keys prefetched", root.Stats().Prefetched, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := ck.decrypts.Load() - before; got != n {
+		t.Fatalf("listing made %d Decrypt calls, want %d", got, n)
+	}
+	for i := 0; i < n; i++ {
+		b, err := os.ReadFile(filepath.Join(mnt, fmt.Sprintf("f%02d", i)))
+		if err != nil || len(b) != 1 || b[0] != byte(i) {
+			t.Fatalf("f%02d: %v %v", i, b, err)
+		}
+	}
+	if got := ck.decrypts.Load() - before; got != n {
+		t.Fatalf("opening the prefetched files made %d more Decrypt calls", got-n)
+	}
+	if p := root.Stats().Prefetched; p != 0 {
+		t.Fatalf("%d prefetched keys left after every file was opened", p)
+	}
+	waitNoLiveKeys(t, root)
 }

@@ -236,6 +236,9 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 		if hidden(d.dir, e.Name) {
 			continue
 		}
+		if d.r.prefetch != nil && e.Mode&unix.S_IFMT == unix.S_IFREG {
+			d.r.prefetch.enqueue(join(d.dir, e.Name))
+		}
 		return &e, 0
 	}
 	return nil, 0

@@ -34,6 +34,9 @@ type Options struct {
 	// KeyPool is how many data keys for new files are generated ahead of
 	// time in the background (0: none; every create waits for the keyring).
 	KeyPool int
+	// PrefetchKeys unwraps the keys of a listed directory's files ahead of
+	// their opens (prefetch.go).
+	PrefetchKeys bool
 }
 
 // Root is the shared state of one mount: the backing directory, the volume
@@ -46,7 +49,8 @@ type Root struct {
 	volumeID    [blockcipher.IDSize]byte
 	volumeIDHex string
 	log         *slog.Logger
-	pool        *keyPool // nil when Options.KeyPool is 0
+	pool        *keyPool    // nil when Options.KeyPool is 0
+	prefetch    *prefetcher // nil unless Options.PrefetchKeys
 	root        *node
 	stats       stats
 }
@@ -89,6 +93,9 @@ func NewRoot(opts Options) (*Root, error) {
 	if opts.KeyPool > 0 && !opts.ReadOnly {
 		r.pool = newKeyPool(r, opts.KeyPool)
 	}
+	if opts.PrefetchKeys {
+		r.prefetch = newPrefetcher(r)
+	}
 	return r, nil
 }
 
@@ -100,6 +107,9 @@ func (r *Root) Node() fusefs.InodeEmbedder { return r.root }
 func (r *Root) Close() error {
 	if r.pool != nil {
 		r.pool.close()
+	}
+	if r.prefetch != nil {
+		r.prefetch.close()
 	}
 	return unix.Close(r.rootFd)
 }

@@ -4,21 +4,23 @@ import "sync/atomic"
 
 // stats are counters for tests and the metrics endpoint.
 type stats struct {
-	generates atomic.Int64 // GenerateDataKey calls made
-	decrypts  atomic.Int64 // Decrypt calls made
-	liveKeys  atomic.Int64 // data keys held by open files
+	generates  atomic.Int64 // GenerateDataKey calls made
+	decrypts   atomic.Int64 // Decrypt calls made
+	liveKeys   atomic.Int64 // data keys held by open files
+	prefetched atomic.Int64 // data keys unwrapped ahead of an open
 }
 
 // Stats is a snapshot of a Root's counters.
 type Stats struct {
-	Generates, Decrypts, LiveKeys int64
+	Generates, Decrypts, LiveKeys, Prefetched int64
 }
 
 // Stats returns the current counters.
 func (r *Root) Stats() Stats {
 	return Stats{
-		Generates: r.stats.generates.Load(),
-		Decrypts:  r.stats.decrypts.Load(),
-		LiveKeys:  r.stats.liveKeys.Load(),
+		Generates:  r.stats.generates.Load(),
+		Decrypts:   r.stats.decrypts.Load(),
+		LiveKeys:   r.stats.liveKeys.Load(),
+		Prefetched: r.stats.prefetched.Load(),
 	}
 }

@@ -30,6 +30,7 @@ type mountFlags struct {
 	endpoint, region, localKey, logLevel    string
 	keyCacheTTL                             time.Duration
 	keyPool                                 int
+	prefetchKeys                            bool
 	metricsAddr                             string
 }
 
@@ -45,7 +46,8 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 	fl.StringVar(&m.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fl.BoolVar(&m.daemon, "daemon", false, "detach once the mount is ready; the exit status says whether it mounted")
 	fl.BoolVar(&m.daemon, "d", false, "short for --daemon")
-	fl.IntVar(&m.keyPool, "key-pool", 16, "data keys for new files generated ahead in the background (0: generate on create)")
+	fl.IntVar(&m.keyPool, "key-pool", 64, "data keys for new files generated ahead in the background (0: generate on create)")
+	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files ahead of their opens (for backup tools; keys unused for 30s are wiped)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	pos, err := parseArgs(fl, args, "CIPHERDIR", "MOUNTPOINT")
@@ -108,12 +110,13 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	metrics := keyring.NewMetrics(kr)
 	kr = metrics
 	root, err := kfs.NewRoot(kfs.Options{
-		CipherDir: cipherDir,
-		Config:    cfg,
-		Keyring:   kr,
-		Logger:    log,
-		ReadOnly:  m.readOnly,
-		KeyPool:   m.keyPool,
+		CipherDir:    cipherDir,
+		Config:       cfg,
+		Keyring:      kr,
+		Logger:       log,
+		ReadOnly:     m.readOnly,
+		KeyPool:      m.keyPool,
+		PrefetchKeys: m.prefetchKeys,
 	})
 	if err != nil {
 		return fail(exitVolume, "%v", err)
