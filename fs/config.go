@@ -124,8 +124,8 @@ func (k KeyringSpec) validate() error {
 		if k.KeyFile == "" {
 			return errors.New("local keyring needs key_file")
 		}
-		if id, err := hex.DecodeString(k.KeyID); err != nil || len(id) != 16 {
-			return errors.New("local keyring key_id must be 32 hex digits")
+		if id, err := hex.DecodeString(k.KeyID); err != nil || len(id) != 16 || hex.EncodeToString(id) != k.KeyID {
+			return errors.New("local keyring key_id must be 32 lowercase hex digits")
 		}
 		if k.KeyARN != "" || k.Region != "" || k.Endpoint != "" {
 			return errors.New("local keyring has aws-kms fields")

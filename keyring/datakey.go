@@ -16,8 +16,11 @@ import (
 // A DataKey is owned by one holder at a time; Wipe is idempotent but must
 // not race with Bytes. Use Clone to hand a copy to another owner.
 type DataKey struct {
-	b      []byte // guarded by the owner; nil after Wipe
-	locked bool   // b is a slot of the locked arena
+	// b points at the key bytes (a pointer, not a slice, so that even a
+	// DataKey copied by value and printed by reflection shows an address,
+	// never the bytes). Guarded by the owner; nil after Wipe.
+	b      *[DataKeySize]byte
+	locked bool // b is a slot of the locked arena
 	fp     [4]byte
 }
 
@@ -29,23 +32,23 @@ func NewDataKey(src []byte) (*DataKey, error) {
 		return nil, fmt.Errorf("data key has %d bytes, want %d", len(src), DataKeySize)
 	}
 	k := newDataKey()
-	copy(k.b, src)
+	copy(k.b[:], src)
 	clear(src)
-	k.fp = fingerprint(k.b)
+	k.fp = fingerprint(k.b[:])
 	return k, nil
 }
 
 // randomDataKey returns a fresh random data key.
 func randomDataKey() *DataKey {
 	k := newDataKey()
-	rand.Read(k.b) // never fails since Go 1.24
-	k.fp = fingerprint(k.b)
+	rand.Read(k.b[:]) // never fails since Go 1.24
+	k.fp = fingerprint(k.b[:])
 	return k
 }
 
 func newDataKey() *DataKey {
 	b, locked := arena.alloc()
-	return &DataKey{b: b, locked: locked}
+	return &DataKey{b: (*[DataKeySize]byte)(b), locked: locked}
 }
 
 func fingerprint(b []byte) [4]byte {
@@ -59,7 +62,12 @@ func fingerprint(b []byte) [4]byte {
 
 // Bytes returns the key bytes, or nil after Wipe. Callers must not keep
 // the slice beyond the key's lifetime or copy it into unmanaged memory.
-func (k *DataKey) Bytes() []byte { return k.b }
+func (k *DataKey) Bytes() []byte {
+	if k.b == nil {
+		return nil
+	}
+	return k.b[:]
+}
 
 // Clone returns an independent copy that must be wiped separately.
 func (k *DataKey) Clone() *DataKey {
@@ -67,7 +75,7 @@ func (k *DataKey) Clone() *DataKey {
 		panic("keyring: internal error: Clone of a wiped DataKey")
 	}
 	c := newDataKey()
-	copy(c.b, k.b)
+	*c.b = *k.b
 	c.fp = k.fp
 	return c
 }
@@ -77,9 +85,9 @@ func (k *DataKey) Wipe() {
 	if k == nil || k.b == nil {
 		return
 	}
-	clear(k.b)
+	clear(k.b[:])
 	if k.locked {
-		arena.release(k.b)
+		arena.release(k.b[:])
 	}
 	k.b = nil
 }

@@ -173,23 +173,31 @@ func (l *Local) Wrap(_ context.Context, dk *DataKey, ec EncryptionContext) (Wrap
 	return WrappedKey{Kind: KindLocal, KeyID: l.keyID, Blob: blob}, nil
 }
 
-// Decrypt unwraps the first local entry naming this key.
+// Decrypt unwraps the first local entry naming this key that opens.
+// A damaged entry does not stop it: a later entry under the same key may
+// still open.
 func (l *Local) Decrypt(_ context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
+	var lastErr error
 	for _, w := range wrapped {
 		if w.Kind != KindLocal || w.KeyID != l.keyID {
 			continue
 		}
 		if len(w.Blob) != localBlobSize || w.Blob[0] != localBlobVersion {
-			return nil, fmt.Errorf("local key %s: %w (blob of %d bytes)", l.keyID, ErrInvalidCiphertext, len(w.Blob))
+			lastErr = fmt.Errorf("local key %s: %w (blob of %d bytes)", l.keyID, ErrInvalidCiphertext, len(w.Blob))
+			continue
 		}
 		dk := newDataKey()
 		_, err := l.kek.Open(dk.b[:0], w.Blob[1:13], w.Blob[13:], l.aad(ec))
 		if err != nil {
 			dk.Wipe()
-			return nil, fmt.Errorf("local key %s: %w", l.keyID, ErrInvalidCiphertext)
+			lastErr = fmt.Errorf("local key %s: %w", l.keyID, ErrInvalidCiphertext)
+			continue
 		}
-		dk.fp = fingerprint(dk.b)
+		dk.fp = fingerprint(dk.b[:])
 		return dk, nil
+	}
+	if lastErr != nil {
+		return nil, lastErr
 	}
 	return nil, fmt.Errorf("local key %s: %w", l.keyID, ErrNoUsableKey)
 }

@@ -1,0 +1,434 @@
+package fs_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+const (
+	testVolumeID = "0123456789abcdef0123456789abcdef"
+	testLocalID  = "fedcba9876543210fedcba9876543210"
+	testKeyARN   = "arn:aws:kms:eu-west-2:111122223333:key/a0a0a0a0-0000-4000-8000-00000000000a"
+)
+
+// validConfigJSON is a config as `kmsfs init` writes it, with one KMS key
+// and a local recovery key.
+const validConfigJSON = `{
+  "format_version": 1,
+  "volume_id": "0123456789abcdef0123456789abcdef",
+  "block_size": 4096,
+  "header_size": 512,
+  "keyrings": [
+    {
+      "kind": "aws-kms",
+      "key_id": "alias/kmsfs-test",
+      "key_arn": "arn:aws:kms:eu-west-2:111122223333:key/a0a0a0a0-0000-4000-8000-00000000000a",
+      "region": "eu-west-2",
+      "endpoint": "http://127.0.0.1:4599"
+    },
+    {
+      "kind": "local",
+      "key_id": "fedcba9876543210fedcba9876543210",
+      "key_file": "/root/.config/kmsfs/volume.key"
+    }
+  ],
+  "features": []
+}
+`
+
+func validConfig() *kfs.Config {
+	return &kfs.Config{
+		FormatVersion: 1,
+		VolumeID:      testVolumeID,
+		BlockSize:     4096,
+		HeaderSize:    512,
+		Keyrings: []kfs.KeyringSpec{
+			{Kind: keyring.KindAWSKMS, KeyID: "alias/kmsfs-test", KeyARN: testKeyARN, Region: "eu-west-2", Endpoint: "http://127.0.0.1:4599"},
+			{Kind: keyring.KindLocal, KeyID: testLocalID, KeyFile: "/root/.config/kmsfs/volume.key"},
+		},
+		Features: []string{},
+	}
+}
+
+// configWith returns the valid config as a JSON object with edit applied.
+func configWith(t testing.TB, edit func(m map[string]any)) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(validConfigJSON), &m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// keyringField sets field of keyring spec i (nil deletes it).
+func keyringField(i int, field string, v any) func(map[string]any) {
+	return func(m map[string]any) {
+		spec := m["keyrings"].([]any)[i].(map[string]any)
+		if v == nil {
+			delete(spec, field)
+		} else {
+			spec[field] = v
+		}
+	}
+}
+
+func field(name string, v any) func(map[string]any) {
+	return func(m map[string]any) {
+		if v == nil {
+			delete(m, name)
+		} else {
+			m[name] = v
+		}
+	}
+}
+
+func TestParseConfigValid(t *testing.T) {
+	t.Parallel()
+	c, err := kfs.ParseConfig([]byte(validConfigJSON))
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	if want := validConfig(); !reflect.DeepEqual(c, want) {
+		t.Fatalf("ParseConfig = %+v, want %+v", c, want)
+	}
+	if id, err := c.VolumeIDBytes(); err != nil || fmt.Sprintf("%x", id) != testVolumeID {
+		t.Errorf("VolumeIDBytes() = %x, %v", id, err)
+	}
+	if l := c.Layout(); l.BlockSize != 4096 || l.HeaderSize != 512 {
+		t.Errorf("Layout() = %+v", l)
+	}
+	for name, b := range map[string][]byte{
+		"local only": configWith(t, func(m map[string]any) { m["keyrings"] = m["keyrings"].([]any)[1:] }),
+		"kms only, no region or endpoint": configWith(t, func(m map[string]any) {
+			m["keyrings"] = []any{map[string]any{"kind": "aws-kms", "key_id": testKeyARN, "key_arn": testKeyARN}}
+		}),
+		"no features field":  configWith(t, field("features", nil)),
+		"null features":      []byte(strings.Replace(validConfigJSON, `"features": []`, `"features": null`, 1)),
+		"smallest sizes":     configWith(t, func(m map[string]any) { m["block_size"], m["header_size"] = 512, 256 }),
+		"largest sizes":      configWith(t, func(m map[string]any) { m["block_size"], m["header_size"] = 1<<20, 256<<10 }),
+		"odd header size":    configWith(t, field("header_size", 777)),
+		"16 keyrings":        configWith(t, func(m map[string]any) { m["keyrings"] = repeat(m["keyrings"].([]any)[1], 16) }),
+		"trailing newlines":  []byte(validConfigJSON + "\n\n \t"),
+		"compact":            compact(t, validConfigJSON),
+		"reordered fields":   []byte(`{"features":[],"keyrings":[{"key_file":"k","key_id":"` + testLocalID + `","kind":"local"}],"header_size":512,"block_size":4096,"volume_id":"` + testVolumeID + `","format_version":1}`),
+		"exactly 1 MiB long": padTo(t, []byte(validConfigJSON), 1<<20),
+	} {
+		if _, err := kfs.ParseConfig(b); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func TestParseConfigRejects(t *testing.T) {
+	t.Parallel()
+	tooBig := padTo(t, []byte(validConfigJSON), 1<<20+1)
+	cases := []struct {
+		name string
+		in   []byte
+		want string // in the error message
+	}{
+		{"unknown field", configWith(t, field("compression", "zstd")), `unknown field "compression"`},
+		{"unknown keyring field", configWith(t, keyringField(1, "passphrase", "x")), `unknown field "passphrase"`},
+		{"format version 2", configWith(t, field("format_version", 2)), "volume format version 2 is not supported"},
+		{"format version 0", configWith(t, field("format_version", 0)), "version 0"},
+		{"format version 1000", configWith(t, field("format_version", 1000)), "version 1000"},
+		{"format version -1", configWith(t, field("format_version", -1)), "version -1"},
+		{"no format version", configWith(t, field("format_version", nil)), "no format_version"},
+		{"format version as string", configWith(t, field("format_version", "1")), "format_version"},
+		{"format version 1.5", configWith(t, field("format_version", 1.5)), "format_version"},
+		// A future volume gets "unsupported version", not "unknown field".
+		{"version 2 with new fields", configWith(t, func(m map[string]any) { m["format_version"] = 2; m["cipher"] = "x" }), "version 2 is not supported"},
+		{"unknown feature", configWith(t, field("features", []string{"compression"})), `feature "compression"`},
+		{"second feature unknown", configWith(t, field("features", []string{"a", "b"})), "feature"},
+		{"volume id upper case", configWith(t, field("volume_id", strings.ToUpper(testVolumeID))), "volume_id"},
+		{"volume id short", configWith(t, field("volume_id", testVolumeID[:30])), "volume_id"},
+		{"volume id long", configWith(t, field("volume_id", testVolumeID+"00")), "volume_id"},
+		{"volume id odd length", configWith(t, field("volume_id", testVolumeID+"0")), "volume_id"},
+		{"volume id not hex", configWith(t, field("volume_id", "0123456789abcdef0123456789abcdeg")), "volume_id"},
+		{"volume id empty", configWith(t, field("volume_id", "")), "volume_id"},
+		{"volume id missing", configWith(t, field("volume_id", nil)), "volume_id"},
+		{"block size 4095", configWith(t, field("block_size", 4095)), "block size"},
+		{"block size 3000", configWith(t, field("block_size", 3000)), "block size"},
+		{"block size 6144", configWith(t, field("block_size", 6144)), "block size"},
+		{"block size 256", configWith(t, field("block_size", 256)), "block size"},
+		{"block size 2 MiB", configWith(t, field("block_size", 2<<20)), "block size"},
+		{"block size 0", configWith(t, field("block_size", 0)), "block size"},
+		{"block size negative", configWith(t, field("block_size", -4096)), "block size"},
+		{"header size 255", configWith(t, field("header_size", 255)), "header size"},
+		{"header size 0", configWith(t, field("header_size", 0)), "header size"},
+		{"header size 256 KiB + 1", configWith(t, field("header_size", 256<<10+1)), "header size"},
+		{"header size negative", configWith(t, field("header_size", -512)), "header size"},
+		{"no keyrings", configWith(t, field("keyrings", []any{})), "no keyring"},
+		{"keyrings missing", configWith(t, field("keyrings", nil)), "no keyring"},
+		{"17 keyrings", configWith(t, func(m map[string]any) { m["keyrings"] = repeat(m["keyrings"].([]any)[1], 17) }), "at most 16"},
+		{"aws-kms without key_arn", configWith(t, keyringField(0, "key_arn", nil)), "key_arn"},
+		{"aws-kms without key_id", configWith(t, keyringField(0, "key_id", nil)), "key_id"},
+		{"aws-kms with key_file", configWith(t, keyringField(0, "key_file", "/k")), "key_file"},
+		{"local without key_file", configWith(t, keyringField(1, "key_file", nil)), "key_file"},
+		{"local key_id short", configWith(t, keyringField(1, "key_id", testLocalID[:31])), "key_id"},
+		{"local key_id 30 digits", configWith(t, keyringField(1, "key_id", testLocalID[:30])), "key_id"},
+		{"local key_id long", configWith(t, keyringField(1, "key_id", testLocalID+"00")), "key_id"},
+		{"local key_id not hex", configWith(t, keyringField(1, "key_id", "zedcba9876543210fedcba9876543210")), "key_id"},
+		{"local key_id empty", configWith(t, keyringField(1, "key_id", "")), "key_id"},
+		// docs/FORMAT.md: IDs are lowercase hex wherever they appear as
+		// text; the local keyring's fingerprint never matches this one.
+		{"local key_id upper case", configWith(t, keyringField(1, "key_id", strings.ToUpper(testLocalID))), "key_id"},
+		{"local with key_arn", configWith(t, keyringField(1, "key_arn", testKeyARN)), "aws-kms fields"},
+		{"local with region", configWith(t, keyringField(1, "region", "eu-west-2")), "aws-kms fields"},
+		{"unknown kind", configWith(t, keyringField(1, "kind", "gcp-kms")), `"gcp-kms"`},
+		{"kind missing", configWith(t, keyringField(1, "kind", nil)), "kind"},
+		{"null keyring", configWith(t, func(m map[string]any) { m["keyrings"] = append(m["keyrings"].([]any), nil) }), "keyring 3"},
+		{"trailing object", []byte(validConfigJSON + "{}"), ""},
+		{"trailing garbage", []byte(validConfigJSON + "x"), ""},
+		{"trailing bracket", []byte(strings.TrimSpace(validConfigJSON) + "}"), ""},
+		{"two configs", []byte(validConfigJSON + validConfigJSON), ""},
+		{"empty", []byte{}, "not valid JSON"},
+		{"whitespace", []byte(" \n"), "not valid JSON"},
+		{"null", []byte("null"), "no format_version"},
+		{"array", []byte("[" + validConfigJSON + "]"), "not valid JSON"},
+		{"number", []byte("1"), "not valid JSON"},
+		{"text", []byte("format_version = 1"), "not valid JSON"},
+		{"truncated", []byte(validConfigJSON[:len(validConfigJSON)/2]), "not valid JSON"},
+		{"over 1 MiB", tooBig, fmt.Sprintf("%d bytes", len(tooBig))},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := kfs.ParseConfig(c.in)
+			if err == nil {
+				t.Fatalf("ParseConfig accepted %.200s", c.in)
+			}
+			if cfg != nil {
+				t.Errorf("ParseConfig returned a config with error %v", err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %q is not one line", err)
+			}
+		})
+	}
+}
+
+func TestValidateRefusesInvalid(t *testing.T) {
+	t.Parallel()
+	if err := validConfig().Validate(); err != nil {
+		t.Fatalf("Validate of a valid config: %v", err)
+	}
+	for name, edit := range map[string]func(*kfs.Config){
+		"version":    func(c *kfs.Config) { c.FormatVersion = 2 },
+		"volume id":  func(c *kfs.Config) { c.VolumeID = "x" },
+		"block size": func(c *kfs.Config) { c.BlockSize = 1000 },
+		"keyrings":   func(c *kfs.Config) { c.Keyrings = nil },
+		"features":   func(c *kfs.Config) { c.Features = []string{"x"} },
+		"kind":       func(c *kfs.Config) { c.Keyrings[0].Kind = "" },
+	} {
+		c := validConfig()
+		edit(c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("Validate accepted a config with a bad %s", name)
+		}
+	}
+}
+
+func TestWriteConfig(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if _, err := kfs.LoadConfig(dir); !errors.Is(err, kfs.ErrNoConfig) {
+		t.Fatalf("LoadConfig of an empty directory: %v, want ErrNoConfig", err)
+	}
+	c := validConfig()
+	if err := kfs.WriteConfig(dir, c); err != nil {
+		t.Fatalf("WriteConfig: %v", err)
+	}
+	path := filepath.Join(dir, kfs.ConfigName)
+	written, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode() != 0o644 {
+		t.Errorf("config mode %v (%v), want -rw-r--r--", st.Mode(), err)
+	}
+	got, err := kfs.LoadConfig(dir)
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	if !reflect.DeepEqual(got, c) {
+		t.Errorf("LoadConfig = %+v, want %+v", got, c)
+	}
+	if !bytes.HasSuffix(written, []byte("}\n")) {
+		t.Errorf("config does not end in a newline: %q", written)
+	}
+	assertOnlyConfig(t, dir)
+
+	// A second write refuses and leaves the first config alone.
+	other := validConfig()
+	other.VolumeID = "ffffffffffffffffffffffffffffffff"
+	err = kfs.WriteConfig(dir, other)
+	if err == nil {
+		t.Fatal("WriteConfig replaced an existing config")
+	}
+	if !strings.Contains(err.Error(), "already a kmsfs volume") {
+		t.Errorf("error %q should say the directory is already a volume", err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, written) {
+		t.Fatal("a refused WriteConfig changed the config")
+	}
+	assertOnlyConfig(t, dir)
+}
+
+func TestWriteConfigRefusesInvalid(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	c := validConfig()
+	c.BlockSize = 3000
+	if err := kfs.WriteConfig(dir, c); err == nil || !strings.Contains(err.Error(), "block size") {
+		t.Fatalf("WriteConfig of an invalid config: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("a refused WriteConfig left %d files", len(ents))
+	}
+	if err := kfs.WriteConfig(filepath.Join(dir, "missing"), validConfig()); err == nil {
+		t.Fatal("WriteConfig into a missing directory succeeded")
+	}
+}
+
+// Concurrent writers (two `kmsfs init` of one directory): exactly one
+// wins, the config is whole and is the winner's, and nothing else is left.
+func TestWriteConfigConcurrent(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	const writers = 8
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	for i := range writers {
+		wg.Go(func() {
+			c := validConfig()
+			c.VolumeID = fmt.Sprintf("%032x", i+1)
+			errs[i] = kfs.WriteConfig(dir, c)
+		})
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		if err == nil {
+			if winner >= 0 {
+				t.Fatalf("writers %d and %d both succeeded", winner, i)
+			}
+			winner = i
+		}
+	}
+	if winner < 0 {
+		t.Fatalf("no writer succeeded: %v", errs)
+	}
+	got, err := kfs.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("%032x", winner+1); got.VolumeID != want {
+		t.Errorf("config has volume %s, the winner wrote %s", got.VolumeID, want)
+	}
+	assertOnlyConfig(t, dir)
+}
+
+func TestLoadConfigInvalid(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, kfs.ConfigName), configWith(t, field("format_version", 7)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kfs.LoadConfig(dir); err == nil || !strings.Contains(err.Error(), "version 7") || errors.Is(err, kfs.ErrNoConfig) {
+		t.Fatalf("LoadConfig of a version 7 config: %v", err)
+	}
+}
+
+func assertOnlyConfig(t *testing.T, dir string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if len(names) != 1 || names[0] != kfs.ConfigName {
+		t.Errorf("directory holds %q, want only %s", names, kfs.ConfigName)
+	}
+}
+
+// FuzzParseConfig: ParseConfig never panics; a config it accepts is
+// valid, and marshalling and parsing it again gives the same config.
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(validConfigJSON))
+	f.Add(compact(f, validConfigJSON))
+	f.Add(configWith(f, field("format_version", 2)))
+	f.Add(configWith(f, keyringField(1, "key_id", strings.ToUpper(testLocalID))))
+	f.Add([]byte(`{"format_version":1}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := kfs.ParseConfig(b)
+		if err != nil {
+			if c != nil {
+				t.Fatalf("config returned with error %v", err)
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("ParseConfig accepted a config that Validate refuses: %v", err)
+		}
+		out, err := json.Marshal(c)
+		if err != nil {
+			t.Fatalf("accepted config does not marshal: %v", err)
+		}
+		again, err := kfs.ParseConfig(out)
+		if err != nil {
+			t.Fatalf("re-marshalled config %s does not parse: %v", out, err)
+		}
+		if !reflect.DeepEqual(again, c) {
+			t.Fatalf("round trip changed the config:\n%+v\n%+v", c, again)
+		}
+	})
+}
+
+func repeat(v any, n int) []any {
+	out := make([]any, n)
+	for i := range out {
+		out[i] = v
+	}
+	return out
+}
+
+func compact(t testing.TB, s string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, []byte(s)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// padTo pads a JSON document with trailing spaces to exactly n bytes.
+func padTo(t testing.TB, b []byte, n int) []byte {
+	t.Helper()
+	if len(b) > n {
+		t.Fatalf("document of %d bytes is longer than %d", len(b), n)
+	}
+	return append(bytes.Clone(b), bytes.Repeat([]byte(" "), n-len(b))...)
+}
