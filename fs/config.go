@@ -68,6 +68,11 @@ func ParseConfig(b []byte) (*Config, error) {
 	if *v.FormatVersion != ConfigVersion {
 		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads version %d)", *v.FormatVersion, ConfigVersion)
 	}
+	// encoding/json matches field names case-insensitively and lets a
+	// duplicate key win silently; a config is stricter than that.
+	if err := checkConfigKeys(b); err != nil {
+		return nil, fmt.Errorf("%s: %v", ConfigName, err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	var c Config
@@ -219,4 +224,75 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+var (
+	configKeys  = map[string]bool{"format_version": true, "volume_id": true, "block_size": true, "header_size": true, "keyrings": true, "features": true}
+	keyringKeys = map[string]bool{"kind": true, "key_id": true, "key_arn": true, "region": true, "endpoint": true, "key_file": true}
+)
+
+// checkConfigKeys walks the JSON tokens of a config and refuses object keys
+// that are not spelled exactly as documented, and duplicate keys.
+func checkConfigKeys(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	type frame struct {
+		object  bool
+		seen    map[string]bool
+		allowed map[string]bool
+		wantKey bool
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.object && top.wantKey {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:len(stack)-1]
+				if len(stack) > 0 && stack[len(stack)-1].object {
+					stack[len(stack)-1].wantKey = true
+				}
+				continue
+			}
+			key := tok.(string)
+			if top.allowed != nil && !top.allowed[key] {
+				return fmt.Errorf("unknown field %q", key)
+			}
+			if top.seen[key] {
+				return fmt.Errorf("field %q appears twice", key)
+			}
+			top.seen[key] = true
+			top.wantKey = false
+			continue
+		}
+		switch d, _ := tok.(json.Delim); d {
+		case '{':
+			var allowed map[string]bool
+			switch {
+			case len(stack) == 0:
+				allowed = configKeys
+			case len(stack) == 2 && !stack[1].object:
+				allowed = keyringKeys
+			}
+			stack = append(stack, &frame{object: true, seen: map[string]bool{}, allowed: allowed, wantKey: true})
+			continue
+		case '[':
+			stack = append(stack, &frame{})
+			continue
+		case ']':
+			stack = stack[:len(stack)-1]
+		}
+		// A value (or the end of an array) completes a member.
+		if len(stack) > 0 && stack[len(stack)-1].object {
+			stack[len(stack)-1].wantKey = true
+		}
+	}
 }

@@ -432,3 +432,23 @@ func padTo(t testing.TB, b []byte, n int) []byte {
 	}
 	return append(bytes.Clone(b), bytes.Repeat([]byte(" "), n-len(b))...)
 }
+
+// TestParseConfigStrictKeys: encoding/json alone would accept keys in any
+// letter case and let a duplicate win; the config parser does not.
+func TestParseConfigStrictKeys(t *testing.T) {
+	good := `{"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`
+	if _, err := ParseConfig([]byte(good)); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{
+		`{"FORMAT_VERSION":1,"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`,
+		`{"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`,
+		`{"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"Kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`,
+	} {
+		if _, err := ParseConfig([]byte(bad)); err == nil {
+			t.Errorf("accepted %s", bad)
+		} else {
+			t.Log(err)
+		}
+	}
+}
