@@ -437,7 +437,7 @@ func padTo(t testing.TB, b []byte, n int) []byte {
 // letter case and let a duplicate win; the config parser does not.
 func TestParseConfigStrictKeys(t *testing.T) {
 	good := `{"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`
-	if _, err := ParseConfig([]byte(good)); err != nil {
+	if _, err := kfs.ParseConfig([]byte(good)); err != nil {
 		t.Fatal(err)
 	}
 	for _, bad := range []string{
@@ -445,7 +445,7 @@ func TestParseConfigStrictKeys(t *testing.T) {
 		`{"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`,
 		`{"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"Kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`,
 	} {
-		if _, err := ParseConfig([]byte(bad)); err == nil {
+		if _, err := kfs.ParseConfig([]byte(bad)); err == nil {
 			t.Errorf("accepted %s", bad)
 		} else {
 			t.Log(err)
