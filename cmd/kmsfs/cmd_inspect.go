@@ -56,10 +56,11 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 		return fail(exitInspect, "%s is empty: it has no header yet (plaintext size 0)", path)
 	}
 	prefix := make([]byte, blockcipher.PrefixSize)
-	if _, err := io.ReadFull(f, prefix); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+	n, err := io.ReadFull(f, prefix)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
 		return fail(exitInspect, "read %s: %v", path, err)
 	}
-	hs, _, err := blockcipher.ParsePrefix(prefix)
+	hs, _, err := blockcipher.ParsePrefix(prefix[:n])
 	if err != nil {
 		return fail(exitInspect, "%s: %v", path, err)
 	}

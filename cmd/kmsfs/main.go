@@ -93,6 +93,7 @@ func parseArgs(fs *flag.FlagSet, args []string, names ...string) ([]string, erro
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				helps[fs]()
 				return nil, err
 			}
 			return nil, fail(exitUsage, "%v (see kmsfs %s -h)", err, fs.Name())
@@ -114,16 +115,24 @@ func parseArgs(fs *flag.FlagSet, args []string, names ...string) ([]string, erro
 	return pos, nil
 }
 
-// newFlagSet makes a flag set whose -h prints to stderr and returns ErrHelp.
+// newFlagSet makes a flag set for a command. Parsing prints nothing:
+// parseArgs turns an error into the one line every kmsfs error is, and -h
+// into the usage on stderr.
 func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {} // called by Parse on every error, not only -h
+	helps[fs] = func() {
 		fmt.Fprintf(stderr, "usage: kmsfs %s %s\n\nflags:\n", name, synopsis)
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	return fs
 }
+
+// helps holds each flag set's usage printer (one command runs per process).
+var helps = map[*flag.FlagSet]func(){}
 
 // stringList is a repeatable string flag.
 type stringList []string
