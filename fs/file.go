@@ -45,6 +45,10 @@ func (f *file) close() {
 	})
 }
 
+// errNeedKey: the file got a header (from another mount) since this mount
+// found it empty; ensureKey loads it.
+var errNeedKey = errors.New("file was given a header by another mount while open here")
+
 // blocks returns the blockcipher view of the stored file and its plaintext
 // size. Caller holds st.content. A stored size no writer produces is
 // reported with the size of the readable part and the error.
@@ -58,7 +62,7 @@ func (f *file) blocks() (blockcipher.File, int64, error) {
 	}
 	if f.st.cipher == nil {
 		// Empty when opened here; another mount has written it since.
-		return blockcipher.File{}, 0, errors.New("file was given a header by another mount while open here: reopen it")
+		return blockcipher.File{}, 0, errNeedKey
 	}
 	size, err := f.n.r.layout.PlainSize(stored)
 	return blockcipher.File{C: f.st.cipher, S: fdStore(f.fd)}, size, err
@@ -69,8 +73,16 @@ func (f *file) blocks() (blockcipher.File, int64, error) {
 // and block; other blocks and files are unaffected.
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	f.st.content.RLock()
-	defer f.st.content.RUnlock()
 	bf, size, err := f.blocks()
+	if err == errNeedKey {
+		f.st.content.RUnlock()
+		if err := f.ensureKey(); err != nil {
+			return nil, f.n.r.errno(err, "read", f.path())
+		}
+		f.st.content.RLock()
+		bf, size, err = f.blocks()
+	}
+	defer f.st.content.RUnlock()
 	if err != nil && (bf.C == nil || off+int64(len(dest)) > size) {
 		return nil, f.n.r.errno(err, "read", f.path(), "off", off)
 	}

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
@@ -46,6 +47,8 @@ type keyPool struct {
 	ctx    context.Context // cancelled by close, so an unmount does not wait for KMS
 	cancel context.CancelFunc
 	done   sync.WaitGroup
+
+	failing atomic.Bool // the last generate failed
 }
 
 func newKeyPool(r *Root, size int) *keyPool {
@@ -62,13 +65,31 @@ func newKeyPool(r *Root, size int) *keyPool {
 	return p
 }
 
-// take returns a pooled key, or nil at once if none is ready.
-func (p *keyPool) take() *pooledKey {
+// poolWait is how long a new file waits for the pool when it is empty but
+// its workers are healthy: with keys in flight, one usually lands within
+// a KMS round trip.
+const poolWait = 50 * time.Millisecond
+
+// take returns a pooled key. An empty pool is waited for up to wait while
+// its workers succeed; while they fail (KMS unreachable) it returns nil at
+// once and the caller calls the keyring itself, reporting its error.
+func (p *keyPool) take(wait time.Duration) *pooledKey {
 	select {
 	case k := <-p.keys:
 		<-p.slots
 		return k
 	default:
+	}
+	if p.failing.Load() {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case k := <-p.keys:
+		<-p.slots
+		return k
+	case <-t.C:
 		return nil
 	}
 }
@@ -88,6 +109,7 @@ func (p *keyPool) worker() {
 			ctx, cancel := context.WithTimeout(p.ctx, p.r.opts.KeyringTimeout)
 			k, err := p.r.generateKey(ctx)
 			cancel()
+			p.failing.Store(err != nil)
 			if err == nil {
 				backoff = 100 * time.Millisecond
 				p.keys <- k // never blocks: this key holds a slot

@@ -161,6 +161,12 @@ func (r *Root) loadKey(fd int, path string) (*blockcipher.Cipher, *keyring.DataK
 	if err != nil || h == nil {
 		return nil, nil, err
 	}
+	return r.openHeader(h)
+}
+
+// openHeader unwraps the data key of h (from the prefetcher if it has it,
+// else with one keyring call) and checks h against it: commitment, MAC.
+func (r *Root) openHeader(h *blockcipher.Header) (*blockcipher.Cipher, *keyring.DataKey, error) {
 	var dk *keyring.DataKey
 	if r.prefetch != nil {
 		dk = r.prefetch.take(h.FileID)
@@ -184,10 +190,10 @@ func (r *Root) loadKey(fd int, path string) (*blockcipher.Cipher, *keyring.DataK
 }
 
 // newFileKey returns a data key for a new file: from the pool when one is
-// ready, else from one GenerateDataKey call.
+// ready (or about to be), else from one GenerateDataKey call.
 func (r *Root) newFileKey() (*pooledKey, error) {
 	if r.pool != nil {
-		if k := r.pool.take(); k != nil {
+		if k := r.pool.take(poolWait); k != nil {
 			return k, nil
 		}
 	}
@@ -217,10 +223,13 @@ func (r *Root) sealNewHeader(k *pooledKey) ([]byte, *blockcipher.Cipher, error) 
 	return slot, c, nil
 }
 
-// ensureHeader gives a file that has none (an empty stored file, copied in
-// or made by mknod) a header, so it can be written. Caller holds
-// st.content for writing. An exclusive flock on the stored file keeps two
-// mounts of one CIPHERDIR from both writing a header.
+// ensureHeader gives a file that has no header yet (every new file, until
+// its first write) one, so it can be written. Caller holds st.content for
+// writing. The header is written in one pwrite before any block: a crash
+// in between leaves a header-only file, a valid empty file. An exclusive
+// flock on the stored file keeps two mounts of one CIPHERDIR from both
+// writing a header; the one that finds a header already there takes its
+// key instead.
 func (f *file) ensureHeader() error {
 	st := f.st
 	if st.cipher != nil {
@@ -236,8 +245,12 @@ func (f *file) ensureHeader() error {
 		return err
 	}
 	if h != nil {
-		// Another mount wrote a header since this file was opened.
-		return fmt.Errorf("file gained a header while open here: %w", blockcipher.ErrHeaderAuth)
+		c, dk, err := r.openHeader(h)
+		if err != nil {
+			return err
+		}
+		st.cipher, st.dk = c, dk
+		return nil
 	}
 	k, err := r.newFileKey()
 	if err != nil {
@@ -245,6 +258,10 @@ func (f *file) ensureHeader() error {
 	}
 	slot, c, err := r.sealNewHeader(k)
 	if err != nil {
+		return err
+	}
+	if err := (fdStore(f.fd)).Preallocate(0, int64(len(slot))); err != nil {
+		k.dk.Wipe()
 		return err
 	}
 	if err := (fdStore(f.fd)).writeFull(slot, 0); err != nil {
@@ -255,6 +272,28 @@ func (f *file) ensureHeader() error {
 	}
 	st.cipher, st.dk = c, k.dk
 	r.stats.liveKeys.Add(1)
+	return nil
+}
+
+// ensureKey loads the key of a file that was empty when this mount opened
+// it and has since been given a header by another mount. Caller holds no
+// content lock.
+func (f *file) ensureKey() error {
+	st := f.st
+	st.content.Lock()
+	defer st.content.Unlock()
+	if st.cipher != nil {
+		return nil
+	}
+	h, err := f.n.r.readHeader(f.fd)
+	if err != nil || h == nil {
+		return err
+	}
+	c, dk, err := f.n.r.openHeader(h)
+	if err != nil {
+		return err
+	}
+	st.cipher, st.dk = c, dk
 	return nil
 }
 

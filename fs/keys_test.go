@@ -133,7 +133,7 @@ type storedFile struct {
 const keysTestPlain = "hello, kmsfs"
 
 // createStored creates name with a header and one block holding
-// keysTestPlain, as Create and a write would.
+// keysTestPlain, as Create and a first write would.
 func createStored(t *testing.T, r *Root, name string) storedFile {
 	t.Helper()
 	k, err := r.newFileKey()
@@ -146,11 +146,14 @@ func createStored(t *testing.T, r *Root, name string) storedFile {
 	}
 	f := storedFile{name: name, path: filepath.Join(r.opts.CipherDir, name), key: bytes.Clone(k.dk.Bytes()), fileID: k.fileID, cipher: c}
 	k.dk.Wipe()
-	fd, err := r.createWithHeader(context.Background(), "", name, 0o600, slot)
+	fd, err := r.createEmpty(context.Background(), "", name, 0o600)
 	if err != nil {
-		t.Fatalf("createWithHeader: %v", err)
+		t.Fatalf("createEmpty: %v", err)
 	}
 	defer unix.Close(fd)
+	if _, err := unix.Pwrite(fd, slot, 0); err != nil {
+		t.Fatal(err)
+	}
 	block := c.SealBlock(nil, []byte(keysTestPlain), 0, true)
 	if _, err := unix.Pwrite(fd, block, r.layout.HeaderSize); err != nil {
 		t.Fatal(err)

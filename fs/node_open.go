@@ -2,10 +2,7 @@ package fs
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"strconv"
 	"syscall"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -80,10 +77,13 @@ func (r *Root) openBacking(path string, flags int) (int, error) {
 	return fd, err
 }
 
-// Create makes a regular file with its header already in place: the
-// header is written to an unnamed file (O_TMPFILE) that is then linked
-// under name, so no one ever sees the file without its header, and two
-// mounts creating one name race on the link, not on the header.
+// Create makes an empty regular file: no header and no keyring call yet
+// (a stored file of 0 bytes is a valid empty file, docs/FORMAT.md). The
+// header, and so the data key, comes with the first write, under the
+// file's own lock: a create never waits for KMS while the kernel holds the
+// directory locked, so a slow or unreachable KMS cannot stall `ls` of the
+// directory. Two mounts creating one name race on O_EXCL, and on the
+// header under an exclusive flock (ensureHeader).
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
 	dir := n.relPath()
 	path := join(dir, name)
@@ -93,49 +93,35 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if n.r.opts.ReadOnly {
 		return nil, nil, 0, syscall.EROFS
 	}
-	k, err := n.r.newFileKey()
-	if err != nil {
-		return nil, nil, 0, n.r.errno(err, "create", path)
-	}
-	slot, c, err := n.r.sealNewHeader(k)
-	if err != nil {
-		return nil, nil, 0, n.r.errno(err, "create", path)
-	}
-	fd, err := n.r.createWithHeader(ctx, dir, name, mode, slot)
+	fd, err := n.r.createEmpty(ctx, dir, name, mode)
 	if errors.Is(err, unix.EEXIST) && flags&unix.O_EXCL == 0 {
 		// Someone else (another mount) created it first: open theirs.
-		k.dk.Wipe()
 		return n.openExisting(ctx, name, flags, out)
 	}
 	if err != nil {
-		k.dk.Wipe()
 		return nil, nil, 0, n.r.errno(err, "create", path)
 	}
+	return n.newOpenChild(ctx, fd, flags, out, "create", path)
+}
+
+// newOpenChild makes the inode of a file just created at fd (empty, no
+// header) and its handle.
+func (n *node) newOpenChild(ctx context.Context, fd int, flags uint32, out *fuse.EntryOut, op, path string) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
 	var stx unix.Statx_t
 	if err := retryEINTR(func() error {
 		return unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
 	}); err != nil {
-		k.dk.Wipe()
 		unix.Close(fd)
-		return nil, nil, 0, n.r.errno(err, "create", path)
+		return nil, nil, 0, n.r.errno(err, op, path)
 	}
 	n.r.fillAttr(&stx, &out.Attr)
 	child := n.newChild(ctx, &stx)
 	cn := child.Operations().(*node)
-	cn.mu.Lock()
-	st := cn.st
-	if st == nil {
-		st = &fileState{}
-		cn.st = st
+	st, err := cn.acquire(fd, path, true) // an empty file: no keyring call
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, n.r.errno(err, op, path)
 	}
-	st.users++
-	if !st.loaded {
-		st.cipher, st.dk, st.loaded = c, k.dk, true
-		n.r.stats.liveKeys.Add(1)
-	} else {
-		k.dk.Wipe()
-	}
-	cn.mu.Unlock()
 	return child, &file{n: cn, st: st, fd: fd, flags: flags}, 0, 0
 }
 
@@ -156,63 +142,34 @@ func (n *node) openExisting(ctx context.Context, name string, flags uint32, out 
 	return child, fh, fl, errno
 }
 
-// createWithHeader creates dir/name holding exactly the header slot, owned
-// by the caller, and returns a read-write descriptor of it. It fails with
-// EEXIST if the name exists.
-func (r *Root) createWithHeader(ctx context.Context, dir, name string, mode uint32, slot []byte) (int, error) {
+// createEmpty creates dir/name (O_EXCL), owned by the caller, with exactly
+// the mode asked for, and returns a read-write descriptor of it.
+func (r *Root) createEmpty(ctx context.Context, dir, name string, mode uint32) (int, error) {
 	dirfd, err := openat(r.rootFd, rel(dir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return -1, err
 	}
 	defer unix.Close(dirfd)
 	perm := mode & 0o7777
-	fd, err := openat(dirfd, ".", unix.O_TMPFILE|unix.O_RDWR, perm)
-	named := ""
-	if err == unix.EOPNOTSUPP || err == unix.EISDIR || err == unix.EINVAL {
-		// No O_TMPFILE on this filesystem: a hidden temporary name.
-		var rnd [8]byte
-		rand.Read(rnd[:])
-		named = tmpPrefix + hex.EncodeToString(rnd[:])
-		fd, err = openat(dirfd, named, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW, perm)
-	}
+	fd, err := openat(dirfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW, perm)
 	if err != nil {
 		return -1, err
 	}
-	fail := func(err error) (int, error) {
+	if err := r.finishNew(ctx, dirfd, fd, perm); err != nil {
 		unix.Close(fd)
-		if named != "" {
-			unix.Unlinkat(dirfd, named, 0)
-		}
-		return -1, err
-	}
-	if err := (fdStore(fd)).writeFull(slot, 0); err != nil {
-		return fail(err)
-	}
-	if err := r.chownNew(ctx, dirfd, fd, ""); err != nil {
-		return fail(err)
-	}
-	// The process umask (or a chown clearing set-id bits) may have
-	// changed the mode: set exactly what was asked.
-	if err := retryEINTR(func() error { return unix.Fchmod(fd, perm) }); err != nil {
-		return fail(err)
-	}
-	if named != "" {
-		err = retryEINTR(func() error { return unix.Linkat(dirfd, named, dirfd, name, 0) })
-		unix.Unlinkat(dirfd, named, 0)
-	} else {
-		err = retryEINTR(func() error { return unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH) })
-		if err == unix.ENOENT || err == unix.EPERM {
-			// AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link does not.
-			err = retryEINTR(func() error {
-				return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), dirfd, name, unix.AT_SYMLINK_FOLLOW)
-			})
-		}
-	}
-	if err != nil {
-		unix.Close(fd)
+		unix.Unlinkat(dirfd, name, 0)
 		return -1, err
 	}
 	return fd, nil
+}
+
+// finishNew gives a new file its owner and its exact mode: the process
+// umask, or a chown clearing set-id bits, may have changed it.
+func (r *Root) finishNew(ctx context.Context, dirfd, fd int, perm uint32) error {
+	if err := r.chownNew(ctx, dirfd, fd, ""); err != nil {
+		return err
+	}
+	return retryEINTR(func() error { return unix.Fchmod(fd, perm) })
 }
 
 // chownNew gives a new object the caller's owner when kmsfs runs as root
@@ -241,63 +198,25 @@ func (r *Root) chownNew(ctx context.Context, dirfd, fd int, name string) error {
 	return retryEINTR(func() error { return unix.Fchownat(dirfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW) })
 }
 
-// Tmpfile makes an unnamed file (open with O_TMPFILE) in the directory: an
-// O_TMPFILE stored file with its header, never linked.
+// Tmpfile makes an unnamed file (open with O_TMPFILE) in the directory,
+// empty and without a header like any new file.
 func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
 	dir := n.relPath()
 	if n.r.opts.ReadOnly {
 		return nil, nil, 0, syscall.EROFS
 	}
-	k, err := n.r.newFileKey()
+	dirfd, err := openat(n.r.rootFd, rel(dir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
-	}
-	slot, c, err := n.r.sealNewHeader(k)
-	if err != nil {
-		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
-	}
-	fd, err := n.r.createUnnamed(ctx, dir, mode, slot)
-	if err != nil {
-		k.dk.Wipe()
-		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
-	}
-	var stx unix.Statx_t
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx); err != nil {
-		k.dk.Wipe()
-		unix.Close(fd)
-		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
-	}
-	n.r.fillAttr(&stx, &out.Attr)
-	dev := unix.Mkdev(stx.Dev_major, stx.Dev_minor)
-	cn := &node{r: n.r}
-	child := n.NewInode(ctx, cn, n.r.idFromStat(dev, stx.Ino, genFromStatx(&stx), uint32(stx.Mode)))
-	cn = child.Operations().(*node)
-	st := &fileState{users: 1, loaded: true, cipher: c, dk: k.dk}
-	cn.mu.Lock()
-	cn.st = st
-	cn.mu.Unlock()
-	n.r.stats.liveKeys.Add(1)
-	return child, &file{n: cn, st: st, fd: fd, flags: flags}, 0, 0
-}
-
-// createUnnamed makes an O_TMPFILE stored file in dir holding the header.
-func (r *Root) createUnnamed(ctx context.Context, dir string, mode uint32, slot []byte) (int, error) {
-	dirfd, err := openat(r.rootFd, rel(dir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return -1, err
 	}
 	defer unix.Close(dirfd)
 	fd, err := openat(dirfd, ".", unix.O_TMPFILE|unix.O_RDWR, mode&0o7777)
 	if err != nil {
-		return -1, err
+		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
 	}
-	if err := (fdStore(fd)).writeFull(slot, 0); err != nil {
+	if err := n.r.finishNew(ctx, dirfd, fd, mode&0o7777); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
 	}
-	if err := r.chownNew(ctx, dirfd, fd, ""); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
+	return n.newOpenChild(ctx, fd, flags, out, "tmpfile", dir)
 }

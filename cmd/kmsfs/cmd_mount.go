@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"log/syslog"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,7 +33,7 @@ type mountFlags struct {
 	keyCacheTTL                             time.Duration
 	keyPool                                 int
 	prefetchKeys                            bool
-	metricsAddr                             string
+	metricsAddr, logFile                    string
 }
 
 func cmdMount(args []string, stdout, stderr io.Writer) error {
@@ -44,6 +46,7 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 	fl.StringVar(&m.localKey, "local-key", "", "local key `FILE`, replacing the volume's key file path")
 	fl.DurationVar(&m.keyCacheTTL, "key-cache-ttl", 0, "keep unwrapped data keys this long after the last close (0: wipe on last close)")
 	fl.StringVar(&m.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fl.StringVar(&m.logFile, "log-file", "", "append the log to `FILE` instead of stderr (with -d, the default is syslog)")
 	fl.BoolVar(&m.daemon, "daemon", false, "detach once the mount is ready; the exit status says whether it mounted")
 	fl.BoolVar(&m.daemon, "d", false, "short for --daemon")
 	fl.IntVar(&m.keyPool, "key-pool", 64, "data keys for new files generated ahead in the background (0: generate on create)")
@@ -61,8 +64,36 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 	if m.daemon && os.Getenv(readyEnv) == "" {
 		return daemonize(stdout)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	return mount(pos[0], pos[1], m, log, stdout)
+	out := &swapWriter{w: stderr}
+	if m.logFile != "" {
+		f, err := os.OpenFile(m.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return fail(exitUsage, "--log-file: %v", err)
+		}
+		defer f.Close()
+		out.set(f)
+	}
+	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
+	return mount(pos[0], pos[1], m, log, stdout, out)
+}
+
+// swapWriter lets a daemon move its log off the terminal it was started
+// from once it is mounted.
+type swapWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *swapWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func (s *swapWriter) set(w io.Writer) {
+	s.mu.Lock()
+	s.w = w
+	s.mu.Unlock()
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -73,8 +104,11 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout io.Writer) error {
+func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout io.Writer, logOut *swapWriter) error {
 	hardenProcess(log)
+	// A closed terminal or log pipe must not kill a mount that is
+	// serving files: writes to it fail instead of raising SIGPIPE.
+	signal.Ignore(syscall.SIGPIPE)
 	cipherDir, err := filepath.Abs(cipherDir)
 	if err != nil {
 		return err
@@ -150,7 +184,18 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	if f, ok := stdout.(*os.File); ok {
 		f.Sync()
 	}
-	reportReady("")
+	if reportReady() && m.logFile == "" {
+		// Daemonized: the caller's stderr may go away; log to syslog.
+		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "kmsfs"); err == nil {
+			logOut.set(w)
+			defer w.Close()
+		} else {
+			logOut.set(io.Discard)
+		}
+	}
+	if os.Getenv(daemonChildEnv) != "" {
+		detachStdio()
+	}
 	srv.Wait()
 	signal.Stop(sigs)
 	close(sigs)
@@ -298,7 +343,7 @@ func daemonize(stdout io.Writer) error {
 		return err
 	}
 	cmd := exec.Command(exe, os.Args[1:]...)
-	cmd.Env = append(os.Environ(), readyEnv+"=3")
+	cmd.Env = append(os.Environ(), readyEnv+"=3", daemonChildEnv+"=1")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -322,24 +367,36 @@ func daemonize(stdout io.Writer) error {
 	return fail(exitMount, "the mount process ended without mounting")
 }
 
-// reportReady tells a waiting daemonize parent that the mount is up.
-func reportReady(string) {
+// daemonChildEnv marks the process daemonize started.
+const daemonChildEnv = "KMSFS_DAEMON_CHILD"
+
+// reportReady tells a waiting daemonize parent that the mount is up, and
+// reports whether there was one.
+func reportReady() bool {
 	fdStr := os.Getenv(readyEnv)
 	if fdStr == "" {
-		return
+		return false
 	}
 	fd, err := strconv.Atoi(fdStr)
 	if err != nil {
-		return
+		return false
 	}
 	f := os.NewFile(uintptr(fd), "ready")
 	fmt.Fprintln(f, "ok kmsfs: mounted")
 	f.Close()
 	os.Unsetenv(readyEnv)
-	// Detach from the terminal the parent was started on.
-	if devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0); err == nil {
-		unix.Dup2(int(devnull.Fd()), 0)
-		unix.Dup2(int(devnull.Fd()), 1)
-		devnull.Close()
+	return true
+}
+
+// detachStdio points stdin, stdout and stderr at /dev/null, so the daemon
+// holds no pipe or terminal of whoever started it.
+func detachStdio() {
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return
 	}
+	for _, fd := range []int{0, 1, 2} {
+		unix.Dup2(int(devnull.Fd()), fd)
+	}
+	devnull.Close()
 }
