@@ -101,6 +101,20 @@ func (c *Cipher) openOne(dst, stored []byte, blockIdx uint64, last bool, aad []b
 	return c.openShortened(dst, stored, blockIdx, aad)
 }
 
+// openExact opens a stored block with exactly the given last flag: no
+// leniency and no recovery (journal records are checked this way).
+func (c *Cipher) openExact(dst, stored []byte, blockIdx uint64, last bool) ([]byte, error) {
+	if len(stored) <= Overhead || int64(len(stored)) > c.layout.StoredBlockSize() {
+		return dst, &BlockError{Block: blockIdx, Err: ErrAuth}
+	}
+	aad := c.fillAAD(make([]byte, aadSize), blockIdx, last)
+	out, err := c.aead.Open(dst, stored[:NonceSize], stored[NonceSize:], aad)
+	if err != nil {
+		return dst, &BlockError{Block: blockIdx, Err: ErrAuth}
+	}
+	return out, nil
+}
+
 // openShortened reads a block left by a truncate that crashed between its
 // two steps (see File.Truncate): a final block sealed for a shorter length,
 // written as sealed bytes ‖ zeros over the block's old extent. It tries the

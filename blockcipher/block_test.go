@@ -22,7 +22,7 @@ func TestSealOpenRun(t *testing.T) {
 	for _, n := range []int{1, 4095, 4096, 4097, 64 << 10, 128<<10 + 5, 1 << 20} {
 		plain := randBytes(n)
 		_, _, c, stored := sealedFile(t, plain)
-		if want := c.Layout().CipherSize(int64(n)) - 512; int64(len(stored)) != want {
+		if want := c.Layout().CipherSize(int64(n)) - c.Layout().DataOff(); int64(len(stored)) != want {
 			t.Fatalf("%d bytes: stored %d, want %d", n, len(stored), want)
 		}
 		got, err := c.OpenRun(nil, stored, 0, true)

@@ -75,8 +75,12 @@ func (f File) readStored(b []byte, off int64, blockIdx uint64) error {
 }
 
 // readBlock appends the plaintext of block idx of a plaintext of size bytes
-// to dst (nothing if the block is past the end).
+// to dst (nothing if the block is past the end), from its place.
 func (f File) readBlock(dst []byte, idx uint64, size int64) ([]byte, error) {
+	return f.readBlockRaw(dst, idx, size)
+}
+
+func (f File) readBlockRaw(dst []byte, idx uint64, size int64) ([]byte, error) {
 	l := f.C.layout
 	plen := l.BlockPlainLen(idx, size)
 	if plen == 0 {
@@ -92,15 +96,20 @@ func (f File) readBlock(dst []byte, idx uint64, size int64) ([]byte, error) {
 }
 
 // reserve preallocates the stored extents of the given blocks of a file
-// of (new) plaintext size size, before anything is written: a full disk
-// then fails the change before it touches a byte. Blocks not listed (holes
-// being skipped) stay unallocated.
-func (f File) reserve(size int64, blocks ...[2]uint64) error {
+// of (new) plaintext size size, and the journal area, before anything is
+// written: a full disk then fails the change before it touches a byte.
+// Blocks not listed (holes being skipped) stay unallocated.
+func (f File) reserve(size int64, journal bool, blocks ...[2]uint64) error {
 	p, ok := f.S.(Preallocator)
 	if !ok {
 		return nil
 	}
 	l := f.C.layout
+	if journal {
+		if err := p.Preallocate(l.HeaderSize, l.JournalSize()); err != nil {
+			return err
+		}
+	}
 	for _, b := range blocks {
 		from, to := b[0], b[1] // inclusive
 		start := l.BlockToCipherOff(from)
@@ -139,7 +148,9 @@ func (f File) sealAt(plain []byte, idx uint64, last bool, pad int) error {
 // ReadAt reads up to len(p) plaintext bytes at off from a file of size
 // plaintext bytes. It returns io.EOF at or past the end, like io.ReaderAt.
 // A block that fails authentication fails the whole read with a
-// *BlockError wrapping ErrAuth; no byte of it reaches p.
+// *BlockError wrapping ErrAuth; no byte of it reaches p. (A block torn by
+// a crash is read from its journal record, which Settle would have put in
+// place on a writable mount.)
 func (f File) ReadAt(p []byte, off, size int64) (int, error) {
 	if off < 0 {
 		return 0, errors.New("blockcipher: negative offset")
@@ -164,18 +175,28 @@ func (f File) ReadAt(p []byte, off, size int64) (int, error) {
 	}
 	endsFile := int64(last) == f.lastBlock(size)
 	runStart := l.BlockToPlainOff(first)
-	if runStart == off && (n%int(l.BlockSize) == 0 || off+int64(n) == size) {
-		// Aligned: decrypt straight into p.
-		if _, err := f.C.OpenRun(p[:0], stored, first, endsFile); err != nil {
-			return 0, err
-		}
+	aligned := runStart == off && (n%int(l.BlockSize) == 0 || off+int64(n) == size)
+	var plain []byte
+	var pb *[]byte
+	if aligned {
+		plain = p[:0] // decrypt straight into p
 	} else {
-		pb := getBuf(len(stored))
+		pb = getBuf(len(stored))
 		defer putBuf(pb)
-		plain, err := f.C.OpenRun((*pb)[:0], stored, first, endsFile)
-		if err != nil {
+		plain = (*pb)[:0]
+	}
+	for tries := 0; ; tries++ {
+		out, err := f.C.OpenRun(plain, stored, first, endsFile)
+		if err == nil {
+			plain = out
+			break
+		}
+		var be *BlockError
+		if tries >= JournalSlots || !errors.As(err, &be) || !f.patchFromJournal(stored, first, be.Block, size) {
 			return 0, err
 		}
+	}
+	if !aligned {
 		copy(p[:n], plain[off-runStart:])
 	}
 	if n < len(p) {
@@ -184,9 +205,31 @@ func (f File) ReadAt(p []byte, off, size int64) (int, error) {
 	return n, nil
 }
 
+// patchFromJournal replaces failing block idx in a run of stored blocks by
+// its journal record, if one authenticates and has the same length.
+func (f File) patchFromJournal(stored []byte, first, idx uint64, size int64) bool {
+	l := f.C.layout
+	r, ok := f.journalFor(idx, l.CipherSize(size))
+	if !ok || len(r.stored) != int(l.BlockPlainLen(idx, size)+Overhead) {
+		return false
+	}
+	copy(stored[int64(idx-first)*l.StoredBlockSize():], r.stored)
+	return true
+}
+
 // WriteAt writes p at plaintext offset off into a file of size plaintext
 // bytes and returns the new size. Writing past the end leaves a hole:
 // blocks that are never written stay sparse and read as zeros.
+//
+// Steps, each leaving a readable file if the process dies after it (and,
+// through the journal, if it dies during it):
+//
+//	extending past a partial final block F: F zero-padded to a full block,
+//	  still sealed final (journaled);
+//	the new blocks past the old end, the last sealed final;
+//	the blocks of the old file the write covers, F now sealed as a middle
+//	  block (partial first and last blocks journaled); or, if the write
+//	  starts past F, F re-sealed as a middle block (journaled).
 func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 	if off < 0 || off+int64(len(p)) > MaxPlainSize {
 		return size, fmt.Errorf("blockcipher: write at %d+%d out of range", off, len(p))
@@ -199,47 +242,79 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 	end := off + int64(len(p))
 	newSize := max(size, end)
 	oldLast := f.lastBlock(size)
-	newLast := f.lastBlock(newSize)
 	first, count := l.Span(off, int64(len(p)))
 	last := first + count - 1
-
-	// Reserve every stored byte this write will touch first.
 	reserve := [][2]uint64{{first, last}}
 	if oldLast >= 0 && uint64(oldLast) < first {
 		reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
 	}
-	if err := f.reserve(newSize, reserve...); err != nil {
+	if err := f.reserve(newSize, true, reserve...); err != nil {
 		return size, err
 	}
+	if end <= size || int64(last) == oldLast {
+		// Within the old blocks (perhaps growing the final one).
+		return newSize, f.writeRun(p, off, first, last, size, newSize)
+	}
 
-	// Extending past the old final block: first make that block full and
-	// final (if partial), so a crash before the new blocks land leaves a
-	// valid, zero-extended file. After the new blocks it is re-sealed as
-	// a middle block.
-	var oldLastPlain *[]byte
-	if oldLast >= 0 && uint64(oldLast) < first {
-		oldLastPlain = getBuf(int(bs))
-		defer putBuf(oldLastPlain)
-		b, err := f.readBlock((*oldLastPlain)[:0], uint64(oldLast), size)
+	// Extending past the old final block F = oldLast.
+	if oldLast >= 0 && l.BlockPlainLen(uint64(oldLast), size) < bs {
+		pb := getBuf(int(bs))
+		b, err := f.readBlock((*pb)[:0], uint64(oldLast), size)
+		if err == nil {
+			b = append(b, zeros[:bs-int64(len(b))]...)
+			*pb = b
+			err = f.rewrite(uint64(oldLast), b, true, 0)
+		}
+		putBuf(pb)
 		if err != nil {
 			return size, err
 		}
-		partial := int64(len(b)) < bs
-		b = append(b, zeros[:bs-int64(len(b))]...)
-		*oldLastPlain = b
-		if partial {
-			if err := f.sealAt(b, uint64(oldLast), true, 0); err != nil {
-				return size, err
-			}
-		}
+		size = l.BlockToPlainOff(uint64(oldLast) + 1)
 	}
+	// The new blocks, past the old end.
+	newFirst := first
+	if oldLast >= 0 {
+		newFirst = max(first, uint64(oldLast)+1)
+	}
+	newOff := max(off, l.BlockToPlainOff(newFirst))
+	if err := f.writeRun(p[newOff-off:], newOff, newFirst, last, size, newSize); err != nil {
+		return size, err
+	}
+	if oldLast < 0 {
+		return newSize, nil
+	}
+	// The old blocks the write covers, F now a middle block.
+	if first <= uint64(oldLast) {
+		return newSize, f.writeRun(p[:newOff-off], off, first, uint64(oldLast), size, newSize)
+	}
+	pb := getBuf(int(bs))
+	defer putBuf(pb)
+	b, err := f.readBlock((*pb)[:0], uint64(oldLast), newSize)
+	if err != nil {
+		return newSize, err
+	}
+	*pb = b
+	return newSize, f.rewrite(uint64(oldLast), b, false, 0)
+}
 
+// writeRun writes p at off, covering exactly blocks first..last, into a
+// file of size plaintext bytes that becomes newSize bytes. Blocks that keep
+// bytes of their old contents outside [off, off+len(p)) are journaled;
+// blocks the write replaces entirely are not.
+func (f File) writeRun(p []byte, off int64, first, last uint64, size, newSize int64) error {
+	if len(p) == 0 {
+		return nil
+	}
+	l := f.C.layout
+	bs := l.BlockSize
+	end := off + int64(len(p))
+	newLast := f.lastBlock(newSize)
 	runPlain := min(l.BlockToPlainOff(last+1), newSize) - l.BlockToPlainOff(first)
+	count := last - first + 1
 	sb := getBuf(int(runPlain) + int(count)*Overhead)
 	defer putBuf(sb)
 	stored := *sb
-	// The run is head (partial block), middle (whole blocks straight from
-	// p, sealed as one run), tail (partial block).
+	var recs []journalRec
 	i := first
 	for i <= last {
 		bstart := l.BlockToPlainOff(i)
@@ -261,28 +336,36 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 		merged, err := f.readBlock((*pb)[:0], i, size)
 		if err != nil {
 			putBuf(pb)
-			return size, err
+			return err
 		}
+		oldLen := int64(len(merged))
 		if int64(len(merged)) < blen {
 			merged = append(merged, zeros[:blen-int64(len(merged))]...)
 		}
 		merged = merged[:blen]
 		copy(merged[lo:hi], p[bstart+lo-off:])
+		at := len(stored)
 		stored = f.C.SealBlock(stored, merged, i, int64(i) == newLast)
+		if oldLen > 0 && (lo > 0 || hi < oldLen) {
+			recs = append(recs, journalRec{idx: i, last: int64(i) == newLast, stored: stored[at:]})
+		}
 		*pb = merged
 		putBuf(pb)
 		i++
 	}
 	*sb = stored
-	if err := f.writeStored(stored, l.BlockToCipherOff(first)); err != nil {
-		return size, err
-	}
-	if oldLastPlain != nil {
-		if err := f.sealAt(*oldLastPlain, uint64(oldLast), false, 0); err != nil {
-			return newSize, err
+	if len(recs) > 0 {
+		if err := f.writeJournal(recs); err != nil {
+			return err
 		}
 	}
-	return newSize, nil
+	if err := f.writeStored(stored, l.BlockToCipherOff(first)); err != nil {
+		return err
+	}
+	if len(recs) > 0 {
+		return f.clearJournal(len(recs))
+	}
+	return nil
 }
 
 // Truncate changes a file of size plaintext bytes to newSize bytes.
@@ -301,13 +384,12 @@ func (f File) Truncate(size, newSize int64) error {
 	case newSize > size:
 		return f.grow(size, newSize)
 	}
-	// Shrink. Re-seal the new final block, then cut the stored file. If the
-	// final block becomes partial, the re-sealed block is written padded
-	// with zeros over its old stored extent in one write: a crash before the
-	// cut leaves "sealed ‖ zeros", which OpenBlock reads as the truncated
-	// block zero-extended (openShortened), never as an auth error.
+	// Shrink. Re-seal the new final block (journaled), then cut the stored
+	// file. The re-sealed block is written padded with zeros over its old
+	// extent, so that until the cut the file keeps its old size and reads
+	// the truncated block zero-extended (openShortened).
 	newLast := uint64(f.lastBlock(newSize))
-	if err := f.reserve(size, [2]uint64{newLast, newLast}); err != nil {
+	if err := f.reserve(size, true, [2]uint64{newLast, newLast}); err != nil {
 		return err
 	}
 	pb := getBuf(int(l.BlockSize))
@@ -319,7 +401,7 @@ func (f File) Truncate(size, newSize int64) error {
 	*pb = b
 	b = b[:l.BlockPlainLen(newLast, newSize)]
 	oldExtent := int(l.BlockPlainLen(newLast, size) + Overhead)
-	if err := f.sealAt(b, newLast, true, oldExtent); err != nil {
+	if err := f.rewrite(newLast, b, true, oldExtent); err != nil {
 		return err
 	}
 	return f.S.Truncate(l.CipherSize(newSize))
@@ -333,7 +415,7 @@ func (f File) grow(size, newSize int64) error {
 	if oldLast >= 0 && oldLast != newLast {
 		reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
 	}
-	if err := f.reserve(newSize, reserve...); err != nil {
+	if err := f.reserve(newSize, oldLast >= 0, reserve...); err != nil {
 		return err
 	}
 	pb := getBuf(int(bs))
@@ -347,15 +429,15 @@ func (f File) grow(size, newSize int64) error {
 		*pb = b
 	}
 	if oldLast == newLast {
-		// Growing inside the final block: one in-place write.
+		// Growing inside the final block.
 		b = append(b, zeros[:l.BlockPlainLen(uint64(newLast), newSize)-int64(len(b))]...)
 		*pb = b
-		return f.sealAt(b, uint64(newLast), true, 0)
+		return f.rewrite(uint64(newLast), b, true, 0)
 	}
 	if oldLast >= 0 && int64(len(b)) < bs {
 		b = append(b, zeros[:bs-int64(len(b))]...)
 		*pb = b
-		if err := f.sealAt(b, uint64(oldLast), true, 0); err != nil {
+		if err := f.rewrite(uint64(oldLast), b, true, 0); err != nil {
 			return err
 		}
 	}
@@ -363,7 +445,7 @@ func (f File) grow(size, newSize int64) error {
 		return err
 	}
 	if oldLast >= 0 {
-		return f.sealAt(b, uint64(oldLast), false, 0)
+		return f.rewrite(uint64(oldLast), b, false, 0)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -189,42 +190,67 @@ func TestRandomOps(t *testing.T) {
 	}
 }
 
-// crashStore applies the first `allow` mutations, then fails every later
-// one: the state a killed process leaves behind.
+// crashStore applies the first `allow` mutations, then applies only the
+// first `tear` bytes of the next write (a pwrite cut short at any byte, as
+// SIGKILL or a full disk can do), and fails everything after: the state a
+// killed process leaves behind.
 type crashStore struct {
 	*MemStore
 	allow int
+	tear  int
 }
 
 var errCrashed = errors.New("crashed")
 
 func (c *crashStore) WriteAt(p []byte, off int64) (int, error) {
-	if c.allow == 0 {
+	if c.allow < 0 {
 		return 0, errCrashed
+	}
+	if c.allow == 0 {
+		c.allow = -1
+		n := min(c.tear, len(p))
+		c.MemStore.WriteAt(p[:n], off)
+		return n, errCrashed
 	}
 	c.allow--
 	return c.MemStore.WriteAt(p, off)
 }
 
 func (c *crashStore) Truncate(n int64) error {
-	if c.allow == 0 {
+	if c.allow <= 0 {
+		c.allow = -1
 		return errCrashed
 	}
 	c.allow--
 	return c.MemStore.Truncate(n)
 }
 
+func (c *crashStore) PunchHole(off, length int64) error {
+	if c.allow <= 0 {
+		c.allow = -1
+		return errCrashed
+	}
+	c.allow--
+	c.MemStore.WriteAt(make([]byte, length), off)
+	return nil
+}
+
 // TestCrashAtEveryStep interrupts writes and truncates after every prefix
-// of their stored mutations and checks the file still reads without an
-// authentication error, every byte being old, new, or zero.
+// of their stored mutations, tearing the interrupted write at several
+// bytes, then settles the journal (as the next open does) and checks
+// every block: it reads with each byte old, new, or zero, and bytes the
+// operation does not change are intact; only a block the operation
+// replaces entirely, or a new block past the old end, may fail.
 func TestCrashAtEveryStep(t *testing.T) {
 	const bs = 512
 	rng := rand.New(rand.NewPCG(7, 7))
 	type op struct {
-		name string
-		run  func(f File, size int64) error
-		next func(m *model)
+		name   string
+		run    func(f File, size int64) error
+		next   func(m *model)
+		lo, hi int64 // the plaintext range the operation writes
 	}
+	torn, settled := 0, 0
 	for trial := 0; trial < 400; trial++ {
 		f, m := newTestFile(t, bs)
 		initial := randBytes(rng.IntN(6 * bs))
@@ -236,50 +262,93 @@ func TestCrashAtEveryStep(t *testing.T) {
 			p := randBytes(1 + rng.IntN(3*bs))
 			o = op{fmt.Sprintf("write %d+%d", off, len(p)),
 				func(f File, size int64) error { _, err := f.WriteAt(p, off, size); return err },
-				func(m *model) { m.write(p, off) }}
+				func(m *model) { m.write(p, off) }, off, off + int64(len(p))}
 		} else {
 			to := rng.Int64N(int64(len(initial)) + 3*bs)
 			o = op{fmt.Sprintf("truncate to %d", to),
 				func(f File, size int64) error { return f.Truncate(size, to) },
-				func(m *model) { m.truncate(to) }}
+				func(m *model) { m.truncate(to) }, min(to, int64(len(initial))), max(to, int64(len(initial)))}
 		}
 		newM := model(bytes.Clone(old))
 		o.next(&newM)
 		snapshot := m.Bytes()
+		// A block may fail after a crash only if the operation replaces
+		// all its old bytes, or it lies past the old end.
+		mayFail := func(idx int64) bool {
+			start, end := idx*bs, (idx+1)*bs
+			if start >= int64(len(old)) {
+				return true
+			}
+			oldEnd := min(end, int64(len(old)))
+			return strings.HasPrefix(o.name, "write") && o.lo <= start && o.hi >= oldEnd
+		}
 		for allow := 0; ; allow++ {
-			cs := &crashStore{MemStore: NewMemStore(snapshot), allow: allow}
-			cf := File{C: f.C, S: cs}
-			err := o.run(cf, int64(len(old)))
-			size, serr := f.C.Layout().PlainSize(cs.Size())
-			if serr != nil {
-				t.Fatalf("trial %d %s crash after %d steps: stored size invalid: %v", trial, o.name, allow, serr)
+			done := false
+			for _, tear := range []int{0, 1, 13, 300, 600, 4000, 1 << 30} {
+				cs := &crashStore{MemStore: NewMemStore(snapshot), allow: allow, tear: tear}
+				err := o.run(File{C: f.C, S: cs}, int64(len(old)))
+				if err == nil {
+					if !bytes.Equal(checkSettled(t, f, cs.MemStore, mayFail, old, newM, o.name), newM) {
+						t.Fatalf("trial %d %s: completed but content differs", trial, o.name)
+					}
+					done = true
+					break
+				}
+				torn++
+				checkSettled(t, f, cs.MemStore, mayFail, old, newM, fmt.Sprintf("trial %d %s, crash after %d steps tearing at %d", trial, o.name, allow, tear))
+				settled++
 			}
-			got := make([]byte, size)
-			if size > 0 {
-				if _, rerr := cf.ReadAt(got, 0, size); rerr != nil {
-					t.Fatalf("trial %d %s (initial %d) crash after %d steps: %v", trial, o.name, len(old), allow, rerr)
-				}
-			}
-			for i := range got {
-				var ov, nv byte
-				if i < len(old) {
-					ov = old[i]
-				}
-				if i < len(newM) {
-					nv = newM[i]
-				}
-				if got[i] != ov && got[i] != nv && got[i] != 0 {
-					t.Fatalf("trial %d %s crash after %d steps: byte %d is neither old, new nor zero", trial, o.name, allow, i)
-				}
-			}
-			if err == nil {
-				if !bytes.Equal(got, newM) {
-					t.Fatalf("trial %d %s: completed but content differs", trial, o.name)
-				}
+			if done {
 				break
 			}
 		}
 	}
+	t.Logf("%d interrupted operations settled and checked", settled)
+}
+
+// checkSettled settles the journal of a crashed store and checks each
+// block, returning what the file reads.
+func checkSettled(t *testing.T, f File, m *MemStore, mayFail func(int64) bool, old, newM []byte, what string) []byte {
+	t.Helper()
+	sf := File{C: f.C, S: m}
+	if _, err := sf.Settle(m.Size()); err != nil {
+		t.Fatalf("%s: settle: %v", what, err)
+	}
+	if pending, _ := sf.JournalPending(m.Size()); pending {
+		t.Fatalf("%s: the journal is not empty after Settle", what)
+	}
+	size, serr := f.C.Layout().PlainSize(m.Size())
+	got := make([]byte, size)
+	for idx := int64(0); idx*512 < size; idx++ {
+		start := idx * 512
+		n := min(int64(512), size-start)
+		if _, err := sf.ReadAt(got[start:start+n], start, size); err != nil {
+			if !mayFail(idx) {
+				t.Fatalf("%s: block %d fails (%v) though it holds bytes the operation keeps", what, idx, err)
+			}
+			copy(got[start:start+n], make([]byte, n))
+			continue
+		}
+	}
+	if serr != nil && !mayFail(int64(size)/512) {
+		t.Fatalf("%s: stored size %d invalid (%v) outside the range being written", what, m.Size(), serr)
+	}
+	at := func(b []byte, i int) byte {
+		if i < len(b) {
+			return b[i]
+		}
+		return 0
+	}
+	for i, c := range got {
+		ov, nv := at(old, i), at(newM, i)
+		if ov == nv && c != ov && !mayFail(int64(i)/512) {
+			t.Fatalf("%s: byte %d, which the operation does not change, changed", what, i)
+		}
+		if c != ov && c != nv && c != 0 {
+			t.Fatalf("%s: byte %d is neither old, new nor zero", what, i)
+		}
+	}
+	return got
 }
 
 // fullStore refuses a random share of preallocations, as a full disk

@@ -15,12 +15,32 @@ const (
 // offsets and sizes are "plain…", stored ones "cipher…".
 //
 // A stored file is either empty (no header: plaintext size 0) or a header
-// slot of HeaderSize bytes followed by blocks of BlockSize+Overhead bytes,
+// slot of HeaderSize bytes, a journal area of JournalSize() bytes (sparse
+// unless a rewrite is in flight), and blocks of BlockSize+Overhead bytes,
 // the last of which may be shorter (at least 1 plaintext byte).
 type Layout struct {
 	HeaderSize int64
 	BlockSize  int64
 }
+
+// JournalSlots is the number of block records the journal area holds: a
+// write rewrites at most two blocks that keep older bytes (its first and
+// its last).
+const JournalSlots = 2
+
+// journalRecordHeader is the fixed part of a journal record.
+const journalRecordHeader = 24
+
+// JournalSlotSize is the size of one journal record slot.
+func (l Layout) JournalSlotSize() int64 {
+	return (journalRecordHeader + l.BlockSize + Overhead + 15) / 16 * 16
+}
+
+// JournalSize is the size of the journal area after the header slot.
+func (l Layout) JournalSize() int64 { return JournalSlots * l.JournalSlotSize() }
+
+// DataOff is where block 0 starts in the stored file.
+func (l Layout) DataOff() int64 { return l.HeaderSize + l.JournalSize() }
 
 // MaxPlainSize bounds plaintext sizes and offsets so that no cipher offset
 // overflows an int64 whatever the geometry.
@@ -53,7 +73,11 @@ func (l Layout) PlainSize(cipherSize int64) (int64, error) {
 	if cipherSize < l.HeaderSize {
 		return 0, formatErr("slot", ErrTruncated, "file has %d bytes, the header alone has %d", cipherSize, l.HeaderSize)
 	}
-	payload := cipherSize - l.HeaderSize
+	if cipherSize <= l.DataOff() {
+		// The header, maybe with a journal record, and no block.
+		return 0, nil
+	}
+	payload := cipherSize - l.DataOff()
 	full, rem := payload/l.StoredBlockSize(), payload%l.StoredBlockSize()
 	plain := full * l.BlockSize
 	switch {
@@ -69,8 +93,11 @@ func (l Layout) PlainSize(cipherSize int64) (int64, error) {
 // CipherSize returns the stored size of a file holding plainSize bytes,
 // header included (a file with a header and no data has HeaderSize bytes).
 func (l Layout) CipherSize(plainSize int64) int64 {
+	if plainSize == 0 {
+		return l.HeaderSize
+	}
 	full, rem := plainSize/l.BlockSize, plainSize%l.BlockSize
-	c := l.HeaderSize + full*l.StoredBlockSize()
+	c := l.DataOff() + full*l.StoredBlockSize()
 	if rem > 0 {
 		c += rem + Overhead
 	}
@@ -85,13 +112,16 @@ func (l Layout) BlockToPlainOff(blockIdx uint64) int64 { return int64(blockIdx) 
 
 // BlockToCipherOff returns the stored offset where block blockIdx starts.
 func (l Layout) BlockToCipherOff(blockIdx uint64) int64 {
-	return l.HeaderSize + int64(blockIdx)*l.StoredBlockSize()
+	return l.DataOff() + int64(blockIdx)*l.StoredBlockSize()
 }
 
 // CipherOffToBlock returns the block whose stored bytes hold cipherOff
-// (cipherOff >= HeaderSize).
+// (0 for offsets before block 0).
 func (l Layout) CipherOffToBlock(cipherOff int64) uint64 {
-	return uint64((cipherOff - l.HeaderSize) / l.StoredBlockSize())
+	if cipherOff < l.DataOff() {
+		return 0
+	}
+	return uint64((cipherOff - l.DataOff()) / l.StoredBlockSize())
 }
 
 // BlockCount returns the number of blocks of a plaintext of plainSize bytes.

@@ -31,7 +31,7 @@ func TestLayoutSizesRoundTrip(t *testing.T) {
 func TestLayoutPlainSizeMonotonic(t *testing.T) {
 	l, _ := NewLayout(512, 512)
 	prev := int64(0)
-	for c := int64(0); c < 512+5*(512+Overhead); c++ {
+	for c := int64(0); c < l.DataOff()+5*(512+Overhead); c++ {
 		p, _ := l.PlainSize(c)
 		if p < prev {
 			t.Fatalf("PlainSize(%d) = %d < PlainSize(%d) = %d", c, p, c-1, prev)
@@ -42,9 +42,16 @@ func TestLayoutPlainSizeMonotonic(t *testing.T) {
 
 func TestLayoutImpossibleSizes(t *testing.T) {
 	l, _ := NewLayout(512, 4096)
-	for _, c := range []int64{1, 100, 511, 512 + 1, 512 + Overhead, 512 + 4096 + Overhead + Overhead} {
+	d := l.DataOff()
+	for _, c := range []int64{1, 100, 511, d + 1, d + Overhead, d + 4096 + Overhead + Overhead} {
 		if _, err := l.PlainSize(c); !errors.Is(err, ErrTruncated) {
 			t.Errorf("PlainSize(%d) error = %v, want ErrTruncated", c, err)
+		}
+	}
+	// The header with (part of) the journal and no block: empty.
+	for _, c := range []int64{512, 513, d - 1, d} {
+		if p, err := l.PlainSize(c); p != 0 || err != nil {
+			t.Errorf("PlainSize(%d) = %d, %v; want 0", c, p, err)
 		}
 	}
 }
@@ -73,7 +80,7 @@ func TestLayoutSpan(t *testing.T) {
 			t.Errorf("Span(%d, %d) = %d, %d; want %d, %d", tc.off, tc.n, first, count, tc.first, tc.count)
 		}
 	}
-	if got := l.BlockToCipherOff(3); got != 512+3*(4096+Overhead) {
+	if got := l.BlockToCipherOff(3); got != 512+l.JournalSize()+3*(4096+Overhead) {
 		t.Errorf("BlockToCipherOff(3) = %d", got)
 	}
 	if got := l.CipherOffToBlock(l.BlockToCipherOff(7) + 100); got != 7 {

@@ -178,9 +178,9 @@ func writeVectors(t *testing.T) {
 		{name: "ok-hole", comment: "one byte written at 3*4096: blocks 0-2 are holes", plain: []byte("!"), holeAt: 3 * 4096},
 		{name: "ok-block-size-512", bs: 512, plain: text(3000)},
 		{name: "ok-block-size-64k", bs: 64 << 10, plain: text(100000)},
-		{name: "auth-nonce-bit", plain: text(5000), mutate: flip(func(l Layout) int64 { return l.HeaderSize + 5 })},
-		{name: "auth-ciphertext-bit", plain: text(5000), mutate: flip(func(l Layout) int64 { return l.HeaderSize + 100 })},
-		{name: "auth-tag-bit", plain: text(5000), mutate: flip(func(l Layout) int64 { return l.HeaderSize + l.StoredBlockSize() - 1 })},
+		{name: "auth-nonce-bit", plain: text(5000), mutate: flip(func(l Layout) int64 { return l.DataOff() + 5 })},
+		{name: "auth-ciphertext-bit", plain: text(5000), mutate: flip(func(l Layout) int64 { return l.DataOff() + 100 })},
+		{name: "auth-tag-bit", plain: text(5000), mutate: flip(func(l Layout) int64 { return l.DataOff() + l.StoredBlockSize() - 1 })},
 		{name: "auth-blocks-swapped", plain: text(3 * 4096), mutate: func(f []byte, l Layout) []byte {
 			a, b := f[l.BlockToCipherOff(0):l.BlockToCipherOff(1)], f[l.BlockToCipherOff(1):l.BlockToCipherOff(2)]
 			tmp := bytes.Clone(a)

@@ -135,10 +135,14 @@ func (f *file) truncate(size int64) error {
 	if err != nil {
 		return err
 	}
+	cur, _ := f.n.r.layout.PlainSize(stored)
+	if size == cur {
+		// Nothing to cut, but a truncate (and O_TRUNC) still updates
+		// mtime and ctime, as on ext4: truncate the stored file to
+		// its own size.
+		return fdStore(f.fd).Truncate(stored)
+	}
 	if size == 0 {
-		if stored <= f.n.r.layout.HeaderSize {
-			return nil
-		}
 		return fdStore(f.fd).Truncate(f.n.r.layout.HeaderSize)
 	}
 	if err := f.ensureHeader(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -66,7 +67,18 @@ func (n *node) acquire(fd int, path string, wantKey bool) (*fileState, error) {
 		l := &keyLoad{done: make(chan struct{})}
 		st.loading = l
 		n.mu.Unlock()
+		restore := noatime(fd)
 		c, dk, err := n.r.loadKey(fd, path)
+		if err == nil && c != nil {
+			st.content.Lock()
+			err = n.r.settle(fd, c, path)
+			st.content.Unlock()
+			if err != nil {
+				dk.Wipe()
+				n.r.stats.liveKeys.Add(-1)
+			}
+		}
+		restore()
 		n.mu.Lock()
 		st.loading = nil
 		if err == nil {
@@ -91,6 +103,7 @@ func (n *node) release(st *fileState) {
 	last := st.users == 0
 	if last && n.st == st {
 		n.st = nil
+		n.dropUnnamedLocked()
 	}
 	n.mu.Unlock()
 	if last {
@@ -128,14 +141,7 @@ func (r *Root) readHeader(fd int) (*blockcipher.Header, error) {
 		return nil, fmt.Errorf("header: %w (file has %d bytes, the volume's header has %d)", blockcipher.ErrTruncated, st.Size, r.layout.HeaderSize)
 	}
 	slot := make([]byte, r.layout.HeaderSize)
-	// Reading the header is kmsfs's business, not an access the user
-	// made: keep it from touching the file's atime (O_NOATIME needs
-	// ownership or CAP_FOWNER; without it the atime may move).
-	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_NOATIME == 0 {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME); err == nil {
-			defer unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
-		}
-	}
+	defer noatime(fd)()
 	if _, err := (fdStore(fd)).ReadAt(slot, 0); err != nil {
 		return nil, err
 	}
@@ -304,6 +310,7 @@ type fdStore int
 var (
 	_ blockcipher.Store        = fdStore(0)
 	_ blockcipher.Preallocator = fdStore(0)
+	_ blockcipher.Puncher      = fdStore(0)
 )
 
 func (s fdStore) ReadAt(p []byte, off int64) (int, error) {
@@ -359,10 +366,59 @@ func (s fdStore) Preallocate(off, length int64) error {
 	return err
 }
 
+// PunchHole deallocates a range (a cleared journal), keeping the size.
+func (s fdStore) PunchHole(off, length int64) error {
+	return retryEINTR(func() error {
+		return unix.Fallocate(int(s), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	})
+}
+
 func (s fdStore) size() (int64, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(s), &st); err != nil {
 		return 0, err
 	}
 	return st.Size, nil
+}
+
+// settle finishes a block rewrite that a crash interrupted (the journal,
+// blockcipher/journal.go), before anything reads or changes the file. It
+// costs two small reads on a clean file. The descriptor may be read-only:
+// a repair reopens the file for writing. A read-only mount leaves the
+// journal alone; its reads consult it.
+func (r *Root) settle(fd int, c *blockcipher.Cipher, path string) error {
+	stored, err := fdStore(fd).size()
+	if err != nil {
+		return err
+	}
+	pending, err := blockcipher.File{C: c, S: fdStore(fd)}.JournalPending(stored)
+	if err != nil || !pending || r.opts.ReadOnly {
+		return err
+	}
+	wfd, err := openat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("reopen to finish an interrupted write: %w", err)
+	}
+	defer unix.Close(wfd)
+	changed, err := blockcipher.File{C: c, S: fdStore(wfd)}.Settle(stored)
+	if err != nil {
+		return fmt.Errorf("finish an interrupted write: %w", err)
+	}
+	r.log.Info("finished an interrupted write", "path", path, "repaired", changed)
+	return nil
+}
+
+// noatime sets O_NOATIME on fd until the returned func is called: reading
+// a header or the journal is kmsfs's business, not an access the user
+// made, and must not move the file's atime. (O_NOATIME needs ownership or
+// CAP_FOWNER; without it the atime may move.)
+func noatime(fd int) (restore func()) {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_NOATIME != 0 {
+		return func() {}
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME); err != nil {
+		return func() {}
+	}
+	return func() { unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl) }
 }

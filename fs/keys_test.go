@@ -155,7 +155,7 @@ func createStored(t *testing.T, r *Root, name string) storedFile {
 		t.Fatal(err)
 	}
 	block := c.SealBlock(nil, []byte(keysTestPlain), 0, true)
-	if _, err := unix.Pwrite(fd, block, r.layout.HeaderSize); err != nil {
+	if _, err := unix.Pwrite(fd, block, r.layout.BlockToCipherOff(0)); err != nil {
 		t.Fatal(err)
 	}
 	return f
@@ -176,7 +176,7 @@ func openStored(t *testing.T, path string) int {
 func readBlock0(t *testing.T, r *Root, fd int, c *blockcipher.Cipher) string {
 	t.Helper()
 	stored := make([]byte, len(keysTestPlain)+blockcipher.Overhead)
-	if _, err := unix.Pread(fd, stored, r.layout.HeaderSize); err != nil {
+	if _, err := unix.Pread(fd, stored, r.layout.BlockToCipherOff(0)); err != nil {
 		t.Fatal(err)
 	}
 	plain, err := c.OpenBlock(nil, stored, 0, true)

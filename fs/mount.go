@@ -41,6 +41,10 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 	o := &fusefs.Options{
 		EntryTimeout: &et,
 		AttrTimeout:  &at,
+		// Without this go-fuse shows mode 0000 as 0644 (0755 for
+		// directories), and default_permissions then lets anyone read
+		// a chmod 000 file.
+		NullPermissions: true,
 		MountOptions: fuse.MountOptions{
 			AllowOther:  mo.AllowOther,
 			Options:     opts,

@@ -17,8 +17,32 @@ type node struct {
 	fusefs.Inode
 	r *Root
 
-	mu sync.Mutex // guards st
+	mu sync.Mutex // guards st and unnamed
 	st *fileState // open-file state of a regular file; nil when nothing uses it
+
+	// unnamed is an O_PATH descriptor of a file made with O_TMPFILE, so
+	// linkat can give it a name later; -1 (or 0, never set) otherwise.
+	unnamed int
+}
+
+var _ fusefs.NodeOnForgetter = (*node)(nil)
+
+// OnForget closes the descriptor kept for an O_TMPFILE file.
+func (n *node) OnForget() { n.dropUnnamed() }
+
+// dropUnnamed closes the descriptor kept for an O_TMPFILE file: once it is
+// linked, or once its last handle is closed (linkat needs an open file).
+func (n *node) dropUnnamed() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.dropUnnamedLocked()
+}
+
+func (n *node) dropUnnamedLocked() {
+	if n.unnamed > 0 {
+		unix.Close(n.unnamed)
+		n.unnamed = -1
+	}
 }
 
 var (

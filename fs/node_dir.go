@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"strconv"
 	"syscall"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -115,14 +116,27 @@ func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 	if !ok || t.r != n.r {
 		return nil, syscall.EXDEV
 	}
-	if _, parent := t.Parent(); parent == nil {
-		// Unlinked or never named (O_TMPFILE): no path to link from.
-		return nil, syscall.ENOENT
+	var link func(dirfd int) error
+	if _, parent := t.Parent(); parent != nil {
+		src := t.relPath()
+		link = func(dirfd int) error { return unix.Linkat(n.r.rootFd, src, dirfd, name, 0) }
+	} else {
+		// Never named (O_TMPFILE): link from the descriptor kept for it.
+		// The kernel refuses unlinked files that are not O_TMPFILE.
+		t.mu.Lock()
+		fd := t.unnamed
+		t.mu.Unlock()
+		if fd <= 0 {
+			return nil, syscall.ENOENT
+		}
+		link = func(dirfd int) error {
+			return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), dirfd, name, unix.AT_SYMLINK_FOLLOW)
+		}
 	}
-	src := t.relPath()
-	errno := n.dirOp("link", name, func(dirfd int) error {
-		return unix.Linkat(n.r.rootFd, src, dirfd, name, 0)
-	})
+	errno := n.dirOp("link", name, link)
+	if errno == 0 {
+		t.dropUnnamed() // named now: paths work again
+	}
 	if errno != 0 {
 		return nil, errno
 	}

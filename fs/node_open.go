@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"strconv"
 	"syscall"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -218,5 +219,23 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		unix.Close(fd)
 		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
 	}
-	return n.newOpenChild(ctx, fd, flags, out, "tmpfile", dir)
+	// Keep a descriptor so that linkat can name the file later.
+	pathFd, err := openat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.O_PATH, 0)
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
+	}
+	child, fh, fl, errno := n.newOpenChild(ctx, fd, flags, out, "tmpfile", dir)
+	if errno != 0 {
+		unix.Close(pathFd)
+		return nil, nil, 0, errno
+	}
+	cn := child.Operations().(*node)
+	cn.mu.Lock()
+	if cn.unnamed > 0 {
+		unix.Close(cn.unnamed)
+	}
+	cn.unnamed = pathFd
+	cn.mu.Unlock()
+	return child, fh, fl, 0
 }

@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -914,7 +915,7 @@ func TestInspectRejects(t *testing.T) {
 		{"cut in prefix", good[:10], "truncated"},
 		{"truncated after prefix", good[:20], "truncated"},
 		{"truncated header", good[:300], "truncated"},
-		{"header minus one", good[:len(good)-29-1], "truncated"},
+		{"header minus one", good[:binary.BigEndian.Uint32(good[8:12])-1], "truncated"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,6 +22,15 @@ import (
 // well as what the test expects.
 
 const nobody = 65534
+
+// requireRoot fails a test that needs root: chown, other users' processes,
+// --allow-other without /etc/fuse.conf. CI runs the FUSE tests as root.
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatalf("this test runs commands as other users and chowns files: run it as root (euid is %d)", os.Geteuid())
+	}
+}
 
 // traversable makes dir and its parents up to (not including) the system
 // temporary directory searchable by everyone: t.TempDir makes them 0700,
@@ -78,6 +88,7 @@ var permScenario = []step{
 	{cmd: "mkdir sticky && chmod 1777 sticky && printf r > sticky/rootfile && chmod 666 sticky/rootfile"},
 	{cmd: "mkdir open && chmod 777 open && printf '#!/bin/sh\\n' > open/suid && chmod 6777 open/suid"},
 	{cmd: "printf x > open/rootsuid && chmod 4755 open/rootsuid"},
+	{cmd: "for f in suid2 suid3 suid4 suid5; do printf xyz > open/$f && chmod 6777 open/$f; done"},
 	{cmd: "mkdir sgid && chown 0:4242 sgid && chmod 2777 sgid"},
 	{cmd: "mkdir private && chmod 700 private && touch private/x"},
 	{cmd: "printf locked > locked && chmod 000 locked && mkdir lockeddir && touch lockeddir/x && chmod 000 lockeddir"},
@@ -113,6 +124,10 @@ var permScenario = []step{
 	{nobody: true, cmd: "echo more >> sticky/rootfile"},
 	// Writing a set-uid, set-gid file one may write clears both bits.
 	{nobody: true, cmd: "printf more >> open/suid"},
+	{nobody: true, cmd: "truncate -s 1 open/suid2"},
+	{nobody: true, cmd: ": > open/suid3"},
+	{nobody: true, cmd: "printf y | dd of=open/suid4 bs=1 seek=1 conv=notrunc status=none"},
+	{cmd: "chown 1:1 open/suid5"}, // chown clears set-id bits even for root
 	// Objects nobody creates belong to nobody (the group of a set-gid
 	// directory; its subdirectories inherit the bit).
 	{nobody: true, cmd: "touch open/newfile && mkdir open/newdir && ln -s target open/newlink && mkfifo open/newfifo && ln open/newfile open/hardlink"},
@@ -210,6 +225,7 @@ func (e *semEnv) path(p ...string) string { return filepath.Join(append([]string
 func TestSemantics(t *testing.T) {
 	v := newVolume(t, nil)
 	m := mountVolume(t, v, "--allow-other")
+	requireRoot(t)
 	traversable(t, m.Dir)
 	if err := os.Chmod(m.Dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -224,6 +240,9 @@ func TestSemantics(t *testing.T) {
 		{"Renameat2", semRenameat2},
 		{"HiddenConfig", semHiddenConfig},
 		{"Statfs", func(t *testing.T, e *semEnv) { checkStatfs(t, e.m.Dir, e.v.Dir) }},
+		{"Times", semTimes},
+		{"OpenUnlinked", semOpenUnlinked},
+		{"TmpfileLink", semTmpfileLink},
 	}
 	var after []func(*mount)
 	for _, c := range cases {
@@ -272,8 +291,10 @@ func semPermissions(t *testing.T, e *semEnv) {
 
 	// The points of the scenario, spelled out.
 	d := dirs["kmsfs"]
-	if st := lstat(t, filepath.Join(d, "open/suid")); st.Mode&0o7777 != 0o777 {
-		t.Errorf("set-uid/set-gid file written by nobody: mode %04o, want 0777 (both bits cleared)", st.Mode&0o7777)
+	for _, name := range []string{"open/suid", "open/suid2", "open/suid3", "open/suid4", "open/suid5"} {
+		if st := lstat(t, filepath.Join(d, name)); st.Mode&0o7777 != 0o777 {
+			t.Errorf("%s: set-uid/set-gid file written, truncated or chowned: mode %04o, want 0777 (both bits cleared)", name, st.Mode&0o7777)
+		}
 	}
 	for _, name := range []string{"locked", "lockeddir", "open/renamed"} {
 		if st := lstat(t, filepath.Join(d, name)); st.Mode&0o7777 != 0 {
@@ -762,5 +783,165 @@ func checkStatfs(t *testing.T, mnt, backing string) {
 	}
 	if got.Type == want.Type {
 		t.Errorf("statfs type %#x is the backing filesystem's, want FUSE's", got.Type)
+	}
+}
+
+// semTimes sets a file's (or directory's) mtime to a fixed old time, does
+// one operation, and records whether the mtime moved, on ext4 and through
+// the mount (and on the stored file): the answers must be ext4's.
+func semTimes(t *testing.T, e *semEnv) {
+	old := time.Unix(1000000000, 0)
+	type op struct {
+		name   string
+		target string // "f" (a 3-byte file), "empty" (an empty file) or "." (the directory)
+		do     func(dir string) error
+	}
+	withFile := func(flags int, f func(*os.File) error) func(string) error {
+		return func(dir string) error {
+			fh, err := os.OpenFile(filepath.Join(dir, "f"), flags, 0)
+			if err != nil {
+				return err
+			}
+			defer fh.Close()
+			return f(fh)
+		}
+	}
+	ops := []op{
+		{"pwrite", "f", withFile(os.O_RDWR, func(f *os.File) error { _, err := f.WriteAt([]byte("x"), 1); return err })},
+		{"read", "f", withFile(os.O_RDONLY, func(f *os.File) error { _, err := f.ReadAt(make([]byte, 3), 0); return err })},
+		{"chmod", "f", func(dir string) error { return os.Chmod(filepath.Join(dir, "f"), 0o640) }},
+		{"setxattr", "f", func(dir string) error { return unix.Setxattr(filepath.Join(dir, "f"), "user.t", []byte("1"), 0) }},
+		{"ftruncate grow", "f", withFile(os.O_RDWR, func(f *os.File) error { return f.Truncate(5000) })},
+		{"ftruncate shrink", "f", withFile(os.O_RDWR, func(f *os.File) error { return f.Truncate(3) })},
+		{"ftruncate same size", "f", withFile(os.O_RDWR, func(f *os.File) error { return f.Truncate(3) })},
+		{"truncate same size", "f", func(dir string) error { return os.Truncate(filepath.Join(dir, "f"), 3) }},
+		{"fallocate extend", "f", withFile(os.O_RDWR, func(f *os.File) error { return unix.Fallocate(int(f.Fd()), 0, 0, 8192) })},
+		{"mmap write", "f", withFile(os.O_RDWR, func(f *os.File) error {
+			mem, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				return err
+			}
+			mem[10] = 'm'
+			if err := unix.Msync(mem, unix.MS_SYNC); err != nil {
+				return err
+			}
+			return unix.Munmap(mem)
+		})},
+		{"O_TRUNC non-empty", "f", withFile(os.O_WRONLY|os.O_TRUNC, func(*os.File) error { return nil })},
+		{"O_TRUNC empty", "empty", func(dir string) error {
+			f, err := os.OpenFile(filepath.Join(dir, "empty"), os.O_WRONLY|os.O_TRUNC, 0)
+			if err == nil {
+				err = f.Close()
+			}
+			return err
+		}},
+		{"create in dir", ".", func(dir string) error { return os.WriteFile(filepath.Join(dir, "new"), nil, 0o644) }},
+		{"chmod child", ".", func(dir string) error { return os.Chmod(filepath.Join(dir, "new"), 0o600) }},
+		{"write child", ".", func(dir string) error { return os.WriteFile(filepath.Join(dir, "new"), []byte("x"), 0) }},
+		{"rename in dir", ".", func(dir string) error { return os.Rename(filepath.Join(dir, "new"), filepath.Join(dir, "new2")) }},
+		{"unlink in dir", ".", func(dir string) error { return os.Remove(filepath.Join(dir, "new2")) }},
+	}
+	ref := t.TempDir()
+	stored := e.store
+	moved := func(p string) (bool, error) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return false, err
+		}
+		return !fi.ModTime().Equal(old), nil
+	}
+	for _, dir := range []string{ref, e.dir} {
+		writeFile(t, filepath.Join(dir, "f"), []byte("abc"))
+		writeFile(t, filepath.Join(dir, "empty"), nil)
+	}
+	for _, o := range ops {
+		var got [3]bool // ext4, kmsfs, stored file
+		for i, dir := range []string{ref, e.dir} {
+			p := filepath.Join(dir, o.target)
+			if err := os.Chtimes(p, old, old); err != nil {
+				t.Fatal(err)
+			}
+			if err := o.do(dir); err != nil {
+				t.Fatalf("%s: %v", o.name, err)
+			}
+			var err error
+			if got[i], err = moved(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var err error
+		if got[2], err = moved(filepath.Join(stored, o.target)); err != nil {
+			t.Fatal(err)
+		}
+		if got[1] != got[0] || got[2] != got[0] {
+			why := ""
+			if o.name == "O_TRUNC empty" {
+				why = " (POSIX open(): O_TRUNC of an existing file marks mtime and ctime for update; `: > stamp` relies on it)"
+			}
+			t.Errorf("%s: mtime moved on ext4: %v, through kmsfs: %v, on the stored file: %v%s", o.name, got[0], got[1], got[2], why)
+		}
+	}
+}
+
+// semOpenUnlinked uses a file after its last name is gone: write, read,
+// ftruncate, fstat, fallocate, through the descriptor.
+func semOpenUnlinked(t *testing.T, e *semEnv) {
+	for _, dir := range []string{t.TempDir(), e.dir} {
+		p := filepath.Join(dir, "f")
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.Write(bytes.Repeat([]byte("hello "), 2000)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt([]byte("HELLO"), 4094); err != nil {
+			t.Fatalf("%s: write after unlink: %v", dir, err)
+		}
+		if err := f.Truncate(5000); err != nil {
+			t.Fatalf("%s: ftruncate after unlink: %v", dir, err)
+		}
+		if err := unix.Fallocate(int(f.Fd()), 0, 0, 6000); err != nil {
+			t.Fatalf("%s: fallocate after unlink: %v", dir, err)
+		}
+		fi, err := f.Stat()
+		if err != nil || fi.Size() != 6000 || fi.Sys().(*syscall.Stat_t).Nlink != 0 {
+			t.Fatalf("%s: fstat after unlink: %v, %v", dir, fi, err)
+		}
+		want := append(bytes.Repeat([]byte("hello "), 2000)[:5000], make([]byte, 1000)...)
+		copy(want[4094:], "HELLO")
+		got := make([]byte, 7000)
+		if n, _ := f.ReadAt(got, 0); !bytes.Equal(got[:n], want) {
+			t.Errorf("%s: read after unlink: %d bytes, differs: %v", dir, n, firstDiff(got[:n], want))
+		}
+	}
+}
+
+// semTmpfileLink makes a file with O_TMPFILE, writes it, then gives it a
+// name with linkat (the atomic-create pattern), as ext4 allows.
+func semTmpfileLink(t *testing.T, e *semEnv) {
+	for _, dir := range []string{t.TempDir(), e.dir} {
+		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR, 0o640)
+		if err != nil {
+			t.Fatalf("%s: O_TMPFILE: %v", dir, err)
+		}
+		defer unix.Close(fd)
+		if _, err := unix.Pwrite(fd, []byte("made in the dark"), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Linkat(fd, "", unix.AT_FDCWD, filepath.Join(dir, "named"), unix.AT_EMPTY_PATH); err != nil {
+			t.Errorf("%s: linkat(AT_EMPTY_PATH) of an O_TMPFILE file: %v", dir, err)
+			continue
+		}
+		if got, err := os.ReadFile(filepath.Join(dir, "named")); err != nil || string(got) != "made in the dark" {
+			t.Errorf("%s: linked O_TMPFILE file: %q, %v", dir, got, err)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "named")); err != nil || fi.Mode().Perm() != 0o640 {
+			t.Errorf("%s: linked O_TMPFILE file: %v, %v", dir, fi, err)
+		}
 	}
 }

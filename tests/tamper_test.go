@@ -59,16 +59,22 @@ func geometryOf(t testing.TB, v *volume) volumeGeometry {
 // stored is the stored block size, blockOff where block i starts.
 func (g volumeGeometry) stored() int64 { return int64(g.BlockSize) + 28 }
 func (g volumeGeometry) blockOff(i int) int64 {
-	return int64(g.HeaderSize) + int64(i)*g.stored()
+	return g.dataOff() + int64(i)*g.stored()
+}
+
+// dataOff is where block 0 starts: after the header and the journal area
+// (two records of 24+B+28 bytes rounded up to 16, docs/FORMAT.md).
+func (g volumeGeometry) dataOff() int64 {
+	return int64(g.HeaderSize) + 2*((24+g.stored()+15)/16*16)
 }
 
 // plainSize is docs/FORMAT.md's plain size of a stored size (for a damaged
 // size, the readable part).
 func (g volumeGeometry) plainSize(stored int64) int64 {
-	if stored < int64(g.HeaderSize) {
+	if stored <= g.dataOff() {
 		return 0
 	}
-	p := stored - int64(g.HeaderSize)
+	p := stored - g.dataOff()
 	n, r := p/g.stored()*int64(g.BlockSize), p%g.stored()
 	if r > 28 {
 		n += r - 28

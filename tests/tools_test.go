@@ -344,6 +344,7 @@ type toolsEnv struct {
 func TestTools(t *testing.T) {
 	v := newVolume(t, nil)
 	m := mountVolume(t, v)
+	requireRoot(t) // the tree has files of other owners
 	local := t.TempDir()
 	src := filepath.Join(local, "src")
 	if raceEnabled {
@@ -390,6 +391,11 @@ func toolsCp(t *testing.T, e *toolsEnv) {
 	tool(t, "", nil, "cp", "-a", m.path("cp"), out)
 	diffR(t, src, out)
 	compareTrees(t, src, out, treeOpts{xattrs: true})
+	// A copy inside the mount (cp tries copy_file_range and FICLONE,
+	// which kmsfs must refuse or do right).
+	tool(t, "", nil, "cp", "-a", "--reflink=auto", m.path("cp"), m.path("cp2"))
+	diffR(t, src, m.path("cp2"))
+	compareTrees(t, src, m.path("cp2"), treeOpts{xattrs: true})
 	e.after = append(e.after, func(fresh *mount) { diffR(t, src, fresh.path("cp")) })
 }
 
@@ -619,10 +625,13 @@ UPDATE t SET v = v || ' updated' WHERE id %% 3 = 0;
 		if got := sql(db, check); got != want {
 			t.Errorf("%s: check gives %q, want %q", mode, got, want)
 		}
-		sql(db, "VACUUM;")
 		if mode == "wal" {
 			sql(db, "PRAGMA wal_checkpoint(TRUNCATE);")
 		}
+		if raceEnabled {
+			continue // VACUUM rewrites the database: slow under -race, covered without
+		}
+		sql(db, "VACUUM;")
 		if got := sql(db, check); got != want {
 			t.Errorf("%s after VACUUM: check gives %q, want %q", mode, got, want)
 		}
@@ -764,6 +773,15 @@ func toolsRenameHeavy(t *testing.T, e *toolsEnv) {
 		t.Errorf("pinned file at %s: %.30q", pinned, got)
 	}
 	must(t, pf.Close())
+	// Operations by path at the new location reach the same file.
+	pp := filepath.Join(root, pinned)
+	must(t, os.Chmod(pp, 0o600))
+	must(t, unix.Setxattr(pp, "user.where", []byte("moved"), 0))
+	must(t, os.Truncate(pp, 6))
+	files[pinned] = "PINNED"
+	if st := lstat(t, filepath.Join(v.Dir, "r", pinned)); st.Mode&0o777 != 0o600 || st.Size == 0 {
+		t.Errorf("stored %s: mode %o size %d after chmod and truncate by its new path", pinned, st.Mode&0o777, st.Size)
+	}
 
 	check := func(root string) {
 		t.Helper()

@@ -94,10 +94,13 @@ func TestFrozenVolume(t *testing.T) {
 	}
 	frozenCheckHoles(t, cipher, c.HeaderSize, c.BlockSize)
 
-	// Every file was created through kmsfs, so each has a header, and the
-	// empty one is exactly a header.
+	// "empty" was written and truncated to 0: exactly a header.
+	// "never-written" was created and never written: no header at all.
 	if st, err := os.Stat(filepath.Join(cipher, "empty")); err != nil || st.Size() != int64(c.HeaderSize) {
 		t.Errorf("cipher file of empty: %v, want %d bytes (a header only)", err, c.HeaderSize)
+	}
+	if st, err := os.Stat(filepath.Join(cipher, "never-written")); err != nil || st.Size() != 0 {
+		t.Errorf("cipher file of never-written: %v, want 0 bytes", err)
 	}
 
 	v := &volume{Dir: cipher, Env: []string{"XDG_CONFIG_HOME=" + t.TempDir()}}
@@ -206,12 +209,18 @@ func frozenCheckHoles(t *testing.T, cipher string, headerSize, blockSize int) {
 	t.Helper()
 	b := readFile(t, filepath.Join(cipher, "sparse-200k"))
 	stored := blockSize + 28
-	if want := headerSize + frozenSparseSize/blockSize*stored; len(b) != want {
+	// Block 0 starts after the header and the journal area (two records
+	// of 24+B+28 bytes rounded up to 16, docs/FORMAT.md).
+	dataOff := headerSize + 2*((24+stored+15)/16*16)
+	if want := dataOff + frozenSparseSize/blockSize*stored; len(b) != want {
 		t.Fatalf("cipher file of sparse-200k is %d bytes, want %d", len(b), want)
+	}
+	if !bytes.Equal(b[headerSize:dataOff], make([]byte, dataOff-headerSize)) {
+		t.Errorf("sparse-200k: the journal area is not empty")
 	}
 	zero := make([]byte, stored)
 	for i := 0; i < frozenSparseSize/blockSize; i++ {
-		blk := b[headerSize+i*stored : headerSize+(i+1)*stored]
+		blk := b[dataOff+i*stored : dataOff+(i+1)*stored]
 		hole := i >= frozenSparseHead/blockSize && i < frozenSparseTail/blockSize
 		if hole != bytes.Equal(blk, zero) {
 			t.Errorf("sparse-200k stored block %d: all zero %v, want %v", i, !hole, hole)
@@ -263,6 +272,13 @@ func frozenGenerate(t *testing.T) {
 		}
 		writeFile(t, m.path(name), b)
 	}
+	// "empty" is a header-only file: written once, then truncated to 0
+	// (a file never written has no header at all: "never-written").
+	writeFile(t, m.path("empty"), []byte("gone"))
+	if err := os.Truncate(m.path("empty"), 0); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, m.path("never-written"), nil)
 	// The sparse file: the head, then the tail past a hole, never writing
 	// the hole itself.
 	sp := contents["sparse-200k"]
@@ -290,7 +306,7 @@ func frozenGenerate(t *testing.T) {
 	}
 
 	var manifest strings.Builder
-	names := []string{frozenHardLink[0]}
+	names := []string{frozenHardLink[0], "never-written"}
 	for name := range contents {
 		names = append(names, name)
 	}
