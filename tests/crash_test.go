@@ -167,8 +167,9 @@ func randomBytes(rng *rand.Rand, n int) []byte {
 func TestCrash(t *testing.T) {
 	requireFUSE(t)
 	v := newVolume(t, nil)
-	rng := rand.New(rand.NewPCG(20261127, 1))
-	w := &crashWriter{rng: rng, files: map[string]*crashFile{}}
+	rng := rand.New(rand.NewPCG(20261127, 1))  // the test's own choices
+	wrng := rand.New(rand.NewPCG(20261127, 2)) // the writer's, used by its goroutine only
+	w := &crashWriter{rng: wrng, files: map[string]*crashFile{}}
 	totalOps := 0
 	inflightKinds := map[string]int{}
 	tornBlocks := 0
