@@ -244,12 +244,18 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 	oldLast := f.lastBlock(size)
 	first, count := l.Span(off, int64(len(p)))
 	last := first + count - 1
-	reserve := [][2]uint64{{first, last}}
-	if oldLast >= 0 && uint64(oldLast) < first {
-		reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
-	}
-	if err := f.reserve(newSize, true, reserve...); err != nil {
-		return size, err
+	if end > size {
+		// Reserve the space an extension needs before changing
+		// anything, so a full disk refuses it cleanly. (Overwriting
+		// allocated blocks needs no new space; a journal record that
+		// does not fit fails before its block is touched.)
+		reserve := [][2]uint64{{first, last}}
+		if oldLast >= 0 && uint64(oldLast) < first {
+			reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
+		}
+		if err := f.reserve(newSize, true, reserve...); err != nil {
+			return size, err
+		}
 	}
 	if end <= size || int64(last) == oldLast {
 		// Within the old blocks (perhaps growing the final one).
@@ -389,9 +395,6 @@ func (f File) Truncate(size, newSize int64) error {
 	// extent, so that until the cut the file keeps its old size and reads
 	// the truncated block zero-extended (openShortened).
 	newLast := uint64(f.lastBlock(newSize))
-	if err := f.reserve(size, true, [2]uint64{newLast, newLast}); err != nil {
-		return err
-	}
 	pb := getBuf(int(l.BlockSize))
 	defer putBuf(pb)
 	b, err := f.readBlock((*pb)[:0], newLast, size)

@@ -225,16 +225,6 @@ func (c *crashStore) Truncate(n int64) error {
 	return c.MemStore.Truncate(n)
 }
 
-func (c *crashStore) PunchHole(off, length int64) error {
-	if c.allow <= 0 {
-		c.allow = -1
-		return errCrashed
-	}
-	c.allow--
-	c.MemStore.WriteAt(make([]byte, length), off)
-	return nil
-}
-
 // TestCrashAtEveryStep interrupts writes and truncates after every prefix
 // of their stored mutations, tearing the interrupted write at several
 // bytes, then settles the journal (as the next open does) and checks

@@ -33,13 +33,6 @@ type journalRec struct {
 	padTo  int    // write zeros after stored up to this length (shrink)
 }
 
-// Puncher is implemented by stores that can deallocate a range (fallocate
-// FALLOC_FL_PUNCH_HOLE), so a cleared journal costs no disk space. Stores
-// without it get zeros written over the record headers.
-type Puncher interface {
-	PunchHole(off, length int64) error
-}
-
 func (f File) journalOff(slot int) int64 {
 	return f.C.layout.HeaderSize + int64(slot)*f.C.layout.JournalSlotSize()
 }
@@ -65,14 +58,11 @@ func (f File) writeJournal(recs []journalRec) error {
 	return f.writeStored(b, f.journalOff(0))
 }
 
-// clearJournal empties the journal after its blocks are in place.
+// clearJournal empties the journal after its blocks are in place by
+// zeroing the record headers. (Punching the records' pages back out would
+// save their disk space but costs more per write on tmpfs and ext4, and a
+// journal that stays allocated cannot fail for lack of space later.)
 func (f File) clearJournal(slots int) error {
-	l := f.C.layout
-	if p, ok := f.S.(Puncher); ok {
-		if err := p.PunchHole(l.HeaderSize, int64(slots)*l.JournalSlotSize()); err == nil {
-			return nil
-		}
-	}
 	var zero [journalRecordHeader]byte
 	for s := 0; s < slots; s++ {
 		if err := f.writeStored(zero[:], f.journalOff(s)); err != nil {

@@ -310,7 +310,6 @@ type fdStore int
 var (
 	_ blockcipher.Store        = fdStore(0)
 	_ blockcipher.Preallocator = fdStore(0)
-	_ blockcipher.Puncher      = fdStore(0)
 )
 
 func (s fdStore) ReadAt(p []byte, off int64) (int, error) {
@@ -364,13 +363,6 @@ func (s fdStore) Preallocate(off, length int64) error {
 		return nil
 	}
 	return err
-}
-
-// PunchHole deallocates a range (a cleared journal), keeping the size.
-func (s fdStore) PunchHole(off, length int64) error {
-	return retryEINTR(func() error {
-		return unix.Fallocate(int(s), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-	})
 }
 
 func (s fdStore) size() (int64, error) {

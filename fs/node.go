@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -23,6 +24,10 @@ type node struct {
 	// unnamed is an O_PATH descriptor of a file made with O_TMPFILE, so
 	// linkat can give it a name later; -1 (or 0, never set) otherwise.
 	unnamed int
+
+	// noCaps: the backing object had no security.capability xattr when
+	// last asked, and none was set through this mount since.
+	noCaps atomic.Bool
 }
 
 var _ fusefs.NodeOnForgetter = (*node)(nil)

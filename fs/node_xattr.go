@@ -38,7 +38,15 @@ func (n *node) withXattrPath(op string, f func(path string, link bool) error) sy
 	return n.r.metaErrno(retryEINTR(func() error { return f("/proc/self/fd/"+strconv.Itoa(fd), false) }), op, p)
 }
 
+// capsAttr is asked for by the kernel before every write (to drop file
+// capabilities); almost no file has it, so its absence is remembered per
+// inode instead of costing three syscalls per write.
+const capsAttr = "security.capability"
+
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if attr == capsAttr && n.noCaps.Load() {
+		return 0, syscall.ENODATA
+	}
 	var sz int
 	errno := n.withXattrPath("getxattr", func(path string, link bool) error {
 		var err error
@@ -49,12 +57,18 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		}
 		return err
 	})
+	if attr == capsAttr && errno == syscall.ENODATA {
+		n.noCaps.Store(true)
+	}
 	return uint32(sz), errno
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
+	}
+	if attr == capsAttr {
+		n.noCaps.Store(false)
 	}
 	return n.withXattrPath("setxattr", func(path string, link bool) error {
 		if link {
@@ -67,6 +81,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
+	}
+	if attr == capsAttr {
+		n.noCaps.Store(false)
 	}
 	return n.withXattrPath("removexattr", func(path string, link bool) error {
 		if link {

@@ -73,10 +73,17 @@ func TestDiskFull(t *testing.T) {
 	if got := readFile(t, m.path("keep")); !bytes.Equal(got, keep) {
 		t.Fatal("keep changed while the disk was full")
 	}
-	// New files cannot be created with their header, and leave nothing.
-	_, err = os.Create(m.path("new"))
+	// A new file is empty until written (it needs no space); writing it
+	// fails with ENOSPC and leaves it empty.
+	nf, err := os.Create(m.path("new"))
 	if err != nil && !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("create on a full disk: %v, want ENOSPC or success", err)
+	}
+	if nf != nil {
+		if _, err := nf.Write(bytes.Repeat([]byte("n"), 64<<10)); !errors.Is(err, syscall.ENOSPC) {
+			t.Errorf("writing a new file on a full disk: %v, want ENOSPC", err)
+		}
+		nf.Close()
 	}
 	ents, _ := os.ReadDir(v.Dir)
 	for _, e := range ents {

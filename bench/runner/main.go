@@ -189,7 +189,7 @@ func startKMS(e *env, work string) func() {
       - Metadata:
           KeyId: bbbbbbbb-0000-4000-8000-000000000001
         BackingKeys:
-          - 6b6d7366732062656e63686d61726b206b6579206e6f742061207365637265
+          - 6b6d7366732062656e63686d61726b206b6579206e6f74206120736563726574
 Aliases:
   - AliasName: alias/kmsfs-bench
     TargetKeyId: bbbbbbbb-0000-4000-8000-000000000001

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -162,6 +163,14 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 			return fail(exitUsage, "--metrics-addr %s: %v", m.metricsAddr, err)
 		}
 		defer stop()
+	}
+	if p := os.Getenv("KMSFS_CPUPROFILE"); p != "" {
+		// A developer aid for profiling (bench/README): not a flag,
+		// since no user needs it.
+		if f, err := os.Create(p); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 	}
 	srv, err := kfs.Mount(mountpoint, root, kfs.MountOptions{AllowOther: m.allowOther, Debug: m.debugFUSE})
 	if err != nil {
