@@ -253,7 +253,7 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 		if oldLast >= 0 && uint64(oldLast) < first {
 			reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
 		}
-		if err := f.reserve(newSize, true, reserve...); err != nil {
+		if err := f.reserve(newSize, oldLast >= 0, reserve...); err != nil {
 			return size, err
 		}
 	}

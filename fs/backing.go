@@ -12,13 +12,13 @@ import (
 // written). They are hidden from the plaintext view.
 const tmpPrefix = ".kmsfs-tmp-"
 
-// hidden reports whether name in the directory at relPath must not appear
-// in, or be created through, the plaintext view.
-func hidden(dirRel, name string) bool {
+// hidden reports whether name in a directory (atRoot: CIPHERDIR itself)
+// must not appear in, or be created through, the plaintext view.
+func hidden(atRoot bool, name string) bool {
 	if strings.HasPrefix(name, tmpPrefix) {
 		return true
 	}
-	return dirRel == "" && (name == ConfigName || strings.HasPrefix(name, ".kmsfs.json.tmp-"))
+	return atRoot && (name == ConfigName || strings.HasPrefix(name, ".kmsfs.json.tmp-"))
 }
 
 // rel turns a node path ("" for the root) into a path for *at syscalls.

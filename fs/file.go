@@ -168,7 +168,10 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	} else {
 		err = retryEINTR(func() error { return unix.Fsync(f.fd) })
 	}
-	return f.n.r.errno(err, "fsync", f.path())
+	if err != nil {
+		return f.n.r.errno(err, "fsync", f.path())
+	}
+	return 0
 }
 
 // Release closes the stored file; the inode's last release wipes its key.

@@ -45,7 +45,7 @@ var testOnlyBeforeWipe func(b []byte)
 // wantKey it also makes sure the data key is unwrapped: the first user
 // reads the header through fd and calls the keyring; concurrent users wait
 // for that one call and share its result or error.
-func (n *node) acquire(fd int, path string, wantKey bool) (*fileState, error) {
+func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
 	n.mu.Lock()
 	st := n.st
 	if st == nil {
@@ -67,18 +67,18 @@ func (n *node) acquire(fd int, path string, wantKey bool) (*fileState, error) {
 		l := &keyLoad{done: make(chan struct{})}
 		st.loading = l
 		n.mu.Unlock()
-		restore := noatime(fd)
-		c, dk, err := n.r.loadKey(fd, path)
+		c, dk, err := n.r.loadKey(fd)
 		if err == nil && c != nil {
+			restore := noatime(fd)
 			st.content.Lock()
-			err = n.r.settle(fd, c, path)
+			err = n.r.settle(fd, c, n.relPath)
 			st.content.Unlock()
+			restore()
 			if err != nil {
 				dk.Wipe()
 				n.r.stats.liveKeys.Add(-1)
 			}
 		}
-		restore()
 		n.mu.Lock()
 		st.loading = nil
 		if err == nil {
@@ -137,11 +137,11 @@ func (r *Root) readHeader(fd int) (*blockcipher.Header, error) {
 	if st.Size == 0 {
 		return nil, nil
 	}
+	defer noatime(fd)()
 	if st.Size < r.layout.HeaderSize {
 		return nil, fmt.Errorf("header: %w (file has %d bytes, the volume's header has %d)", blockcipher.ErrTruncated, st.Size, r.layout.HeaderSize)
 	}
 	slot := make([]byte, r.layout.HeaderSize)
-	defer noatime(fd)()
 	if _, err := (fdStore(fd)).ReadAt(slot, 0); err != nil {
 		return nil, err
 	}
@@ -162,7 +162,7 @@ func (r *Root) readHeader(fd int) (*blockcipher.Header, error) {
 // loadKey reads the header of the file open at fd, unwraps its data key
 // with one keyring call and checks the header against it. A file without
 // a header yields (nil, nil, nil).
-func (r *Root) loadKey(fd int, path string) (*blockcipher.Cipher, *keyring.DataKey, error) {
+func (r *Root) loadKey(fd int) (*blockcipher.Cipher, *keyring.DataKey, error) {
 	h, err := r.readHeader(fd)
 	if err != nil || h == nil {
 		return nil, nil, err
@@ -378,7 +378,7 @@ func (s fdStore) size() (int64, error) {
 // costs two small reads on a clean file. The descriptor may be read-only:
 // a repair reopens the file for writing. A read-only mount leaves the
 // journal alone; its reads consult it.
-func (r *Root) settle(fd int, c *blockcipher.Cipher, path string) error {
+func (r *Root) settle(fd int, c *blockcipher.Cipher, path func() string) error {
 	stored, err := fdStore(fd).size()
 	if err != nil {
 		return err
@@ -396,7 +396,7 @@ func (r *Root) settle(fd int, c *blockcipher.Cipher, path string) error {
 	if err != nil {
 		return fmt.Errorf("finish an interrupted write: %w", err)
 	}
-	r.log.Info("finished an interrupted write", "path", path, "repaired", changed)
+	r.log.Info("finished an interrupted write", "path", path(), "repaired", changed)
 	return nil
 }
 

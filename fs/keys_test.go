@@ -146,7 +146,7 @@ func createStored(t *testing.T, r *Root, name string) storedFile {
 	}
 	f := storedFile{name: name, path: filepath.Join(r.opts.CipherDir, name), key: bytes.Clone(k.dk.Bytes()), fileID: k.fileID, cipher: c}
 	k.dk.Wipe()
-	fd, err := r.createEmpty(context.Background(), "", name, 0o600)
+	fd, err := r.createEmpty(context.Background(), r.rootFd, name, 0o600)
 	if err != nil {
 		t.Fatalf("createEmpty: %v", err)
 	}
@@ -283,7 +283,7 @@ func acquireAll(t *testing.T, n *node, g *gatedKeyring, fds []int, path string) 
 	var wg sync.WaitGroup
 	for i, fd := range fds {
 		wg.Go(func() {
-			st, err := n.acquire(fd, path, true)
+			st, err := n.acquire(fd, true)
 			res[i] = acquired{st, err}
 		})
 	}
@@ -333,7 +333,7 @@ func TestAcquireConcurrentOneDecrypt(t *testing.T) {
 	}
 
 	// A later open shares the loaded key without a keyring call.
-	st2, err := n.acquire(openStored(t, f.path), "f", true)
+	st2, err := n.acquire(openStored(t, f.path), true)
 	if err != nil || st2 != st || g.decrypts.Load() != 1 {
 		t.Fatalf("17th acquire: same state %v, err %v, %d decrypts", st2 == st, err, g.decrypts.Load())
 	}
@@ -391,7 +391,7 @@ func TestAcquireFailureSharedAndRetried(t *testing.T) {
 
 	// The failure is not remembered: the next open calls the keyring again.
 	g.failWith(nil)
-	st, err := n.acquire(fds[0], "f", true)
+	st, err := n.acquire(fds[0], true)
 	if err != nil {
 		t.Fatalf("acquire after the keyring recovered: %v", err)
 	}
@@ -418,19 +418,19 @@ func TestAcquireFailureWithKeylessUser(t *testing.T) {
 	n := &node{r: r}
 	fd := openStored(t, f.path)
 
-	keyless, err := n.acquire(fd, "f", false)
+	keyless, err := n.acquire(fd, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	g.failWith(fmt.Errorf("kms: %w", keyring.ErrUnreachable))
-	if _, err := n.acquire(fd, "f", true); !errors.Is(err, keyring.ErrUnreachable) {
+	if _, err := n.acquire(fd, true); !errors.Is(err, keyring.ErrUnreachable) {
 		t.Fatalf("acquire with a failing keyring: %v", err)
 	}
 	if u := users(n); u != 1 || n.st != keyless || keyless.loaded {
 		t.Fatalf("after a failed load: %d users, same state %v, loaded %v; want the keyless user alone", u, n.st == keyless, keyless.loaded)
 	}
 	g.failWith(nil)
-	st, err := n.acquire(fd, "f", true)
+	st, err := n.acquire(fd, true)
 	if err != nil || st != keyless || !st.loaded || g.decrypts.Load() != 2 {
 		t.Fatalf("retry: err %v, same state %v, loaded %v, %d decrypts", err, st == keyless, st.loaded, g.decrypts.Load())
 	}
@@ -456,7 +456,7 @@ func TestAcquireWithoutKeyNoKeyringCall(t *testing.T) {
 
 	var sts []*fileState
 	for range 3 {
-		st, err := n.acquire(fd, "f", false)
+		st, err := n.acquire(fd, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -473,7 +473,7 @@ func TestAcquireWithoutKeyNoKeyringCall(t *testing.T) {
 	}
 
 	// A keyed user joins the same state and loads the key once.
-	st, err := n.acquire(fd, "f", true)
+	st, err := n.acquire(fd, true)
 	if err != nil || st != sts[0] || g.decrypts.Load() != 1 {
 		t.Fatalf("keyed acquire: err %v, same state %v, %d decrypts", err, st == sts[0], g.decrypts.Load())
 	}
@@ -500,7 +500,7 @@ func TestAcquireFileWithoutHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := &node{r: r}
-	st, err := n.acquire(openStored(t, path), "empty", true)
+	st, err := n.acquire(openStored(t, path), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,7 +524,7 @@ func TestLoadKey(t *testing.T) {
 		t.Fatalf("creating a file made %d GenerateDataKey calls, want 1", gen)
 	}
 	fd := openStored(t, f.path)
-	c, dk, err := r.loadKey(fd, "f")
+	c, dk, err := r.loadKey(fd)
 	if err != nil {
 		t.Fatalf("loadKey: %v", err)
 	}
@@ -606,7 +606,7 @@ func TestReadHeaderRejects(t *testing.T) {
 				t.Errorf("errno %v, want EIO", e)
 			}
 			// loadKey fails the same way, without asking the keyring.
-			cph, dk, err := r.loadKey(fd, c.name)
+			cph, dk, err := r.loadKey(fd)
 			if !errors.Is(err, c.is) || cph != nil || dk != nil {
 				t.Errorf("loadKey: %v", err)
 			}
@@ -659,7 +659,7 @@ func TestLoadKeyTamperedHeader(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := g.decrypts.Load()
-			cph, dk, err := r.loadKey(fd, c.name)
+			cph, dk, err := r.loadKey(fd)
 			if !errors.Is(err, c.is) || cph != nil || dk != nil {
 				t.Fatalf("loadKey of a header with a flipped %s byte: %v, want %v", c.name, err, c.is)
 			}

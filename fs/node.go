@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,8 +19,9 @@ type node struct {
 	fusefs.Inode
 	r *Root
 
-	mu sync.Mutex // guards st and unnamed
-	st *fileState // open-file state of a regular file; nil when nothing uses it
+	mu  sync.Mutex // guards st, unnamed and dfd
+	st  *fileState // open-file state of a regular file; nil when nothing uses it
+	dfd int        // a directory's O_PATH descriptor once used (at.go); 0 or -1: none
 
 	// unnamed is an O_PATH descriptor of a file made with O_TMPFILE, so
 	// linkat can give it a name later; -1 (or 0, never set) otherwise.
@@ -32,8 +34,11 @@ type node struct {
 
 var _ fusefs.NodeOnForgetter = (*node)(nil)
 
-// OnForget closes the descriptor kept for an O_TMPFILE file.
-func (n *node) OnForget() { n.dropUnnamed() }
+// OnForget closes the descriptors kept for the node.
+func (n *node) OnForget() {
+	n.dropUnnamed()
+	n.closeDirFd()
+}
 
 // dropUnnamed closes the descriptor kept for an O_TMPFILE file: once it is
 // linked, or once its last handle is closed (linkat needs an open file).
@@ -62,14 +67,6 @@ func (n *node) relPath() string {
 }
 
 func (n *node) isRoot() bool { return n == n.r.root }
-
-// statx stats a backing path (relative, not following a final symlink),
-// with the birth time that tells reused inode numbers apart.
-func (r *Root) statx(path string, stx *unix.Statx_t) error {
-	return retryEINTR(func() error {
-		return unix.Statx(r.rootFd, rel(path), unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_BTIME, stx)
-	})
-}
 
 func genFromStatx(stx *unix.Statx_t) uint64 {
 	if stx.Mask&unix.STATX_BTIME == 0 || (stx.Btime.Sec == 0 && stx.Btime.Nsec == 0) {
@@ -126,13 +123,21 @@ func (n *node) newChild(ctx context.Context, stx *unix.Statx_t) *fusefs.Inode {
 
 // Lookup finds name in the directory. Hidden names do not exist.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	dir := n.relPath()
-	if hidden(dir, name) {
+	if hidden(n.isRoot(), name) {
 		return nil, syscall.ENOENT
 	}
 	var stx unix.Statx_t
-	if err := n.r.statx(join(dir, name), &stx); err != nil {
-		return nil, n.r.errno(err, "lookup", join(dir, name))
+	dfd, err := n.dirFd()
+	if err == nil {
+		err = statxAt(dfd, name, &stx)
+	}
+	if err == unix.ENOENT && !n.r.log.Enabled(ctx, slog.LevelDebug) {
+		// Every create looks up first: skip building the path for a
+		// log line nobody reads.
+		return nil, syscall.ENOENT
+	}
+	if err != nil {
+		return nil, n.r.errno(err, "lookup", join(n.relPath(), name))
 	}
 	n.r.fillAttr(&stx, &out.Attr)
 	return n.newChild(ctx, &stx), 0
@@ -145,9 +150,18 @@ func (n *node) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.Attr
 		return g.Getattr(ctx, out)
 	}
 	var stx unix.Statx_t
-	p := n.relPath()
-	if err := n.r.statx(p, &stx); err != nil {
-		return n.r.errno(err, "getattr", p)
+	pfd, name, err := n.parentAt()
+	if err == nil {
+		if n.isRoot() {
+			err = retryEINTR(func() error {
+				return unix.Statx(pfd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
+			})
+		} else {
+			err = statxAt(pfd, name, &stx)
+		}
+	}
+	if err != nil {
+		return n.r.errno(err, "getattr", n.relPath())
 	}
 	n.r.fillAttr(&stx, &out.Attr)
 	return 0
@@ -155,14 +169,9 @@ func (n *node) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.Attr
 
 // Statfs reports the backing filesystem.
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	fd, err := openat(n.r.rootFd, rel(n.relPath()), unix.O_PATH, 0)
-	if err != nil {
-		return n.r.errno(err, "statfs", n.relPath())
-	}
-	defer unix.Close(fd)
 	var st syscall.Statfs_t
-	if err := retryEINTR(func() error { return syscall.Fstatfs(fd, &st) }); err != nil {
-		return n.r.errno(err, "statfs", n.relPath())
+	if err := retryEINTR(func() error { return syscall.Fstatfs(n.r.rootFd, &st) }); err != nil {
+		return n.r.errno(err, "statfs", "")
 	}
 	out.FromStatfsT(&st)
 	return 0

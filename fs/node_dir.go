@@ -29,8 +29,7 @@ var (
 // dirOp runs f on the backing directory of n, refusing hidden names and
 // changes to a read-only mount.
 func (n *node) dirOp(op, name string, f func(dirfd int) error) syscall.Errno {
-	dir := n.relPath()
-	if hidden(dir, name) {
+	if hidden(n.isRoot(), name) {
 		if op == "unlink" || op == "rmdir" {
 			return syscall.ENOENT
 		}
@@ -39,20 +38,25 @@ func (n *node) dirOp(op, name string, f func(dirfd int) error) syscall.Errno {
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
-	dirfd, err := openat(n.r.rootFd, rel(dir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return n.r.errno(err, op, join(dir, name))
+	dirfd, err := n.dirFd()
+	if err == nil {
+		err = retryEINTR(func() error { return f(dirfd) })
 	}
-	defer unix.Close(dirfd)
-	return n.r.errno(retryEINTR(func() error { return f(dirfd) }), op, join(dir, name))
+	if err != nil {
+		return n.r.errno(err, op, join(n.relPath(), name))
+	}
+	return 0
 }
 
 // entry fills out and returns the inode of the new object name in n.
 func (n *node) entry(ctx context.Context, op, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
 	var stx unix.Statx_t
-	path := join(n.relPath(), name)
-	if err := n.r.statx(path, &stx); err != nil {
-		return nil, n.r.errno(err, op, path)
+	dirfd, err := n.dirFd()
+	if err == nil {
+		err = statxAt(dirfd, name, &stx)
+	}
+	if err != nil {
+		return nil, n.r.errno(err, op, join(n.relPath(), name))
 	}
 	n.r.fillAttr(&stx, &out.Attr)
 	return n.newChild(ctx, &stx), 0
@@ -118,8 +122,11 @@ func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 	}
 	var link func(dirfd int) error
 	if _, parent := t.Parent(); parent != nil {
-		src := t.relPath()
-		link = func(dirfd int) error { return unix.Linkat(n.r.rootFd, src, dirfd, name, 0) }
+		sfd, sname, err := t.parentAt()
+		if err != nil {
+			return nil, n.r.errno(err, "link", t.relPath())
+		}
+		link = func(dirfd int) error { return unix.Linkat(sfd, sname, dirfd, name, 0) }
 	} else {
 		// Never named (O_TMPFILE): link from the descriptor kept for it.
 		// The kernel refuses unlinked files that are not O_TMPFILE.
@@ -144,17 +151,20 @@ func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	path := n.relPath()
+	pfd, name, err := n.parentAt()
+	if err != nil {
+		return nil, n.r.errno(err, "readlink", n.relPath())
+	}
 	for size := 256; ; size *= 2 {
 		buf := make([]byte, size)
 		var m int
 		err := retryEINTR(func() error {
 			var err error
-			m, err = unix.Readlinkat(n.r.rootFd, rel(path), buf)
+			m, err = unix.Readlinkat(pfd, name, buf)
 			return err
 		})
 		if err != nil {
-			return nil, n.r.errno(err, "readlink", path)
+			return nil, n.r.errno(err, "readlink", n.relPath())
 		}
 		if m < size {
 			return buf[:m], 0
@@ -177,16 +187,14 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	if !ok || np.r != n.r {
 		return syscall.EXDEV
 	}
-	newDir := np.relPath()
-	if hidden(newDir, newName) {
+	if hidden(np.isRoot(), newName) {
 		return syscall.EPERM
 	}
 	return n.dirOp("rename", name, func(dirfd int) error {
-		ndirfd, err := openat(n.r.rootFd, rel(newDir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		ndirfd, err := np.dirFd()
 		if err != nil {
 			return err
 		}
-		defer unix.Close(ndirfd)
 		return unix.Renameat2(dirfd, name, ndirfd, newName, uint(flags))
 	})
 }
@@ -194,17 +202,20 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 // OpendirHandle opens the backing directory; the listing hides kmsfs's
 // own names and supports seeking (telldir/seekdir).
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
-	dir := n.relPath()
-	fd, err := openat(n.r.rootFd, rel(dir), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	dfd, err := n.dirFd()
+	fd := -1
+	if err == nil {
+		fd, err = openat(dfd, ".", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	}
 	if err != nil {
-		return nil, 0, n.r.errno(err, "opendir", dir)
+		return nil, 0, n.r.errno(err, "opendir", n.relPath())
 	}
 	// The stream owns fd; a second descriptor serves fstat, so the
 	// directory can still be stat'ed after it was renamed over.
 	statFd, err := unix.Dup(fd)
 	if err != nil {
 		unix.Close(fd)
-		return nil, 0, n.r.errno(err, "opendir", dir)
+		return nil, 0, n.r.errno(err, "opendir", n.relPath())
 	}
 	ds, errno := fusefs.NewLoopbackDirStreamFd(fd)
 	if errno != 0 {
@@ -212,13 +223,13 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHand
 		unix.Close(statFd)
 		return nil, 0, errno
 	}
-	return &dirHandle{DirStream: ds, dir: dir, r: n.r, statFd: statFd}, 0, 0
+	return &dirHandle{DirStream: ds, n: n, r: n.r, statFd: statFd}, 0, 0
 }
 
 // dirHandle filters hidden names out of a backing directory stream.
 type dirHandle struct {
 	fusefs.DirStream
-	dir    string
+	n      *node
 	r      *Root
 	statFd int
 }
@@ -228,7 +239,7 @@ var _ fusefs.FileGetattrer = (*dirHandle)(nil)
 func (d *dirHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	var st unix.Stat_t
 	if err := unix.Fstat(d.statFd, &st); err != nil {
-		return d.r.errno(err, "getattr", d.dir)
+		return d.r.errno(err, "getattr", d.n.relPath())
 	}
 	d.r.fillAttrFromStat(&st, &out.Attr)
 	return 0
@@ -247,11 +258,11 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 		if errno != 0 {
 			return nil, errno
 		}
-		if hidden(d.dir, e.Name) {
+		if hidden(d.n.isRoot(), e.Name) {
 			continue
 		}
 		if d.r.prefetch != nil && e.Mode&unix.S_IFMT == unix.S_IFREG {
-			d.r.prefetch.enqueue(join(d.dir, e.Name))
+			d.r.prefetch.enqueue(join(d.n.relPath(), e.Name))
 		}
 		return &e, 0
 	}

@@ -35,46 +35,49 @@ func writable(flags uint32) bool { return flags&unix.O_ACCMODE != unix.O_RDONLY 
 // Open opens a regular file: the first open of an inode unwraps its data
 // key (one keyring call, shared with concurrent openers).
 func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
-	path := n.relPath()
 	if n.r.opts.ReadOnly && (writable(flags) || flags&unix.O_TRUNC != 0) {
 		return nil, 0, syscall.EROFS
 	}
-	fd, err := n.r.openBacking(path, backingFlags(flags))
+	fd, err := n.openBacking(backingFlags(flags))
 	if err != nil {
-		return nil, 0, n.r.errno(err, "open", path)
+		return nil, 0, n.r.errno(err, "open", n.relPath())
 	}
-	st, err := n.acquire(fd, path, true)
+	st, err := n.acquire(fd, true)
 	if err != nil {
 		unix.Close(fd)
-		return nil, 0, n.r.errno(err, "open", path)
+		return nil, 0, n.r.errno(err, "open", n.relPath())
 	}
 	f := &file{n: n, st: st, fd: fd, flags: flags}
 	if flags&unix.O_TRUNC != 0 {
 		if err := f.truncate(0); err != nil {
 			f.close()
-			return nil, 0, n.r.errno(err, "open O_TRUNC", path)
+			return nil, 0, n.r.errno(err, "open O_TRUNC", n.relPath())
 		}
 	}
 	return f, 0, 0
 }
 
-// openBacking opens a stored file. A write-only file cannot be opened for
-// reading and writing by its unprivileged owner: like gocryptfs, add the
-// owner's read bit for the open and take it away again.
-func (r *Root) openBacking(path string, flags int) (int, error) {
-	fd, err := openat(r.rootFd, rel(path), flags, 0)
+// openBacking opens n's stored file. A write-only file cannot be opened
+// for reading and writing by its unprivileged owner: like gocryptfs, add
+// the owner's read bit for the open and take it away again.
+func (n *node) openBacking(flags int) (int, error) {
+	pfd, name, err := n.parentAt()
+	if err != nil {
+		return -1, err
+	}
+	fd, err := openat(pfd, name, flags, 0)
 	if err != unix.EACCES || flags&unix.O_ACCMODE != unix.O_RDWR || processUID() == 0 {
 		return fd, err
 	}
 	var st unix.Stat_t
-	if fstatat(r.rootFd, rel(path), &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Uid != processUID() || st.Mode&0o400 != 0 {
+	if fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Uid != processUID() || st.Mode&0o400 != 0 {
 		return fd, err
 	}
-	if unix.Fchmodat(r.rootFd, rel(path), (st.Mode&0o7777)|0o400, 0) != nil {
+	if unix.Fchmodat(pfd, name, (st.Mode&0o7777)|0o400, 0) != nil {
 		return fd, err
 	}
-	fd, err = openat(r.rootFd, rel(path), flags, 0)
-	unix.Fchmodat(r.rootFd, rel(path), st.Mode&0o7777, 0)
+	fd, err = openat(pfd, name, flags, 0)
+	unix.Fchmodat(pfd, name, st.Mode&0o7777, 0)
 	return fd, err
 }
 
@@ -86,42 +89,45 @@ func (r *Root) openBacking(path string, flags int) (int, error) {
 // directory. Two mounts creating one name race on O_EXCL, and on the
 // header under an exclusive flock (ensureHeader).
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
-	dir := n.relPath()
-	path := join(dir, name)
-	if hidden(dir, name) {
+	if hidden(n.isRoot(), name) {
 		return nil, nil, 0, syscall.EPERM
 	}
 	if n.r.opts.ReadOnly {
 		return nil, nil, 0, syscall.EROFS
 	}
-	fd, err := n.r.createEmpty(ctx, dir, name, mode)
+	dirfd, err := n.dirFd()
+	fd := -1
+	if err == nil {
+		fd, err = n.r.createEmpty(ctx, dirfd, name, mode)
+	}
 	if errors.Is(err, unix.EEXIST) && flags&unix.O_EXCL == 0 {
 		// Someone else (another mount) created it first: open theirs.
 		return n.openExisting(ctx, name, flags, out)
 	}
 	if err != nil {
-		return nil, nil, 0, n.r.errno(err, "create", path)
+		return nil, nil, 0, n.r.errno(err, "create", join(n.relPath(), name))
 	}
-	return n.newOpenChild(ctx, fd, flags, out, "create", path)
+	return n.newOpenChild(ctx, fd, flags, out, "create")
 }
 
 // newOpenChild makes the inode of a file just created at fd (empty, no
 // header) and its handle.
-func (n *node) newOpenChild(ctx context.Context, fd int, flags uint32, out *fuse.EntryOut, op, path string) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+func (n *node) newOpenChild(ctx context.Context, fd int, flags uint32, out *fuse.EntryOut, op string) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
 	var stx unix.Statx_t
 	if err := retryEINTR(func() error {
 		return unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
 	}); err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, n.r.errno(err, op, path)
+		return nil, nil, 0, n.r.errno(err, op, n.relPath())
 	}
 	n.r.fillAttr(&stx, &out.Attr)
 	child := n.newChild(ctx, &stx)
 	cn := child.Operations().(*node)
-	st, err := cn.acquire(fd, path, true) // an empty file: no keyring call
+	cn.noCaps.Store(true)           // a new file has no xattrs
+	st, err := cn.acquire(fd, true) // an empty file: no keyring call
 	if err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, n.r.errno(err, op, path)
+		return nil, nil, 0, n.r.errno(err, op, n.relPath())
 	}
 	return child, &file{n: cn, st: st, fd: fd, flags: flags}, 0, 0
 }
@@ -143,14 +149,9 @@ func (n *node) openExisting(ctx context.Context, name string, flags uint32, out 
 	return child, fh, fl, errno
 }
 
-// createEmpty creates dir/name (O_EXCL), owned by the caller, with exactly
-// the mode asked for, and returns a read-write descriptor of it.
-func (r *Root) createEmpty(ctx context.Context, dir, name string, mode uint32) (int, error) {
-	dirfd, err := openat(r.rootFd, rel(dir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return -1, err
-	}
-	defer unix.Close(dirfd)
+// createEmpty creates name in dirfd (O_EXCL), owned by the caller, with
+// exactly the mode asked for, and returns a read-write descriptor of it.
+func (r *Root) createEmpty(ctx context.Context, dirfd int, name string, mode uint32) (int, error) {
 	perm := mode & 0o7777
 	fd, err := openat(dirfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW, perm)
 	if err != nil {
@@ -202,30 +203,28 @@ func (r *Root) chownNew(ctx context.Context, dirfd, fd int, name string) error {
 // Tmpfile makes an unnamed file (open with O_TMPFILE) in the directory,
 // empty and without a header like any new file.
 func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
-	dir := n.relPath()
 	if n.r.opts.ReadOnly {
 		return nil, nil, 0, syscall.EROFS
 	}
-	dirfd, err := openat(n.r.rootFd, rel(dir), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	dirfd, err := n.dirFd()
 	if err != nil {
-		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
+		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
-	defer unix.Close(dirfd)
 	fd, err := openat(dirfd, ".", unix.O_TMPFILE|unix.O_RDWR, mode&0o7777)
 	if err != nil {
-		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
+		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
 	if err := n.r.finishNew(ctx, dirfd, fd, mode&0o7777); err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
+		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
 	// Keep a descriptor so that linkat can name the file later.
 	pathFd, err := openat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.O_PATH, 0)
 	if err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, n.r.errno(err, "tmpfile", dir)
+		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
-	child, fh, fl, errno := n.newOpenChild(ctx, fd, flags, out, "tmpfile", dir)
+	child, fh, fl, errno := n.newOpenChild(ctx, fd, flags, out, "tmpfile")
 	if errno != 0 {
 		unix.Close(pathFd)
 		return nil, nil, 0, errno

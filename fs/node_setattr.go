@@ -19,12 +19,22 @@ var _ fusefs.NodeSetattrer = (*node)(nil)
 // path and writes through open handles are serialised (gocryptfs once
 // corrupted files in this race).
 func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	path := n.relPath()
 	f, _ := fh.(*file)
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
 	isLink := n.StableAttr().Mode == unix.S_IFLNK
+	// Without a handle the object is named in its parent; the root by
+	// its own descriptor and "." (AT_EMPTY_PATH is not accepted by all of
+	// the *at calls).
+	pfd, name, perr := -1, "", error(nil)
+	if f == nil {
+		pfd, name, perr = n.parentAt()
+		if perr != nil {
+			return n.r.errno(perr, "setattr", n.relPath())
+		}
+	}
+	path := n.relPath
 
 	if mode, ok := in.GetMode(); ok {
 		var err error
@@ -34,10 +44,10 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 		case isLink:
 			err = syscall.EOPNOTSUPP // Linux symlinks have no mode
 		default:
-			err = retryEINTR(func() error { return unix.Fchmodat(n.r.rootFd, rel(path), mode&0o7777, 0) })
+			err = retryEINTR(func() error { return unix.Fchmodat(pfd, name, mode&0o7777, 0) })
 		}
 		if err != nil {
-			return n.r.errno(err, "chmod", path)
+			return n.r.errno(err, "chmod", path())
 		}
 	}
 
@@ -55,17 +65,17 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 		if f != nil {
 			err = retryEINTR(func() error { return unix.Fchown(f.fd, suid, sgid) })
 		} else {
-			err = retryEINTR(func() error { return unix.Fchownat(n.r.rootFd, rel(path), suid, sgid, unix.AT_SYMLINK_NOFOLLOW) })
+			err = retryEINTR(func() error { return unix.Fchownat(pfd, name, suid, sgid, unix.AT_SYMLINK_NOFOLLOW) })
 		}
 		if err != nil {
-			return n.r.errno(err, "chown", path)
+			return n.r.errno(err, "chown", path())
 		}
 	}
 
 	// Size before times, so an explicit mtime is not clobbered.
 	if size, ok := in.GetSize(); ok {
-		if err := n.truncate(f, path, int64(size)); err != nil {
-			return n.r.errno(err, "truncate", path)
+		if err := n.truncate(f, int64(size)); err != nil {
+			return n.r.errno(err, "truncate", path())
 		}
 	}
 
@@ -83,10 +93,10 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 		if f != nil {
 			err = futimens(f.fd, ts)
 		} else {
-			err = retryEINTR(func() error { return unix.UtimesNanoAt(n.r.rootFd, rel(path), ts, unix.AT_SYMLINK_NOFOLLOW) })
+			err = retryEINTR(func() error { return unix.UtimesNanoAt(pfd, name, ts, unix.AT_SYMLINK_NOFOLLOW) })
 		}
 		if err != nil {
-			return n.r.errno(err, "utimens", path)
+			return n.r.errno(err, "utimens", path())
 		}
 	}
 
@@ -118,7 +128,7 @@ func futimens(fd int, ts []unix.Timespec) error {
 // truncate changes the plaintext size, through the handle when there is
 // one. Through a path it joins the inode's file state like an open does;
 // shrinking to zero needs no key, any other size unwraps it.
-func (n *node) truncate(f *file, path string, size int64) error {
+func (n *node) truncate(f *file, size int64) error {
 	if n.StableAttr().Mode != unix.S_IFREG {
 		if n.StableAttr().Mode == unix.S_IFDIR {
 			return syscall.EISDIR
@@ -131,11 +141,11 @@ func (n *node) truncate(f *file, path string, size int64) error {
 	if f != nil {
 		return f.truncate(size)
 	}
-	fd, err := n.r.openBacking(path, unix.O_RDWR|unix.O_NOFOLLOW)
+	fd, err := n.openBacking(unix.O_RDWR | unix.O_NOFOLLOW)
 	if err != nil {
 		return err
 	}
-	st, err := n.acquire(fd, path, size != 0)
+	st, err := n.acquire(fd, size != 0)
 	if err != nil {
 		unix.Close(fd)
 		return err

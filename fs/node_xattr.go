@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"path/filepath"
 	"strconv"
 	"syscall"
 
@@ -21,21 +20,33 @@ var (
 )
 
 // withXattrPath runs f with a path naming n's backing object. There are no
-// *at xattr syscalls before Linux 6.13, so the path is the /proc link of an
-// O_PATH descriptor (relative to rootFd, hence PATH_MAX-safe). A symlink
-// cannot be reached through that link without following it, so symlinks
-// use their absolute path with the l* calls.
+// *at xattr syscalls before Linux 6.13, so the path goes through /proc:
+// the parent directory's descriptor and the name for a symlink (with the
+// l* calls, which do not follow it), an O_PATH descriptor of the object
+// otherwise. Either path is short whatever the depth.
 func (n *node) withXattrPath(op string, f func(path string, link bool) error) syscall.Errno {
-	p := n.relPath()
-	if n.StableAttr().Mode == unix.S_IFLNK {
-		return n.r.metaErrno(retryEINTR(func() error { return f(filepath.Join(n.r.opts.CipherDir, p), true) }), op, p)
-	}
-	fd, err := openat(n.r.rootFd, rel(p), unix.O_PATH|unix.O_NOFOLLOW, 0)
+	pfd, name, err := n.parentAt()
 	if err != nil {
-		return n.r.errno(err, op, p)
+		return n.r.metaErrno(err, op, n.relPath())
+	}
+	if n.StableAttr().Mode == unix.S_IFLNK {
+		p := "/proc/self/fd/" + strconv.Itoa(pfd) + "/" + name
+		return n.xattrErrno(retryEINTR(func() error { return f(p, true) }), op)
+	}
+	fd, err := openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return n.r.metaErrno(err, op, n.relPath())
 	}
 	defer unix.Close(fd)
-	return n.r.metaErrno(retryEINTR(func() error { return f("/proc/self/fd/"+strconv.Itoa(fd), false) }), op, p)
+	return n.xattrErrno(retryEINTR(func() error { return f("/proc/self/fd/"+strconv.Itoa(fd), false) }), op)
+}
+
+// xattrErrno builds the log path only when there is something to log.
+func (n *node) xattrErrno(err error, op string) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	return n.r.metaErrno(err, op, n.relPath())
 }
 
 // capsAttr is asked for by the kernel before every write (to drop file
