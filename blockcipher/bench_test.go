@@ -26,6 +26,16 @@ func benchCipher(b *testing.B) *Cipher {
 func BenchmarkSealRun(b *testing.B) {
 	c := benchCipher(b)
 	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("split/%dKiB", n>>10), func(b *testing.B) {
+			defer func(old int) { ParallelMin = old }(ParallelMin)
+			ParallelMin = 64 << 10
+			plain := randBytes(n)
+			dst := make([]byte, 0, n+n/4096*Overhead+Overhead)
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				c.SealRun(dst[:0], plain, 0, true)
+			}
+		})
 		b.Run(fmt.Sprintf("%dKiB", n>>10), func(b *testing.B) {
 			plain := randBytes(n)
 			dst := make([]byte, 0, n+n/4096*Overhead+Overhead)

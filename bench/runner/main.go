@@ -124,7 +124,7 @@ func runSystem(e *env, cfg config, res result, round int, backing, base string, 
 	}
 	w := &wctx{e: e, dir: m.dir, tree: tree, md5: sums, cfg: cfg}
 	for _, wl := range workloads {
-		if kmsOnly && !wl.kms {
+		if kmsOnly && !wl.kms || sys.skip[wl.name] {
 			continue
 		}
 		v, err := wl.run(w)
