@@ -244,11 +244,13 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 	oldLast := f.lastBlock(size)
 	first, count := l.Span(off, int64(len(p)))
 	last := first + count - 1
-	if end > size {
+	if end > size && oldLast >= 0 {
 		// Reserve the space an extension needs before changing
 		// anything, so a full disk refuses it cleanly. (Overwriting
 		// allocated blocks needs no new space; a journal record that
-		// does not fit fails before its block is touched.)
+		// does not fit fails before its block is touched; a file with
+		// no block yet needs no reservation: a write cut short is undone
+		// by cutting the file back, see writeRun.)
 		reserve := [][2]uint64{{first, last}}
 		if oldLast >= 0 && uint64(oldLast) < first {
 			reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
@@ -366,6 +368,11 @@ func (f File) writeRun(p []byte, off int64, first, last uint64, size, newSize in
 		}
 	}
 	if err := f.writeStored(stored, l.BlockToCipherOff(first)); err != nil {
+		if oldEnd := l.CipherSize(size); l.BlockToCipherOff(first) >= oldEnd && size > 0 || size == 0 {
+			// Only new blocks past the old end were being written (a
+			// full disk, say): cut them off again.
+			f.S.Truncate(min(oldEnd, l.BlockToCipherOff(first)))
+		}
 		return err
 	}
 	if len(recs) > 0 {

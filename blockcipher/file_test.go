@@ -398,3 +398,54 @@ func TestFullDiskChangesNothing(t *testing.T) {
 		t.Fatalf("only %d changes were refused: the test did not exercise a full disk", refused)
 	}
 }
+
+// diskFullStore fails every write or preallocation that would grow the
+// store past its size when full is set, after writing part of it: a disk
+// with no free block.
+type diskFullStore struct {
+	*MemStore
+	full bool
+}
+
+func (s *diskFullStore) WriteAt(p []byte, off int64) (int, error) {
+	if s.full && off+int64(len(p)) > s.Size() {
+		n := max(0, min(len(p), int(s.Size()-off)+len(p)/3))
+		s.MemStore.WriteAt(p[:n], off)
+		return n, errNoSpace
+	}
+	return s.MemStore.WriteAt(p, off)
+}
+
+func (s *diskFullStore) Preallocate(off, length int64) error {
+	if s.full && off+length > s.Size() {
+		return errNoSpace
+	}
+	return nil
+}
+
+// TestAppendOnFullDiskIsUndone: an append refused for lack of space leaves
+// the file's size and plaintext as they were, whether it had no block yet,
+// ended in a full block, or ended in a partial one.
+func TestAppendOnFullDiskIsUndone(t *testing.T) {
+	for _, initial := range []int{0, 4096, 5000} {
+		f, m := newTestFile(t, 4096)
+		s := &diskFullStore{MemStore: m}
+		f.S = s
+		old := randBytes(initial)
+		if initial > 0 {
+			if _, err := f.WriteAt(old, 0, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := m.Size()
+		s.full = true
+		if _, err := f.WriteAt(randBytes(3*4096+7), int64(initial), int64(initial)); !errors.Is(err, errNoSpace) {
+			t.Fatalf("%d bytes: append on a full disk: %v", initial, err)
+		}
+		if m.Size() != before {
+			t.Fatalf("%d bytes: a refused append left the store at %d bytes, not %d", initial, m.Size(), before)
+		}
+		s.full = false
+		checkWhole(t, f, m, old)
+	}
+}

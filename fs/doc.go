@@ -3,10 +3,10 @@
 //
 // Invariants:
 //
-//   - Every backing operation is relative to one O_PATH descriptor of
-//     CIPHERDIR (*at syscalls), so plaintext paths up to PATH_MAX work
-//     whatever CIPHERDIR's own path length, and nothing is resolved through
-//     a symlink outside the tree.
+//   - Every backing operation names its object as (parent directory's
+//     O_PATH descriptor, name) with *at syscalls and O_NOFOLLOW (at.go), so
+//     plaintext paths up to PATH_MAX work whatever CIPHERDIR's own path
+//     length, and nothing is resolved through a symlink.
 //   - An inode's data key is unwrapped once, on the first open, shared by
 //     all its handles, and wiped when the last handle is released
 //     (fileState). Concurrent first opens share one keyring call.
@@ -18,6 +18,8 @@
 //     writing; reads hold it for reading. There is no global lock on the
 //     data path.
 //   - Errors become errnos in one place, errno.go.
+//   - A new file is empty until its first write, which writes its header
+//     (no keyring call at create, so a slow KMS never stalls a directory).
 //   - The volume config (kmsfs.json) and temporary names are hidden from the
 //     plaintext view and cannot be created through it.
 package fs

@@ -62,13 +62,15 @@ func (n *node) entry(ctx context.Context, op, name string, out *fuse.EntryOut) (
 	return n.newChild(ctx, &stx), 0
 }
 
-func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	errno := n.dirOp("mkdir", name, func(dirfd int) error {
-		if err := unix.Mkdirat(dirfd, name, mode&0o7777); err != nil {
+// makeEntry makes a new object name in n with mk, gives it the caller as
+// owner (undoing mk if that fails), and returns its inode.
+func (n *node) makeEntry(ctx context.Context, op, name string, unlinkFlags int, mk func(dirfd int) error, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	errno := n.dirOp(op, name, func(dirfd int) error {
+		if err := mk(dirfd); err != nil {
 			return err
 		}
 		if err := n.r.chownNew(ctx, dirfd, -1, name); err != nil {
-			unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+			unix.Unlinkat(dirfd, name, unlinkFlags)
 			return err
 		}
 		return nil
@@ -76,43 +78,27 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if errno != 0 {
 		return nil, errno
 	}
-	return n.entry(ctx, "mkdir", name, out)
+	return n.entry(ctx, op, name, out)
 }
 
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	return n.makeEntry(ctx, "mkdir", name, unix.AT_REMOVEDIR, func(dirfd int) error {
+		return unix.Mkdirat(dirfd, name, mode&0o7777)
+	}, out)
+}
+
+// Mknod makes devices, FIFOs and sockets, and regular files: an empty
+// stored file, which is a valid empty kmsfs file until its first write.
 func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	// A regular file made by mknod is an empty stored file: no header
-	// until its first write, which is a valid empty kmsfs file.
-	errno := n.dirOp("mknod", name, func(dirfd int) error {
-		if err := unix.Mknodat(dirfd, name, mode, int(rdev)); err != nil {
-			return err
-		}
-		if err := n.r.chownNew(ctx, dirfd, -1, name); err != nil {
-			unix.Unlinkat(dirfd, name, 0)
-			return err
-		}
-		return nil
-	})
-	if errno != 0 {
-		return nil, errno
-	}
-	return n.entry(ctx, "mknod", name, out)
+	return n.makeEntry(ctx, "mknod", name, 0, func(dirfd int) error {
+		return unix.Mknodat(dirfd, name, mode, int(rdev))
+	}, out)
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	errno := n.dirOp("symlink", name, func(dirfd int) error {
-		if err := unix.Symlinkat(target, dirfd, name); err != nil {
-			return err
-		}
-		if err := n.r.chownNew(ctx, dirfd, -1, name); err != nil {
-			unix.Unlinkat(dirfd, name, 0)
-			return err
-		}
-		return nil
-	})
-	if errno != 0 {
-		return nil, errno
-	}
-	return n.entry(ctx, "symlink", name, out)
+	return n.makeEntry(ctx, "symlink", name, 0, func(dirfd int) error {
+		return unix.Symlinkat(target, dirfd, name)
+	}, out)
 }
 
 func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
