@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kmsfs/kmsfs/keyring/kmstest"
 )
@@ -116,4 +117,45 @@ func storedDigest(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// TestKMSAddedLatency: with 10 ms and 200 ms added to every KMS call, files
+// are written and read back correctly, each first write and first open
+// costs about one round trip, and metadata stays fast (no KMS call).
+func TestKMSAddedLatency(t *testing.T) {
+	for _, lat := range []time.Duration{10 * time.Millisecond, 200 * time.Millisecond} {
+		t.Run(lat.String(), func(t *testing.T) {
+			srv := kmstest.Start(t)
+			proxy := kmstest.NewProxy(t, srv.Endpoint())
+			base := t.TempDir()
+			v := newVolumeIn(t, base, append(srv.Env(), "XDG_CONFIG_HOME="+filepath.Join(base, "config")), "--kms-key", kmstest.KeyAARN, "--kms-endpoint", proxy.Endpoint())
+			m := mountVolume(t, v, "--key-pool", "0", "--metrics-addr", "127.0.0.1:0")
+			proxy.SetFault(kmstest.Fault{Latency: lat})
+			const n = 4
+			start := time.Now()
+			for i := 0; i < n; i++ {
+				writeFile(t, m.path(fmt.Sprintf("f%d", i)), bytes.Repeat([]byte{byte(i)}, 9000))
+			}
+			if el := time.Since(start); el < n*lat || el > n*lat+5*time.Second {
+				t.Errorf("%d first writes took %v with %v per KMS call", n, el, lat)
+			}
+			waitScrapedLiveKeys(t, m, 0)
+			proxy.Reset()
+			st := time.Now()
+			if _, err := os.ReadDir(m.Dir); err != nil {
+				t.Fatal(err)
+			}
+			if el := time.Since(st); el > lat/2+time.Second {
+				t.Errorf("readdir took %v: it must not call KMS", el)
+			}
+			for i := 0; i < n; i++ {
+				if got := readFile(t, m.path(fmt.Sprintf("f%d", i))); !bytes.Equal(got, bytes.Repeat([]byte{byte(i)}, 9000)) {
+					t.Fatalf("f%d reads differently", i)
+				}
+			}
+			if d := proxy.Count("Decrypt"); d != n {
+				t.Errorf("%d Decrypt calls for %d first opens", d, n)
+			}
+		})
+	}
 }
