@@ -346,3 +346,16 @@ func readFile(t testing.TB, path string) []byte {
 }
 
 var _ = io.EOF
+
+// recheckOnFreshMount runs the checks cases left for after their mount, on
+// a new mount of the same volume: what reaches the disk, not the caches.
+func recheckOnFreshMount(t testing.TB, v *volume, after []func(*mount)) {
+	t.Helper()
+	if len(after) == 0 {
+		return
+	}
+	fresh := mountVolume(t, v)
+	for _, f := range after {
+		f(fresh)
+	}
+}

@@ -254,12 +254,7 @@ func TestSemantics(t *testing.T) {
 			after = append(after, e.after...)
 		}
 	}
-	if len(after) > 0 {
-		fresh := mountVolume(t, v)
-		for _, f := range after {
-			f(fresh)
-		}
-	}
+	recheckOnFreshMount(t, v, after)
 }
 
 // semPermissions runs a permission scenario (root and nobody, the kernel

@@ -371,12 +371,7 @@ func TestTools(t *testing.T) {
 			after = append(after, e.after...)
 		}
 	}
-	if len(after) > 0 {
-		fresh := mountVolume(t, v)
-		for _, f := range after {
-			f(fresh)
-		}
-	}
+	recheckOnFreshMount(t, v, after)
 }
 
 // toolsCp: cp -a into the mount and back out, diff -r, and every
