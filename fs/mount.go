@@ -59,10 +59,23 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 			// The kernel does POSIX and flock locks itself (within this
 			// mount) when the filesystem does not claim them.
 			EnableLocks: false,
-			Debug:       mo.Debug,
-			Logger:      logger,
+			// The filesystem clears set-id bits on write and truncate
+			// (killPrivFS, node.Setattr), so the kernel need not ask for
+			// security.capability before every write.
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
+			Debug:             mo.Debug,
+			Logger:            logger,
 		},
 		Logger: logger,
 	}
-	return fusefs.Mount(mountpoint, r.Node(), o)
+	srv, err := fuse.NewServer(killPrivFS{fusefs.NewNodeFS(r.Node(), o)}, mountpoint, &o.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		// As fusefs.Mount: the serve loop exits by itself.
+		return nil, err
+	}
+	return srv, nil
 }

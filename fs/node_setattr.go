@@ -79,6 +79,17 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 		}
 	}
 
+	// The kernel leaves clearing set-user-ID and set-group-ID to the
+	// filesystem (CAP_HANDLE_KILLPRIV_V2, see mount.go): on a truncate or
+	// chown by a caller without CAP_FSETID, and on every write by one
+	// (killPrivFS). This daemon's own calls run with CAP_FSETID as root,
+	// so the backing filesystem would keep the bits.
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && in.Valid&fuse.FATTR_MODE == 0 && n.StableAttr().Mode == unix.S_IFREG {
+		if err := killSUIDGID(f, pfd, name); err != nil {
+			return n.r.errno(err, "clear set-id bits", path())
+		}
+	}
+
 	mtime, mok := in.GetMTime()
 	atime, aok := in.GetATime()
 	if mok || aok {
@@ -104,6 +115,34 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 		return f.Getattr(ctx, out)
 	}
 	return n.Getattr(ctx, nil, out)
+}
+
+// killSUIDGID clears S_ISUID, and S_ISGID when the group may execute
+// (without group execute S_ISGID marks mandatory locking and stays), as
+// a write or truncate by an unprivileged user does on a local filesystem.
+func killSUIDGID(f *file, pfd int, name string) error {
+	var st unix.Stat_t
+	var err error
+	if f != nil {
+		err = retryEINTR(func() error { return unix.Fstat(f.fd, &st) })
+	} else {
+		err = fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
+		return err
+	}
+	mode := st.Mode & 0o7777
+	kill := mode &^ unix.S_ISUID
+	if mode&(unix.S_ISGID|unix.S_IXGRP) == unix.S_ISGID|unix.S_IXGRP {
+		kill &^= unix.S_ISGID
+	}
+	if kill == mode {
+		return nil
+	}
+	if f != nil {
+		return retryEINTR(func() error { return unix.Fchmod(f.fd, kill) })
+	}
+	return retryEINTR(func() error { return unix.Fchmodat(pfd, name, kill, 0) })
 }
 
 func timespec(t time.Time, now bool) unix.Timespec {

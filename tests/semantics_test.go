@@ -89,6 +89,7 @@ var permScenario = []step{
 	{cmd: "mkdir open && chmod 777 open && printf '#!/bin/sh\\n' > open/suid && chmod 6777 open/suid"},
 	{cmd: "printf x > open/rootsuid && chmod 4755 open/rootsuid"},
 	{cmd: "for f in suid2 suid3 suid4 suid5; do printf xyz > open/$f && chmod 6777 open/$f; done"},
+	{cmd: "printf x > open/capped && chmod 666 open/capped && setcap cap_net_raw+ep open/capped && getcap open/capped | grep -q cap_net_raw"},
 	{cmd: "mkdir sgid && chown 0:4242 sgid && chmod 2777 sgid"},
 	{cmd: "mkdir private && chmod 700 private && touch private/x"},
 	{cmd: "printf locked > locked && chmod 000 locked && mkdir lockeddir && touch lockeddir/x && chmod 000 lockeddir"},
@@ -128,6 +129,8 @@ var permScenario = []step{
 	{nobody: true, cmd: ": > open/suid3"},
 	{nobody: true, cmd: "printf y | dd of=open/suid4 bs=1 seek=1 conv=notrunc status=none"},
 	{cmd: "chown 1:1 open/suid5"}, // chown clears set-id bits even for root
+	// ... and file capabilities (the kernel removes them itself).
+	{nobody: true, cmd: "printf y >> open/capped"},
 	// Objects nobody creates belong to nobody (the group of a set-gid
 	// directory; its subdirectories inherit the bit).
 	{nobody: true, cmd: "touch open/newfile && mkdir open/newdir && ln -s target open/newlink && mkfifo open/newfifo && ln open/newfile open/hardlink"},
@@ -289,6 +292,11 @@ func semPermissions(t *testing.T, e *semEnv) {
 	for _, name := range []string{"open/suid", "open/suid2", "open/suid3", "open/suid4", "open/suid5"} {
 		if st := lstat(t, filepath.Join(d, name)); st.Mode&0o7777 != 0o777 {
 			t.Errorf("%s: set-uid/set-gid file written, truncated or chowned: mode %04o, want 0777 (both bits cleared)", name, st.Mode&0o7777)
+		}
+	}
+	for _, where := range []string{filepath.Join(d, "open/capped"), filepath.Join(e.store, "open/capped")} {
+		if _, err := unix.Getxattr(where, "security.capability", make([]byte, 64)); err != unix.ENODATA {
+			t.Errorf("%s: security.capability after a write by nobody: %v, want ENODATA (removed)", where, err)
 		}
 	}
 	for _, name := range []string{"locked", "lockeddir", "open/renamed"} {
