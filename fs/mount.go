@@ -1,12 +1,15 @@
 package fs
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // MountOptions are the kernel-facing choices of a mount.
@@ -77,5 +80,29 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 		// As fusefs.Mount: the serve loop exits by itself.
 		return nil, err
 	}
+	if os.Geteuid() == 0 {
+		if err := raiseReadahead(mountpoint); err != nil {
+			r.log.Warn("could not raise the mount's readahead; sequential reads will be slower", "err", err)
+		}
+	}
 	return srv, nil
+}
+
+// readaheadKiB is the kernel readahead for the mount: one read request
+// carries up to 1 MiB (MaxWrite), so a sequential reader costs a quarter
+// as many round trips and the daemon decrypts runs of 256 blocks. The
+// kernel offers FUSE only its default 128 KiB at INIT and a filesystem
+// cannot ask for more there; root can raise it afterwards in sysfs, as
+// for any block device. Random readers are not affected: readahead grows
+// only on sequential access. Measured on tmpfs with dd bs=128k: 0.78 GB/s
+// at 128 KiB, 1.3 GB/s at 1 MiB (one core serving).
+const readaheadKiB = 1024
+
+func raiseReadahead(mountpoint string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(mountpoint, &st); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(p, []byte(strconv.Itoa(readaheadKiB)+"\n"), 0)
 }

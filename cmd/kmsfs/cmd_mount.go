@@ -12,7 +12,9 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"sync"
@@ -108,6 +110,7 @@ func parseLevel(s string) (slog.Level, error) {
 
 func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout io.Writer, logOut *swapWriter) error {
 	hardenProcess(log)
+	setProcs(log)
 	// A closed terminal or log pipe must not kill a mount that is
 	// serving files: writes to it fail instead of raising SIGPIPE.
 	signal.Ignore(syscall.SIGPIPE)
@@ -172,6 +175,14 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 		if f, err := os.Create(p); err == nil {
 			pprof.StartCPUProfile(f)
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
+	if p := os.Getenv("KMSFS_TRACE"); p != "" {
+		// The same for an execution trace (go tool trace): where
+		// requests wait for the scheduler.
+		if f, err := os.Create(p); err == nil {
+			trace.Start(f)
+			defer func() { trace.Stop(); f.Close() }()
 		}
 	}
 	srv, err := kfs.Mount(mountpoint, root, kfs.MountOptions{AllowOther: m.allowOther, Debug: m.debugFUSE})
@@ -250,6 +261,25 @@ func hardenProcess(log *slog.Logger) {
 	if !keyring.LockedMemory() {
 		log.Info("key memory cannot be mlocked (RLIMIT_MEMLOCK); keys may reach swap")
 	}
+}
+
+// setProcs gives the mount process half of the CPUs it may use (at least
+// one), unless GOMAXPROCS is set in the environment. Every FUSE request
+// has an application thread waiting for it, and each request is a short
+// burst of work between two blocking reads of /dev/fuse. With a P for
+// every CPU, the Go scheduler keeps waking threads to look for work on the
+// idle Ps, and they take the CPUs the applications need. Measured on 2
+// vCPUs (tmpfs, bench/README.md): 4 KiB random reads 26k -> 49k IOPS,
+// untar of 30k files 11.7 s -> 7.3 s, creating 10k files 1.9 s -> 1.2 s;
+// only sequential reads lose (1.6 -> 1.3 GB/s), since decryption then
+// runs on one core.
+func setProcs(log *slog.Logger) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return
+	}
+	n := max(1, runtime.GOMAXPROCS(0)/2)
+	runtime.GOMAXPROCS(n)
+	log.Debug("scheduler", "gomaxprocs", n, "cpus", runtime.NumCPU())
 }
 
 func loadVolume(cipherDir string) (*kfs.Config, error) {
