@@ -34,6 +34,14 @@ func writable(flags uint32) bool { return flags&unix.O_ACCMODE != unix.O_RDONLY 
 
 // Open opens a regular file: the first open of an inode unwraps its data
 // key (one keyring call, shared with concurrent openers).
+// openFlags are the kernel flags of every open file. FOPEN_NOFLUSH: a
+// close(2) does not send FLUSH. Writes reach the stored file before they
+// are acknowledged and locks are the kernel's own (EnableLocks is off), so
+// a flush has nothing to do, and skipping it saves a round trip on every
+// close: a backup tool reading 10k small files makes four requests per
+// file instead of five.
+const openFlags = fuse.FOPEN_NOFLUSH
+
 func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	if n.r.opts.ReadOnly && (writable(flags) || flags&unix.O_TRUNC != 0) {
 		return nil, 0, syscall.EROFS
@@ -54,7 +62,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 			return nil, 0, n.r.errno(err, "open O_TRUNC", n.relPath())
 		}
 	}
-	return f, 0, 0
+	return f, openFlags, 0
 }
 
 // openBacking opens n's stored file. A write-only file cannot be opened
@@ -129,7 +137,7 @@ func (n *node) newOpenChild(ctx context.Context, fd int, flags uint32, out *fuse
 		unix.Close(fd)
 		return nil, nil, 0, n.r.errno(err, op, n.relPath())
 	}
-	return child, &file{n: cn, st: st, fd: fd, flags: flags}, 0, 0
+	return child, &file{n: cn, st: st, fd: fd, flags: flags}, openFlags, 0
 }
 
 // openExisting opens name after a create lost the race to another creator.
