@@ -32,6 +32,7 @@ type env struct {
 	kmsEndpoint string // local-kms, no added latency
 	kmsSlow     string // local-kms behind a 10 ms proxy
 	awsEnv      []string
+	mountArgs   []string // -kmsfs-args: added to every kmsfs mount (trials)
 }
 
 func (e *env) path(name string) string { return filepath.Join(e.bin, name) }
@@ -198,7 +199,7 @@ func kmsfsSetup(e *env, base, name string, initArgs, mountArgs []string) (*mount
 	if _, err := run(e.awsEnv, e.path("kmsfs"), append(append([]string{"init"}, initArgs...), c)...); err != nil {
 		return nil, err
 	}
-	cmd, _, err := startReady(e.awsEnv, "kmsfs: mounted", e.path("kmsfs"), append(append([]string{"mount", "--log-level", "warn"}, mountArgs...), c, mnt)...)
+	cmd, _, err := startReady(e.awsEnv, "kmsfs: mounted", e.path("kmsfs"), append(append(append([]string{"mount", "--log-level", "warn"}, e.mountArgs...), mountArgs...), c, mnt)...)
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,9 @@ type config struct {
 	smallFiles int
 	treeFiles  int
 	only       map[string]bool
+	ceiling    kmsCeiling // local-kms's own rate on this machine
+	proxied    kmsCeiling // the same through the 10 ms latency proxy
+	workloads  map[string]bool
 }
 
 // result holds every measured value: backing → system → workload → values.
@@ -55,10 +58,18 @@ func main() {
 	raw := flag.String("json", "bench/results.json", "raw results (read back as the previous run, then rewritten)")
 	only := flag.String("only", "", "comma-separated systems to run (default all)")
 	diskDir := flag.String("disk-dir", "/var/tmp/kmsfs-bench", "directory on a disk filesystem")
+	onlyWl := flag.String("workloads", "", "comma-separated workload names to run (default all; for trials)")
+	kmsfsArgs := flag.String("kmsfs-args", "", "space-separated flags added to every kmsfs mount (for trials; the report does not show them)")
 	flag.Parse()
 	cfg := config{rounds: *rounds, backings: strings.Split(*backings, ","), bigMiB: 1024, fioSeconds: 8, smallFiles: 10000, treeFiles: 30000}
 	if *quick {
 		cfg.bigMiB, cfg.fioSeconds, cfg.smallFiles, cfg.treeFiles = 512, 3, 3000, 8000
+	}
+	if *onlyWl != "" {
+		cfg.workloads = map[string]bool{}
+		for _, s := range strings.Split(*onlyWl, ",") {
+			cfg.workloads[s] = true
+		}
 	}
 	if *only != "" {
 		cfg.only = map[string]bool{}
@@ -74,10 +85,22 @@ func main() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(work)
-	e := &env{bin: filepath.Join(work, "bin")}
+	e := &env{bin: filepath.Join(work, "bin"), mountArgs: strings.Fields(*kmsfsArgs)}
 	build(e)
 	stopKMS := startKMS(e, work)
 	defer stopKMS()
+	if c, err := measureKMSCeiling(e.kmsEndpoint, 5000, ceilingClients); err != nil {
+		log.Printf("local-kms ceiling: %v", err)
+	} else {
+		cfg.ceiling = c
+		log.Printf("local-kms ceiling: %.0f GenerateDataKey/s, %.0f Decrypt/s (%d callers, no added latency)", c.Generate, c.Decrypt, ceilingClients)
+	}
+	if c, err := measureKMSCeiling(e.kmsSlow, 5000, proxiedClients); err != nil {
+		log.Printf("local-kms ceiling through the proxy: %v", err)
+	} else {
+		cfg.proxied = c
+		log.Printf("local-kms ceiling through the 10 ms proxy: %.0f GenerateDataKey/s, %.0f Decrypt/s (%d callers)", c.Generate, c.Decrypt, proxiedClients)
+	}
 	tree, sums := makeTree(work, cfg.treeFiles)
 
 	res := result{}
@@ -124,7 +147,7 @@ func runSystem(e *env, cfg config, res result, round int, backing, base string, 
 	}
 	w := &wctx{e: e, dir: m.dir, tree: tree, md5: sums, cfg: cfg}
 	for _, wl := range workloads {
-		if kmsOnly && !wl.kms || sys.skip[wl.name] {
+		if kmsOnly && !wl.kms || sys.skip[wl.name] || cfg.workloads != nil && !cfg.workloads[wl.name] {
 			continue
 		}
 		v, err := wl.run(w)
