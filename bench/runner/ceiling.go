@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/kmsfs/kmsfs/keyring"
 )
 
@@ -29,11 +28,12 @@ const proxiedClients = 128
 
 func measureKMSCeiling(endpoint string, calls, clients int) (kmsCeiling, error) {
 	ctx := context.Background()
+	// Credentials come from the environment (e.awsEnv), as for the mounts:
+	// only keyring/ talks to the AWS SDK.
 	k, err := keyring.NewAWSKMS(ctx, keyring.AWSKMSConfig{
 		KeyID:       "alias/kmsfs-bench",
 		Region:      "eu-west-2",
 		Endpoint:    endpoint,
-		Credentials: credentials.NewStaticCredentialsProvider("bench", "bench", ""),
 		MaxAttempts: 3,
 		CallTimeout: 10 * time.Second,
 	})

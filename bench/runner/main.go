@@ -89,6 +89,10 @@ func main() {
 	build(e)
 	stopKMS := startKMS(e, work)
 	defer stopKMS()
+	for _, kv := range e.awsEnv {
+		k, v, _ := strings.Cut(kv, "=")
+		os.Setenv(k, v)
+	}
 	if c, err := measureKMSCeiling(e.kmsEndpoint, 5000, ceilingClients); err != nil {
 		log.Printf("local-kms ceiling: %v", err)
 	} else {
