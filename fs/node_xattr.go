@@ -2,8 +2,11 @@ package fs
 
 import (
 	"context"
+	"runtime"
 	"strconv"
+	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
@@ -57,6 +60,15 @@ const capsAttr = "security.capability"
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	if attr == capsAttr && n.noCaps.Load() {
 		return 0, syscall.ENODATA
+	}
+	if !noGetxattrat.Load() {
+		sz, err, ok := n.getxattrAt(attr, dest)
+		if ok {
+			if attr == capsAttr && err == syscall.ENODATA {
+				n.noCaps.Store(true)
+			}
+			return uint32(sz), n.xattrErrno(err, "getxattr")
+		}
 	}
 	var sz int
 	errno := n.withXattrPath("getxattr", func(path string, link bool) error {
@@ -116,4 +128,52 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 		return err
 	})
 	return uint32(sz), errno
+}
+
+// noGetxattrat is set once the kernel has answered ENOSYS to getxattrat
+// (before Linux 6.13).
+var noGetxattrat atomic.Bool
+
+// getxattrAt reads attr of n's backing object with one getxattrat call on
+// its parent's descriptor, without following a symlink. ls -l asks for
+// two attributes of every file it lists, so this is on the hot path: the
+// /proc path of withXattrPath costs an open, a procfs lookup and a close
+// more. ok is false when the kernel lacks the call.
+func (n *node) getxattrAt(attr string, dest []byte) (sz int, err error, ok bool) {
+	pfd, name, err := n.parentAt()
+	if err != nil {
+		return 0, err, true
+	}
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return 0, err, true
+	}
+	a, err := unix.BytePtrFromString(attr)
+	if err != nil {
+		return 0, err, true
+	}
+	// struct xattr_args from <linux/xattr.h>.
+	args := struct {
+		value uint64
+		size  uint32
+		flags uint32
+	}{size: uint32(len(dest))}
+	if len(dest) > 0 {
+		args.value = uint64(uintptr(unsafe.Pointer(&dest[0])))
+	}
+	err = retryEINTR(func() error {
+		r, _, e := unix.Syscall6(unix.SYS_GETXATTRAT, uintptr(pfd), uintptr(unsafe.Pointer(p)), unix.AT_SYMLINK_NOFOLLOW,
+			uintptr(unsafe.Pointer(a)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+		if e != 0 {
+			return e
+		}
+		sz = int(r)
+		return nil
+	})
+	runtime.KeepAlive(dest)
+	if err == syscall.ENOSYS {
+		noGetxattrat.Store(true)
+		return 0, nil, false
+	}
+	return sz, err, true
 }
