@@ -35,6 +35,7 @@ type config struct {
 	ceiling    kmsCeiling // local-kms's own rate on this machine
 	proxied    kmsCeiling // the same through the 10 ms latency proxy
 	workloads  map[string]bool
+	commit     string // what was built, taken before the build
 }
 
 // result holds every measured value: backing → system → workload → values.
@@ -85,6 +86,11 @@ func main() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(work)
+	// The commit the binaries are built from, read before building: the
+	// tree may move on during a long run.
+	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
+		cfg.commit = strings.TrimSpace(string(out))
+	}
 	e := &env{bin: filepath.Join(work, "bin"), mountArgs: strings.Fields(*kmsfsArgs)}
 	build(e)
 	stopKMS := startKMS(e, work)

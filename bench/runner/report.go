@@ -56,14 +56,13 @@ func ratioCell(r float64, ok bool, min float64) string {
 func render(cfg config, res result, prev result, elapsed time.Duration) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
-	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	kernel, _ := exec.Command("uname", "-r").Output()
 	w("# kmsfs benchmark results\n\n")
 	w("Produced by `bench/run.sh` on %s in %s: %d rounds, systems interleaved round by round; each cell is the median (min–max).\n\n",
 		time.Now().UTC().Format("2006-01-02"), elapsed.Round(time.Second), cfg.rounds)
 	w("- CPU: %s, %d cores; kernel %s\n", cpuModel(), runtime.NumCPU(), strings.TrimSpace(string(kernel)))
 	w("- kmsfs %s (%s); %s; %s; go-fuse loopback with kernel passthrough off (bench/loopback)\n",
-		strings.TrimSpace(string(commit)), runtime.Version(), version("gocryptfs", "-version"), version("securefs", "version"))
+		cfg.commit, runtime.Version(), version("gocryptfs", "-version"), version("securefs", "version"))
 	w("- every system with its defaults (securefs caches attributes for 30 s, the others 1 s); kmsfs with its default key pool\n")
 	w("- ratio = how many times faster kmsfs (local key) is than the peer; ✗ marks a miss of the goal (≥ 1.0× gocryptfs, ≥ 0.9× the best peer)\n")
 	w("- workloads: dd bs=128k conv=fsync; dd read after drop_caches; tar x / md5sum -c / ls -lR / rm -rf of a %d-file source-like tree (fixed seed); fio 4 KiB psync direct=1 on a 256 MiB file, %d s; %d files of 4000 B created and read back by one process (bench/fsops)\n\n",
