@@ -267,8 +267,9 @@ func hardenProcess(log *slog.Logger) {
 // one), unless GOMAXPROCS is set in the environment. Every FUSE request
 // has an application thread waiting for it, and each request is a short
 // burst of work between two blocking reads of /dev/fuse. With a P for
-// every CPU, the Go scheduler keeps waking threads to look for work on the
-// idle Ps, and they take the CPUs the applications need. Measured on 2
+// every CPU the mount is much slower on small machines; the likely cause
+// (measured, not proven) is the scheduler waking threads to look for work
+// on the idle Ps, which take the CPUs the applications need. Measured on 2
 // vCPUs (tmpfs, bench/README.md): 4 KiB random reads 26k -> 49k IOPS,
 // untar of 30k files 11.7 s -> 7.3 s, creating 10k files 1.9 s -> 1.2 s;
 // only sequential reads lose (1.6 -> 1.3 GB/s), since decryption then
