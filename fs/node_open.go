@@ -32,8 +32,6 @@ func backingFlags(flags uint32) int {
 
 func writable(flags uint32) bool { return flags&unix.O_ACCMODE != unix.O_RDONLY }
 
-// Open opens a regular file: the first open of an inode unwraps its data
-// key (one keyring call, shared with concurrent openers).
 // openFlags are the kernel flags of every open file. FOPEN_NOFLUSH: a
 // close(2) does not send FLUSH. Writes reach the stored file before they
 // are acknowledged and locks are the kernel's own (EnableLocks is off), so
@@ -42,6 +40,8 @@ func writable(flags uint32) bool { return flags&unix.O_ACCMODE != unix.O_RDONLY 
 // file instead of five.
 const openFlags = fuse.FOPEN_NOFLUSH
 
+// Open opens a regular file: the first open of an inode unwraps its data
+// key (one keyring call, shared with concurrent openers).
 func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	if n.r.opts.ReadOnly && (writable(flags) || flags&unix.O_TRUNC != 0) {
 		return nil, 0, syscall.EROFS

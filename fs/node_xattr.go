@@ -61,13 +61,19 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if attr == capsAttr && n.noCaps.Load() {
 		return 0, syscall.ENODATA
 	}
+	sz, errno := n.getxattr(attr, dest)
+	if attr == capsAttr && errno == syscall.ENODATA {
+		n.noCaps.Store(true)
+	}
+	return uint32(sz), errno
+}
+
+// getxattr reads attr of n's backing object: with getxattrat where the
+// kernel has it, else through withXattrPath.
+func (n *node) getxattr(attr string, dest []byte) (int, syscall.Errno) {
 	if !noGetxattrat.Load() {
-		sz, err, ok := n.getxattrAt(attr, dest)
-		if ok {
-			if attr == capsAttr && err == syscall.ENODATA {
-				n.noCaps.Store(true)
-			}
-			return uint32(sz), n.xattrErrno(err, "getxattr")
+		if sz, ok, err := n.getxattrAt(attr, dest); ok {
+			return sz, n.xattrErrno(err, "getxattr")
 		}
 	}
 	var sz int
@@ -80,10 +86,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		}
 		return err
 	})
-	if attr == capsAttr && errno == syscall.ENODATA {
-		n.noCaps.Store(true)
-	}
-	return uint32(sz), errno
+	return sz, errno
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
@@ -139,18 +142,18 @@ var noGetxattrat atomic.Bool
 // two attributes of every file it lists, so this is on the hot path: the
 // /proc path of withXattrPath costs an open, a procfs lookup and a close
 // more. ok is false when the kernel lacks the call.
-func (n *node) getxattrAt(attr string, dest []byte) (sz int, err error, ok bool) {
+func (n *node) getxattrAt(attr string, dest []byte) (sz int, ok bool, err error) {
 	pfd, name, err := n.parentAt()
 	if err != nil {
-		return 0, err, true
+		return 0, true, err
 	}
 	p, err := unix.BytePtrFromString(name)
 	if err != nil {
-		return 0, err, true
+		return 0, true, err
 	}
 	a, err := unix.BytePtrFromString(attr)
 	if err != nil {
-		return 0, err, true
+		return 0, true, err
 	}
 	// struct xattr_args from <linux/xattr.h>.
 	args := struct {
@@ -173,7 +176,7 @@ func (n *node) getxattrAt(attr string, dest []byte) (sz int, err error, ok bool)
 	runtime.KeepAlive(dest)
 	if err == syscall.ENOSYS {
 		noGetxattrat.Store(true)
-		return 0, nil, false
+		return 0, false, nil
 	}
-	return sz, err, true
+	return sz, true, err
 }

@@ -270,10 +270,10 @@ func hardenProcess(log *slog.Logger) {
 // every CPU the mount is much slower on small machines; the likely cause
 // (measured, not proven) is the scheduler waking threads to look for work
 // on the idle Ps, which take the CPUs the applications need. Measured on 2
-// vCPUs (tmpfs, bench/README.md): 4 KiB random reads 26k -> 49k IOPS,
-// untar of 30k files 11.7 s -> 7.3 s, creating 10k files 1.9 s -> 1.2 s;
-// only sequential reads lose (1.6 -> 1.3 GB/s), since decryption then
-// runs on one core.
+// vCPUs (tmpfs, same run, bench/README.md): 4 KiB random reads 23-26k ->
+// 37k IOPS, untar of 30k files 14.2-14.4 s -> 7.8-8.4 s, creating 10k
+// files 2.2-2.3 s -> 1.4-1.5 s; sequential reads lose (1.6 -> 1.3 GB/s),
+// since decryption then runs on one core.
 func setProcs(log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
