@@ -216,6 +216,36 @@ func cliZombie(pid int) bool {
 }
 
 // cliWaitGone polls (bounded) until no kmsfs process serves mnt.
+// cliDaemonMountpoint returns a fresh mountpoint for a `kmsfs mount -d`
+// test and, whatever happens, leaves no mount and no daemon behind it.
+// With strict, a mount or daemon still there at the end is an error: the
+// test was meant to unmount.
+func cliDaemonMountpoint(t *testing.T, strict bool) string {
+	t.Helper()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cliMounted(t, mnt) {
+			if strict {
+				t.Errorf("%s still mounted at the end of the test", mnt)
+			}
+			run(t, nil, "unmount", mnt)
+			if cliMounted(t, mnt) {
+				syscall.Unmount(mnt, syscall.MNT_DETACH)
+			}
+		}
+		for _, pid := range cliWaitGone(t, mnt, 5*time.Second) {
+			if strict {
+				t.Errorf("kmsfs daemon %d still running: killing it", pid)
+			}
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	return mnt
+}
+
 func cliWaitGone(t testing.TB, mnt string, timeout time.Duration) []int {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -268,22 +298,7 @@ func cliRunDaemon(t *testing.T, env []string, errPath string, args ...string) (s
 func TestMountDaemon(t *testing.T) {
 	requireFUSE(t)
 	v := newVolume(t, nil)
-	mnt := filepath.Join(t.TempDir(), "mnt")
-	os.Mkdir(mnt, 0o755)
-	t.Cleanup(func() {
-		// Whatever happened, leave no mount and no daemon behind.
-		if cliMounted(t, mnt) {
-			t.Errorf("%s still mounted at the end of the test", mnt)
-			run(t, nil, "unmount", mnt)
-			if cliMounted(t, mnt) {
-				syscall.Unmount(mnt, syscall.MNT_DETACH)
-			}
-		}
-		for _, pid := range cliWaitGone(t, mnt, 5*time.Second) {
-			t.Errorf("kmsfs daemon %d still running: killing it", pid)
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-	})
+	mnt := cliDaemonMountpoint(t, true)
 
 	daemonLog := filepath.Join(t.TempDir(), "daemon.log")
 	// Once mounted, a daemon logs to --log-file (syslog by default), not
@@ -552,18 +567,7 @@ func TestMountKMSErrors(t *testing.T) {
 func TestMountDaemonReleasesStderr(t *testing.T) {
 	requireFUSE(t)
 	v := newVolume(t, nil)
-	mnt := filepath.Join(t.TempDir(), "mnt")
-	os.Mkdir(mnt, 0o755)
-	t.Cleanup(func() {
-		if cliMounted(t, mnt) {
-			if _, _, code := run(t, nil, "unmount", mnt); code != 0 {
-				syscall.Unmount(mnt, syscall.MNT_DETACH)
-			}
-		}
-		for _, pid := range cliWaitGone(t, mnt, 5*time.Second) {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-	})
+	mnt := cliDaemonMountpoint(t, false)
 
 	r, w, err := os.Pipe()
 	if err != nil {
