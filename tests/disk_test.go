@@ -37,6 +37,8 @@ func TestDiskFull(t *testing.T) {
 	writeFile(t, m.path("keep"), keep)
 	partial := bytes.Repeat([]byte("p"), 5000) // ends inside a block
 	writeFile(t, m.path("partial"), partial)
+	aligned := bytes.Repeat([]byte("a"), 8192) // ends with a full block: appends reserve nothing
+	writeFile(t, m.path("aligned"), aligned)
 
 	// Fill the disk.
 	fill, err := os.Create(m.path("fill"))
@@ -54,22 +56,27 @@ func TestDiskFull(t *testing.T) {
 	}
 
 	// Extending a file on a full disk: ENOSPC, and the file is unchanged.
-	f, err := os.OpenFile(m.path("partial"), os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.Write(bytes.Repeat([]byte("x"), 256<<10))
-	f.Close()
-	if !errors.Is(err, syscall.ENOSPC) {
-		t.Fatalf("append on a full disk: %v, want ENOSPC", err)
-	}
 	// The kernel may have written a first piece before the refusal (a
 	// short write): the old bytes must be intact and the rest the new ones.
-	got := readFile(t, m.path("partial"))
-	if !bytes.HasPrefix(got, partial) || strings.Trim(string(got[len(partial):]), "x") != "" || len(got) >= len(partial)+256<<10 {
-		t.Fatalf("partial: after a refused append it has %d bytes, not its %d old ones followed by some of the new", len(got), len(partial))
+	refusedAppend := func(name string, old []byte) []byte {
+		t.Helper()
+		f, err := os.OpenFile(m.path(name), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.Write(bytes.Repeat([]byte("x"), 256<<10))
+		f.Close()
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("%s: append on a full disk: %v, want ENOSPC", name, err)
+		}
+		got := readFile(t, m.path(name))
+		if !bytes.HasPrefix(got, old) || strings.Trim(string(got[len(old):]), "x") != "" || len(got) >= len(old)+256<<10 {
+			t.Fatalf("%s: after a refused append it has %d bytes, not its %d old ones followed by some of the new", name, len(got), len(old))
+		}
+		return got
 	}
-	partial = got
+	partial = refusedAppend("partial", partial)
+	refusedAppend("aligned", aligned)
 	if got := readFile(t, m.path("keep")); !bytes.Equal(got, keep) {
 		t.Fatal("keep changed while the disk was full")
 	}
@@ -100,7 +107,7 @@ func TestDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	more := bytes.Repeat([]byte("y"), 300<<10)
-	f, err = os.OpenFile(m.path("partial"), os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(m.path("partial"), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
