@@ -266,10 +266,10 @@ func (f *file) ensureHeader() error {
 	if err != nil {
 		return err
 	}
-	if err := (fdStore(f.fd)).Preallocate(0, int64(len(slot))); err != nil {
-		k.dk.Wipe()
-		return err
-	}
+	// No fallocate first: a header cut short by a full disk is cut off
+	// again, leaving the empty file this was. On ext4 a fallocate here
+	// also cost a block allocation per new file, before delayed
+	// allocation could place the file's blocks together.
 	if err := (fdStore(f.fd)).writeFull(slot, 0); err != nil {
 		k.dk.Wipe()
 		// Leave no partial header behind.
