@@ -22,8 +22,9 @@ type kmsCeiling struct {
 
 const ceilingClients = 32
 
-// proxiedClients call through the 10 ms proxy: four times kmsfs's 32
-// KMS calls in flight, so the proxy's rate is not bounded by the latency.
+// proxiedClients call through the 10 ms proxy: twice the most KMS calls
+// kmsfs has in flight (64 prefetching), so the rate measured is not
+// bounded by the latency.
 const proxiedClients = 128
 
 func measureKMSCeiling(endpoint string, calls, clients int) (kmsCeiling, error) {

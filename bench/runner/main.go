@@ -59,7 +59,7 @@ func main() {
 	raw := flag.String("json", "bench/results.json", "raw results (read back as the previous run, then rewritten)")
 	only := flag.String("only", "", "comma-separated systems to run (default all)")
 	diskDir := flag.String("disk-dir", "/var/tmp/kmsfs-bench", "directory on a disk filesystem")
-	onlyWl := flag.String("workloads", "", "comma-separated workload names to run (default all; for trials)")
+	onlyWl := flag.String("workloads", "", "semicolon-separated workload names to run (default all; for trials; names contain commas)")
 	kmsfsArgs := flag.String("kmsfs-args", "", "space-separated flags added to every kmsfs mount (for trials; the report does not show them)")
 	flag.Parse()
 	cfg := config{rounds: *rounds, backings: strings.Split(*backings, ","), bigMiB: 1024, fioSeconds: 8, smallFiles: 10000, treeFiles: 30000}
@@ -68,7 +68,7 @@ func main() {
 	}
 	if *onlyWl != "" {
 		cfg.workloads = map[string]bool{}
-		for _, s := range strings.Split(*onlyWl, ",") {
+		for _, s := range strings.Split(*onlyWl, ";") {
 			cfg.workloads[s] = true
 		}
 	}
