@@ -144,7 +144,7 @@ func NewAWSKMS(ctx context.Context, cfg AWSKMSConfig) (*AWSKMS, error) {
 		WithTransportOptions(func(tr *http.Transport) {
 			tr.TLSHandshakeTimeout = attemptTimeout
 			tr.ResponseHeaderTimeout = attemptTimeout
-			// kmsfs keeps up to 32 key-pool and 32 prefetch calls in
+			// kmsfs keeps up to 32 key-pool and 64 prefetch calls in
 			// flight: keep that many connections to the one KMS
 			// endpoint instead of the SDK's 10, so calls do not pay a
 			// new TCP (and TLS) handshake each.
