@@ -110,7 +110,7 @@ func parseLevel(s string) (slog.Level, error) {
 
 func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout io.Writer, logOut *swapWriter) error {
 	hardenProcess(log)
-	setProcs(log)
+	procsLo, procsHi := setProcs(log)
 	// A closed terminal or log pipe must not kill a mount that is
 	// serving files: writes to it fail instead of raising SIGPIPE.
 	signal.Ignore(syscall.SIGPIPE)
@@ -148,6 +148,9 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	}
 	metrics := keyring.NewMetrics(kr)
 	kr = metrics
+	if procsHi > procsLo {
+		kr = newProcBoost(kr, procsLo, procsHi)
+	}
 	blockcipher.CalibrateParallel()
 	root, err := kfs.NewRoot(kfs.Options{
 		CipherDir:    cipherDir,
@@ -273,14 +276,18 @@ func hardenProcess(log *slog.Logger) {
 // vCPUs (tmpfs, same run, bench/README.md): 4 KiB random reads 23-26k ->
 // 37k IOPS, untar of 30k files 14.2-14.4 s -> 7.8-8.4 s, creating 10k
 // files 2.2-2.3 s -> 1.4-1.5 s; sequential reads lose (1.6 -> 1.3 GB/s),
-// since decryption then runs on one core.
-func setProcs(log *slog.Logger) {
+// since decryption then runs on one core. It returns the Ps it set (lo)
+// and the ones it may take back during a burst of keyring calls (hi; see
+// procBoost); both are the environment's GOMAXPROCS if that is set.
+func setProcs(log *slog.Logger) (lo, hi int) {
+	hi = runtime.GOMAXPROCS(0)
 	if os.Getenv("GOMAXPROCS") != "" {
-		return
+		return hi, hi
 	}
-	n := max(1, runtime.GOMAXPROCS(0)/2)
-	runtime.GOMAXPROCS(n)
-	log.Debug("scheduler", "gomaxprocs", n, "cpus", runtime.NumCPU())
+	lo = max(1, hi/2)
+	runtime.GOMAXPROCS(lo)
+	log.Debug("scheduler", "gomaxprocs", lo, "cpus", runtime.NumCPU())
+	return lo, hi
 }
 
 func loadVolume(cipherDir string) (*kfs.Config, error) {
