@@ -140,6 +140,11 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 			return err
 		}
 	}
+	if procsHi > procsLo {
+		// Beneath the key cache: only calls that reach the keyring
+		// count as a burst, not cache hits.
+		kr = newProcBoost(kr, procsLo, procsHi)
+	}
 	var cache *keyring.Cache
 	if m.keyCacheTTL > 0 {
 		cache = keyring.NewCache(kr, m.keyCacheTTL)
@@ -148,9 +153,6 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	}
 	metrics := keyring.NewMetrics(kr)
 	kr = metrics
-	if procsHi > procsLo {
-		kr = newProcBoost(kr, procsLo, procsHi)
-	}
 	blockcipher.CalibrateParallel()
 	root, err := kfs.NewRoot(kfs.Options{
 		CipherDir:    cipherDir,
