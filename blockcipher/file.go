@@ -32,7 +32,10 @@ type Preallocator interface {
 // Every change is ordered so that a process killed between any two of its
 // stored writes leaves a file that reads back without authentication errors
 // (old bytes, new bytes, or zeros in the part being extended or truncated);
-// docs/FORMAT.md, "Crash consistency", lists the steps.
+// docs/FORMAT.md, "Crash consistency", lists the steps. A change that
+// fails part-way (a full disk, say) is treated the same way: call Settle
+// before the next change, since a block it rewrote may read only through
+// its journal record, which the next change would overwrite.
 type File struct {
 	C *Cipher
 	S Store
@@ -221,15 +224,16 @@ func (f File) patchFromJournal(stored []byte, first, idx uint64, size int64) boo
 // bytes and returns the new size. Writing past the end leaves a hole:
 // blocks that are never written stay sparse and read as zeros.
 //
-// Steps, each leaving a readable file if the process dies after it (and,
+// A write that starts in or past the final block F and extends the file
+// is done by extend. One that starts before F and extends it takes these
+// steps, each leaving a readable file if the process dies after it (and,
 // through the journal, if it dies during it):
 //
-//	extending past a partial final block F: F zero-padded to a full block,
-//	  still sealed final (journaled);
+//	if F is partial: F zero-padded to a full block, still sealed final
+//	  (journaled);
 //	the new blocks past the old end, the last sealed final;
 //	the blocks of the old file the write covers, F now sealed as a middle
-//	  block (partial first and last blocks journaled); or, if the write
-//	  starts past F, F re-sealed as a middle block (journaled).
+//	  block (partial first and last blocks journaled).
 func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 	if off < 0 || off+int64(len(p)) > MaxPlainSize {
 		return size, fmt.Errorf("blockcipher: write at %d+%d out of range", off, len(p))
@@ -244,26 +248,20 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 	oldLast := f.lastBlock(size)
 	first, count := l.Span(off, int64(len(p)))
 	last := first + count - 1
-	// An append that starts past a full final block only adds blocks past
-	// the old end, then re-seals that final block in place, which needs no
-	// new space: like a write to a file with no block yet, it needs no
-	// reservation, since a write cut short is undone by cutting the file
-	// back (see writeRun). This is every write of a sequential writer (cp,
-	// dd, a log), and the fallocate it saves cost a fifth of the daemon's
-	// time in a streaming write on tmpfs.
-	appendOnly := oldLast >= 0 && first > uint64(oldLast) && l.BlockPlainLen(uint64(oldLast), size) == bs
-	if end > size && oldLast >= 0 && !appendOnly {
-		// Reserve the space an extension needs before changing
-		// anything, so a full disk refuses it cleanly. (Overwriting
-		// allocated blocks needs no new space; a journal record that
-		// does not fit fails before its block is touched; a file with
-		// no block yet needs no reservation: a write cut short is undone
-		// by cutting the file back, see writeRun.)
+	if end > size && oldLast >= 0 && first >= uint64(oldLast) {
+		// Every write of an appending writer (cp, dd, tar, a log).
+		return f.extend(p, off, size)
+	}
+	if end > size && oldLast >= 0 {
+		// A write that starts before the final block and extends the
+		// file. Reserve the space it needs before changing anything,
+		// so a full disk refuses it cleanly. (Overwriting allocated
+		// blocks needs no new space; a journal record that does not
+		// fit fails before its block is touched; a file with no block
+		// yet needs no reservation: a write cut short is undone by
+		// cutting the file back, see writeRun.)
 		reserve := [][2]uint64{{first, last}}
-		if oldLast >= 0 && uint64(oldLast) < first {
-			reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
-		}
-		if err := f.reserve(newSize, oldLast >= 0, reserve...); err != nil {
+		if err := f.reserve(newSize, true, reserve...); err != nil {
 			return size, err
 		}
 	}
@@ -300,17 +298,85 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 		return newSize, nil
 	}
 	// The old blocks the write covers, F now a middle block.
-	if first <= uint64(oldLast) {
-		return newSize, f.writeRun(p[:newOff-off], off, first, uint64(oldLast), size, newSize)
+	return newSize, f.writeRun(p[:newOff-off], off, first, uint64(oldLast), size, newSize)
+}
+
+// extend writes p at off into a file of size plaintext bytes that has a
+// final block F, where the write starts in or past F and ends past the old
+// end. It reserves no space (fallocate), which on ext4 would allocate
+// every append's blocks at once, scattering a file written in pieces over
+// many extents that writeback cannot merge; yet a full disk still fails it
+// before any old byte changes, because every step that can need new space
+// lies past the old end and is undone by cutting the file back:
+//
+//  1. the new blocks past F, the last sealed final; a full disk cuts them
+//     off again (writeRun);
+//  2. zeros from the old end to the end of F's new extent, so that F can
+//     be rewritten in place without new space (a delayed-allocation
+//     filesystem reserves the space at this write); a crash after it
+//     leaves F as "sealed final ‖ zeros", which reads as F zero-padded
+//     (Cipher.openShortened);
+//  3. F with the write's bytes, sealed as a middle block (or as final if
+//     the write ends in F), through the journal if it keeps old bytes. A
+//     journal record that does not fit cuts the file back; nothing of the
+//     old file has changed by then.
+func (f File) extend(p []byte, off, size int64) (int64, error) {
+	l := f.C.layout
+	end := off + int64(len(p))
+	oldEnd := l.CipherSize(size)
+	fi := uint64(f.lastBlock(size))
+	fStart := l.BlockToPlainOff(fi)
+	first, count := l.Span(off, int64(len(p)))
+	last := first + count - 1
+	fLen := l.BlockPlainLen(fi, end) // F's plaintext length afterwards
+	cut := func(err error) (int64, error) {
+		f.S.Truncate(oldEnd)
+		return size, err
 	}
-	pb := getBuf(int(bs))
+
+	// F's new plaintext: its old bytes, zeros to its new length, and the
+	// write's bytes that fall in it. Read before anything changes.
+	pb := getBuf(int(fLen))
 	defer putBuf(pb)
-	b, err := f.readBlock((*pb)[:0], uint64(oldLast), newSize)
+	b, err := f.readBlock((*pb)[:0], fi, size)
 	if err != nil {
-		return newSize, err
+		return size, err
 	}
+	b = append(b, zeros[:fLen-int64(len(b))]...)
 	*pb = b
-	return newSize, f.rewrite(uint64(oldLast), b, false, 0)
+	if first == fi {
+		copy(b[off-fStart:], p)
+	}
+
+	if last > fi {
+		newFirst := max(first, fi+1)
+		newOff := max(off, l.BlockToPlainOff(newFirst))
+		if err := f.writeRun(p[newOff-off:], newOff, newFirst, last, size, end); err != nil {
+			return size, err // cut back by writeRun
+		}
+	}
+	if fEnd := l.BlockToCipherOff(fi) + fLen + Overhead; fEnd > oldEnd {
+		if err := f.writeStored(zeros[:fEnd-oldEnd], oldEnd); err != nil {
+			return cut(err)
+		}
+	}
+
+	sb := getBuf(int(fLen) + Overhead)
+	defer putBuf(sb)
+	rec := journalRec{idx: fi, last: last == fi, stored: f.C.SealBlock(*sb, b, fi, last == fi)}
+	*sb = rec.stored
+	if first == fi && off == fStart {
+		// The write replaces all of F's old bytes: if this write is
+		// torn, only F fails, which the write replaces entirely.
+		return end, f.putInPlace(rec)
+	}
+	if err := f.writeJournal([]journalRec{rec}); err != nil {
+		return cut(err)
+	}
+	if err := f.putInPlace(rec); err != nil {
+		return end, err
+	}
+	return end, f.clearJournal(1)
 }
 
 // writeRun writes p at off, covering exactly blocks first..last, into a

@@ -423,6 +423,132 @@ func (s *diskFullStore) Preallocate(off, length int64) error {
 	return nil
 }
 
+// pageStore is a disk that allocates pages of pageSize bytes on first
+// write, as ext4 and tmpfs do: a hole inside the file needs a page as much
+// as an append does. With free pages left, a write needing more stops at
+// the first page it cannot get (a short write, as the kernel's); a
+// preallocation gets all its pages or none. Truncation frees pages.
+type pageStore struct {
+	*MemStore
+	alloc map[int64]bool
+	free  int
+}
+
+const pageSize = 128
+
+func (s *pageStore) WriteAt(p []byte, off int64) (int, error) {
+	for pg := off / pageSize; pg*pageSize < off+int64(len(p)); pg++ {
+		if s.alloc[pg] {
+			continue
+		}
+		if s.free == 0 {
+			n := int(max(0, pg*pageSize-off))
+			s.MemStore.WriteAt(p[:n], off)
+			return n, errNoSpace
+		}
+		s.free--
+		s.alloc[pg] = true
+	}
+	return s.MemStore.WriteAt(p, off)
+}
+
+func (s *pageStore) Preallocate(off, length int64) error {
+	var need []int64
+	for pg := off / pageSize; pg*pageSize < off+length; pg++ {
+		if !s.alloc[pg] {
+			need = append(need, pg)
+		}
+	}
+	if len(need) > s.free {
+		return errNoSpace
+	}
+	for _, pg := range need {
+		s.alloc[pg] = true
+	}
+	s.free -= len(need)
+	return nil
+}
+
+func (s *pageStore) Truncate(size int64) error {
+	for pg := range s.alloc {
+		if pg*pageSize >= size {
+			delete(s.alloc, pg)
+			s.free++
+		}
+	}
+	return s.MemStore.Truncate(size)
+}
+
+// TestNearlyFullDiskKeepsPlaintext runs random extending writes and
+// truncates with a few free pages left, among overwrites with space to
+// spare: a change refused for lack of space leaves the plaintext and its
+// size as they were, however far it got, once the journal is settled (as
+// the fs layer does before the next change); one that succeeds has its
+// full effect. (An overwrite inside the file needs space only for a
+// sparse hole or a journal page; one cut short there is the crash case,
+// TestCrashAtEveryStep.)
+func TestNearlyFullDiskKeepsPlaintext(t *testing.T) {
+	const bs = 512
+	rng := rand.New(rand.NewPCG(5, 5))
+	refused := 0
+	for trial := 0; trial < 60; trial++ {
+		f, m := newTestFile(t, bs)
+		s := &pageStore{MemStore: m, alloc: map[int64]bool{}, free: 1 << 30}
+		s.WriteAt(m.Bytes(), 0) // the header's pages
+		f.S = s
+		var want model
+		for op := 0; op < 100; op++ {
+			size := int64(len(want))
+			next := model(bytes.Clone(want))
+			var run func() error
+			var what string
+			if rng.IntN(4) > 0 {
+				off := rng.Int64N(size + 3*bs + 1)
+				p := randBytes(1 + rng.IntN(3*bs))
+				what = fmt.Sprintf("write %d+%d", off, len(p))
+				next.write(p, off)
+				run = func() error { _, err := f.WriteAt(p, off, size); return err }
+			} else {
+				to := rng.Int64N(size*2 + bs + 1)
+				what = fmt.Sprintf("truncate to %d", to)
+				next.truncate(to)
+				run = func() error { return f.Truncate(size, to) }
+			}
+			s.free = 1 << 30
+			if len(next) != len(want) || strings.HasPrefix(what, "truncate") {
+				s.free = rng.IntN(12)
+			}
+			err := run()
+			if err == nil {
+				s.free = 1 << 30
+				want = next
+				checkWhole(t, f, m, want)
+				continue
+			}
+			if !errors.Is(err, errNoSpace) {
+				t.Fatalf("trial %d op %d, %s on %d bytes: %v", trial, op, what, size, err)
+			}
+			refused++
+			s.free = rng.IntN(3)
+			if _, err := f.Settle(m.Size()); err != nil {
+				if !errors.Is(err, errNoSpace) {
+					t.Fatalf("trial %d op %d, settle after a refused %s: %v", trial, op, what, err)
+				}
+				s.free = 1 << 30 // space freed
+				if _, err := f.Settle(m.Size()); err != nil {
+					t.Fatalf("trial %d op %d, settle after a refused %s: %v", trial, op, what, err)
+				}
+			}
+			s.free = 1 << 30
+			checkWhole(t, f, m, want)
+		}
+	}
+	if refused < 300 {
+		t.Fatalf("only %d changes were refused: the test did not exercise a full disk", refused)
+	}
+	t.Logf("%d extending writes and truncates refused for lack of space, none changing the plaintext", refused)
+}
+
 // TestAppendOnFullDiskIsUndone: an append refused for lack of space leaves
 // the file's size and plaintext as they were, whether it had no block yet,
 // ended in a full block, or ended in a partial one.

@@ -49,6 +49,20 @@ func (f *file) close() {
 // found it empty; ensureKey loads it.
 var errNeedKey = errors.New("file was given a header by another mount while open here")
 
+// changeBlocks is blocks for a change (write, truncate, fallocate). If an
+// earlier change of the file failed part-way, it first settles the
+// journal, as an open would: the change would otherwise overwrite a
+// record a block still reads through. Caller holds st.content for writing.
+func (f *file) changeBlocks() (blockcipher.File, int64, error) {
+	if f.st.unsettled && f.st.cipher != nil {
+		if err := f.n.r.settle(f.fd, f.st.cipher, f.n.relPath); err != nil {
+			return blockcipher.File{}, 0, err
+		}
+	}
+	f.st.unsettled = false
+	return f.blocks()
+}
+
 // blocks returns the blockcipher view of the stored file and its plaintext
 // size. Caller holds st.content. A stored size no writer produces is
 // reported with the size of the readable part and the error.
@@ -116,11 +130,12 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	if err := f.ensureHeader(); err != nil {
 		return 0, f.n.r.errno(err, "write", f.path())
 	}
-	bf, size, err := f.blocks()
+	bf, size, err := f.changeBlocks()
 	if err != nil {
 		return 0, f.n.r.errno(err, "write", f.path())
 	}
 	if _, err := bf.WriteAt(data, off, size); err != nil {
+		f.st.unsettled = true
 		return 0, f.n.r.errno(err, "write", f.path(), blockAttrs(err, off)...)
 	}
 	return uint32(len(data)), 0
@@ -148,11 +163,15 @@ func (f *file) truncate(size int64) error {
 	if err := f.ensureHeader(); err != nil {
 		return err
 	}
-	bf, cur, err := f.blocks()
+	bf, cur, err := f.changeBlocks()
 	if err != nil {
 		return err
 	}
-	return bf.Truncate(cur, size)
+	if err := bf.Truncate(cur, size); err != nil {
+		f.st.unsettled = true
+		return err
+	}
+	return nil
 }
 
 // Flush has nothing to do: writes reach the stored file before they are
@@ -208,7 +227,7 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	if err := f.ensureHeader(); err != nil {
 		return f.n.r.errno(err, "fallocate", f.path())
 	}
-	bf, cur, err := f.blocks()
+	bf, cur, err := f.changeBlocks()
 	if err != nil {
 		return f.n.r.errno(err, "fallocate", f.path())
 	}
@@ -221,6 +240,7 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	}
 	if mode&unix.FALLOC_FL_KEEP_SIZE == 0 && end > cur {
 		if err := bf.Truncate(cur, end); err != nil {
+			f.st.unsettled = true
 			return f.n.r.errno(err, "fallocate", f.path())
 		}
 	}

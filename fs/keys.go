@@ -28,6 +28,11 @@ type fileState struct {
 	loading *keyLoad // the unwrap in flight, shared by concurrent openers
 	cipher  *blockcipher.Cipher
 	dk      *keyring.DataKey
+
+	// unsettled is set when a change failed part-way (a full disk, say):
+	// a block it rewrote may read only through its journal record, so the
+	// next change settles the journal first. Guarded by content.
+	unsettled bool
 }
 
 // keyLoad is one unwrap of a file's data key that concurrent first opens
