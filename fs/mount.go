@@ -65,6 +65,17 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 			// The filesystem clears set-id bits on write and truncate
 			// (killPrivFS, node.Setattr), so the kernel need not ask for
 			// security.capability before every write.
+			//
+			// Not CAP_WRITEBACK_CACHE: with it the kernel acknowledges
+			// write(2) from its page cache and sends the data later, so a
+			// full disk, an unreachable KMS or a tampered block would
+			// surface at fsync or close, or in no caller at all, instead
+			// of as the write's own errno; and the kernel, not CIPHERDIR,
+			// would decide sizes and mtimes, which two mounts sharing one
+			// CIPHERDIR cannot allow. It would pay only for small writes:
+			// tar's 10 KiB pieces cost one journaled rewrite each
+			// (blockcipher.File.extend). The same holds for
+			// FOPEN_KEEP_CACHE (see openFlags).
 			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
 			Debug:             mo.Debug,
 			Logger:            logger,

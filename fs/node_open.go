@@ -38,6 +38,13 @@ func writable(flags uint32) bool { return flags&unix.O_ACCMODE != unix.O_RDONLY 
 // a flush has nothing to do, and skipping it saves a round trip on every
 // close: a backup tool reading 10k small files makes four requests per
 // file instead of five.
+//
+// Not FOPEN_KEEP_CACHE: each open drops the file's cached pages, so a file
+// that another mount or host changed in CIPHERDIR is read afresh rather
+// than served stale until the kernel next compares sizes and mtimes (up
+// to attrTimeout later). Keeping the cache would be safe only with this
+// mount the sole writer, which kmsfs cannot know; what it would save is a
+// re-read of a file opened again while still cached.
 const openFlags = fuse.FOPEN_NOFLUSH
 
 // Open opens a regular file: the first open of an inode unwraps its data
