@@ -441,18 +441,52 @@ func (f File) writeRun(p []byte, off int64, first, last uint64, size, newSize in
 			return err
 		}
 	}
-	if err := f.writeStored(stored, l.BlockToCipherOff(first)); err != nil {
-		if oldEnd := l.CipherSize(size); l.BlockToCipherOff(first) >= oldEnd && size > 0 || size == 0 {
+	at := l.BlockToCipherOff(first)
+	n, err := f.S.WriteAt(stored, at)
+	if err == nil && n != len(stored) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		if oldEnd := l.CipherSize(size); at >= oldEnd && size > 0 || size == 0 {
 			// Only new blocks past the old end were being written (a
 			// full disk, say): cut them off again.
-			f.S.Truncate(min(oldEnd, l.BlockToCipherOff(first)))
+			f.S.Truncate(min(oldEnd, at))
+			return err
 		}
+		f.reHole(recs, at, n, first, last, size)
 		return err
 	}
 	if len(recs) > 0 {
 		return f.clearJournal(len(recs))
 	}
 	return nil
+}
+
+// reHole undoes the part of a torn in-place run (n of its bytes written at
+// cipher offset at) that lies in a middle block the write replaces
+// entirely and no journal record covers. On a filesystem that allocates
+// on first write, a write into allocated blocks needs no new space, so a
+// full disk can stop the run only in a hole: zeros over what was written
+// of that block put the hole back, reading as the zeros it held. (Torn by
+// anything else, the block was being replaced entirely and may fail.)
+func (f File) reHole(recs []journalRec, at int64, n int, first, last uint64, size int64) {
+	l := f.C.layout
+	if n <= 0 {
+		return
+	}
+	t := first + uint64(int64(n)/l.StoredBlockSize())
+	if t > last || int64(t) >= f.lastBlock(size) {
+		return
+	}
+	for _, r := range recs {
+		if r.idx == t {
+			return
+		}
+	}
+	start := l.BlockToCipherOff(t)
+	if end := at + int64(n); end > start {
+		f.S.WriteAt(zeros[:end-start], start)
+	}
 }
 
 // Truncate changes a file of size plaintext bytes to newSize bytes.

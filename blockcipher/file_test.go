@@ -479,18 +479,18 @@ func (s *pageStore) Truncate(size int64) error {
 	return s.MemStore.Truncate(size)
 }
 
-// TestNearlyFullDiskKeepsPlaintext runs random extending writes and
-// truncates with a few free pages left, among overwrites with space to
-// spare: a change refused for lack of space leaves the plaintext and its
-// size as they were, however far it got, once the journal is settled (as
-// the fs layer does before the next change); one that succeeds has its
-// full effect. (An overwrite inside the file needs space only for a
-// sparse hole or a journal page; one cut short there is the crash case,
-// TestCrashAtEveryStep.)
+// TestNearlyFullDiskKeepsPlaintext runs random writes and truncates with a
+// few free pages left. A change that extends or truncates the file and is
+// refused for lack of space leaves the plaintext and its size as they
+// were, however far it got. An overwrite inside the file can need space
+// too (a sparse hole, a journal page); refused, it may leave bytes of its
+// range new, like a short write, but changes nothing else. Either way the
+// file reads whole once the journal is settled (as the fs layer does
+// before the next change). A change that succeeds has its full effect.
 func TestNearlyFullDiskKeepsPlaintext(t *testing.T) {
 	const bs = 512
 	rng := rand.New(rand.NewPCG(5, 5))
-	refused := 0
+	refused, overwrites := 0, 0
 	for trial := 0; trial < 60; trial++ {
 		f, m := newTestFile(t, bs)
 		s := &pageStore{MemStore: m, alloc: map[int64]bool{}, free: 1 << 30}
@@ -500,25 +500,26 @@ func TestNearlyFullDiskKeepsPlaintext(t *testing.T) {
 		for op := 0; op < 100; op++ {
 			size := int64(len(want))
 			next := model(bytes.Clone(want))
-			var run func() error
+			var err error
 			var what string
+			lo, hi := size, size
+			s.free = 1 << 30
+			if rng.IntN(3) > 0 {
+				s.free = rng.IntN(12)
+			}
 			if rng.IntN(4) > 0 {
 				off := rng.Int64N(size + 3*bs + 1)
 				p := randBytes(1 + rng.IntN(3*bs))
 				what = fmt.Sprintf("write %d+%d", off, len(p))
 				next.write(p, off)
-				run = func() error { _, err := f.WriteAt(p, off, size); return err }
+				lo, hi = off, off+int64(len(p))
+				_, err = f.WriteAt(p, off, size)
 			} else {
 				to := rng.Int64N(size*2 + bs + 1)
 				what = fmt.Sprintf("truncate to %d", to)
 				next.truncate(to)
-				run = func() error { return f.Truncate(size, to) }
+				err = f.Truncate(size, to)
 			}
-			s.free = 1 << 30
-			if len(next) != len(want) || strings.HasPrefix(what, "truncate") {
-				s.free = rng.IntN(12)
-			}
-			err := run()
 			if err == nil {
 				s.free = 1 << 30
 				want = next
@@ -540,13 +541,27 @@ func TestNearlyFullDiskKeepsPlaintext(t *testing.T) {
 				}
 			}
 			s.free = 1 << 30
-			checkWhole(t, f, m, want)
+			if len(next) != len(want) || strings.HasPrefix(what, "truncate") {
+				checkWhole(t, f, m, want)
+				continue
+			}
+			overwrites++
+			got := make([]byte, size)
+			if _, err := f.ReadAt(got, 0, size); err != nil && err != io.EOF {
+				t.Fatalf("trial %d op %d, refused %s on %d bytes: the file no longer reads: %v", trial, op, what, size, err)
+			}
+			for i := range got {
+				if got[i] != want[i] && (int64(i) < lo || int64(i) >= hi || got[i] != next[i]) {
+					t.Fatalf("trial %d op %d, refused %s on %d bytes: byte %d is neither old nor new", trial, op, what, size, i)
+				}
+			}
+			want = model(got)
 		}
 	}
-	if refused < 300 {
-		t.Fatalf("only %d changes were refused: the test did not exercise a full disk", refused)
+	if refused < 300 || overwrites < 30 {
+		t.Fatalf("only %d changes (%d overwrites) were refused: the test did not exercise a full disk", refused, overwrites)
 	}
-	t.Logf("%d extending writes and truncates refused for lack of space, none changing the plaintext", refused)
+	t.Logf("%d changes refused for lack of space (%d of them overwrites), none losing a byte", refused, overwrites)
 }
 
 // TestAppendOnFullDiskIsUndone: an append refused for lack of space leaves
