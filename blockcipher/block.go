@@ -157,8 +157,9 @@ func (c *Cipher) openExact(dst, stored []byte, blockIdx uint64, last bool) ([]by
 }
 
 // openShortened reads a block left by a truncate that crashed between its
-// two steps (see File.Truncate): a final block sealed for a shorter length,
-// written as sealed bytes ‖ zeros over the block's old extent. It tries the
+// two steps (see File.Truncate), or by an append before it rewrote the old
+// final block (File.extend): a block sealed as final for a shorter length,
+// followed by zeros up to its extent. It tries the
 // few prefixes ending at the last non-zero byte; on success the plaintext
 // is zero-padded to the extent, as if the truncate had been followed by an
 // extension with zeros. Only reached after ordinary opening failed.

@@ -39,6 +39,14 @@ type Preallocator interface {
 type File struct {
 	C *Cipher
 	S Store
+
+	// ReserveAppends makes an append reserve its space (Preallocator)
+	// before it changes anything, as every other extension does. Set it
+	// unless the store is known to rewrite allocated bytes in place
+	// without needing new space (ext4, XFS, tmpfs): on a copy-on-write
+	// filesystem (btrfs, ZFS) an append's in-place rewrite of the final
+	// block can run out of space half-way. See extend.
+	ReserveAppends bool
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
@@ -303,23 +311,25 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 
 // extend writes p at off into a file of size plaintext bytes that has a
 // final block F, where the write starts in or past F and ends past the old
-// end. It reserves no space (fallocate), which on ext4 would allocate
-// every append's blocks at once, scattering a file written in pieces over
-// many extents that writeback cannot merge; yet a full disk still fails it
-// before any old byte changes, because every step that can need new space
-// lies past the old end and is undone by cutting the file back:
+// end. Unless ReserveAppends is set it reserves no space (fallocate),
+// which on ext4 would allocate every append's blocks at once, scattering a
+// file written in pieces over many extents that writeback cannot merge.
+// A full disk still fails it before any old byte changes: every step that
+// can need new space either lies past the old end or comes before F is
+// touched, and is undone by cutting the file back:
 //
 //  1. the new blocks past F, the last sealed final; a full disk cuts them
 //     off again (writeRun);
 //  2. zeros from the old end to the end of F's new extent, so that F can
-//     be rewritten in place without new space (a delayed-allocation
-//     filesystem reserves the space at this write); a crash after it
-//     leaves F as "sealed final ‖ zeros", which reads as F zero-padded
-//     (Cipher.openShortened);
+//     be rewritten in place without new space (a page-allocating or
+//     delayed-allocation filesystem takes the space at this write); a
+//     crash after it leaves F as "sealed final ‖ zeros", which reads as F
+//     zero-padded (Cipher.openShortened; if F was full there are no zeros
+//     and it reads as a middle block sealed as final);
 //  3. F with the write's bytes, sealed as a middle block (or as final if
 //     the write ends in F), through the journal if it keeps old bytes. A
-//     journal record that does not fit cuts the file back; nothing of the
-//     old file has changed by then.
+//     journal record that does not fit (its page may be a hole) cuts the
+//     file back; nothing of the old file has changed by then.
 func (f File) extend(p []byte, off, size int64) (int64, error) {
 	l := f.C.layout
 	end := off + int64(len(p))
@@ -348,6 +358,15 @@ func (f File) extend(p []byte, off, size int64) (int64, error) {
 		copy(b[off-fStart:], p)
 	}
 
+	if f.ReserveAppends {
+		blocks := [][2]uint64{{fi, fi}}
+		if last > fi {
+			blocks = append(blocks, [2]uint64{max(first, fi+1), last})
+		}
+		if err := f.reserve(end, true, blocks...); err != nil {
+			return size, err
+		}
+	}
 	if last > fi {
 		newFirst := max(first, fi+1)
 		newOff := max(off, l.BlockToPlainOff(newFirst))

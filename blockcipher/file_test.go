@@ -359,12 +359,24 @@ func (s *fullStore) Preallocate(off, length int64) error {
 
 // TestFullDiskChangesNothing: a write or truncate refused for lack of space
 // leaves every stored byte as it was.
+// With ReserveAppends, appends reserve too (a copy-on-write backing
+// filesystem); without it they need no reservation (TestAppendOnFullDiskIsUndone,
+// TestNearlyFullDiskKeepsPlaintext).
 func TestFullDiskChangesNothing(t *testing.T) {
+	for _, reserveAppends := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ReserveAppends=%v", reserveAppends), func(t *testing.T) {
+			testFullDiskChangesNothing(t, reserveAppends)
+		})
+	}
+}
+
+func testFullDiskChangesNothing(t *testing.T, reserveAppends bool) {
 	const bs = 512
 	rng := rand.New(rand.NewPCG(3, 3))
 	f, m := newTestFile(t, bs)
 	fs := &fullStore{MemStore: m, rng: rng}
 	f.S = fs
+	f.ReserveAppends = reserveAppends
 	var want model
 	refused := 0
 	for op := 0; op < 2000; op++ {
@@ -397,6 +409,7 @@ func TestFullDiskChangesNothing(t *testing.T) {
 	if refused < 100 {
 		t.Fatalf("only %d changes were refused: the test did not exercise a full disk", refused)
 	}
+	t.Logf("%d changes refused", refused)
 }
 
 // diskFullStore fails every write or preallocation that would grow the

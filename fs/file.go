@@ -79,7 +79,7 @@ func (f *file) blocks() (blockcipher.File, int64, error) {
 		return blockcipher.File{}, 0, errNeedKey
 	}
 	size, err := f.n.r.layout.PlainSize(stored)
-	return blockcipher.File{C: f.st.cipher, S: fdStore(f.fd)}, size, err
+	return blockcipher.File{C: f.st.cipher, S: fdStore(f.fd), ReserveAppends: !f.n.r.inPlace}, size, err
 }
 
 // Read decrypts the blocks under [off, off+len(dest)). A block failing

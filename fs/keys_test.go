@@ -743,3 +743,27 @@ func TestErrnoLogs(t *testing.T) {
 		t.Error("a log line holds the key")
 	}
 }
+
+// TestInPlaceBacking: a CIPHERDIR on ext4 or tmpfs (where the tests run)
+// lets appends skip their space reservation; on /proc, which kmsfs does
+// not know, they reserve.
+func TestInPlaceBacking(t *testing.T) {
+	var sfs unix.Statfs_t
+	dir := t.TempDir()
+	if err := unix.Statfs(dir, &sfs); err != nil {
+		t.Fatal(err)
+	}
+	g := newGatedKeyring(t)
+	r := keysTestRoot(t, dir, g, keysTestVolume, 4096, 512, nil)
+	if want := inPlaceFS[int64(sfs.Type)]; r.inPlace != want {
+		t.Errorf("inPlace = %v on a filesystem of type %#x, want %v", r.inPlace, sfs.Type, want)
+	}
+	if sfs.Type == unix.EXT4_SUPER_MAGIC || sfs.Type == unix.TMPFS_MAGIC {
+		if !r.inPlace {
+			t.Errorf("inPlace is false on ext4/tmpfs")
+		}
+	}
+	if p := keysTestRoot(t, "/proc", g, keysTestVolume, 4096, 512, nil); p.inPlace {
+		t.Error("inPlace is true on /proc")
+	}
+}

@@ -45,6 +45,7 @@ type Root struct {
 	opts        Options
 	rootFd      int // O_PATH descriptor of CipherDir; every backing call is relative to it
 	dev         uint64
+	inPlace     bool // the backing filesystem rewrites allocated bytes in place (see inPlaceFS)
 	layout      blockcipher.Layout
 	volumeID    [blockcipher.IDSize]byte
 	volumeIDHex string
@@ -80,10 +81,13 @@ func NewRoot(opts Options) (*Root, error) {
 		return nil, fmt.Errorf("stat %s: %w", opts.CipherDir, err)
 	}
 	vid, _ := opts.Config.VolumeIDBytes()
+	var sfs unix.Statfs_t
+	inPlace := unix.Fstatfs(fd, &sfs) == nil && inPlaceFS[int64(sfs.Type)]
 	r := &Root{
 		opts:        opts,
 		rootFd:      fd,
 		dev:         uint64(st.Dev),
+		inPlace:     inPlace,
 		layout:      opts.Config.Layout(),
 		volumeID:    vid,
 		volumeIDHex: hex.EncodeToString(vid[:]),
@@ -97,6 +101,19 @@ func NewRoot(opts Options) (*Root, error) {
 		r.prefetch = newPrefetcher(r)
 	}
 	return r, nil
+}
+
+// inPlaceFS lists the backing filesystems (statfs f_type) known to
+// rewrite allocated bytes in place, taking any new space when a write is
+// made: there an append needs no fallocate first to fail cleanly on a full
+// disk (blockcipher.File.extend), and skipping it keeps ext4 from
+// scattering a file written in pieces over many extents. Anywhere else
+// (btrfs and ZFS copy on write; NFS or FUSE could be anything) appends
+// reserve their space first, as every other extension does.
+var inPlaceFS = map[int64]bool{
+	unix.EXT4_SUPER_MAGIC: true, // also ext2 and ext3
+	unix.XFS_SUPER_MAGIC:  true,
+	unix.TMPFS_MAGIC:      true,
 }
 
 // Node returns the root node, to be mounted.
