@@ -3,7 +3,10 @@ package tests
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -121,6 +124,93 @@ func TestDiskFull(t *testing.T) {
 	if !strings.Contains(m.log.String(), "no space left on device") {
 		t.Error("ENOSPC was not logged")
 	}
+}
+
+// smallExt4 makes an ext4 filesystem of size bytes in a file and
+// loop-mounts it (needs root and a loop device); Cleanup unmounts it.
+func smallExt4(t *testing.T, size int64) string {
+	t.Helper()
+	requireTools(t, "mkfs.ext4", "mount", "umount")
+	img := filepath.Join(t.TempDir(), "ext4.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-o", "loop", img, dir).CombinedOutput(); err != nil {
+		if os.Getenv("KMSFS_REQUIRE_FUSE") == "1" {
+			t.Fatalf("loop-mount an ext4 image (KMSFS_REQUIRE_FUSE=1: CI must run this test): %v\n%s", err, out)
+		}
+		t.Skipf("cannot loop-mount an ext4 image (needs root and a loop device): %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// TestDiskFullExt4: on ext4 an append reserves no space first (it relies
+// on ext4 taking the space at write time, blockcipher.File.extend). Many
+// files are appended to in pieces of assorted sizes until the disk is full
+// and 40 writes have been refused. Every file then holds exactly the bytes
+// whose writes succeeded, before and after a remount.
+func TestDiskFullExt4(t *testing.T) {
+	requireFUSE(t)
+	base := smallExt4(t, 32<<20)
+	v := newVolumeIn(t, base, nil)
+	m := mountVolume(t, v, "--key-pool", "0")
+	m.AllowWarnings = true // ENOSPC is logged as a warning
+
+	rng := rand.New(rand.NewPCG(1, 1))
+	pieces := []int{10240, 4096, 5000, 100, 8192}
+	acked := map[string][]byte{}
+	refused := 0
+	for i := 0; refused < 40; i++ {
+		if i == 100000 {
+			t.Fatal("the disk never filled")
+		}
+		name := fmt.Sprintf("f%05d", i)
+		f, err := os.OpenFile(m.path(name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if errors.Is(err, syscall.ENOSPC) {
+			refused++
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var data []byte
+		for c := 1 + rng.IntN(12); c > 0; c-- {
+			piece := bytes.Repeat([]byte{byte(rng.IntN(256))}, pieces[rng.IntN(len(pieces))])
+			n, err := f.Write(piece)
+			data = append(data, piece[:n]...)
+			if err != nil {
+				if !errors.Is(err, syscall.ENOSPC) {
+					t.Fatalf("%s: %v, want ENOSPC", name, err)
+				}
+				refused++
+				break
+			}
+		}
+		f.Close()
+		acked[name] = data
+	}
+	check := func(m *mount, when string) {
+		t.Helper()
+		for name, want := range acked {
+			if got := readFile(t, m.path(name)); !bytes.Equal(got, want) {
+				t.Fatalf("%s %s: %d bytes that differ from the %d written", name, when, len(got), len(want))
+			}
+		}
+	}
+	check(m, "on the full disk")
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	check(mountVolume(t, v), "after a remount")
+	t.Logf("%d files, %d writes refused, every file as written", len(acked), refused)
 }
 
 // TestReadOnlyBacking: CIPHERDIR on a read-only mount: reads work, every
