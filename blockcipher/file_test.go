@@ -603,3 +603,32 @@ func TestAppendOnFullDiskIsUndone(t *testing.T) {
 		checkWhole(t, f, m, old)
 	}
 }
+
+// TestSettleOnFullDisk: settling a torn journal record needs no space: an
+// empty slot, which may be a hole, is not written.
+func TestSettleOnFullDisk(t *testing.T) {
+	f, m := newTestFile(t, 512)
+	s := &pageStore{MemStore: m, alloc: map[int64]bool{}, free: 1 << 30}
+	s.WriteAt(m.Bytes(), 0)
+	f.S = s
+	want := randBytes(3000)
+	if _, err := f.WriteAt(want, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A record header torn on its way in: it counts as pending, and its
+	// block does not authenticate.
+	torn := make([]byte, journalRecordHeader)
+	torn[7], torn[11], torn[9] = 2, 1, 2
+	s.WriteAt(torn, f.journalOff(0))
+	s.free = 0
+	if pending, _ := f.JournalPending(m.Size()); !pending {
+		t.Fatal("the torn record does not count as pending")
+	}
+	if _, err := f.Settle(m.Size()); err != nil {
+		t.Fatalf("settle on a full disk: %v", err)
+	}
+	if pending, _ := f.JournalPending(m.Size()); pending {
+		t.Fatal("the journal is still pending")
+	}
+	checkWhole(t, f, m, want)
+}

@@ -192,7 +192,27 @@ func (f File) Settle(storedSize int64) (bool, error) {
 		}
 		changed = true
 	}
-	return changed, f.clearJournal(JournalSlots)
+	return changed, f.clearPending()
+}
+
+// clearPending zeroes the header of every slot that holds one. A slot
+// that reads as zeros is left alone: it may be a hole, and writing zeros
+// there would need space that a full disk does not have.
+func (f File) clearPending() error {
+	for s := 0; s < JournalSlots; s++ {
+		var h [journalRecordHeader]byte
+		n, err := f.S.ReadAt(h[:], f.journalOff(s))
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		if isZero(h[:n]) {
+			continue
+		}
+		if err := f.writeStored(make([]byte, n), f.journalOff(s)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // inPlaceOK reports whether block idx of a file of size plaintext bytes

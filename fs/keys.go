@@ -76,13 +76,15 @@ func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
 		if err == nil && c != nil {
 			restore := noatime(fd)
 			st.content.Lock()
-			err = n.r.settle(fd, c, n.relPath)
+			if serr := n.r.settle(fd, c, n.relPath); serr != nil {
+				// A full disk, say. The file stays readable (reads
+				// consult the journal) and the next change settles
+				// first, so the open need not fail.
+				n.r.log.Warn("could not finish an interrupted write: reads use its journal record, the next change retries", "path", n.relPath(), "err", serr)
+				st.unsettled = true
+			}
 			st.content.Unlock()
 			restore()
-			if err != nil {
-				dk.Wipe()
-				n.r.stats.liveKeys.Add(-1)
-			}
 		}
 		n.mu.Lock()
 		st.loading = nil
