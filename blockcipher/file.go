@@ -268,8 +268,7 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 		// fit fails before its block is touched; a file with no block
 		// yet needs no reservation: a write cut short is undone by
 		// cutting the file back, see writeRun.)
-		reserve := [][2]uint64{{first, last}}
-		if err := f.reserve(newSize, true, reserve...); err != nil {
+		if err := f.reserve(newSize, true, [2]uint64{first, last}); err != nil {
 			return size, err
 		}
 	}

@@ -208,7 +208,7 @@ func (f File) clearPending() error {
 		if isZero(h[:n]) {
 			continue
 		}
-		if err := f.writeStored(make([]byte, n), f.journalOff(s)); err != nil {
+		if err := f.writeStored(zeros[:n], f.journalOff(s)); err != nil {
 			return err
 		}
 	}

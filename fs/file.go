@@ -49,18 +49,32 @@ func (f *file) close() {
 // found it empty; ensureKey loads it.
 var errNeedKey = errors.New("file was given a header by another mount while open here")
 
-// changeBlocks is blocks for a change (write, truncate, fallocate). If an
-// earlier change of the file failed part-way, it first settles the
-// journal, as an open would: the change would otherwise overwrite a
-// record a block still reads through. Caller holds st.content for writing.
-func (f *file) changeBlocks() (blockcipher.File, int64, error) {
-	if f.st.unsettled && f.st.cipher != nil {
-		if err := f.n.r.settle(f.fd, f.st.cipher, f.n.relPath); err != nil {
-			return blockcipher.File{}, 0, err
-		}
+// change runs a change of the stored file (write, truncate, fallocate):
+// it gives the file its header if it has none, then calls fn with its
+// blockcipher view and plaintext size. A change that fails may have
+// stopped part-way, leaving a block that reads only through its journal
+// record, so the file is marked unsettled; the next change settles the
+// journal first, as an open would, rather than overwrite that record.
+// Caller holds st.content for writing.
+func (f *file) change(fn func(bf blockcipher.File, size int64) error) error {
+	if err := f.ensureHeader(); err != nil {
+		return err
 	}
-	f.st.unsettled = false
-	return f.blocks()
+	if f.st.unsettled {
+		if err := f.n.r.settle(f.fd, f.st.cipher, f.n.relPath); err != nil {
+			return err
+		}
+		f.st.unsettled = false
+	}
+	bf, size, err := f.blocks()
+	if err != nil {
+		return err
+	}
+	if err := fn(bf, size); err != nil {
+		f.st.unsettled = true
+		return err
+	}
+	return nil
 }
 
 // blocks returns the blockcipher view of the stored file and its plaintext
@@ -127,15 +141,11 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	}
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
-	if err := f.ensureHeader(); err != nil {
-		return 0, f.n.r.errno(err, "write", f.path())
-	}
-	bf, size, err := f.changeBlocks()
+	err := f.change(func(bf blockcipher.File, size int64) error {
+		_, err := bf.WriteAt(data, off, size)
+		return err
+	})
 	if err != nil {
-		return 0, f.n.r.errno(err, "write", f.path())
-	}
-	if _, err := bf.WriteAt(data, off, size); err != nil {
-		f.st.unsettled = true
 		return 0, f.n.r.errno(err, "write", f.path(), blockAttrs(err, off)...)
 	}
 	return uint32(len(data)), 0
@@ -160,18 +170,7 @@ func (f *file) truncate(size int64) error {
 	if size == 0 {
 		return fdStore(f.fd).Truncate(f.n.r.layout.HeaderSize)
 	}
-	if err := f.ensureHeader(); err != nil {
-		return err
-	}
-	bf, cur, err := f.changeBlocks()
-	if err != nil {
-		return err
-	}
-	if err := bf.Truncate(cur, size); err != nil {
-		f.st.unsettled = true
-		return err
-	}
-	return nil
+	return f.change(func(bf blockcipher.File, cur int64) error { return bf.Truncate(cur, size) })
 }
 
 // Flush has nothing to do: writes reach the stored file before they are
@@ -224,25 +223,21 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	}
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
-	if err := f.ensureHeader(); err != nil {
-		return f.n.r.errno(err, "fallocate", f.path())
-	}
-	bf, cur, err := f.changeBlocks()
+	err := f.change(func(bf blockcipher.File, cur int64) error {
+		l := f.n.r.layout
+		first, count := l.Span(int64(off), int64(size))
+		cipherOff := l.BlockToCipherOff(first)
+		cipherLen := l.BlockToCipherOff(first+count) - cipherOff
+		if err := fdStore(f.fd).Preallocate(cipherOff, cipherLen); err != nil {
+			return err
+		}
+		if mode&unix.FALLOC_FL_KEEP_SIZE == 0 && end > cur {
+			return bf.Truncate(cur, end)
+		}
+		return nil
+	})
 	if err != nil {
 		return f.n.r.errno(err, "fallocate", f.path())
-	}
-	l := f.n.r.layout
-	first, count := l.Span(int64(off), int64(size))
-	cipherOff := l.BlockToCipherOff(first)
-	cipherLen := l.BlockToCipherOff(first+count) - cipherOff
-	if err := fdStore(f.fd).Preallocate(cipherOff, cipherLen); err != nil {
-		return f.n.r.errno(err, "fallocate", f.path())
-	}
-	if mode&unix.FALLOC_FL_KEEP_SIZE == 0 && end > cur {
-		if err := bf.Truncate(cur, end); err != nil {
-			f.st.unsettled = true
-			return f.n.r.errno(err, "fallocate", f.path())
-		}
 	}
 	return 0
 }
