@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"runtime"
@@ -14,7 +15,7 @@ import (
 )
 
 // Extended attributes pass through to the backing object unencrypted (as
-// names and symlink targets are).
+// names and symlink targets are), except POSIX ACLs.
 
 var (
 	_ fusefs.NodeGetxattrer    = (*node)(nil)
@@ -63,7 +64,24 @@ func (n *node) xattrErrno(err error, op string) syscall.Errno {
 // inode instead of costing three syscalls per write.
 const capsAttr = "security.capability"
 
+// POSIX ACLs are refused (EOPNOTSUPP), not stored: kmsfs does not ask
+// the kernel for FUSE_POSIX_ACL, so the kernel would check access by the
+// mode bits alone. An ACL passed through would be shown by getfacl and
+// ignored by every open, so "setfacl -m u:bob:--- f" would leave bob
+// reading f: a deny that fails open. gocryptfs shipped exactly that
+// (gocryptfs#536, #542, #543). Refused, setfacl says "Operation not
+// supported", cp -a and rsync -A fall back to the mode bits, and ls -l,
+// which asks for an ACL of every file it lists, remembers after the
+// first answer that this filesystem has none: one FUSE round trip per
+// file fewer.
+func isACL(attr string) bool {
+	return attr == "system.posix_acl_access" || attr == "system.posix_acl_default"
+}
+
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if isACL(attr) {
+		return 0, syscall.EOPNOTSUPP
+	}
 	if attr == capsAttr && n.noCaps.Load() {
 		return 0, syscall.ENODATA
 	}
@@ -96,6 +114,9 @@ func (n *node) getxattr(attr string, dest []byte) (int, syscall.Errno) {
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if isACL(attr) {
+		return syscall.EOPNOTSUPP
+	}
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
@@ -111,6 +132,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if isACL(attr) {
+		return syscall.EOPNOTSUPP
+	}
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
@@ -125,18 +149,60 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	})
 }
 
+// Listxattr lists the backing object's attributes without its ACLs (an
+// ACL stored there by an older kmsfs, or by hand, is not the file's: see
+// isACL). The list is read whole and filtered, so a size query (empty
+// dest) answers the size of the filtered list.
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	var sz int
-	errno := n.withXattrPath("listxattr", func(path string, link bool) error {
-		var err error
-		if link {
-			sz, err = unix.Llistxattr(path, dest)
-		} else {
-			sz, err = unix.Listxattr(path, dest)
+	buf := make([]byte, max(len(dest), 256))
+	for {
+		var sz int
+		errno := n.withXattrPath("listxattr", func(path string, link bool) error {
+			var err error
+			if link {
+				sz, err = unix.Llistxattr(path, buf)
+			} else {
+				sz, err = unix.Listxattr(path, buf)
+			}
+			return err
+		})
+		if errno == syscall.ERANGE && len(buf) < xattrListMax {
+			buf = make([]byte, xattrListMax) // the list changed size, or outgrew dest
+			continue
 		}
-		return err
-	})
-	return uint32(sz), errno
+		if errno != 0 {
+			return 0, errno
+		}
+		list := withoutACLs(buf[:sz])
+		if len(dest) == 0 {
+			return uint32(len(list)), 0
+		}
+		if len(list) > len(dest) {
+			return 0, syscall.ERANGE
+		}
+		return uint32(copy(dest, list)), 0
+	}
+}
+
+// xattrListMax is the kernel's limit on a listxattr list (XATTR_LIST_MAX).
+const xattrListMax = 65536
+
+// withoutACLs drops the ACL names from a listxattr list (names each ended
+// by a NUL), in place.
+func withoutACLs(list []byte) []byte {
+	out := list[:0]
+	for len(list) > 0 {
+		i := bytes.IndexByte(list, 0)
+		if i < 0 {
+			i = len(list) - 1 // malformed: keep the rest as it is
+		}
+		name := list[:i+1]
+		list = list[i+1:]
+		if !isACL(string(name[:len(name)-1])) {
+			out = append(out, name...)
+		}
+	}
+	return out
 }
 
 // noGetxattrat is set once the kernel has answered ENOSYS to getxattrat

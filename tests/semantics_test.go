@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -542,6 +543,57 @@ func semXattr(t *testing.T, e *semEnv) {
 	buf := make([]byte, 16)
 	if n, err := unix.Getxattr(filepath.Join(e.store, "f"), "user.empty", buf); err != nil || n != 0 {
 		t.Errorf("user.empty on the stored file: %d, %v", n, err)
+	}
+	semACL(t, e)
+}
+
+// semACL: POSIX ACLs are refused, not stored where the kernel would not
+// enforce them (fs.isACL), and an ACL found on a stored file is not shown.
+func semACL(t *testing.T, e *semEnv) {
+	// user::rw- user:65534:--- group::r-- mask::r-- other::r--, as
+	// <linux/posix_acl_xattr.h> lays it out.
+	acl := binary.LittleEndian.AppendUint32(nil, 2)
+	for _, ent := range []struct {
+		tag, perm uint16
+		id        uint32
+	}{{0x01, 6, ^uint32(0)}, {0x02, 0, 65534}, {0x04, 4, ^uint32(0)}, {0x10, 4, ^uint32(0)}, {0x20, 4, ^uint32(0)}} {
+		acl = binary.LittleEndian.AppendUint16(acl, ent.tag)
+		acl = binary.LittleEndian.AppendUint16(acl, ent.perm)
+		acl = binary.LittleEndian.AppendUint32(acl, ent.id)
+	}
+	f := e.path("f")
+	for _, name := range []string{"system.posix_acl_access", "system.posix_acl_default"} {
+		target := f
+		if name == "system.posix_acl_default" {
+			target = e.path("d")
+		}
+		if err := unix.Setxattr(target, name, acl, 0); err != unix.EOPNOTSUPP {
+			t.Errorf("setxattr %s: %v, want EOPNOTSUPP", name, err)
+		}
+		if _, err := unix.Getxattr(target, name, make([]byte, 256)); err != unix.EOPNOTSUPP {
+			t.Errorf("getxattr %s: %v, want EOPNOTSUPP", name, err)
+		}
+		if err := unix.Removexattr(target, name); err != unix.EOPNOTSUPP {
+			t.Errorf("removexattr %s: %v, want EOPNOTSUPP", name, err)
+		}
+	}
+	// An ACL put on the stored file behind kmsfs's back is not listed.
+	stored := filepath.Join(e.store, "f")
+	if err := unix.Setxattr(stored, "system.posix_acl_access", acl, 0); err != nil {
+		t.Logf("the backing filesystem takes no ACL (%v): listing not checked", err)
+		return
+	}
+	size, err := unix.Listxattr(f, nil)
+	if err != nil {
+		t.Fatalf("listxattr size: %v", err)
+	}
+	buf := make([]byte, size)
+	n, err := unix.Listxattr(f, buf)
+	if err != nil || n != size {
+		t.Fatalf("listxattr: %d, %v (size query said %d)", n, err, size)
+	}
+	if strings.Contains(string(buf[:n]), "posix_acl") || !strings.Contains(string(buf[:n]), "user.big\x00") {
+		t.Errorf("listxattr: %q, want the user.* names and no ACL", buf[:n])
 	}
 }
 
