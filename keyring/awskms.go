@@ -1,9 +1,11 @@
 package keyring
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -177,6 +179,9 @@ func NewAWSKMS(ctx context.Context, cfg AWSKMSConfig) (*AWSKMS, error) {
 	if awsCfg.Credentials != nil {
 		awsCfg.Credentials = tagCredentialErrors(awsCfg.Credentials)
 	}
+	// Wrapped after loading: the loader adds AWS_CA_BUNDLE's roots
+	// through the buildable client's own methods.
+	awsCfg.HTTPClient = oneWrite{awsCfg.HTTPClient}
 
 	retryer := retry.NewStandard(func(o *retry.StandardOptions) {
 		o.MaxAttempts = cfg.MaxAttempts
@@ -428,4 +433,28 @@ func arnRegion(s string) string {
 		return ""
 	}
 	return parts[3]
+}
+
+// oneWrite hands net/http each KMS request's body as an in-memory reader.
+// net/http sends the headers and an in-memory body of known length in one
+// write; for any other body (the SDK's own reader type) it flushes the
+// headers first, so every call cost two writes here and two reads at the
+// far end. KMS request bodies are small JSON documents.
+type oneWrite struct{ aws.HTTPClient }
+
+// maxOneWrite bounds the body oneWrite buffers; larger ones go as they are.
+const maxOneWrite = 64 << 10
+
+func (c oneWrite) Do(req *http.Request) (*http.Response, error) {
+	if req.Body != nil && req.Body != http.NoBody && req.ContentLength > 0 && req.ContentLength <= maxOneWrite {
+		b := make([]byte, req.ContentLength)
+		_, err := io.ReadFull(req.Body, b)
+		req.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read request body: %w", err)
+		}
+		req.Body = io.NopCloser(bytes.NewReader(b))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	}
+	return c.HTTPClient.Do(req)
 }
