@@ -54,3 +54,22 @@ func TestGetxattrBothPaths(t *testing.T) {
 		}
 	}
 }
+
+// TestWithoutACLs filters listxattr lists (names each ended by a NUL) in
+// place, including a malformed list without its final NUL.
+func TestWithoutACLs(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"", ""},
+		{"user.a\x00", "user.a\x00"},
+		{"system.posix_acl_access\x00", ""},
+		{"user.a\x00system.posix_acl_access\x00user.b\x00system.posix_acl_default\x00", "user.a\x00user.b\x00"},
+		{"system.posix_acl_default\x00security.selinux\x00", "security.selinux\x00"},
+		{"system.posix_acl_accessX\x00", "system.posix_acl_accessX\x00"},
+		{"user.a\x00user.tail", "user.a\x00user.tail"},
+		{"system.posix_acl_access", "system.posix_acl_access"}, // no NUL: not a whole name
+	} {
+		if got := string(withoutACLs([]byte(c.in))); got != c.want {
+			t.Errorf("withoutACLs(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
