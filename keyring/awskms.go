@@ -454,7 +454,9 @@ func (c oneWrite) Do(req *http.Request) (*http.Response, error) {
 			return nil, fmt.Errorf("read request body: %w", err)
 		}
 		req.Body = io.NopCloser(bytes.NewReader(b))
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+		// GetBody stays nil: with it net/http would follow a 307 or 308
+		// redirect (the SDK's client allows those) and send the body,
+		// an Encrypt's Plaintext among them, to wherever it points.
 	}
 	return c.HTTPClient.Do(req)
 }

@@ -801,3 +801,44 @@ func TestNewAWSKMSConfig(t *testing.T) {
 		t.Errorf("Describe() = %q", d)
 	}
 }
+
+// TestAWSKMSRefusesRedirect: an endpoint answering 307 or 308 does not get
+// the request, and so an Encrypt's Plaintext, sent on to where it points.
+func TestAWSKMSRefusesRedirect(t *testing.T) {
+	var got sync.Map
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got.Store(r.Header.Get("X-Amz-Target"), string(b))
+		http.Error(w, "no", http.StatusBadRequest)
+	}))
+	defer elsewhere.Close()
+	for _, code := range []int{http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, elsewhere.URL+"/", code)
+		}))
+		srv := kmstest.Start(t)
+		cfg := srv.Config(kmstest.KeyAARN)
+		cfg.Endpoint = redirector.URL
+		cfg.MaxAttempts = 1
+		k, err := keyring.NewAWSKMS(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dk, err := keyring.NewDataKey(bytes.Repeat([]byte{7}, keyring.DataKeySize))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ec := keyring.EncryptionContext{"kmsfs:volume": "v", "kmsfs:file": "f"}
+		if _, err := k.Wrap(context.Background(), dk, ec); err == nil {
+			t.Errorf("%d: Wrap through a redirect succeeded", code)
+		}
+		if _, _, err := k.GenerateDataKey(context.Background(), ec); err == nil {
+			t.Errorf("%d: GenerateDataKey through a redirect succeeded", code)
+		}
+		redirector.Close()
+	}
+	got.Range(func(op, body any) bool {
+		t.Errorf("the redirect target got %v: %.60q", op, body)
+		return true
+	})
+}
