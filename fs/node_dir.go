@@ -62,14 +62,23 @@ func (n *node) entry(ctx context.Context, op, name string, out *fuse.EntryOut) (
 	return n.newChild(ctx, &stx), 0
 }
 
+// noPerm tells makeEntry to leave the new object's mode as mk made it
+// (a symlink has no mode of its own).
+const noPerm = -1
+
 // makeEntry makes a new object name in n with mk, gives it the caller as
-// owner (undoing mk if that fails), and returns its inode.
-func (n *node) makeEntry(ctx context.Context, op, name string, unlinkFlags int, mk func(dirfd int) error, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+// owner and, unless perm is noPerm, exactly the permission bits perm
+// (undoing mk if either fails), and returns its inode.
+func (n *node) makeEntry(ctx context.Context, op, name string, unlinkFlags int, perm int, mk func(dirfd int) error, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
 	errno := n.dirOp(op, name, func(dirfd int) error {
 		if err := mk(dirfd); err != nil {
 			return err
 		}
-		if err := n.r.chownNew(ctx, dirfd, -1, name); err != nil {
+		err := n.r.chownNew(ctx, dirfd, -1, name)
+		if err == nil && perm != noPerm {
+			err = exactMode(dirfd, name, uint32(perm))
+		}
+		if err != nil {
 			unix.Unlinkat(dirfd, name, unlinkFlags)
 			return err
 		}
@@ -81,8 +90,28 @@ func (n *node) makeEntry(ctx context.Context, op, name string, unlinkFlags int, 
 	return n.entry(ctx, op, name, out)
 }
 
+// exactMode gives the new object name in dirfd the rwx bits of perm if
+// it came out otherwise. The mount runs with umask 0, so only a default
+// ACL on the stored parent directory narrows them: kmsfs refuses and
+// hides ACLs (isACL), but one put there by an older kmsfs or by hand
+// would still narrow the modes of new directories and nodes behind the
+// mount's back. The set-id and sticky bits are left as made: a directory
+// inherits set-group-ID from its parent. Files get the same from
+// finishNew.
+func exactMode(dirfd int, name string, perm uint32) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return err
+	}
+	if st.Mode&0o777 == perm&0o777 {
+		return nil
+	}
+	mode := st.Mode&0o7000 | perm&0o777
+	return retryEINTR(func() error { return unix.Fchmodat(dirfd, name, mode, 0) })
+}
+
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	return n.makeEntry(ctx, "mkdir", name, unix.AT_REMOVEDIR, func(dirfd int) error {
+	return n.makeEntry(ctx, "mkdir", name, unix.AT_REMOVEDIR, int(mode&0o7777), func(dirfd int) error {
 		return unix.Mkdirat(dirfd, name, mode&0o7777)
 	}, out)
 }
@@ -90,13 +119,13 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 // Mknod makes devices, FIFOs and sockets, and regular files: an empty
 // stored file, which is a valid empty kmsfs file until its first write.
 func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	return n.makeEntry(ctx, "mknod", name, 0, func(dirfd int) error {
+	return n.makeEntry(ctx, "mknod", name, 0, int(mode&0o7777), func(dirfd int) error {
 		return unix.Mknodat(dirfd, name, mode, int(rdev))
 	}, out)
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	return n.makeEntry(ctx, "symlink", name, 0, func(dirfd int) error {
+	return n.makeEntry(ctx, "symlink", name, 0, noPerm, func(dirfd int) error {
 		return unix.Symlinkat(target, dirfd, name)
 	}, out)
 }

@@ -583,6 +583,34 @@ func semACL(t *testing.T, e *semEnv) {
 		t.Logf("the backing filesystem takes no ACL (%v): listing not checked", err)
 		return
 	}
+	// A default ACL on a stored directory (user::rwx group::r-x other::---)
+	// does not narrow the modes of what is made in it through the mount.
+	def := binary.LittleEndian.AppendUint32(nil, 2)
+	for _, ent := range [][2]uint16{{0x01, 7}, {0x04, 5}, {0x20, 0}} {
+		def = binary.LittleEndian.AppendUint16(def, ent[0])
+		def = binary.LittleEndian.AppendUint16(def, ent[1])
+		def = binary.LittleEndian.AppendUint32(def, ^uint32(0))
+	}
+	if err := unix.Setxattr(filepath.Join(e.store, "d"), "system.posix_acl_default", def, 0); err != nil {
+		t.Fatalf("default ACL on the stored directory: %v", err)
+	}
+	old := unix.Umask(0)
+	errDir := unix.Mkdir(e.path("d", "sub"), 0o755)
+	errFifo := unix.Mkfifo(e.path("d", "fifo"), 0o644)
+	errFile := os.WriteFile(e.path("d", "file"), nil, 0o644)
+	unix.Umask(old)
+	if errDir != nil || errFifo != nil || errFile != nil {
+		t.Fatalf("mkdir %v, mkfifo %v, create %v", errDir, errFifo, errFile)
+	}
+	for name, want := range map[string]os.FileMode{"sub": 0o755, "fifo": 0o644, "file": 0o644} {
+		fi, err := os.Lstat(e.path("d", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s made under a stored default ACL: mode %v, want %v", name, fi.Mode().Perm(), want)
+		}
+	}
 	size, err := unix.Listxattr(f, nil)
 	if err != nil {
 		t.Fatalf("listxattr size: %v", err)
