@@ -98,7 +98,9 @@ func (f *file) blocks() (blockcipher.File, int64, error) {
 
 // Read decrypts the blocks under [off, off+len(dest)). A block failing
 // authentication fails the read with EIO and one warning naming the file
-// and block; other blocks and files are unaffected.
+// and block; other blocks and files are unaffected. Every error goes with
+// a nil ReadResult: with DisableSplice (mount.go) go-fuse would send a
+// non-nil one as data, dropping the errno.
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	f.st.content.RLock()
 	bf, size, err := f.blocks()

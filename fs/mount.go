@@ -82,7 +82,9 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 			// still tries: it writes the reply header into a pipe,
 			// finds nothing to splice and drains the pipe before the
 			// plain writev, three wasted syscalls per read (9 % of the
-			// daemon's CPU in 4 KiB random reads).
+			// daemon's CPU in 4 KiB random reads). With it off, go-fuse
+			// takes any non-nil ReadResult as success whatever errno
+			// comes with it, so file.Read returns nil with every error.
 			DisableSplice: true,
 			Debug:         mo.Debug,
 			Logger:        logger,
