@@ -164,14 +164,34 @@ func (c *Config) Layout() blockcipher.Layout {
 // LoadConfig reads and validates CIPHERDIR/kmsfs.json. A missing file is
 // ErrNoConfig.
 func LoadConfig(cipherDir string) (*Config, error) {
+	c, _, err := ReadConfig(cipherDir)
+	return c, err
+}
+
+// ReadConfig is LoadConfig that also returns the bytes it parsed, for a
+// caller that compares them with a copy it trusts.
+func ReadConfig(cipherDir string) (*Config, []byte, error) {
 	b, err := os.ReadFile(filepath.Join(cipherDir, ConfigName))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, ErrNoConfig
+		return nil, nil, ErrNoConfig
 	}
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, b, nil
+}
+
+// ConfigBytes returns the bytes WriteConfig writes for c.
+func ConfigBytes(c *Config) ([]byte, error) {
+	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
 		return nil, err
 	}
-	return ParseConfig(b)
+	return append(b, '\n'), nil
 }
 
 // WriteConfig writes c to CIPHERDIR/kmsfs.json atomically: a temporary
@@ -181,11 +201,10 @@ func WriteConfig(cipherDir string, c *Config) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	b, err := json.MarshalIndent(c, "", "  ")
+	b, err := ConfigBytes(c)
 	if err != nil {
 		return err
 	}
-	b = append(b, '\n')
 	tmp, err := os.CreateTemp(cipherDir, ".kmsfs.json.tmp-*")
 	if err != nil {
 		return err

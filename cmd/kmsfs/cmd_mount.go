@@ -33,6 +33,7 @@ const readyEnv = "KMSFS_READY_FD"
 
 type mountFlags struct {
 	readOnly, allowOther, daemon, debugFUSE bool
+	trustConfig                             bool
 	endpoint, region, localKey, logLevel    string
 	keyCacheTTL                             time.Duration
 	keyPool                                 int
@@ -57,6 +58,7 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files ahead of their opens (for backup tools; keys unused for 30s are wiped)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
+	fl.BoolVar(&m.trustConfig, "trust-config", false, "trust CIPHERDIR/kmsfs.json as it is now, though it differs from the copy this machine trusts (after you changed it yourself)")
 	pos, err := parseArgs(fl, args, "CIPHERDIR", "MOUNTPOINT")
 	if err != nil {
 		return err
@@ -121,11 +123,15 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	if mountpoint, err = filepath.Abs(mountpoint); err != nil {
 		return err
 	}
-	cfg, err := loadVolume(cipherDir)
+	cfg, raw, err := loadVolume(cipherDir)
 	if err != nil {
 		return err
 	}
 	if err := checkMountpoint(mountpoint); err != nil {
+		return err
+	}
+	// Before any keyring is built from the config: see trust.go.
+	if err := checkTrust(cipherDir, cfg, raw, m.trustConfig, log); err != nil {
 		return err
 	}
 	ctx := context.Background()
@@ -292,26 +298,28 @@ func setProcs(log *slog.Logger) (lo, hi int) {
 	return lo, hi
 }
 
-func loadVolume(cipherDir string) (*kfs.Config, error) {
+// loadVolume reads and checks CIPHERDIR's config, returning it parsed and
+// as the bytes it was parsed from.
+func loadVolume(cipherDir string) (*kfs.Config, []byte, error) {
 	st, err := os.Stat(cipherDir)
 	if err != nil {
-		return nil, fail(exitVolume, "CIPHERDIR %s does not exist: create a volume with kmsfs init %s", cipherDir, cipherDir)
+		return nil, nil, fail(exitVolume, "CIPHERDIR %s does not exist: create a volume with kmsfs init %s", cipherDir, cipherDir)
 	}
 	if !st.IsDir() {
-		return nil, fail(exitVolume, "CIPHERDIR %s is not a directory", cipherDir)
+		return nil, nil, fail(exitVolume, "CIPHERDIR %s is not a directory", cipherDir)
 	}
-	cfg, err := kfs.LoadConfig(cipherDir)
+	cfg, raw, err := kfs.ReadConfig(cipherDir)
 	if errors.Is(err, kfs.ErrNoConfig) {
 		entries, _ := os.ReadDir(cipherDir)
 		if len(entries) == 0 {
-			return nil, fail(exitVolume, "%s is not a kmsfs volume yet: run kmsfs init %s first", cipherDir, cipherDir)
+			return nil, nil, fail(exitVolume, "%s is not a kmsfs volume yet: run kmsfs init %s first", cipherDir, cipherDir)
 		}
-		return nil, fail(exitVolume, "%s is not a kmsfs volume (no %s); refusing to mount a directory that holds other data", cipherDir, kfs.ConfigName)
+		return nil, nil, fail(exitVolume, "%s is not a kmsfs volume (no %s); refusing to mount a directory that holds other data", cipherDir, kfs.ConfigName)
 	}
 	if err != nil {
-		return nil, fail(exitVolume, "%s: %v", cipherDir, err)
+		return nil, nil, fail(exitVolume, "%s: %v", cipherDir, err)
 	}
-	return cfg, nil
+	return cfg, raw, nil
 }
 
 // checkMountpoint wants an existing directory that is not already a mount
