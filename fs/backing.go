@@ -1,8 +1,10 @@
 package fs
 
 import (
+	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,4 +61,46 @@ func openat(dirfd int, path string, flags int, mode uint32) (int, error) {
 		return err
 	})
 	return fd, err
+}
+
+// chmodAt sets the mode of name in dirfd without following a final
+// symlink. fchmodat(2) always follows one, and a name that became a
+// symlink behind this mount's back (another mount of CIPHERDIR, or anyone
+// who can write it) would point the daemon, often root, at any file on
+// the machine. A symlink answers EOPNOTSUPP: Linux symlinks have no mode.
+func chmodAt(dirfd int, name string, mode uint32) error {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return err
+	}
+	err = retryEINTR(func() error {
+		_, _, e := unix.Syscall6(unix.SYS_FCHMODAT2, uintptr(dirfd), uintptr(unsafe.Pointer(p)), uintptr(mode), unix.AT_SYMLINK_NOFOLLOW, 0, 0)
+		if e != 0 {
+			return e
+		}
+		return nil
+	})
+	if err != unix.ENOSYS {
+		return err
+	}
+	return chmodByFd(dirfd, name, mode)
+}
+
+// chmodByFd is chmodAt before Linux 6.6 (no fchmodat2): it holds the
+// object by a descriptor that does not follow a symlink, and changes the
+// mode through that descriptor.
+func chmodByFd(dirfd int, name string, mode uint32) error {
+	fd, err := openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return unix.EOPNOTSUPP
+	}
+	return retryEINTR(func() error { return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode) })
 }

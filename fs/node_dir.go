@@ -107,7 +107,7 @@ func exactMode(dirfd int, name string, perm uint32) error {
 		return nil
 	}
 	mode := st.Mode&0o7000 | perm&0o777
-	return retryEINTR(func() error { return unix.Fchmodat(dirfd, name, mode, 0) })
+	return chmodAt(dirfd, name, mode)
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {

@@ -88,11 +88,11 @@ func (n *node) openBacking(flags int) (int, error) {
 	if fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Uid != processUID() || st.Mode&0o400 != 0 {
 		return fd, err
 	}
-	if unix.Fchmodat(pfd, name, (st.Mode&0o7777)|0o400, 0) != nil {
+	if chmodAt(pfd, name, (st.Mode&0o7777)|0o400) != nil {
 		return fd, err
 	}
 	fd, err = openat(pfd, name, flags, 0)
-	unix.Fchmodat(pfd, name, st.Mode&0o7777, 0)
+	chmodAt(pfd, name, st.Mode&0o7777)
 	return fd, err
 }
 

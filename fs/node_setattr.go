@@ -44,7 +44,7 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 		case isLink:
 			err = syscall.EOPNOTSUPP // Linux symlinks have no mode
 		default:
-			err = retryEINTR(func() error { return unix.Fchmodat(pfd, name, mode&0o7777, 0) })
+			err = chmodAt(pfd, name, mode&0o7777)
 		}
 		if err != nil {
 			return n.r.errno(err, "chmod", path())
@@ -142,7 +142,7 @@ func killSUIDGID(f *file, pfd int, name string) error {
 	if f != nil {
 		return retryEINTR(func() error { return unix.Fchmod(f.fd, kill) })
 	}
-	return retryEINTR(func() error { return unix.Fchmodat(pfd, name, kill, 0) })
+	return chmodAt(pfd, name, kill)
 }
 
 func timespec(t time.Time, now bool) unix.Timespec {
