@@ -76,6 +76,48 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 // for reading and writing by its unprivileged owner: like gocryptfs, add
 // the owner's read bit for the open and take it away again.
 func (n *node) openBacking(flags int) (int, error) {
+	fd, err := n.openBackingAny(flags)
+	if err != nil {
+		return -1, err
+	}
+	if err := n.checkSame(fd, ""); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// checkSame checks that the object name leads to in dirfd (name "": the
+// object dirfd is) is still n's own. Another mount of the CIPHERDIR, or
+// anyone who can write it, may have put a different file under n's name
+// since the kernel looked it up. Opened or changed by name, that file
+// would be reached with the permissions the kernel checked for n's, and
+// written with n's data key, which it cannot authenticate. ESTALE makes
+// the kernel look the name up again (or fails a use of an old
+// descriptor).
+func (n *node) checkSame(dirfd int, name string) error {
+	if n.isRoot() {
+		return nil
+	}
+	var stx unix.Statx_t
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	if name == "" {
+		flags |= unix.AT_EMPTY_PATH
+	}
+	err := retryEINTR(func() error {
+		return unix.Statx(dirfd, name, flags, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
+	})
+	if err != nil {
+		return err
+	}
+	id := n.r.idFromStat(unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino, genFromStatx(&stx), uint32(stx.Mode))
+	if sa := n.StableAttr(); id.Ino != sa.Ino || id.Gen != sa.Gen || id.Mode != sa.Mode {
+		return syscall.ESTALE
+	}
+	return nil
+}
+
+func (n *node) openBackingAny(flags int) (int, error) {
 	pfd, name, err := n.parentAt()
 	if err != nil {
 		return -1, err

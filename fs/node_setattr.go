@@ -30,6 +30,11 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 	pfd, name, perr := -1, "", error(nil)
 	if f == nil {
 		pfd, name, perr = n.parentAt()
+		if perr == nil {
+			// The kernel checked the caller's rights on this node's
+			// object: change no other object that took its name.
+			perr = n.checkSame(pfd, name)
+		}
 		if perr != nil {
 			return n.r.errno(perr, "setattr", n.relPath())
 		}
