@@ -43,6 +43,9 @@ func (n *node) withXattrPath(op string, f func(path string, link bool) error) sy
 		return n.r.metaErrno(err, op, n.relPath())
 	}
 	defer unix.Close(fd)
+	if err := n.checkSame(fd, ""); err != nil {
+		return n.r.metaErrno(err, op, n.relPath())
+	}
 	return n.xattrErrno(retryEINTR(func() error { return f("/proc/self/fd/"+strconv.Itoa(fd), false) }), op)
 }
 

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // replaceBehind makes a mount with files f and new, keeps f open, and
@@ -72,5 +74,8 @@ func TestStaleNodeOpensNoOtherFile(t *testing.T) {
 	// A chmod through it (SETATTR without a handle) changes nothing.
 	if err := syscall.Chmod(fmt.Sprintf("/proc/self/fd/%d", keep.Fd()), 0o600); !errors.Is(err, syscall.ESTALE) {
 		t.Errorf("chmod through the old descriptor: %v, want ESTALE", err)
+	}
+	if err := unix.Setxattr(fmt.Sprintf("/proc/self/fd/%d", keep.Fd()), "user.k", []byte("v"), 0); !errors.Is(err, syscall.ESTALE) {
+		t.Errorf("setxattr through the old descriptor: %v, want ESTALE", err)
 	}
 }
