@@ -243,7 +243,7 @@ func (f File) patchFromJournal(stored []byte, first, idx uint64, size int64) boo
 //	the blocks of the old file the write covers, F now sealed as a middle
 //	  block (partial first and last blocks journaled).
 func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
-	if off < 0 || off+int64(len(p)) > MaxPlainSize {
+	if off < 0 || off > MaxPlainSize-int64(len(p)) {
 		return size, fmt.Errorf("blockcipher: write at %d+%d out of range", off, len(p))
 	}
 	if len(p) == 0 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -631,4 +632,15 @@ func TestSettleOnFullDisk(t *testing.T) {
 		t.Fatal("the journal is still pending")
 	}
 	checkWhole(t, f, m, want)
+}
+
+// TestWriteAtHugeOffset: an offset near the int64 limit is refused with an
+// error; off+len once wrapped negative, passed the check and panicked.
+func TestWriteAtHugeOffset(t *testing.T) {
+	f, _ := newTestFile(t, 4096)
+	for _, off := range []int64{math.MaxInt64 - 5, math.MaxInt64, MaxPlainSize, MaxPlainSize - 5} {
+		if _, err := f.WriteAt(make([]byte, 10), off, 0); err == nil {
+			t.Errorf("WriteAt(10 bytes, %d) succeeded", off)
+		}
+	}
 }
