@@ -395,3 +395,20 @@ func TestInitKMSDisabledKey(t *testing.T) {
 		t.Errorf("init with key B: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// TestInitKMSFlagsWithoutKMSKey: --region and --kms-endpoint without a
+// --kms-key would be silently ignored on a local-key volume: refused.
+func TestInitKMSFlagsWithoutKMSKey(t *testing.T) {
+	for _, flag := range [][]string{{"--region", "eu-west-2"}, {"--kms-endpoint", "http://127.0.0.1:9"}} {
+		t.Run(flag[0], func(t *testing.T) {
+			base := t.TempDir()
+			dir := filepath.Join(base, "cipher")
+			xdg := filepath.Join(base, "config")
+			out, errOut, code := run(t, []string{"XDG_CONFIG_HOME=" + xdg}, append(append([]string{"init"}, flag...), dir)...)
+			cliWantFail(t, "init "+flag[0]+" without --kms-key", out, errOut, code, cliExitUsage, "--kms-key")
+			if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("a refused init created CIPHERDIR (%v)", err)
+			}
+		})
+	}
+}

@@ -105,6 +105,9 @@ func TestMountErrors(t *testing.T) {
 		{"format version 0", []string{future("0"), mnt}, cliExitVolume, []string{"version 0", "not supported"}, ""},
 		{"no arguments", []string{v.Dir}, cliExitUsage, []string{"MOUNTPOINT"}, ""},
 		{"bad log level", []string{"--log-level", "loud", v.Dir, mnt}, cliExitUsage, []string{"log-level"}, ""},
+		{"KMS endpoint for a local-key volume", []string{"--kms-endpoint", "http://127.0.0.1:9", v.Dir, mnt}, cliExitUsage, []string{"no KMS key"}, v.Dir},
+		{"negative key cache TTL", []string{"--key-cache-ttl", "-1s", v.Dir, mnt}, cliExitUsage, []string{"--key-cache-ttl"}, v.Dir},
+		{"negative key pool", []string{"--key-pool", "-1", v.Dir, mnt}, cliExitUsage, []string{"--key-pool"}, v.Dir},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

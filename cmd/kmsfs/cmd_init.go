@@ -28,6 +28,9 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	dir := pos[0]
+	if len(kmsKeys) == 0 && (*region != "" || *endpoint != "") {
+		return fail(exitUsage, "--region and --kms-endpoint apply to the --kms-key keys: give one, or leave them out for a local-key volume")
+	}
 	if _, err := blockcipher.NewLayout(blockcipher.MinHeaderSize, *blockSize); err != nil {
 		return fail(exitUsage, "--block-size %d: must be a power of two from 512 to 1048576", *blockSize)
 	}

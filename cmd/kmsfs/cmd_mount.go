@@ -67,6 +67,12 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if m.keyCacheTTL < 0 {
+		return fail(exitUsage, "--key-cache-ttl %v: want 0 (off) or a positive duration", m.keyCacheTTL)
+	}
+	if m.keyPool < 0 {
+		return fail(exitUsage, "--key-pool %d: want 0 (off) or a positive number of keys", m.keyPool)
+	}
 	if m.daemon && os.Getenv(readyEnv) == "" {
 		return daemonize(stdout)
 	}

@@ -19,14 +19,24 @@ type keyOverrides struct {
 // buildKeyring makes the keyring a volume config names: one provider, or
 // a Multi over several in config order.
 func buildKeyring(ctx context.Context, cfg *kfs.Config, ov keyOverrides) (keyring.Keyring, error) {
-	kmsCount := 0
+	kmsCount, localCount := 0, 0
 	for _, spec := range cfg.Keyrings {
-		if spec.Kind == keyring.KindAWSKMS {
+		switch spec.Kind {
+		case keyring.KindAWSKMS:
 			kmsCount++
+		case keyring.KindLocal:
+			localCount++
 		}
 	}
 	if kmsCount > 1 && (ov.region != "" || ov.endpoint != "") {
 		return nil, fail(exitUsage, "--region and --kms-endpoint are ambiguous: the volume has %d KMS keys", kmsCount)
+	}
+	// A flag that would change nothing is a mistake worth saying.
+	if kmsCount == 0 && (ov.region != "" || ov.endpoint != "") {
+		return nil, fail(exitUsage, "--region and --kms-endpoint: this volume has no KMS key")
+	}
+	if localCount == 0 && ov.localKey != "" {
+		return nil, fail(exitUsage, "--local-key: this volume has no local key")
 	}
 	var members []keyring.Keyring
 	for _, spec := range cfg.Keyrings {
