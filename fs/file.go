@@ -113,7 +113,11 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 		bf, size, err = f.blocks()
 	}
 	defer f.st.content.RUnlock()
-	if err != nil && (bf.C == nil || off+int64(len(dest)) > size) {
+	// A stored size no writer produces (a torn append's stray bytes)
+	// reports the readable part as the size (blocks). Reads inside it
+	// are served, also when they ask for more, as a read of a page or a
+	// direct read does; only a read at or past its end fails.
+	if err != nil && (bf.C == nil || off >= size) {
 		return nil, f.n.r.errno(err, "read", f.path(), "off", off)
 	}
 	if bf.C == nil {
