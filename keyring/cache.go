@@ -46,15 +46,24 @@ func NewCache(inner Keyring, ttl time.Duration) *Cache {
 	return c
 }
 
-// cacheKey identifies a wrapped key under a context. Hashing the blob and
-// the canonical context keeps no secret: both are stored in headers.
-func cacheKey(w WrappedKey, ec EncryptionContext) [32]byte {
+// cacheKey identifies a header's wrapped entries, all of them in order,
+// under a context: a key is served from the cache only for the entries
+// the keyring accepted it for, never for one of them alone (which the
+// keyring might refuse, naming another key). Hashing the blobs and the
+// canonical context keeps no secret: both are stored in headers.
+func cacheKey(wrapped []WrappedKey, ec EncryptionContext) [32]byte {
 	h := sha256.New()
-	for _, s := range []string{string(w.Kind), w.KeyID, string(w.Blob), string(ec.Canonical())} {
+	put := func(s string) {
 		var l [8]byte
 		binary.BigEndian.PutUint64(l[:], uint64(len(s)))
 		h.Write(l[:])
 		h.Write([]byte(s))
+	}
+	put(string(ec.Canonical()))
+	for _, w := range wrapped {
+		put(string(w.Kind))
+		put(w.KeyID)
+		put(string(w.Blob))
 	}
 	var k [32]byte
 	copy(k[:], h.Sum(nil))
@@ -62,36 +71,29 @@ func cacheKey(w WrappedKey, ec EncryptionContext) [32]byte {
 }
 
 // GenerateDataKey generates through the inner keyring and caches the new
-// key under each of its wrapped entries.
+// key under its wrapped entries, as a header will list them.
 func (c *Cache) GenerateDataKey(ctx context.Context, ec EncryptionContext) (*DataKey, []WrappedKey, error) {
 	dk, wrapped, err := c.inner.GenerateDataKey(ctx, ec)
 	if err == nil {
-		for _, w := range wrapped {
-			c.put(cacheKey(w, ec), dk)
-		}
+		c.put(cacheKey(wrapped, ec), dk)
 	}
 	return dk, wrapped, err
 }
 
 // Decrypt answers from the cache when any entry is cached under ec.
 func (c *Cache) Decrypt(ctx context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
-	keys := make([][32]byte, len(wrapped))
+	k := cacheKey(wrapped, ec)
 	c.mu.Lock()
-	for i, w := range wrapped {
-		keys[i] = cacheKey(w, ec)
-		if e, ok := c.entries[keys[i]]; ok && time.Now().Before(e.expires) {
-			e.expires = time.Now().Add(c.ttl)
-			dk := e.dk.Clone()
-			c.mu.Unlock()
-			return dk, nil
-		}
+	if e, ok := c.entries[k]; ok && time.Now().Before(e.expires) {
+		e.expires = time.Now().Add(c.ttl)
+		dk := e.dk.Clone()
+		c.mu.Unlock()
+		return dk, nil
 	}
 	c.mu.Unlock()
 	dk, err := c.inner.Decrypt(ctx, wrapped, ec)
 	if err == nil {
-		for _, k := range keys {
-			c.put(k, dk)
-		}
+		c.put(k, dk)
 	}
 	return dk, err
 }
