@@ -301,6 +301,10 @@ func TestCrashAtEveryStep(t *testing.T) {
 // block, returning what the file reads.
 func checkSettled(t *testing.T, f File, m *MemStore, mayFail func(int64) bool, old, newM []byte, what string) []byte {
 	t.Helper()
+	// First as a read-only mount, or one whose settle failed, reads it:
+	// through the journal, without settling.
+	ro := NewMemStore(m.Bytes())
+	checkReads(t, File{C: f.C, S: ro}, ro, mayFail, old, newM, what+", read before settling")
 	sf := File{C: f.C, S: m}
 	if _, err := sf.Settle(m.Size()); err != nil {
 		t.Fatalf("%s: settle: %v", what, err)
@@ -308,7 +312,13 @@ func checkSettled(t *testing.T, f File, m *MemStore, mayFail func(int64) bool, o
 	if pending, _ := sf.JournalPending(m.Size()); pending {
 		t.Fatalf("%s: the journal is not empty after Settle", what)
 	}
-	size, serr := f.C.Layout().PlainSize(m.Size())
+	return checkReads(t, sf, m, mayFail, old, newM, what)
+}
+
+// checkReads reads every block of sf and checks it as checkSettled says.
+func checkReads(t *testing.T, sf File, m *MemStore, mayFail func(int64) bool, old, newM []byte, what string) []byte {
+	t.Helper()
+	size, serr := sf.C.Layout().PlainSize(m.Size())
 	got := make([]byte, size)
 	for idx := int64(0); idx*512 < size; idx++ {
 		start := idx * 512
@@ -642,5 +652,42 @@ func TestWriteAtHugeOffset(t *testing.T) {
 		if _, err := f.WriteAt(make([]byte, 10), off, 0); err == nil {
 			t.Errorf("WriteAt(10 bytes, %d) succeeded", off)
 		}
+	}
+}
+
+// noFallocStore is a diskFullStore on a backing filesystem without
+// fallocate: the fs layer's Preallocate answers nil there.
+type noFallocStore struct{ d *diskFullStore }
+
+func (s noFallocStore) ReadAt(p []byte, off int64) (int, error)  { return s.d.ReadAt(p, off) }
+func (s noFallocStore) WriteAt(p []byte, off int64) (int, error) { return s.d.WriteAt(p, off) }
+func (s noFallocStore) Truncate(n int64) error                   { return s.d.Truncate(n) }
+
+// TestReadAfterRefusedGrow: a truncate that grows the final block, refused
+// half-way by a full disk that no fallocate warned of, leaves that block
+// torn in place. The mount settles only before the next change, so reads
+// until then go through the journal record, which is longer than the
+// block: the old bytes must read (found by review: they failed).
+func TestReadAfterRefusedGrow(t *testing.T) {
+	const bs = 512
+	f, m := newTestFile(t, bs)
+	old := randBytes(bs + 100)
+	if _, err := f.WriteAt(old, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	d := &diskFullStore{MemStore: m}
+	f.S = noFallocStore{d}
+	d.full = true
+	if err := f.Truncate(bs+100, bs+400); err == nil {
+		t.Fatal("truncate on a full disk succeeded")
+	}
+	d.full = false
+	size, _ := f.C.Layout().PlainSize(m.Size())
+	got := make([]byte, size)
+	if _, err := f.ReadAt(got, 0, size); err != nil {
+		t.Fatalf("after a refused truncate (size %d) the old bytes no longer read: %v", size, err)
+	}
+	if !bytes.Equal(got[:len(old)], old) || !bytes.Equal(got[len(old):], make([]byte, size-int64(len(old)))) {
+		t.Fatal("the bytes read are neither the old bytes nor zeros past them")
 	}
 }
