@@ -65,6 +65,14 @@ func TestMountRefusesChangedConfig(t *testing.T) {
 			"kind": "aws-kms", "key_id": "alias/backup", "key_arn": evilARN, "endpoint": evil.URL})
 	})
 	refused("an added KMS keyring")
+	// With a new volume ID as well, no copy is found by ID: the copy
+	// kept for this CIPHERDIR still catches it.
+	edit(func(c map[string]any) {
+		c["volume_id"] = "0123456789abcdef0123456789abcdef"
+		c["keyrings"] = append(c["keyrings"].([]any), map[string]any{
+			"kind": "aws-kms", "key_id": "alias/backup", "key_arn": evilARN, "endpoint": evil.URL})
+	})
+	refused("an added KMS keyring and a new volume ID")
 	if n := calls.Load(); n != 0 {
 		t.Errorf("the added keyring's endpoint got %d requests, want 0", n)
 	}
@@ -119,8 +127,8 @@ func TestFirstMountTrustsConfig(t *testing.T) {
 	}
 	trusted := filepath.Join(xdg, "kmsfs", "trusted")
 	ents, err := os.ReadDir(trusted)
-	if err != nil || len(ents) != 1 {
-		t.Fatalf("after init, %s holds %v (%v), want the volume's trusted config", trusted, ents, err)
+	if err != nil || len(ents) != 2 {
+		t.Fatalf("after init, %s holds %v (%v), want the volume's trusted config, by volume ID and by CIPHERDIR", trusted, ents, err)
 	}
 	st, err := os.Stat(trusted)
 	if err != nil || st.Mode().Perm() != 0o700 {

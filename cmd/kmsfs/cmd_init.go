@@ -116,12 +116,18 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "Created kmsfs volume %s in %s (block size %d, header %d bytes).\n", volumeHex, dir, cfg.BlockSize, cfg.HeaderSize)
 	// Mounts on this machine refuse a config that differs from this copy
 	// (trust.go). Without it the first mount trusts what it finds.
-	if raw, err := kfs.ConfigBytes(cfg); err == nil {
-		if p, err := keepTrusted(volumeHex, raw); err != nil {
-			fmt.Fprintf(stderr, "kmsfs: warning: could not keep a trusted copy of %s (%v): the first mount on this machine will trust the config it finds\n", filepath.Join(dir, kfs.ConfigName), err)
-		} else {
-			fmt.Fprintf(stdout, "Trusted copy of its config: %s (mounts here refuse a changed %s).\n", p, kfs.ConfigName)
-		}
+	raw, err := kfs.ConfigBytes(cfg)
+	var paths []string
+	if err == nil {
+		paths, err = trustedCopies(volumeHex, dir)
+	}
+	if err == nil {
+		err = keepTrusted(paths, raw)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "kmsfs: warning: could not keep a trusted copy of %s (%v): the first mount on this machine will trust the config it finds\n", filepath.Join(dir, kfs.ConfigName), err)
+	} else {
+		fmt.Fprintf(stdout, "Trusted copy of its config: %s (mounts here refuse a changed %s).\n", paths[0], kfs.ConfigName)
 	}
 	for _, m := range members {
 		if d, ok := m.(keyring.Describer); ok {

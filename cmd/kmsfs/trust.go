@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"os"
@@ -36,73 +38,100 @@ func trustDir() (string, error) {
 	return "", errors.New("no $XDG_CONFIG_HOME or home directory to keep the trusted copy of the volume config in: set XDG_CONFIG_HOME")
 }
 
-// trustedCopy is the path of the trusted copy of volume volumeID's config.
-func trustedCopy(volumeID string) (string, error) {
+// trustedCopies are the paths of the trusted copies of a volume's config:
+// one named by its volume ID, one by the CIPHERDIR it was found in (its
+// real path, as a hash). The second catches a config whose volume_id was
+// changed too, which would find no copy by ID and be trusted anew.
+func trustedCopies(volumeID, cipherDir string) ([]string, error) {
 	d, err := trustDir()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return filepath.Join(d, volumeID+".json"), nil
+	if abs, err := filepath.Abs(cipherDir); err == nil {
+		cipherDir = abs
+	}
+	if real, err := filepath.EvalSymlinks(cipherDir); err == nil {
+		cipherDir = real
+	}
+	h := sha256.Sum256([]byte(cipherDir))
+	return []string{
+		filepath.Join(d, volumeID+".json"),
+		filepath.Join(d, "dir-"+hex.EncodeToString(h[:16])+".json"),
+	}, nil
 }
 
 // keepTrusted records raw, a volume's config, as the one this machine
-// trusts: written whole (temporary file, fsync, rename), readable only by
-// its owner.
-func keepTrusted(volumeID string, raw []byte) (string, error) {
-	p, err := trustedCopy(volumeID)
-	if err != nil {
-		return "", err
+// trusts, under each of paths: written whole (temporary file, fsync,
+// rename), readable only by its owner, in a directory only its owner can
+// enter.
+func keepTrusted(paths []string, raw []byte) error {
+	for _, p := range paths {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return err
+		}
+		tmp, err := os.CreateTemp(filepath.Dir(p), ".trusted-*")
+		if err != nil {
+			return err
+		}
+		_, err = tmp.Write(raw)
+		if err == nil {
+			err = tmp.Sync()
+		}
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp.Name(), p)
+		}
+		if err != nil {
+			os.Remove(tmp.Name())
+			return err
+		}
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return "", err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), "."+volumeID+".tmp-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(raw)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), p)
-	}
-	if err != nil {
-		return "", err
-	}
-	return p, nil
+	return nil
 }
 
 // checkTrust compares raw, the config just read from cipherDir (cfg is its
-// parse), with the copy this machine trusts. With no copy it keeps one and
-// logs what it now trusts. With a different copy it refuses, unless accept
-// (--trust-config), which replaces the copy.
+// parse), with the copies this machine trusts, by volume ID and by
+// CIPHERDIR. With neither it keeps both and logs what it now trusts. If
+// either differs it refuses, unless accept (--trust-config), which
+// replaces both.
 func checkTrust(cipherDir string, cfg *kfs.Config, raw []byte, accept bool, log *slog.Logger) error {
 	name := filepath.Join(cipherDir, kfs.ConfigName)
-	p, err := trustedCopy(cfg.VolumeID)
+	paths, err := trustedCopies(cfg.VolumeID, cipherDir)
 	if err != nil {
 		return fail(exitVolume, "%v", err)
 	}
-	old, err := os.ReadFile(p)
-	switch {
-	case err == nil && bytes.Equal(old, raw):
+	found, same := false, true
+	for _, p := range paths {
+		old, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			same = false
+			continue
+		}
+		if err != nil {
+			return fail(exitVolume, "read the trusted copy of %s: %v", name, err)
+		}
+		found = true
+		if bytes.Equal(old, raw) {
+			continue
+		}
+		same = false
+		if !accept {
+			return fail(exitVolume, "%s differs from the copy of it this machine trusts (%s): %s. Whoever can write CIPHERDIR can change it to be sent the keys of new files, so kmsfs does not mount it. If you changed it yourself, mount once with --trust-config", name, p, configChange(old, cfg))
+		}
+	}
+	if same {
 		return nil
-	case err == nil && !accept:
-		return fail(exitVolume, "%s differs from the copy of it this machine trusts (%s): %s. Whoever can write CIPHERDIR can change it to be sent the keys of new files, so kmsfs does not mount it. If you changed it yourself, mount once with --trust-config", name, p, configChange(old, cfg))
-	case err != nil && !errors.Is(err, os.ErrNotExist):
-		return fail(exitVolume, "read the trusted copy of %s: %v", name, err)
 	}
-	if _, werr := keepTrusted(cfg.VolumeID, raw); werr != nil {
-		return fail(exitVolume, "keep a trusted copy of %s: %v", name, werr)
+	if err := keepTrusted(paths, raw); err != nil {
+		return fail(exitVolume, "keep a trusted copy of %s: %v", name, err)
 	}
-	if err == nil {
-		log.Warn("trusting the changed volume config (--trust-config)", "config", name, "copy", p, "keyrings", keyringList(cfg.Keyrings))
-	} else {
-		log.Info("first mount of this volume here: its config is trusted from now on, and a changed one refused", "config", name, "copy", p, "keyrings", keyringList(cfg.Keyrings))
+	switch {
+	case accept && found:
+		log.Warn("trusting the changed volume config (--trust-config)", "config", name, "copies", strings.Join(paths, " "), "keyrings", keyringList(cfg.Keyrings))
+	case !found:
+		log.Info("first mount of this volume here: its config is trusted from now on, and a changed one refused", "config", name, "copies", strings.Join(paths, " "), "keyrings", keyringList(cfg.Keyrings))
 	}
 	return nil
 }
