@@ -206,20 +206,9 @@ func (f File) ReadAt(p []byte, off, size int64) (int, error) {
 		if tries >= JournalSlots || !errors.As(err, &be) {
 			return 0, err
 		}
-		if f.patchFromJournal(stored, first, be.Block, size) {
-			continue
-		}
-		kept, ok := f.grownFinal(be.Block, size)
-		if !ok || be.Block != last || !endsFile {
+		if !f.patchFromJournal(stored, first, be.Block, size) {
 			return 0, err
 		}
-		// The blocks before it, as middle blocks, then its kept bytes.
-		at := int(last-first) * int(l.StoredBlockSize())
-		if out, err = f.C.OpenRun(plain, stored[:at], first, false); err != nil {
-			return 0, err
-		}
-		plain = append(out, kept...)
-		break
 	}
 	if !aligned {
 		copy(p[:n], plain[off-runStart:])
@@ -253,26 +242,6 @@ func (f File) patchFromJournal(stored []byte, first, idx uint64, size int64) boo
 		return false
 	}
 	return true
-}
-
-// grownFinal reads final block idx of a file of size plaintext bytes from
-// its journal record when a rewrite that lengthened it was torn in place
-// (a truncate growing the file inside it, or padding it to a full block
-// before an extension): the record holds the longer block, sealed as
-// final, whose first bytes are the ones the file still has. It returns
-// those bytes.
-func (f File) grownFinal(idx uint64, size int64) ([]byte, bool) {
-	l := f.C.layout
-	r, ok := f.journalFor(idx, l.CipherSize(size))
-	have := l.BlockPlainLen(idx, size)
-	if !ok || !r.last || int64(len(r.stored)) <= have+Overhead {
-		return nil, false
-	}
-	pt, err := f.C.OpenBlock(nil, r.stored, idx, true)
-	if err != nil || int64(len(pt)) < have {
-		return nil, false
-	}
-	return pt[:have], true
 }
 
 // WriteAt writes p at plaintext offset off into a file of size plaintext

@@ -35,6 +35,9 @@ func (n *node) withXattrPath(op string, f func(path string, link bool) error) sy
 		return n.r.metaErrno(err, op, n.relPath())
 	}
 	if n.StableAttr().Mode == unix.S_IFLNK {
+		if err := n.checkSame(pfd, name); err != nil {
+			return n.r.metaErrno(err, op, n.relPath())
+		}
 		p := "/proc/self/fd/" + strconv.Itoa(pfd) + "/" + name
 		return n.xattrErrno(retryEINTR(func() error { return f(p, true) }), op)
 	}
