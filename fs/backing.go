@@ -102,5 +102,12 @@ func chmodByFd(dirfd int, name string, mode uint32) error {
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		return unix.EOPNOTSUPP
 	}
+	return chmodFd(fd, mode)
+}
+
+// chmodFd sets the mode of the object an O_PATH descriptor holds, which
+// must not be a symlink (its /proc link would lead to the symlink itself,
+// whose mode Linux does not keep).
+func chmodFd(fd int, mode uint32) error {
 	return retryEINTR(func() error { return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode) })
 }

@@ -27,13 +27,20 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 	// Without a handle the object is named in its parent; the root by
 	// its own descriptor and "." (AT_EMPTY_PATH is not accepted by all of
 	// the *at calls).
-	pfd, name, perr := -1, "", error(nil)
+	//
+	// The object is held by an O_PATH descriptor (ofd), checked to be
+	// this node's own: the kernel checked the caller's rights on it, so
+	// no other object that took its name since may be changed. Mode,
+	// owner and set-id bits are changed through that descriptor.
+	pfd, name, ofd, perr := -1, "", -1, error(nil)
 	if f == nil {
 		pfd, name, perr = n.parentAt()
 		if perr == nil {
-			// The kernel checked the caller's rights on this node's
-			// object: change no other object that took its name.
-			perr = n.checkSame(pfd, name)
+			ofd, perr = openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+		}
+		if perr == nil {
+			defer unix.Close(ofd)
+			perr = n.checkSame(ofd, "")
 		}
 		if perr != nil {
 			return n.r.errno(perr, "setattr", n.relPath())
@@ -49,7 +56,7 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 		case isLink:
 			err = syscall.EOPNOTSUPP // Linux symlinks have no mode
 		default:
-			err = chmodAt(pfd, name, mode&0o7777)
+			err = chmodFd(ofd, mode&0o7777)
 		}
 		if err != nil {
 			return n.r.errno(err, "chmod", path())
@@ -70,7 +77,7 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 		if f != nil {
 			err = retryEINTR(func() error { return unix.Fchown(f.fd, suid, sgid) })
 		} else {
-			err = retryEINTR(func() error { return unix.Fchownat(pfd, name, suid, sgid, unix.AT_SYMLINK_NOFOLLOW) })
+			err = retryEINTR(func() error { return unix.Fchownat(ofd, "", suid, sgid, unix.AT_EMPTY_PATH) })
 		}
 		if err != nil {
 			return n.r.errno(err, "chown", path())
@@ -90,7 +97,7 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 	// (killPrivFS). This daemon's own calls run with CAP_FSETID as root,
 	// so the backing filesystem would keep the bits.
 	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && in.Valid&fuse.FATTR_MODE == 0 && n.StableAttr().Mode == unix.S_IFREG {
-		if err := killSUIDGID(f, pfd, name); err != nil {
+		if err := killSUIDGID(f, ofd); err != nil {
 			return n.r.errno(err, "clear set-id bits", path())
 		}
 	}
@@ -125,14 +132,14 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 // killSUIDGID clears S_ISUID, and S_ISGID when the group may execute
 // (without group execute S_ISGID marks mandatory locking and stays), as
 // a write or truncate by an unprivileged user does on a local filesystem.
-func killSUIDGID(f *file, pfd int, name string) error {
+// Without a handle, ofd is the object's O_PATH descriptor.
+func killSUIDGID(f *file, ofd int) error {
 	var st unix.Stat_t
-	var err error
+	fd := ofd
 	if f != nil {
-		err = retryEINTR(func() error { return unix.Fstat(f.fd, &st) })
-	} else {
-		err = fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		fd = f.fd
 	}
+	err := retryEINTR(func() error { return unix.Fstat(fd, &st) })
 	if err != nil {
 		return err
 	}
@@ -147,7 +154,7 @@ func killSUIDGID(f *file, pfd int, name string) error {
 	if f != nil {
 		return retryEINTR(func() error { return unix.Fchmod(f.fd, kill) })
 	}
-	return chmodAt(pfd, name, kill)
+	return chmodFd(ofd, kill)
 }
 
 func timespec(t time.Time, now bool) unix.Timespec {
