@@ -143,6 +143,9 @@ func configChange(old []byte, cfg *kfs.Config) string {
 		return "the trusted copy does not parse (" + err.Error() + ")"
 	}
 	was, now := keyringList(prev.Keyrings), keyringList(cfg.Keyrings)
+	if prev.VolumeID != cfg.VolumeID {
+		return "this directory held volume " + prev.VolumeID + " with keyrings " + was + ", and now names volume " + cfg.VolumeID + " with keyrings " + now + " (if you replaced the volume yourself, --trust-config accepts it)"
+	}
 	if was != now {
 		return "its keyrings were " + was + " and are now " + now
 	}
