@@ -40,8 +40,11 @@ func trustDir() (string, error) {
 
 // trustedCopies are the paths of the trusted copies of a volume's config:
 // one named by its volume ID, one by the CIPHERDIR it was found in (its
-// real path, as a hash). The second catches a config whose volume_id was
-// changed too, which would find no copy by ID and be trusted anew.
+// absolute path as given, hashed). The second catches a config whose
+// volume_id was changed too, which would find no copy by ID and be
+// trusted anew. The path is not resolved through symlinks: whoever can
+// write CIPHERDIR's parent could make it a symlink to a directory of
+// their own, whose real path has no copy yet.
 func trustedCopies(volumeID, cipherDir string) ([]string, error) {
 	d, err := trustDir()
 	if err != nil {
@@ -49,9 +52,6 @@ func trustedCopies(volumeID, cipherDir string) ([]string, error) {
 	}
 	if abs, err := filepath.Abs(cipherDir); err == nil {
 		cipherDir = abs
-	}
-	if real, err := filepath.EvalSymlinks(cipherDir); err == nil {
-		cipherDir = real
 	}
 	h := sha256.Sum256([]byte(cipherDir))
 	return []string{

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestTrustSurvivesSymlinkSwap: someone who can write the directory holding
+// CIPHERDIR (a share, a sync folder) puts a volume of their own beside it,
+// with a new volume ID and a KMS keyring of theirs, and turns CIPHERDIR's
+// name into a symlink to it. No copy exists for the new volume ID, nor
+// for the new directory's real path; the copy kept for the path the
+// operator gives must refuse it (found by review: keyed by the real path,
+// it was trusted as a first use).
+func TestTrustSurvivesSymlinkSwap(t *testing.T) {
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	share := t.TempDir()
+	vol := filepath.Join(share, "vault")
+	if err := cmdInit([]string{vol}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg, raw, err := loadVolume(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTrust(vol, cfg, raw, false, log); err != nil {
+		t.Fatalf("the volume as init made it: %v", err)
+	}
+	var c map[string]any
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	c["volume_id"] = "0123456789abcdef0123456789abcdef"
+	c["keyrings"] = append(c["keyrings"].([]any), map[string]any{
+		"kind": "aws-kms", "key_id": "alias/other",
+		"key_arn":  "arn:aws:kms:eu-west-2:999999999999:key/00000000-0000-0000-0000-000000000000",
+		"endpoint": "https://kms.example"})
+	other, _ := json.MarshalIndent(c, "", "  ")
+	if err := os.Mkdir(filepath.Join(share, ".other"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(share, ".other", "kmsfs.json"), other, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(vol, filepath.Join(share, ".old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(".other", vol); err != nil {
+		t.Fatal(err)
+	}
+	cfg, raw, err = loadVolume(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTrust(vol, cfg, raw, false, log); err == nil {
+		t.Error("a config with an added keyring was trusted after CIPHERDIR became a symlink")
+	}
+}
