@@ -77,6 +77,23 @@ func (f *file) change(fn func(bf blockcipher.File, size int64) error) error {
 	return nil
 }
 
+// settleNow settles the journal of a file a failed change left unsettled.
+// If it fails (the disk still full, say), reads go on consulting the
+// journal and the next change tries again.
+func (f *file) settleNow() {
+	f.st.content.Lock()
+	defer f.st.content.Unlock()
+	if !f.st.unsettled || f.st.cipher == nil {
+		return
+	}
+	if err := f.n.r.settle(f.fd, f.st.cipher, f.n.relPath); err != nil {
+		// The failed change was logged; do not log once per read.
+		f.n.r.log.Debug("could not settle before a read", "path", f.n.relPath(), "err", err)
+		return
+	}
+	f.st.unsettled = false
+}
+
 // blocks returns the blockcipher view of the stored file and its plaintext
 // size. Caller holds st.content. A stored size no writer produces is
 // reported with the size of the readable part and the error.
@@ -103,6 +120,14 @@ func (f *file) blocks() (blockcipher.File, int64, error) {
 // non-nil one as data, dropping the errno.
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	f.st.content.RLock()
+	if f.st.unsettled && !f.n.r.opts.ReadOnly {
+		// A change failed part-way. A block it lengthened in place can
+		// read only once settled (docs/FORMAT.md, "Journal"): settle now
+		// rather than at the next change.
+		f.st.content.RUnlock()
+		f.settleNow()
+		f.st.content.RLock()
+	}
 	bf, size, err := f.blocks()
 	if err == errNeedKey {
 		f.st.content.RUnlock()
