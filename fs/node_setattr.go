@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"strconv"
 	"syscall"
 	"time"
 	"unsafe"
@@ -113,10 +114,17 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 			ts[1] = timespec(mtime, in.Valid&fuse.FATTR_MTIME_NOW != 0)
 		}
 		var err error
-		if f != nil {
+		switch {
+		case f != nil:
 			err = futimens(f.fd, ts)
-		} else {
+		case isLink:
+			// Through /proc a symlink's descriptor would name the
+			// /proc link itself: by name, without following it.
 			err = retryEINTR(func() error { return unix.UtimesNanoAt(pfd, name, ts, unix.AT_SYMLINK_NOFOLLOW) })
+		default:
+			err = retryEINTR(func() error {
+				return unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(ofd), ts, 0)
+			})
 		}
 		if err != nil {
 			return n.r.errno(err, "utimens", path())

@@ -75,6 +75,9 @@ func TestStaleNodeOpensNoOtherFile(t *testing.T) {
 	if err := syscall.Chmod(fmt.Sprintf("/proc/self/fd/%d", keep.Fd()), 0o600); !errors.Is(err, syscall.ESTALE) {
 		t.Errorf("chmod through the old descriptor: %v, want ESTALE", err)
 	}
+	if err := unix.UtimesNano(fmt.Sprintf("/proc/self/fd/%d", keep.Fd()), []unix.Timespec{{Sec: 1}, {Sec: 1}}); !errors.Is(err, syscall.ESTALE) {
+		t.Errorf("utimes through the old descriptor: %v, want ESTALE", err)
+	}
 	if err := unix.Setxattr(fmt.Sprintf("/proc/self/fd/%d", keep.Fd()), "user.k", []byte("v"), 0); !errors.Is(err, syscall.ESTALE) {
 		t.Errorf("setxattr through the old descriptor: %v, want ESTALE", err)
 	}
