@@ -39,12 +39,14 @@ func trustDir() (string, error) {
 }
 
 // trustedCopies are the paths of the trusted copies of a volume's config:
-// one named by its volume ID, one by the CIPHERDIR it was found in (its
-// absolute path as given, hashed). The second catches a config whose
-// volume_id was changed too, which would find no copy by ID and be
-// trusted anew. The path is not resolved through symlinks: whoever can
-// write CIPHERDIR's parent could make it a symlink to a directory of
-// their own, whose real path has no copy yet.
+// one named by its volume ID, and two by the CIPHERDIR it was found in
+// (hashed): its absolute path as given, and its real path. Those catch a
+// config whose volume_id was changed too, which would find no copy by ID
+// and be trusted anew. Both paths are needed: whoever can write
+// CIPHERDIR's parent could make CIPHERDIR a symlink to a directory of
+// their own, whose real path has no copy yet; and a volume named through
+// a new spelling of its path (a symlinked parent) still has a copy under
+// its real path.
 func trustedCopies(volumeID, cipherDir string) ([]string, error) {
 	d, err := trustDir()
 	if err != nil {
@@ -53,11 +55,16 @@ func trustedCopies(volumeID, cipherDir string) ([]string, error) {
 	if abs, err := filepath.Abs(cipherDir); err == nil {
 		cipherDir = abs
 	}
-	h := sha256.Sum256([]byte(cipherDir))
-	return []string{
-		filepath.Join(d, volumeID+".json"),
-		filepath.Join(d, "dir-"+hex.EncodeToString(h[:16])+".json"),
-	}, nil
+	paths := []string{filepath.Join(d, volumeID+".json"), dirCopy(d, cipherDir)}
+	if real, err := filepath.EvalSymlinks(cipherDir); err == nil && real != cipherDir {
+		paths = append(paths, dirCopy(d, real))
+	}
+	return paths, nil
+}
+
+func dirCopy(trustDir, dir string) string {
+	h := sha256.Sum256([]byte(dir))
+	return filepath.Join(trustDir, "dir-"+hex.EncodeToString(h[:16])+".json")
 }
 
 // keepTrusted records raw, a volume's config, as the one this machine

@@ -61,3 +61,59 @@ func TestTrustSurvivesSymlinkSwap(t *testing.T) {
 		t.Error("a config with an added keyring was trusted after CIPHERDIR became a symlink")
 	}
 }
+
+// TestTrustSurvivesAliasPath: the volume is made as share/real/vault and
+// later mounted as share/alias/vault (alias a symlink to real, as $PWD
+// or a unit file may spell it), after its kmsfs.json was rewritten in
+// place with a new volume ID and an added keyring. The copy kept under
+// the real path must refuse it (found by review: keyed only by the path
+// as given, it was trusted as a first use).
+func TestTrustSurvivesAliasPath(t *testing.T) {
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	share := t.TempDir()
+	if err := os.Mkdir(filepath.Join(share, "real"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("real", filepath.Join(share, "alias")); err != nil {
+		t.Fatal(err)
+	}
+	vol := filepath.Join(share, "real", "vault")
+	if err := cmdInit([]string{vol}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	_, raw, err := loadVolume(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c map[string]any
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	c["volume_id"] = "0123456789abcdef0123456789abcdef"
+	c["keyrings"] = append(c["keyrings"].([]any), map[string]any{
+		"kind": "aws-kms", "key_id": "alias/other",
+		"key_arn":  "arn:aws:kms:eu-west-2:999999999999:key/00000000-0000-0000-0000-000000000000",
+		"endpoint": "https://kms.example"})
+	evil, _ := json.MarshalIndent(c, "", "  ")
+	if err := os.WriteFile(filepath.Join(vol, "kmsfs.json"), evil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Same directory, same path given to init: refused.
+	cfg, raw, err := loadVolume(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTrust(vol, cfg, raw, false, log); err == nil {
+		t.Error("same path: changed config trusted")
+	}
+	// Same directory through an alias.
+	alias := filepath.Join(share, "alias", "vault")
+	cfg, raw, err = loadVolume(alias)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTrust(alias, cfg, raw, false, log); err == nil {
+		t.Error("a config with a new volume ID and an added keyring, written in place, was trusted as a first use when CIPHERDIR was named through a symlinked parent")
+	}
+}
