@@ -114,14 +114,11 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 			ts[1] = timespec(mtime, in.Valid&fuse.FATTR_MTIME_NOW != 0)
 		}
 		var err error
-		switch {
-		case f != nil:
+		if f != nil {
 			err = futimens(f.fd, ts)
-		case isLink:
-			// Through /proc a symlink's descriptor would name the
-			// /proc link itself: by name, without following it.
-			err = retryEINTR(func() error { return unix.UtimesNanoAt(pfd, name, ts, unix.AT_SYMLINK_NOFOLLOW) })
-		default:
+		} else {
+			// The /proc link of an O_PATH descriptor leads to the object
+			// itself, a symlink included (not to its target).
 			err = retryEINTR(func() error {
 				return unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(ofd), ts, 0)
 			})
