@@ -32,7 +32,7 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 	// The object is held by an O_PATH descriptor (ofd), checked to be
 	// this node's own: the kernel checked the caller's rights on it, so
 	// no other object that took its name since may be changed. Mode,
-	// owner and set-id bits are changed through that descriptor.
+	// owner, set-id bits and times are changed through that descriptor.
 	pfd, name, ofd, perr := -1, "", -1, error(nil)
 	if f == nil {
 		pfd, name, perr = n.parentAt()

@@ -31,16 +31,7 @@ func TestTrustSurvivesSymlinkSwap(t *testing.T) {
 	if err := checkTrust(vol, cfg, raw, false, log); err != nil {
 		t.Fatalf("the volume as init made it: %v", err)
 	}
-	var c map[string]any
-	if err := json.Unmarshal(raw, &c); err != nil {
-		t.Fatal(err)
-	}
-	c["volume_id"] = "0123456789abcdef0123456789abcdef"
-	c["keyrings"] = append(c["keyrings"].([]any), map[string]any{
-		"kind": "aws-kms", "key_id": "alias/other",
-		"key_arn":  "arn:aws:kms:eu-west-2:999999999999:key/00000000-0000-0000-0000-000000000000",
-		"endpoint": "https://kms.example"})
-	other, _ := json.MarshalIndent(c, "", "  ")
+	other := withOtherVolume(t, raw)
 	if err := os.Mkdir(filepath.Join(share, ".other"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -86,16 +77,7 @@ func TestTrustSurvivesAliasPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c map[string]any
-	if err := json.Unmarshal(raw, &c); err != nil {
-		t.Fatal(err)
-	}
-	c["volume_id"] = "0123456789abcdef0123456789abcdef"
-	c["keyrings"] = append(c["keyrings"].([]any), map[string]any{
-		"kind": "aws-kms", "key_id": "alias/other",
-		"key_arn":  "arn:aws:kms:eu-west-2:999999999999:key/00000000-0000-0000-0000-000000000000",
-		"endpoint": "https://kms.example"})
-	evil, _ := json.MarshalIndent(c, "", "  ")
+	evil := withOtherVolume(t, raw)
 	if err := os.WriteFile(filepath.Join(vol, "kmsfs.json"), evil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -116,4 +98,25 @@ func TestTrustSurvivesAliasPath(t *testing.T) {
 	if err := checkTrust(alias, cfg, raw, false, log); err == nil {
 		t.Error("a config with a new volume ID and an added keyring, written in place, was trusted as a first use when CIPHERDIR was named through a symlinked parent")
 	}
+}
+
+// withOtherVolume returns config raw with a new volume ID and an added KMS
+// keyring at an endpoint of someone else's: the change the trusted copies
+// must catch however CIPHERDIR is named.
+func withOtherVolume(t *testing.T, raw []byte) []byte {
+	t.Helper()
+	var c map[string]any
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	c["volume_id"] = "0123456789abcdef0123456789abcdef"
+	c["keyrings"] = append(c["keyrings"].([]any), map[string]any{
+		"kind": "aws-kms", "key_id": "alias/other",
+		"key_arn":  "arn:aws:kms:eu-west-2:999999999999:key/00000000-0000-0000-0000-000000000000",
+		"endpoint": "https://kms.example"})
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
