@@ -23,14 +23,6 @@ func hidden(atRoot bool, name string) bool {
 	return atRoot && (name == ConfigName || strings.HasPrefix(name, ".kmsfs.json.tmp-"))
 }
 
-// rel turns a node path ("" for the root) into a path for *at syscalls.
-func rel(p string) string {
-	if p == "" {
-		return "."
-	}
-	return p
-}
-
 func join(dir, name string) string {
 	if dir == "" {
 		return name

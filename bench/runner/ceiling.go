@@ -88,7 +88,7 @@ func measureKMSCeiling(endpoint string, calls, clients int) (kmsCeiling, error) 
 		}
 		return err
 	}); err != nil {
-		return c, fmt.Errorf("Decrypt: %w", err)
+		return c, fmt.Errorf("decrypt: %w", err)
 	}
 	return c, nil
 }

@@ -13,11 +13,10 @@ import (
 // workload is one measurement. Values are "higher is better" when unit is
 // MB/s or IOPS, "lower is better" for seconds.
 type workload struct {
-	name   string
-	unit   string // "MB/s", "IOPS", "s"
-	kms    bool   // KMS-bound: also run on kmsSystems
-	run    func(w *wctx) (float64, error)
-	skipFS map[string]bool
+	name string
+	unit string // "MB/s", "IOPS", "s"
+	kms  bool   // KMS-bound: also run on kmsSystems
+	run  func(w *wctx) (float64, error)
 }
 
 func (w workload) higherBetter() bool { return w.unit != "s" }
