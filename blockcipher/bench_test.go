@@ -26,16 +26,6 @@ func benchCipher(b *testing.B) *Cipher {
 func BenchmarkSealRun(b *testing.B) {
 	c := benchCipher(b)
 	for _, n := range benchSizes {
-		b.Run(fmt.Sprintf("split/%dKiB", n>>10), func(b *testing.B) {
-			defer func(old int) { ParallelMin = old }(ParallelMin)
-			ParallelMin = 64 << 10
-			plain := randBytes(n)
-			dst := make([]byte, 0, n+n/4096*Overhead+Overhead)
-			b.SetBytes(int64(n))
-			for b.Loop() {
-				c.SealRun(dst[:0], plain, 0, true)
-			}
-		})
 		b.Run(fmt.Sprintf("%dKiB", n>>10), func(b *testing.B) {
 			plain := randBytes(n)
 			dst := make([]byte, 0, n+n/4096*Overhead+Overhead)
@@ -125,26 +115,4 @@ func BenchmarkLayoutSpan(b *testing.B) {
 		sink += uint64(p)
 	}
 	_ = sink
-}
-
-func BenchmarkFileWrite(b *testing.B) {
-	for _, n := range []int{4 << 10, 128 << 10} {
-		b.Run(fmt.Sprintf("append/%dKiB", n>>10), func(b *testing.B) {
-			f, m := newTestFile(b, 4096)
-			p := randBytes(n)
-			var size int64
-			b.SetBytes(int64(n))
-			b.ReportAllocs()
-			for b.Loop() {
-				if size > 64<<20 {
-					m.Truncate(512)
-					size = 0
-				}
-				var err error
-				if size, err = f.WriteAt(p, size, size); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
 }

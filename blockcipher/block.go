@@ -4,10 +4,6 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/binary"
-	"math"
-	"runtime"
-	"sync"
-	"time"
 )
 
 // Cipher seals and opens the blocks of one file. It holds the file's
@@ -24,51 +20,6 @@ func (c *Cipher) Layout() Layout { return c.layout }
 
 // FileID returns the file ID the blocks are bound to.
 func (c *Cipher) FileID() [IDSize]byte { return c.fileID }
-
-// ParallelMin is the smallest run (plaintext bytes) that SealRun and
-// OpenRun split across cores; smaller runs are done on the calling
-// goroutine, where a goroutine hand-off costs more than it saves. It is
-// off by default: on the 2-vCPU machine kmsfs is benchmarked on, splitting
-// even a 1 MiB run was slower than one core (BenchmarkSealRun -cpu 1,2).
-// CalibrateParallel turns it on where it pays. Set it before use.
-var ParallelMin = math.MaxInt
-
-// CalibrateParallel times sealing a 1 MiB run on one core and split across
-// all, and sets ParallelMin to 128 KiB if splitting is clearly faster on
-// this machine. It takes a few milliseconds; call it once at startup.
-func CalibrateParallel() {
-	if runtime.GOMAXPROCS(0) < 2 {
-		return
-	}
-	h := &Header{Version: Version, HeaderSize: MinHeaderSize, BlockSize: 4096,
-		Keys: []KeyEntry{{Kind: "local", KeyID: "calibration", Blob: []byte{0}}}}
-	key := make([]byte, DataKeySize)
-	rand.Read(key)
-	c, err := newCipher(key, h)
-	if err != nil {
-		return
-	}
-	plain := make([]byte, 1<<20)
-	dst := make([]byte, 0, len(plain)+len(plain)/4096*Overhead)
-	best := func(min int) time.Duration {
-		ParallelMin = min
-		var b time.Duration
-		for i := 0; i < 5; i++ {
-			start := time.Now()
-			c.SealRun(dst[:0], plain, 0, true)
-			if d := time.Since(start); i == 0 || d < b {
-				b = d
-			}
-		}
-		return b
-	}
-	serial := best(math.MaxInt)
-	split := best(128 << 10)
-	ParallelMin = math.MaxInt
-	if split < serial*3/4 {
-		ParallelMin = 128 << 10
-	}
-}
 
 const aadSize = IDSize + 8 + 1
 
@@ -142,9 +93,10 @@ func (c *Cipher) openOne(dst, stored []byte, blockIdx uint64, last bool, aad []b
 	return c.openShortened(dst, stored, blockIdx, aad)
 }
 
-// openExact opens a stored block with exactly the given last flag: no
-// leniency and no recovery (journal records are checked this way).
-func (c *Cipher) openExact(dst, stored []byte, blockIdx uint64, last bool) ([]byte, error) {
+// OpenBlockExact opens a stored block with exactly the given last flag: no
+// leniency for a crash's leftovers, no hole (journal records are checked
+// this way). Errors as OpenBlock.
+func (c *Cipher) OpenBlockExact(dst, stored []byte, blockIdx uint64, last bool) ([]byte, error) {
 	if len(stored) <= Overhead || int64(len(stored)) > c.layout.StoredBlockSize() {
 		return dst, &BlockError{Block: blockIdx, Err: ErrAuth}
 	}
@@ -204,7 +156,7 @@ func isZero(b []byte) bool {
 // SealRun appends the stored form of a run of consecutive blocks to dst.
 // plain starts at block firstIdx; every block but the run's final one is
 // full. endsFile says whether the run's final block is the file's final
-// block. Large runs are sealed in parallel; nonces are drawn in one batch.
+// block. Nonces are drawn in one batch.
 func (c *Cipher) SealRun(dst, plain []byte, firstIdx uint64, endsFile bool) []byte {
 	if len(plain) == 0 {
 		return dst
@@ -216,17 +168,13 @@ func (c *Cipher) SealRun(dst, plain []byte, firstIdx uint64, endsFile bool) []by
 	out := dst[start:]
 	stored := bs + Overhead
 	// One random read for the whole run instead of one per block.
-	np := getBuf(n * NonceSize)
-	defer putBuf(np)
-	nonces := (*np)[:n*NonceSize]
+	nonces := make([]byte, n*NonceSize)
 	rand.Read(nonces)
-	parallel(n, len(plain), func(lo, hi int) {
-		aad := make([]byte, aadSize)
-		for i := lo; i < hi; i++ {
-			p := plain[i*bs : min((i+1)*bs, len(plain))]
-			c.sealOne(out[i*stored:i*stored], p, firstIdx+uint64(i), endsFile && i == n-1, nonces[i*NonceSize:(i+1)*NonceSize], aad)
-		}
-	})
+	aad := make([]byte, aadSize)
+	for i := range n {
+		p := plain[i*bs : min((i+1)*bs, len(plain))]
+		c.sealOne(out[i*stored:i*stored], p, firstIdx+uint64(i), endsFile && i == n-1, nonces[i*NonceSize:(i+1)*NonceSize], aad)
+	}
 	return dst
 }
 
@@ -249,25 +197,12 @@ func (c *Cipher) OpenRun(dst, stored []byte, firstIdx uint64, endsFile bool) ([]
 	start := len(dst)
 	dst = grow(dst, plainLen)
 	out := dst[start:]
-	var mu sync.Mutex
-	var firstErr error
-	bad := n // lowest failing block, guarded by mu
-	parallel(n, plainLen, func(lo, hi int) {
-		aad := make([]byte, aadSize)
-		for i := lo; i < hi; i++ {
-			s := stored[i*sbs : min((i+1)*sbs, len(stored))]
-			if _, err := c.openOne(out[i*bs:i*bs], s, firstIdx+uint64(i), endsFile && i == n-1, aad); err != nil {
-				mu.Lock()
-				if i < bad {
-					bad, firstErr = i, err
-				}
-				mu.Unlock()
-				return
-			}
+	aad := make([]byte, aadSize)
+	for i := range n {
+		s := stored[i*sbs : min((i+1)*sbs, len(stored))]
+		if _, err := c.openOne(out[i*bs:i*bs], s, firstIdx+uint64(i), endsFile && i == n-1, aad); err != nil {
+			return dst[:start], err
 		}
-	})
-	if firstErr != nil {
-		return dst[:start], firstErr
 	}
 	return dst, nil
 }
@@ -280,22 +215,4 @@ func grow(b []byte, n int) []byte {
 		b = nb
 	}
 	return b[:len(b)+n]
-}
-
-// parallel runs work over [0, n) blocks, split across cores when the run
-// holds at least ParallelMin bytes.
-func parallel(n, size int, work func(lo, hi int)) {
-	procs := runtime.GOMAXPROCS(0)
-	if size < ParallelMin || procs < 2 || n < 2 {
-		work(0, n)
-		return
-	}
-	parts := min(procs, n)
-	var wg sync.WaitGroup
-	per := (n + parts - 1) / parts
-	for lo := per; lo < n; lo += per {
-		wg.Go(func() { work(lo, min(lo+per, n)) })
-	}
-	work(0, min(per, n))
-	wg.Wait()
 }

@@ -165,27 +165,3 @@ func TestOpenShortened(t *testing.T) {
 		wantAuth(t, err, 4)
 	}
 }
-
-// TestParallelRuns exercises the split-across-cores path, which is off by
-// default (ParallelMin) on machines where it does not pay.
-func TestParallelRuns(t *testing.T) {
-	defer func(old int) { ParallelMin = old }(ParallelMin)
-	ParallelMin = 4096
-	_, _, c, _ := sealedFile(t, nil)
-	for _, n := range []int{4096, 3*4096 + 5, 64 << 10, 1<<20 + 1} {
-		plain := randBytes(n)
-		stored := c.SealRun(nil, plain, 7, true)
-		got, err := c.OpenRun(nil, stored, 7, true)
-		if err != nil || !bytes.Equal(got, plain) {
-			t.Fatalf("%d bytes: %v", n, err)
-		}
-		if n > 3*4096 {
-			// Two damaged blocks: the lowest one is reported.
-			stored[2*(4096+Overhead)+20] ^= 1
-			stored[len(stored)-1] ^= 1
-			_, err = c.OpenRun(nil, stored, 7, true)
-			wantAuth(t, err, 9)
-		}
-	}
-	CalibrateParallel() // runs, whatever it decides
-}

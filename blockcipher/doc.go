@@ -1,6 +1,8 @@
-// Package blockcipher encodes kmsfs file headers and seals and opens the
-// fixed-size AES-256-GCM blocks that follow them. The byte layout is
-// specified in docs/FORMAT.md; this package is its only implementation.
+// Package blockcipher encodes kmsfs file headers, seals and opens the
+// fixed-size AES-256-GCM blocks that follow them, and does the offset
+// math between the plaintext and the stored file (Layout). The byte
+// layout is specified in docs/FORMAT.md. Reading and writing a whole file
+// (partial blocks, crash order, the journal) is package blockfile's.
 //
 // Invariants:
 //

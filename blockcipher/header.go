@@ -39,14 +39,9 @@ const (
 	MaxBlockSize = 1 << 20
 )
 
-// Key kinds as stored in a wrapped key entry. The strings match the
-// keyring package's Kind values; the bytes are the on-disk codes.
-var kindCodes = map[string]byte{"aws-kms": 1, "local": 2}
-var kindNames = map[byte]string{1: "aws-kms", 2: "local"}
-
 // KeyEntry is one wrapped copy of the file's data key.
 type KeyEntry struct {
-	Kind  string // "aws-kms" or "local"
+	Kind  uint8  // which keyring wrapped it: a code the volume assigns (never 0)
 	KeyID string // resolved key ARN, or a local key's fingerprint
 	Blob  []byte // the wrapped key (KMS CiphertextBlob)
 }
@@ -100,7 +95,7 @@ func (h *Header) Marshal() ([]byte, error) {
 	b = binary.BigEndian.AppendUint16(b, 0) // flags: none defined in version 1
 	b = append(b, byte(len(h.Keys)))
 	for _, k := range h.Keys {
-		b = append(b, kindCodes[k.Kind])
+		b = append(b, k.Kind)
 		b = binary.BigEndian.AppendUint16(b, uint16(len(k.KeyID)))
 		b = append(b, k.KeyID...)
 		b = binary.BigEndian.AppendUint16(b, uint16(len(k.Blob)))
@@ -122,8 +117,8 @@ func (h *Header) validate() error {
 		return formatErr("key count", ErrMalformed, "%d wrapped keys, want 1 to %d", len(h.Keys), MaxKeys)
 	}
 	for i, k := range h.Keys {
-		if _, ok := kindCodes[k.Kind]; !ok {
-			return formatErr(entryField(i, "kind"), ErrMalformed, "unknown kind %q", k.Kind)
+		if k.Kind == 0 {
+			return formatErr(entryField(i, "kind"), ErrMalformed, "kind code 0")
 		}
 		if err := checkKeyID(i, k.KeyID); err != nil {
 			return err
@@ -206,9 +201,9 @@ func ParseHeader(b []byte) (*Header, error) {
 		if len(body)-p < entryFixed {
 			return nil, formatErr(entryField(i, "entry"), ErrMalformed, "runs past the header slot")
 		}
-		kind, ok := kindNames[body[p]]
-		if !ok {
-			return nil, formatErr(entryField(i, "kind"), ErrMalformed, "unknown kind code %d", body[p])
+		kind := body[p]
+		if kind == 0 {
+			return nil, formatErr(entryField(i, "kind"), ErrMalformed, "kind code 0")
 		}
 		idLen := int(binary.BigEndian.Uint16(body[p+1:]))
 		p += 3

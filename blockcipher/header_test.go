@@ -10,7 +10,7 @@ import (
 
 func TestHeaderRoundTrip(t *testing.T) {
 	h := testHeader(t, 1024, 4096)
-	h.Keys = append(h.Keys, KeyEntry{Kind: "aws-kms", KeyID: "arn:aws:kms:eu-west-2:111122223333:key/bc436485-5092-42b8-92a3-0aa8b93536dc", Blob: bytes.Repeat([]byte{7}, 184)})
+	h.Keys = append(h.Keys, KeyEntry{Kind: 1, KeyID: "arn:aws:kms:eu-west-2:111122223333:key/bc436485-5092-42b8-92a3-0aa8b93536dc", Blob: bytes.Repeat([]byte{7}, 184)})
 	key := randomKey()
 	slot, _, err := h.Seal(key)
 	if err != nil {
@@ -103,7 +103,7 @@ func TestParseHeaderRejects(t *testing.T) {
 		{"zero keys", mut(func(b []byte) []byte { b[82] = 0; return b }), ErrMalformed},
 		{"too many keys", mut(func(b []byte) []byte { b[82] = MaxKeys + 1; return b }), ErrMalformed},
 		{"keys past slot", mut(func(b []byte) []byte { b[82] = 9; return b }), ErrMalformed},
-		{"unknown kind", mut(func(b []byte) []byte { b[fixedSize] = 9; return b }), ErrMalformed},
+		{"kind code 0", mut(func(b []byte) []byte { b[fixedSize] = 0; return b }), ErrMalformed},
 		{"key ID too long", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[fixedSize+1:], 0xffff); return b }), ErrMalformed},
 		{"empty key ID", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[fixedSize+1:], 0); return b }), ErrMalformed},
 		{"blob too long", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[fixedSize+3+32:], MaxBlobLen+1); return b }), ErrMalformed},
@@ -131,8 +131,8 @@ func TestMarshalRefusesWhatDoesNotFit(t *testing.T) {
 		t.Fatalf("Seal of an oversize entry: %v", err)
 	}
 	h = testHeader(t, 512, 4096)
-	h.Keys[0].Kind = "gpg"
+	h.Keys[0].Kind = 0
 	if _, err := h.Marshal(); !errors.Is(err, ErrMalformed) {
-		t.Fatalf("Marshal of an unknown kind: %v", err)
+		t.Fatalf("Marshal of kind code 0: %v", err)
 	}
 }

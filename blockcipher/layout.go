@@ -28,12 +28,12 @@ type Layout struct {
 // its last).
 const JournalSlots = 2
 
-// journalRecordHeader is the fixed part of a journal record.
-const journalRecordHeader = 24
+// JournalRecordHeader is the fixed part of a journal record.
+const JournalRecordHeader = 24
 
 // JournalSlotSize is the size of one journal record slot.
 func (l Layout) JournalSlotSize() int64 {
-	return (journalRecordHeader + l.BlockSize + Overhead + 15) / 16 * 16
+	return (JournalRecordHeader + l.BlockSize + Overhead + 15) / 16 * 16
 }
 
 // JournalSize is the size of the journal area after the header slot.

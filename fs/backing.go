@@ -2,26 +2,18 @@ package fs
 
 import (
 	"strconv"
-	"strings"
 	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/volume"
 )
 
-// tmpPrefix starts the names of temporary files kmsfs makes in CIPHERDIR
-// (a header being created where O_TMPFILE is missing, a config being
-// written). They are hidden from the plaintext view.
-const tmpPrefix = ".kmsfs-tmp-"
-
 // hidden reports whether name in a directory (atRoot: CIPHERDIR itself)
-// must not appear in, or be created through, the plaintext view.
-func hidden(atRoot bool, name string) bool {
-	if strings.HasPrefix(name, tmpPrefix) {
-		return true
-	}
-	return atRoot && (name == ConfigName || strings.HasPrefix(name, ".kmsfs.json.tmp-"))
-}
+// must not appear in, or be created through, the plaintext view: kmsfs's
+// own names (volume.Reserved).
+func hidden(atRoot bool, name string) bool { return volume.Reserved(atRoot, name) }
 
 func join(dir, name string) string {
 	if dir == "" {

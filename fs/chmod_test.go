@@ -67,7 +67,7 @@ func TestChmodDoesNotLeaveCipherDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	stored := filepath.Join(root.opts.CipherDir, "f")
+	stored := filepath.Join(root.vol.Dir, "f")
 	if err := os.Remove(stored); err != nil {
 		t.Fatal(err)
 	}

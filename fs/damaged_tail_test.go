@@ -21,7 +21,7 @@ func TestStrayTailServesReadablePart(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(mnt, "f"), want, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stored, err := os.OpenFile(filepath.Join(root.opts.CipherDir, "f"), os.O_WRONLY|os.O_APPEND, 0)
+	stored, err := os.OpenFile(filepath.Join(root.vol.Dir, "f"), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/blockfile"
 )
 
 // file is an open regular file: a descriptor of the stored file plus the
@@ -56,12 +57,12 @@ var errNeedKey = errors.New("file was given a header by another mount while open
 // record, so the file is marked unsettled; the next change settles the
 // journal first, as an open would, rather than overwrite that record.
 // Caller holds st.content for writing.
-func (f *file) change(fn func(bf blockcipher.File, size int64) error) error {
+func (f *file) change(fn func(bf blockfile.File, size int64) error) error {
 	if err := f.ensureHeader(); err != nil {
 		return err
 	}
 	if f.st.unsettled {
-		if err := f.n.r.settle(f.fd, f.st.cipher, f.n.relPath); err != nil {
+		if err := f.n.r.settle(f.fd, f.st.cipher(), f.n.relPath); err != nil {
 			return err
 		}
 		f.st.unsettled = false
@@ -83,10 +84,10 @@ func (f *file) change(fn func(bf blockcipher.File, size int64) error) error {
 func (f *file) settleNow() {
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
-	if !f.st.unsettled || f.st.cipher == nil {
+	if !f.st.unsettled || f.st.key == nil {
 		return
 	}
-	if err := f.n.r.settle(f.fd, f.st.cipher, f.n.relPath); err != nil {
+	if err := f.n.r.settle(f.fd, f.st.cipher(), f.n.relPath); err != nil {
 		// The failed change was logged; do not log once per read.
 		f.n.r.log.Debug("could not settle before a read", "path", f.n.relPath(), "err", err)
 		return
@@ -97,20 +98,20 @@ func (f *file) settleNow() {
 // blocks returns the blockcipher view of the stored file and its plaintext
 // size. Caller holds st.content. A stored size no writer produces is
 // reported with the size of the readable part and the error.
-func (f *file) blocks() (blockcipher.File, int64, error) {
+func (f *file) blocks() (blockfile.File, int64, error) {
 	stored, err := fdStore(f.fd).size()
 	if err != nil {
-		return blockcipher.File{}, 0, err
+		return blockfile.File{}, 0, err
 	}
 	if stored == 0 {
-		return blockcipher.File{}, 0, nil
+		return blockfile.File{}, 0, nil
 	}
-	if f.st.cipher == nil {
+	if f.st.key == nil {
 		// Empty when opened here; another mount has written it since.
-		return blockcipher.File{}, 0, errNeedKey
+		return blockfile.File{}, 0, errNeedKey
 	}
 	size, err := f.n.r.layout.PlainSize(stored)
-	return blockcipher.File{C: f.st.cipher, S: fdStore(f.fd), ReserveAppends: !f.n.r.inPlace}, size, err
+	return blockfile.File{C: f.st.cipher(), S: fdStore(f.fd), ReserveAppends: !f.n.r.inPlace}, size, err
 }
 
 // Read decrypts the blocks under [off, off+len(dest)). A block failing
@@ -172,7 +173,7 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	}
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
-	err := f.change(func(bf blockcipher.File, size int64) error {
+	err := f.change(func(bf blockfile.File, size int64) error {
 		_, err := bf.WriteAt(data, off, size)
 		return err
 	})
@@ -201,7 +202,7 @@ func (f *file) truncate(size int64) error {
 	if size == 0 {
 		return fdStore(f.fd).Truncate(f.n.r.layout.HeaderSize)
 	}
-	return f.change(func(bf blockcipher.File, cur int64) error { return bf.Truncate(cur, size) })
+	return f.change(func(bf blockfile.File, cur int64) error { return bf.Truncate(cur, size) })
 }
 
 // Flush has nothing to do: writes reach the stored file before they are
@@ -254,7 +255,7 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	}
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
-	err := f.change(func(bf blockcipher.File, cur int64) error {
+	err := f.change(func(bf blockfile.File, cur int64) error {
 		l := f.n.r.layout
 		first, count := l.Span(int64(off), int64(size))
 		cipherOff := l.BlockToCipherOff(first)

@@ -22,7 +22,7 @@ type pooledKey struct {
 func (r *Root) generateKey(ctx context.Context) (*pooledKey, error) {
 	id := blockcipher.NewID()
 	r.stats.generates.Add(1)
-	dk, wrapped, err := r.opts.Keyring.GenerateDataKey(ctx, r.fileContext(id))
+	dk, wrapped, err := r.keyring.GenerateDataKey(ctx, r.vol.FileContext(id))
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +106,7 @@ func (p *keyPool) worker() {
 			return
 		}
 		for {
-			ctx, cancel := context.WithTimeout(p.ctx, p.r.opts.KeyringTimeout)
+			ctx, cancel := context.WithTimeout(p.ctx, keyringTimeout)
 			k, err := p.r.generateKey(ctx)
 			cancel()
 			p.failing.Store(err != nil)

@@ -51,7 +51,7 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 		MountOptions: fuse.MountOptions{
 			AllowOther:  mo.AllowOther,
 			Options:     opts,
-			FsName:      r.opts.CipherDir,
+			FsName:      r.vol.Dir,
 			Name:        "kmsfs",
 			DirectMount: os.Geteuid() == 0,
 			// Up to 1 MiB per write request (the kernel's limit):

@@ -3,7 +3,6 @@ package fs
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -17,31 +16,45 @@ import (
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
-// testVolume makes a CIPHERDIR with a config for the local keyring.
-func testVolume(t testing.TB, blockSize int) (string, *Config, *keyring.Local) {
+// testLocalKey makes a new local key file and loads it.
+func testLocalKey(t testing.TB) *keyring.Local {
 	t.Helper()
-	key := make([]byte, keyring.LocalKeyFileSize)
-	rand.Read(key)
-	kr, err := keyring.NewLocalFromBytes(key)
+	p := filepath.Join(t.TempDir(), "volume.key")
+	if err := keyring.CreateLocalKeyFile(p); err != nil {
+		t.Fatal(err)
+	}
+	kr, err := keyring.LoadLocal(p)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return kr
+}
+
+// testVolume makes a CIPHERDIR with a config for the local keyring.
+func testVolume(t testing.TB, blockSize int) (*volume.Volume, *keyring.Local) {
+	t.Helper()
+	kr := testLocalKey(t)
 	vid := blockcipher.NewID()
-	cfg := &Config{
-		FormatVersion: ConfigVersion,
+	cfg := &volume.Config{
+		FormatVersion: volume.ConfigVersion,
 		VolumeID:      hex.EncodeToString(vid[:]),
 		BlockSize:     blockSize,
 		HeaderSize:    512,
-		Keyrings:      []KeyringSpec{{Kind: keyring.KindLocal, KeyID: kr.KeyID(), KeyFile: "/nonexistent/in-memory"}},
+		Keyrings:      []volume.KeyringSpec{{Kind: keyring.KindLocal, KeyID: kr.KeyID(), KeyFile: "/nonexistent/in-memory"}},
 		Features:      []string{},
 	}
 	dir := t.TempDir()
-	if err := WriteConfig(dir, cfg); err != nil {
+	if err := volume.WriteConfig(dir, cfg); err != nil {
 		t.Fatal(err)
 	}
-	return dir, cfg, kr
+	v, err := volume.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, kr
 }
 
 // warnRecorder fails the test on any log record at warning level or above
@@ -74,9 +87,9 @@ func mountInProcess(t testing.TB, opts Options) (string, *Root) {
 	} else {
 		f.Close()
 	}
-	if opts.Config == nil {
-		dir, cfg, kr := testVolume(t, 4096)
-		opts.CipherDir, opts.Config = dir, cfg
+	if opts.Volume == nil {
+		v, kr := testVolume(t, 4096)
+		opts.Volume = v
 		if opts.Keyring == nil {
 			opts.Keyring = kr
 		}
@@ -161,9 +174,9 @@ func (c *countingKeyring) Decrypt(ctx context.Context, w []keyring.WrappedKey, e
 // background; opening them then makes no further keyring call, and the
 // prefetched keys are handed over, not duplicated.
 func TestPrefetchKeys(t *testing.T) {
-	dir, cfg, kr := testVolume(t, 4096)
+	v, kr := testVolume(t, 4096)
 	ck := &countingKeyring{Keyring: kr}
-	mnt, root := mountInProcess(t, Options{CipherDir: dir, Config: cfg, Keyring: ck, PrefetchKeys: true})
+	mnt, root := mountInProcess(t, Options{Volume: v, Keyring: ck, PrefetchKeys: true})
 	const n = 50
 	for i := 0; i < n; i++ {
 		if err := os.WriteFile(filepath.Join(mnt, fmt.Sprintf("f%02d", i)), []byte{byte(i)}, 0o644); err != nil {

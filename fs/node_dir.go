@@ -276,8 +276,8 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 		if hidden(d.n.isRoot(), e.Name) {
 			continue
 		}
-		if d.r.prefetch != nil && e.Mode&unix.S_IFMT == unix.S_IFREG {
-			d.r.prefetch.enqueue(join(d.n.relPath(), e.Name))
+		if d.r.ahead != nil && e.Mode&unix.S_IFMT == unix.S_IFREG {
+			d.r.prefetch(join(d.n.relPath(), e.Name))
 		}
 		return &e, 0
 	}

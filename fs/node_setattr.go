@@ -20,118 +20,141 @@ var _ fusefs.NodeSetattrer = (*node)(nil)
 // path and writes through open handles are serialised (gocryptfs once
 // corrupted files in this race).
 func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	f, _ := fh.(*file)
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
-	isLink := n.StableAttr().Mode == unix.S_IFLNK
-	// Without a handle the object is named in its parent; the root by
-	// its own descriptor and "." (AT_EMPTY_PATH is not accepted by all of
-	// the *at calls).
-	//
-	// The object is held by an O_PATH descriptor (ofd), checked to be
-	// this node's own: the kernel checked the caller's rights on it, so
-	// no other object that took its name since may be changed. Mode,
-	// owner, set-id bits and times are changed through that descriptor.
-	pfd, name, ofd, perr := -1, "", -1, error(nil)
-	if f == nil {
-		pfd, name, perr = n.parentAt()
-		if perr == nil {
-			ofd, perr = openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
-		}
-		if perr == nil {
-			defer unix.Close(ofd)
-			perr = n.checkSame(ofd, "")
-		}
-		if perr != nil {
-			return n.r.errno(perr, "setattr", n.relPath())
-		}
-	}
-	path := n.relPath
-
-	if mode, ok := in.GetMode(); ok {
-		var err error
-		switch {
-		case f != nil:
-			err = retryEINTR(func() error { return unix.Fchmod(f.fd, mode&0o7777) })
-		case isLink:
-			err = syscall.EOPNOTSUPP // Linux symlinks have no mode
-		default:
-			err = chmodFd(ofd, mode&0o7777)
-		}
+	t := setattrTarget{n: n}
+	t.f, _ = fh.(*file)
+	if t.f == nil {
+		ofd, err := n.openChecked()
 		if err != nil {
-			return n.r.errno(err, "chmod", path())
+			return n.r.errno(err, "setattr", n.relPath())
+		}
+		defer unix.Close(ofd)
+		t.ofd = ofd
+	}
+	for _, step := range []struct {
+		op string
+		do func(*fuse.SetAttrIn) error
+	}{
+		{"chmod", t.setMode},
+		{"chown", t.setOwner},
+		// Size before times, so an explicit mtime is not clobbered.
+		{"truncate", t.setSize},
+		{"clear set-id bits", t.killPriv},
+		{"utimens", t.setTimes},
+	} {
+		if err := step.do(in); err != nil {
+			return n.r.errno(err, step.op, n.relPath())
 		}
 	}
-
-	uid, uok := in.GetUID()
-	gid, gok := in.GetGID()
-	if uok || gok {
-		suid, sgid := -1, -1
-		if uok {
-			suid = int(uid)
-		}
-		if gok {
-			sgid = int(gid)
-		}
-		var err error
-		if f != nil {
-			err = retryEINTR(func() error { return unix.Fchown(f.fd, suid, sgid) })
-		} else {
-			err = retryEINTR(func() error { return unix.Fchownat(ofd, "", suid, sgid, unix.AT_EMPTY_PATH) })
-		}
-		if err != nil {
-			return n.r.errno(err, "chown", path())
-		}
-	}
-
-	// Size before times, so an explicit mtime is not clobbered.
-	if size, ok := in.GetSize(); ok {
-		if err := n.truncate(f, int64(size)); err != nil {
-			return n.r.errno(err, "truncate", path())
-		}
-	}
-
-	// The kernel leaves clearing set-user-ID and set-group-ID to the
-	// filesystem (CAP_HANDLE_KILLPRIV_V2, see mount.go): on a truncate or
-	// chown by a caller without CAP_FSETID, and on every write by one
-	// (killPrivFS). This daemon's own calls run with CAP_FSETID as root,
-	// so the backing filesystem would keep the bits.
-	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && in.Valid&fuse.FATTR_MODE == 0 && n.StableAttr().Mode == unix.S_IFREG {
-		if err := killSUIDGID(f, ofd); err != nil {
-			return n.r.errno(err, "clear set-id bits", path())
-		}
-	}
-
-	mtime, mok := in.GetMTime()
-	atime, aok := in.GetATime()
-	if mok || aok {
-		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
-		if aok {
-			ts[0] = timespec(atime, in.Valid&fuse.FATTR_ATIME_NOW != 0)
-		}
-		if mok {
-			ts[1] = timespec(mtime, in.Valid&fuse.FATTR_MTIME_NOW != 0)
-		}
-		var err error
-		if f != nil {
-			err = futimens(f.fd, ts)
-		} else {
-			// The /proc link of an O_PATH descriptor leads to the object
-			// itself, a symlink included (not to its target).
-			err = retryEINTR(func() error {
-				return unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(ofd), ts, 0)
-			})
-		}
-		if err != nil {
-			return n.r.errno(err, "utimens", path())
-		}
-	}
-
-	if f != nil {
-		return f.Getattr(ctx, out)
+	if t.f != nil {
+		return t.f.Getattr(ctx, out)
 	}
 	return n.Getattr(ctx, nil, out)
+}
+
+// openChecked holds n's backing object by an O_PATH descriptor checked to
+// be n's own: the kernel checked the caller's rights on it, so no other
+// object that took its name since may be changed. Mode, owner, set-id bits
+// and times are changed through that descriptor.
+func (n *node) openChecked() (int, error) {
+	pfd, name, err := n.parentAt()
+	if err != nil {
+		return -1, err
+	}
+	ofd, err := openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := n.checkSame(ofd, ""); err != nil {
+		unix.Close(ofd)
+		return -1, err
+	}
+	return ofd, nil
+}
+
+// setattrTarget is the object a Setattr changes: an open handle's
+// descriptor (f), or else a checked O_PATH descriptor (ofd).
+type setattrTarget struct {
+	n   *node
+	f   *file
+	ofd int
+}
+
+func (t setattrTarget) setMode(in *fuse.SetAttrIn) error {
+	mode, ok := in.GetMode()
+	switch {
+	case !ok:
+		return nil
+	case t.f != nil:
+		return retryEINTR(func() error { return unix.Fchmod(t.f.fd, mode&0o7777) })
+	case t.n.StableAttr().Mode == unix.S_IFLNK:
+		return syscall.EOPNOTSUPP // Linux symlinks have no mode
+	}
+	return chmodFd(t.ofd, mode&0o7777)
+}
+
+func (t setattrTarget) setOwner(in *fuse.SetAttrIn) error {
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if !uok && !gok {
+		return nil
+	}
+	suid, sgid := -1, -1
+	if uok {
+		suid = int(uid)
+	}
+	if gok {
+		sgid = int(gid)
+	}
+	if t.f != nil {
+		return retryEINTR(func() error { return unix.Fchown(t.f.fd, suid, sgid) })
+	}
+	return retryEINTR(func() error { return unix.Fchownat(t.ofd, "", suid, sgid, unix.AT_EMPTY_PATH) })
+}
+
+func (t setattrTarget) setSize(in *fuse.SetAttrIn) error {
+	size, ok := in.GetSize()
+	if !ok {
+		return nil
+	}
+	return t.n.truncate(t.f, int64(size))
+}
+
+// killPriv clears the set-id bits when the kernel asks. The kernel leaves
+// that to the filesystem (CAP_HANDLE_KILLPRIV_V2, see mount.go): on a
+// truncate or chown by a caller without CAP_FSETID, and on every write by
+// one (killPrivFS). This daemon's own calls run with CAP_FSETID as root,
+// so the backing filesystem would keep the bits.
+func (t setattrTarget) killPriv(in *fuse.SetAttrIn) error {
+	if in.Valid&fuse.FATTR_KILL_SUIDGID == 0 || in.Valid&fuse.FATTR_MODE != 0 || t.n.StableAttr().Mode != unix.S_IFREG {
+		return nil
+	}
+	return killSUIDGID(t.f, t.ofd)
+}
+
+func (t setattrTarget) setTimes(in *fuse.SetAttrIn) error {
+	mtime, mok := in.GetMTime()
+	atime, aok := in.GetATime()
+	if !mok && !aok {
+		return nil
+	}
+	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+	if aok {
+		ts[0] = timespec(atime, in.Valid&fuse.FATTR_ATIME_NOW != 0)
+	}
+	if mok {
+		ts[1] = timespec(mtime, in.Valid&fuse.FATTR_MTIME_NOW != 0)
+	}
+	if t.f != nil {
+		return futimens(t.f.fd, ts)
+	}
+	// The /proc link of an O_PATH descriptor leads to the object itself,
+	// a symlink included (not to its target).
+	return retryEINTR(func() error {
+		return unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(t.ofd), ts, 0)
+	})
 }
 
 // killSUIDGID clears S_ISUID, and S_ISGID when the group may execute

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,23 +13,20 @@ import (
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // Options configure a Root.
 type Options struct {
-	// CipherDir is the backing directory; Config its loaded kmsfs.json.
-	CipherDir string
-	Config    *Config
+	// Volume is the opened CIPHERDIR.
+	Volume *volume.Volume
 	// Keyring generates and unwraps data keys (cmd/kmsfs builds it from
-	// Config, with any cache or metrics wrappers).
+	// the volume config, with any cache or metrics wrappers).
 	Keyring keyring.Keyring
 	// Logger receives one line per failure, never key bytes.
 	Logger *slog.Logger
 	// ReadOnly refuses every change with EROFS.
 	ReadOnly bool
-	// KeyringTimeout bounds one keyring call made for a file operation
-	// (default 60s; the AWS keyring has its own, shorter, per-call bound).
-	KeyringTimeout time.Duration
 	// KeyPool is how many data keys for new files are generated ahead of
 	// time in the background (0: none; every create waits for the keyring).
 	KeyPool int
@@ -39,66 +35,65 @@ type Options struct {
 	PrefetchKeys bool
 }
 
-// Root is the shared state of one mount: the backing directory, the volume
-// config and the keyring. Per-inode state lives on the nodes.
+// Root is the shared state of one mount: the volume, the backing
+// directory and the keyring. Per-inode state lives on the nodes.
 type Root struct {
-	opts        Options
-	rootFd      int // O_PATH descriptor of CipherDir; every backing call is relative to it
-	dev         uint64
-	inPlace     bool // the backing filesystem rewrites allocated bytes in place (see inPlaceFS)
-	layout      blockcipher.Layout
-	volumeID    [blockcipher.IDSize]byte
-	volumeIDHex string
-	log         *slog.Logger
-	pool        *keyPool    // nil when Options.KeyPool is 0
-	prefetch    *prefetcher // nil unless Options.PrefetchKeys
-	root        *node
-	stats       stats
+	opts    Options
+	vol     *volume.Volume
+	keyring keyring.Keyring // opts.Keyring, behind ahead when prefetching
+	rootFd  int             // O_PATH descriptor of CIPHERDIR; every backing call is relative to it
+	dev     uint64
+	inPlace bool // the backing filesystem rewrites allocated bytes in place (see inPlaceFS)
+	layout  blockcipher.Layout
+	log     *slog.Logger
+	pool    *keyPool       // nil when Options.KeyPool is 0
+	ahead   *keyring.Ahead // nil unless Options.PrefetchKeys
+	root    *node
+	stats   stats
 }
+
+// keyringTimeout bounds one keyring call made for a file operation (the
+// AWS keyring has its own, shorter, per-call bound).
+const keyringTimeout = 60 * time.Second
 
 // NewRoot checks the backing directory and returns the filesystem root.
 // Close releases it after unmount.
 func NewRoot(opts Options) (*Root, error) {
-	if opts.Config == nil || opts.Keyring == nil {
-		return nil, errors.New("fs: Options need a Config and a Keyring")
-	}
-	if err := opts.Config.Validate(); err != nil {
-		return nil, err
+	if opts.Volume == nil || opts.Keyring == nil {
+		return nil, errors.New("fs: Options need a Volume and a Keyring")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.KeyringTimeout <= 0 {
-		opts.KeyringTimeout = 60 * time.Second
-	}
-	fd, err := unix.Open(opts.CipherDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	dir := opts.Volume.Dir
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", opts.CipherDir, err)
+		return nil, fmt.Errorf("open %s: %w", dir, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("stat %s: %w", opts.CipherDir, err)
+		return nil, fmt.Errorf("stat %s: %w", dir, err)
 	}
-	vid, _ := opts.Config.VolumeIDBytes()
 	var sfs unix.Statfs_t
 	inPlace := unix.Fstatfs(fd, &sfs) == nil && inPlaceFS[int64(sfs.Type)]
 	r := &Root{
-		opts:        opts,
-		rootFd:      fd,
-		dev:         uint64(st.Dev),
-		inPlace:     inPlace,
-		layout:      opts.Config.Layout(),
-		volumeID:    vid,
-		volumeIDHex: hex.EncodeToString(vid[:]),
-		log:         opts.Logger,
+		opts:    opts,
+		vol:     opts.Volume,
+		keyring: opts.Keyring,
+		rootFd:  fd,
+		dev:     uint64(st.Dev),
+		inPlace: inPlace,
+		layout:  opts.Volume.Layout,
+		log:     opts.Logger,
 	}
 	r.root = &node{r: r}
 	if opts.KeyPool > 0 && !opts.ReadOnly {
 		r.pool = newKeyPool(r, opts.KeyPool)
 	}
 	if opts.PrefetchKeys {
-		r.prefetch = newPrefetcher(r)
+		r.ahead = newAhead(opts.Keyring)
+		r.keyring = r.ahead
 	}
 	return r, nil
 }
@@ -125,8 +120,8 @@ func (r *Root) Close() error {
 	if r.pool != nil {
 		r.pool.close()
 	}
-	if r.prefetch != nil {
-		r.prefetch.close()
+	if r.ahead != nil {
+		r.ahead.Close()
 	}
 	return unix.Close(r.rootFd)
 }
@@ -134,13 +129,8 @@ func (r *Root) Close() error {
 // keyCtx returns the context for one keyring call: kmsfs's own deadline,
 // detached from the FUSE request, whose context the kernel cancels when
 // the calling thread gets any signal.
-func (r *Root) keyCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), r.opts.KeyringTimeout)
-}
-
-// fileContext is the encryption context of a file's data key.
-func (r *Root) fileContext(fileID [blockcipher.IDSize]byte) keyring.EncryptionContext {
-	return keyring.FileContext(r.volumeIDHex, hex.EncodeToString(fileID[:]))
+func keyCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), keyringTimeout)
 }
 
 // idFromStat composes a stable inode number from the backing device and

@@ -22,8 +22,8 @@ var soak = flag.Duration("soak", 2*time.Minute, "how long TestSoak runs")
 // heap, descriptors and goroutines after each round are compared with the
 // first round's, and no data key outlives its files.
 func TestSoak(t *testing.T) {
-	dir, cfg, kr := testVolume(t, 4096)
-	mnt, root := mountInProcess(t, Options{CipherDir: dir, Config: cfg, Keyring: kr, KeyPool: 4})
+	v, kr := testVolume(t, 4096)
+	mnt, root := mountInProcess(t, Options{Volume: v, Keyring: kr, KeyPool: 4})
 	end := time.Now().Add(*soak)
 	type usage struct {
 		heap            uint64

@@ -30,7 +30,7 @@ func replaceBehind(t *testing.T) (mnt, cipher string, keep *os.File) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { keep.Close() })
-	cipher = root.opts.CipherDir
+	cipher = root.vol.Dir
 	if err := os.Rename(filepath.Join(cipher, "new"), filepath.Join(cipher, "f")); err != nil {
 		t.Fatal(err)
 	}

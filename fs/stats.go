@@ -4,23 +4,27 @@ import "sync/atomic"
 
 // stats are counters for tests and the metrics endpoint.
 type stats struct {
-	generates  atomic.Int64 // GenerateDataKey calls made
-	decrypts   atomic.Int64 // Decrypt calls made
-	liveKeys   atomic.Int64 // data keys held by open files
-	prefetched atomic.Int64 // data keys unwrapped ahead of an open
+	generates atomic.Int64 // GenerateDataKey calls made
+	decrypts  atomic.Int64 // Decrypt calls made (a prefetch may have made them already)
+	liveKeys  atomic.Int64 // data keys held by open files (fileKey)
 }
 
 // Stats is a snapshot of a Root's counters.
 type Stats struct {
-	Generates, Decrypts, LiveKeys, Prefetched int64
+	Generates, Decrypts int64
+	LiveKeys            int64 // data keys held by open files
+	Prefetched          int64 // data keys unwrapped ahead of an open, not yet taken
 }
 
 // Stats returns the current counters.
 func (r *Root) Stats() Stats {
-	return Stats{
-		Generates:  r.stats.generates.Load(),
-		Decrypts:   r.stats.decrypts.Load(),
-		LiveKeys:   r.stats.liveKeys.Load(),
-		Prefetched: r.stats.prefetched.Load(),
+	s := Stats{
+		Generates: r.stats.generates.Load(),
+		Decrypts:  r.stats.decrypts.Load(),
+		LiveKeys:  r.stats.liveKeys.Load(),
 	}
+	if r.ahead != nil {
+		s.Prefetched = int64(r.ahead.Len())
+	}
+	return s
 }

@@ -323,8 +323,8 @@ func runStress(t testing.TB, mnt string, seed uint64, ops int, deadline time.Tim
 func TestStress(t *testing.T) {
 	for _, bs := range []int{4096, 512} {
 		t.Run(fmt.Sprintf("bs%d", bs), func(t *testing.T) {
-			dir, cfg, kr := testVolume(t, bs)
-			mnt, root := mountInProcess(t, Options{CipherDir: dir, Config: cfg, Keyring: kr, KeyPool: 4})
+			v, kr := testVolume(t, bs)
+			mnt, root := mountInProcess(t, Options{Volume: v, Keyring: kr, KeyPool: 4})
 			ops := runStress(t, mnt, uint64(bs), *stressOps, time.Time{})
 			sum := 0
 			for _, n := range ops {

@@ -32,7 +32,7 @@ func newCounting(t *testing.T) *countingKeyring {
 	for i := range key {
 		key[i] = byte(i + 1)
 	}
-	l, err := NewLocalFromBytes(key)
+	l, err := newLocalFromBytes(key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,7 +326,7 @@ func TestCacheGeneratePopulates(t *testing.T) {
 	// With two entries (a multi keyring) the pair is a hit, but neither
 	// alone: an entry the keyring would refuse (another key) must not be
 	// answered from the cache because it once sat beside one it accepts.
-	l2, err := NewLocalFromBytes(bytes.Repeat([]byte{0x33}, LocalKeyFileSize))
+	l2, err := newLocalFromBytes(bytes.Repeat([]byte{0x33}, LocalKeyFileSize))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,7 +458,7 @@ func TestCacheConcurrent(t *testing.T) {
 }
 
 func TestCacheDescribe(t *testing.T) {
-	l, err := NewLocalFromBytes(bytes.Repeat([]byte{1}, LocalKeyFileSize))
+	l, err := newLocalFromBytes(bytes.Repeat([]byte{1}, LocalKeyFileSize))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,16 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 )
+
+// live counts the DataKeys that exist and are not wiped, wherever they
+// are held: an open file, a key pool, a prefetch, a cache, a call in
+// flight.
+var live atomic.Int64
+
+// LiveKeys returns how many data keys the process holds right now.
+func LiveKeys() int64 { return live.Load() }
 
 // DataKey holds the plaintext of one data key. Its bytes live in locked
 // memory where the kernel allows (see lockedSlot) and are zeroed by Wipe.
@@ -48,6 +57,7 @@ func randomDataKey() *DataKey {
 
 func newDataKey() *DataKey {
 	b, locked := arena.alloc()
+	live.Add(1)
 	return &DataKey{b: (*[DataKeySize]byte)(b), locked: locked}
 }
 
@@ -90,6 +100,7 @@ func (k *DataKey) Wipe() {
 		arena.release(k.b[:])
 	}
 	k.b = nil
+	live.Add(-1)
 }
 
 // Wiped reports whether Wipe has been called.

@@ -2,9 +2,11 @@
 //
 // A Keyring hands out 32-byte AES-256 data keys together with one or more
 // wrapped copies of them (the bytes that are stored in a file header), and
-// unwraps such copies again. Providers: AWSKMS (AWS KMS or any endpoint
-// speaking its API), Local (a 32-byte key file), Multi (wrap under several
-// keyrings, unwrap with any). Wrappers: Cache and Metrics.
+// unwraps such copies again. Providers: Local (a 32-byte key file), Multi
+// (wrap under several keyrings, unwrap with any), and in package
+// keyring/awskms AWS KMS (or any endpoint speaking its API), the only code
+// that imports the AWS SDK. Wrappers: Cache (keys kept for a TTL after
+// use), Ahead (keys unwrapped ahead of their first use) and Metrics.
 //
 // Invariants every provider keeps:
 //

@@ -103,9 +103,9 @@ func LoadLocal(path string) (*Local, error) {
 	return newLocal(path, key[:LocalKeyFileSize])
 }
 
-// NewLocalFromBytes builds a Local keyring from raw key bytes (tests and
-// tools). It does not keep key.
-func NewLocalFromBytes(key []byte) (*Local, error) {
+// newLocalFromBytes builds a Local keyring from raw key bytes (tests).
+// It does not keep key.
+func newLocalFromBytes(key []byte) (*Local, error) {
 	if len(key) != LocalKeyFileSize {
 		return nil, fmt.Errorf("local key must be %d bytes", LocalKeyFileSize)
 	}

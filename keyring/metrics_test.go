@@ -248,7 +248,7 @@ func TestMetricsConcurrent(t *testing.T) {
 	if got, want := m.Describe(), fmt.Sprintf("%T", inner); got != want {
 		t.Errorf("Describe() of a keyring without Describe = %q, want %q", got, want)
 	}
-	l, err := NewLocalFromBytes(bytes.Repeat([]byte{1}, LocalKeyFileSize))
+	l, err := newLocalFromBytes(bytes.Repeat([]byte{1}, LocalKeyFileSize))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,9 +52,9 @@ func TestMultiKMSAndLocal(t *testing.T) {
 	kmsA := srv.Keyring(t, kmstest.KeyAARN)
 	local, _ := newLocal(t)
 	m := newMulti(t, kmsA, local)
-	ec := fileContext("00000000000000000000000000000101")
+	ec := kmstest.FileContext("00000000000000000000000000000101")
 
-	dk, wrapped := generate(t, m, ec)
+	dk, wrapped := kmstest.Generate(t, m, ec)
 	if len(wrapped) != 2 {
 		t.Fatalf("%d wrapped entries, want 2", len(wrapped))
 	}
@@ -65,20 +65,20 @@ func TestMultiKMSAndLocal(t *testing.T) {
 		t.Errorf("entry 2 is %s %s, want %s %s", w.Kind, w.KeyID, keyring.KindLocal, local.KeyID())
 	}
 
-	mustDecrypt(t, m, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, m, wrapped, ec, dk)
 	// Each member alone, as a mount with only that key would.
-	mustDecrypt(t, kmsA, wrapped, ec, dk)
-	mustDecrypt(t, local, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, kmsA, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, local, wrapped, ec, dk)
 	// Each entry alone, as in a header that lost the other.
-	mustDecrypt(t, m, wrapped[:1], ec, dk)
-	mustDecrypt(t, m, wrapped[1:], ec, dk)
-	mustDecrypt(t, kmsA, wrapped[:1], ec, dk)
-	mustDecrypt(t, local, wrapped[1:], ec, dk)
+	kmstest.MustDecrypt(t, m, wrapped[:1], ec, dk)
+	kmstest.MustDecrypt(t, m, wrapped[1:], ec, dk)
+	kmstest.MustDecrypt(t, kmsA, wrapped[:1], ec, dk)
+	kmstest.MustDecrypt(t, local, wrapped[1:], ec, dk)
 	// A second keyring over the same keys (another mount) opens it too.
-	mustDecrypt(t, newMulti(t, srv.Keyring(t, kmstest.KeyAARN), local), wrapped, ec, dk)
+	kmstest.MustDecrypt(t, newMulti(t, srv.Keyring(t, kmstest.KeyAARN), local), wrapped, ec, dk)
 
 	// Under another context nothing opens, and the error says why.
-	decryptFails(t, m, wrapped, fileContext("00000000000000000000000000000102"),
+	decryptFails(t, m, wrapped, kmstest.FileContext("00000000000000000000000000000102"),
 		[]error{keyring.ErrInvalidCiphertext}, []error{keyring.ErrNoUsableKey})
 
 	if d := m.Describe(); !strings.Contains(d, kmstest.KeyAARN) || !strings.Contains(d, local.KeyID()) {
@@ -94,15 +94,15 @@ func TestMultiKMSAndLocal(t *testing.T) {
 func TestMultiFallsBackWhenKeyDisabled(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	kmsA, proxy := viaProxy(t, srv, kmstest.KeyAARN)
+	kmsA, proxy := srv.ViaProxy(t, kmstest.KeyAARN)
 	local, _ := newLocal(t)
 	m := newMulti(t, kmsA, local)
-	ec := fileContext("00000000000000000000000000000103")
-	dk, wrapped := generate(t, m, ec)
+	ec := kmstest.FileContext("00000000000000000000000000000103")
+	dk, wrapped := kmstest.Generate(t, m, ec)
 
 	srv.DisableKey(t, kmstest.KeyAID)
 	proxy.Reset()
-	mustDecrypt(t, m, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, m, wrapped, ec, dk)
 	if n := proxy.Count("Decrypt"); n != 1 {
 		t.Errorf("%d KMS Decrypt calls, want 1 (tried once, then the local key)", n)
 	}
@@ -117,7 +117,7 @@ func TestMultiFallsBackWhenKeyDisabled(t *testing.T) {
 	}
 
 	srv.EnableKey(t, kmstest.KeyAID)
-	mustDecrypt(t, kmsA, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, kmsA, wrapped, ec, dk)
 }
 
 // The KMS endpoint is down: the local member opens every file.
@@ -125,14 +125,14 @@ func TestMultiFallsBackWhenKMSUnreachable(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
 	local, _ := newLocal(t)
-	ec := fileContext("00000000000000000000000000000104")
-	dk, wrapped := generate(t, newMulti(t, srv.Keyring(t, kmstest.KeyAARN), local), ec)
+	ec := kmstest.FileContext("00000000000000000000000000000104")
+	dk, wrapped := kmstest.Generate(t, newMulti(t, srv.Keyring(t, kmstest.KeyAARN), local), ec)
 
 	cfg := srv.Config(kmstest.KeyAARN)
 	cfg.Endpoint = kmstest.ClosedEndpoint(t)
-	down := newAWSKMS(t, cfg)
+	down := kmstest.NewKeyring(t, cfg)
 	m := newMulti(t, down, local)
-	mustDecrypt(t, m, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, m, wrapped, ec, dk)
 	decryptFails(t, down, wrapped, ec, []error{keyring.ErrUnreachable}, []error{keyring.ErrNoUsableKey})
 
 	// Unreachable KMS and a damaged local copy: both reasons are reported.
@@ -150,8 +150,8 @@ func TestMultiAllMembersFail(t *testing.T) {
 	kmsA := srv.Keyring(t, kmstest.KeyAARN)
 	local, _ := newLocal(t)
 	m := newMulti(t, kmsA, local)
-	ec := fileContext("00000000000000000000000000000105")
-	_, wrapped := generate(t, m, ec)
+	ec := kmstest.FileContext("00000000000000000000000000000105")
+	_, wrapped := kmstest.Generate(t, m, ec)
 
 	srv.DisableKey(t, kmstest.KeyAID)
 	damaged := cloneWrapped(wrapped)
@@ -177,13 +177,13 @@ func TestMultiAllMembersFail(t *testing.T) {
 func TestMultiNoUsableKey(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	kmsA, proxy := viaProxy(t, srv, kmstest.KeyAARN)
+	kmsA, proxy := srv.ViaProxy(t, kmstest.KeyAARN)
 	local, _ := newLocal(t)
 	m := newMulti(t, kmsA, local)
-	ec := fileContext("00000000000000000000000000000106")
+	ec := kmstest.FileContext("00000000000000000000000000000106")
 
 	otherLocal, _ := newLocal(t)
-	_, wrapped := generate(t, newMulti(t, srv.Keyring(t, kmstest.KeyBARN), otherLocal), ec)
+	_, wrapped := kmstest.Generate(t, newMulti(t, srv.Keyring(t, kmstest.KeyBARN), otherLocal), ec)
 	proxy.Reset()
 	decryptFails(t, m, wrapped, ec, []error{keyring.ErrNoUsableKey},
 		[]error{keyring.ErrInvalidCiphertext, keyring.ErrKeyDisabled, keyring.ErrUnreachable})
@@ -218,12 +218,12 @@ func TestNewMultiRefusesNonWrapper(t *testing.T) {
 	}
 	// The first member generates; it need not wrap.
 	m := newMulti(t, generateOnly, local)
-	ec := fileContext("00000000000000000000000000000107")
-	dk, wrapped := generate(t, m, ec)
+	ec := kmstest.FileContext("00000000000000000000000000000107")
+	dk, wrapped := kmstest.Generate(t, m, ec)
 	if len(wrapped) != 2 {
 		t.Fatalf("%d entries, want 2", len(wrapped))
 	}
-	mustDecrypt(t, m, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, m, wrapped, ec, dk)
 	// Multi.Wrap needs every member to wrap.
 	if _, err := m.Wrap(context.Background(), dk, ec); err == nil {
 		t.Error("Multi.Wrap with a member that cannot wrap succeeded")
@@ -232,7 +232,7 @@ func TestNewMultiRefusesNonWrapper(t *testing.T) {
 	if err != nil || len(ws) != 2 {
 		t.Fatalf("Multi.Wrap: %d entries, %v", len(ws), err)
 	}
-	mustDecrypt(t, local, ws[1:], ec, dk)
+	kmstest.MustDecrypt(t, local, ws[1:], ec, dk)
 }
 
 // generateOnlyKeyring hides the Wrap method of its keyring.

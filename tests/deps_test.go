@@ -9,9 +9,10 @@ import (
 )
 
 // The import direction of docs (DESIGN.md, STYLE.md): cmd/kmsfs → fs →
-// blockcipher, keyring. blockcipher knows nothing of FUSE or KMS, keyring
-// nothing of FUSE or files, and only keyring speaks to the AWS SDK. These
-// checks read `go list` and need no FUSE.
+// volume, blockfile → blockcipher, keyring. blockcipher knows nothing of
+// FUSE or KMS, keyring nothing of FUSE or files, volume nothing of FUSE,
+// and only keyring/awskms speaks to the AWS SDK. These checks read
+// `go list` and need no FUSE.
 
 const module = "github.com/kmsfs/kmsfs"
 
@@ -65,7 +66,7 @@ func imports(t *testing.T) map[string]directImports {
 		}
 		out[parts[0]] = directImports{code: strings.Fields(parts[1]), tests: strings.Fields(parts[2])}
 	}
-	for _, p := range []string{"blockcipher", "keyring", "keyring/kmstest", "fs", "cmd/kmsfs"} {
+	for _, p := range []string{"blockcipher", "blockfile", "volume", "keyring", "keyring/awskms", "keyring/kmstest", "fs", "cmd/kmsfs"} {
 		if _, ok := out[module+"/"+p]; !ok {
 			t.Fatalf("package %s/%s is missing from go list: update this test", module, p)
 		}
@@ -100,20 +101,43 @@ func TestDeps(t *testing.T) {
 		}
 	})
 
+	t.Run("blockfile imports only blockcipher and the standard library", func(t *testing.T) {
+		pkg := module + "/blockfile"
+		for dep, std := range deps(t, pkg) {
+			if !std && dep != pkg && dep != module+"/blockcipher" {
+				t.Errorf("blockfile depends on %s", dep)
+			}
+		}
+	})
+
 	t.Run("keyring knows nothing of FUSE, files or blocks", func(t *testing.T) {
-		for _, pkg := range []string{module + "/keyring", module + "/keyring/kmstest"} {
+		for _, pkg := range []string{module + "/keyring", module + "/keyring/awskms", module + "/keyring/kmstest"} {
 			for dep := range deps(t, pkg) {
-				if isGoFUSE(dep) || dep == module+"/fs" || strings.HasPrefix(dep, module+"/fs/") ||
+				if isGoFUSE(dep) || dep == module+"/fs" || dep == module+"/volume" || dep == module+"/blockfile" ||
 					dep == module+"/blockcipher" || strings.HasPrefix(dep, module+"/cmd/") {
 					t.Errorf("%s depends on %s", pkg, dep)
 				}
 			}
 		}
+		// The keyring interface and its local providers need no SDK.
+		for dep := range deps(t, module+"/keyring") {
+			if isAWSSDK(dep) {
+				t.Errorf("keyring depends on %s", dep)
+			}
+		}
 	})
 
-	t.Run("only keyring imports the AWS SDK", func(t *testing.T) {
+	t.Run("volume knows nothing of FUSE or KMS", func(t *testing.T) {
+		for dep := range deps(t, module+"/volume") {
+			if isGoFUSE(dep) || isAWSSDK(dep) || dep == module+"/fs" || strings.HasPrefix(dep, module+"/cmd/") {
+				t.Errorf("volume depends on %s", dep)
+			}
+		}
+	})
+
+	t.Run("only keyring/awskms imports the AWS SDK", func(t *testing.T) {
 		allowed := map[string]bool{
-			module + "/keyring":         true,
+			module + "/keyring/awskms":  true,
 			module + "/keyring/kmstest": true,
 			module + "/cmd/kmsfs":       true, // the wiring may import anything
 		}
@@ -139,23 +163,25 @@ func TestDeps(t *testing.T) {
 		}
 	})
 
-	t.Run("fs never imports the AWS SDK directly", func(t *testing.T) {
+	t.Run("fs does not reach the AWS SDK", func(t *testing.T) {
 		pkg := module + "/fs"
-		imps := imports(t)[pkg]
-		for _, imp := range slices.Concat(imps.code, imps.tests) {
-			if isAWSSDK(imp) {
-				t.Errorf("fs imports %s", imp)
+		for dep := range deps(t, pkg) {
+			if isAWSSDK(dep) || dep == module+"/keyring/awskms" {
+				t.Errorf("fs depends on %s", dep)
 			}
 		}
-		// It does reach the SDK, through keyring only: no other path.
-		for _, imp := range imps.code {
-			if imp == module+"/keyring" || !strings.HasPrefix(imp, module+"/") {
-				continue
-			}
-			for dep := range deps(t, imp) {
-				if isAWSSDK(dep) {
-					t.Errorf("fs reaches %s through %s", dep, imp)
-				}
+	})
+
+	t.Run("fs exports no volume config", func(t *testing.T) {
+		out := goList(t, "-f", "{{.Dir}}", module+"/fs")
+		cmd := exec.Command("go", "doc", "-short", out[0])
+		b, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("go doc: %v", err)
+		}
+		for _, name := range []string{"Config", "KeyringSpec", "ParseConfig", "ReadConfig", "WriteConfig"} {
+			if strings.Contains(string(b), " "+name+" ") || strings.Contains(string(b), " "+name+"(") {
+				t.Errorf("fs exports %s: the volume config belongs to package volume", name)
 			}
 		}
 	})

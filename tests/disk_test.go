@@ -153,7 +153,7 @@ func smallExt4(t *testing.T, size int64) string {
 }
 
 // TestDiskFullExt4: on ext4 an append reserves no space first (it relies
-// on ext4 taking the space at write time, blockcipher.File.extend). Many
+// on ext4 taking the space at write time, blockfile.File.extend). Many
 // files are appended to in pieces of assorted sizes until the disk is full
 // and 40 writes have been refused, then once more each. Every file then
 // holds exactly the bytes whose writes succeeded, before and after a

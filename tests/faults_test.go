@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/awskms"
 	"github.com/kmsfs/kmsfs/keyring/kmstest"
 )
 
@@ -21,9 +22,9 @@ import (
 
 // faultBound is how long a failing KMS call may keep an open or a create
 // waiting: the aws-kms keyring bounds each call, retries included, by its
-// CallTimeout (keyring.DefaultKMSCallTimeout, 10 s, over
+// CallTimeout (awskms.DefaultCallTimeout, 10 s, over
 // DefaultKMSMaxAttempts = 3 attempts), plus slack for a loaded machine.
-const faultBound = keyring.DefaultKMSCallTimeout + 5*time.Second
+const faultBound = awskms.DefaultCallTimeout + 5*time.Second
 
 // promptBound is how fast a metadata operation must answer while a KMS
 // call hangs: it needs no key, so it must not wait for one.
@@ -124,17 +125,17 @@ func TestFaultKMSErrors(t *testing.T) {
 		{"InvalidCiphertext on Decrypt", kmstest.Fault{Op: "Decrypt", ErrorCode: "InvalidCiphertextException"},
 			syscall.EIO, 1, keyring.ErrInvalidCiphertext.Error(), "InvalidCiphertextException"},
 		{"Throttling on Decrypt", kmstest.Fault{Op: "Decrypt", ErrorCode: "ThrottlingException"},
-			syscall.EIO, keyring.DefaultKMSMaxAttempts, keyring.ErrThrottled.Error(), "ThrottlingException"},
+			syscall.EIO, awskms.DefaultMaxAttempts, keyring.ErrThrottled.Error(), "ThrottlingException"},
 		{"KMSInternal 500 on Decrypt", kmstest.Fault{Op: "Decrypt", ErrorCode: "KMSInternalException", Status: 500},
-			syscall.EIO, keyring.DefaultKMSMaxAttempts, keyring.ErrUnreachable.Error(), "KMSInternalException"},
+			syscall.EIO, awskms.DefaultMaxAttempts, keyring.ErrUnreachable.Error(), "KMSInternalException"},
 		{"HTTP 503 on Decrypt", kmstest.Fault{Op: "Decrypt", Status: 503},
-			syscall.EIO, keyring.DefaultKMSMaxAttempts, keyring.ErrUnreachable.Error(), "503"},
+			syscall.EIO, awskms.DefaultMaxAttempts, keyring.ErrUnreachable.Error(), "503"},
 		{"dropped connections on Decrypt", kmstest.Fault{Op: "Decrypt", Drop: true},
-			syscall.EIO, keyring.DefaultKMSMaxAttempts, keyring.ErrUnreachable.Error(), ""},
+			syscall.EIO, awskms.DefaultMaxAttempts, keyring.ErrUnreachable.Error(), ""},
 		{"AccessDenied on GenerateDataKey", kmstest.Fault{Op: "GenerateDataKey", ErrorCode: "AccessDeniedException"},
 			syscall.EACCES, 1, keyring.ErrAccessDenied.Error(), "AccessDeniedException"},
 		{"HTTP 503 on GenerateDataKey", kmstest.Fault{Op: "GenerateDataKey", Status: 503},
-			syscall.EIO, keyring.DefaultKMSMaxAttempts, keyring.ErrUnreachable.Error(), "503"},
+			syscall.EIO, awskms.DefaultMaxAttempts, keyring.ErrUnreachable.Error(), "503"},
 	}
 	for _, tc := range cases {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {

@@ -23,7 +23,7 @@ func TestFuzzParsers(t *testing.T) {
 	for _, target := range []struct{ pkg, name string }{
 		{"../blockcipher", "FuzzParseHeader"},
 		{"../blockcipher", "FuzzOpenBlock"},
-		{"../fs", "FuzzParseConfig"},
+		{"../volume", "FuzzParseConfig"},
 	} {
 		t.Run(target.name, func(t *testing.T) {
 			var out []byte

@@ -121,20 +121,21 @@ const (
 	genSeries  = `kmsfs_keyring_calls_total{op="generate_data_key"}`
 	decSeries  = `kmsfs_keyring_calls_total{op="decrypt"}`
 	liveSeries = `kmsfs_live_keys`
+	openSeries = `kmsfs_open_file_keys`
 )
 
-// idle waits until the mount holds no data key: every handle the test
+// idle waits until no open file holds a data key: every handle the test
 // closed has been released (the kernel sends RELEASE after close returns).
 func (k *kmsMount) idle(t testing.TB) {
 	t.Helper()
 	k.waitLiveKeys(t, 0)
 }
 
-// waitLiveKeys waits until the mount holds exactly n data keys.
+// waitLiveKeys waits until open files hold exactly n data keys.
 func (k *kmsMount) waitLiveKeys(t testing.TB, n int) {
 	t.Helper()
-	pollUntil(t, 10*time.Second, fmt.Sprintf("kmsfs_live_keys to be %d", n), func() bool {
-		return k.scrape(t)[liveSeries] == float64(n)
+	pollUntil(t, 10*time.Second, fmt.Sprintf("kmsfs_open_file_keys to be %d", n), func() bool {
+		return k.scrape(t)[openSeries] == float64(n)
 	})
 }
 

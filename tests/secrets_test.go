@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
+	kvolume "github.com/kmsfs/kmsfs/volume"
 )
 
 // fileDataKey unwraps the data key of a cipher file of a local-key volume
@@ -30,11 +30,7 @@ func fileDataKey(t *testing.T, keyFile, cipherFile string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs, _, err := blockcipher.ParsePrefix(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := blockcipher.ParseHeader(b[:hs])
+	h, err := kvolume.ReadAnyHeader(bytes.NewReader(b), int64(len(b)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,12 +38,8 @@ func fileDataKey(t *testing.T, keyFile, cipherFile string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var entries []keyring.WrappedKey
-	for _, k := range h.Keys {
-		entries = append(entries, keyring.WrappedKey{Kind: keyring.Kind(k.Kind), KeyID: k.KeyID, Blob: k.Blob})
-	}
 	ec := keyring.FileContext(hex.EncodeToString(h.VolumeID[:]), hex.EncodeToString(h.FileID[:]))
-	dk, err := l.Decrypt(context.Background(), entries, ec)
+	dk, err := l.Decrypt(context.Background(), kvolume.Entries(h), ec)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/awskms"
 )
 
 // kmsCeiling is how many calls a second local-kms answers on this
@@ -31,7 +32,7 @@ func measureKMSCeiling(endpoint string, calls, clients int) (kmsCeiling, error) 
 	ctx := context.Background()
 	// Credentials come from the environment (e.awsEnv), as for the mounts:
 	// only keyring/ talks to the AWS SDK.
-	k, err := keyring.NewAWSKMS(ctx, keyring.AWSKMSConfig{
+	k, err := awskms.New(ctx, awskms.Config{
 		KeyID:       "alias/kmsfs-bench",
 		Region:      "eu-west-2",
 		Endpoint:    endpoint,

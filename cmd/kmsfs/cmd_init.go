@@ -5,31 +5,30 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
-	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/awskms"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 func cmdInit(args []string, stdout, stderr io.Writer) error {
 	fl := newFlagSet("init", "[flags] CIPHERDIR", stderr)
-	var kmsKeys stringList
-	fl.Var(&kmsKeys, "kms-key", "KMS key `ID|ARN|alias/NAME` to wrap data keys with (repeat for several: any one can unwrap)")
-	region := fl.String("region", "", "AWS `region` of the KMS key(s) (default: the SDK's, or the key ARN's)")
-	endpoint := fl.String("kms-endpoint", "", "KMS endpoint `URL` (a VPC endpoint, or local-kms)")
-	localKey := fl.String("local-key", "", "local key `FILE` (created with mode 0600 if missing); the default when no --kms-key is given is $XDG_CONFIG_HOME/kmsfs/VOLUME_ID.key")
+	var kf keyringFlags
+	kf.register(fl)
 	blockSize := fl.Int("block-size", 4096, "plaintext bytes per encrypted block: a power of two from 512 to 1048576")
 	pos, err := parseArgs(fl, args, "CIPHERDIR")
 	if err != nil {
 		return err
 	}
 	dir := pos[0]
-	if len(kmsKeys) == 0 && (*region != "" || *endpoint != "") {
-		return fail(exitUsage, "--region and --kms-endpoint apply to the --kms-key keys: give one, or leave them out for a local-key volume")
+	if err := kf.check(); err != nil {
+		return err
 	}
 	if _, err := blockcipher.NewLayout(blockcipher.MinHeaderSize, *blockSize); err != nil {
 		return fail(exitUsage, "--block-size %d: must be a power of two from 512 to 1048576", *blockSize)
@@ -37,117 +36,172 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	if err := checkInitDir(dir); err != nil {
 		return err
 	}
-
 	volumeID := blockcipher.NewID()
-	volumeHex := hex.EncodeToString(volumeID[:])
-	cfg := &kfs.Config{FormatVersion: kfs.ConfigVersion, VolumeID: volumeHex, BlockSize: *blockSize, Features: []string{}}
-	ctx := context.Background()
-
-	var members []keyring.Keyring
-	var kmsRings []*keyring.AWSKMS
-	for _, id := range kmsKeys {
-		k, err := keyring.NewAWSKMS(ctx, keyring.AWSKMSConfig{KeyID: id, Region: *region, Endpoint: *endpoint})
-		if err != nil {
-			return fail(exitUsage, "--kms-key %s: %v", id, err)
-		}
-		members = append(members, k)
-		kmsRings = append(kmsRings, k)
-	}
-	// A local key: asked for, or the default when there is no KMS key.
-	createdKey := ""
-	var local *keyring.Local
-	keyPath := *localKey
-	if keyPath != "" || len(kmsKeys) == 0 {
-		if keyPath == "" {
-			d, err := defaultKeyDir()
-			if err != nil {
-				return fail(exitKey, "%v", err)
-			}
-			keyPath = filepath.Join(d, volumeHex+".key")
-		}
-		if keyPath, err = filepath.Abs(keyPath); err != nil {
-			return err
-		}
-		if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-			if err := keyring.CreateLocalKeyFile(keyPath); err != nil {
-				return fail(exitKey, "%v", err)
-			}
-			createdKey = keyPath
-		}
-		if local, err = loadLocalKey(keyPath); err != nil {
-			removeCreated(createdKey)
-			return err
-		}
-		members = append(members, local)
-	}
-	kr := members[0]
-	if len(members) > 1 {
-		if kr, err = keyring.NewMulti(members...); err != nil {
-			removeCreated(createdKey)
-			return fail(exitKey, "%v", err)
-		}
-	}
-
-	// Prove the keys work, and learn the blob sizes, before writing
-	// anything: one GenerateDataKey and one Decrypt per key.
-	wrapped, err := roundTrip(ctx, kr, members, volumeHex)
+	cfg := &volume.Config{FormatVersion: volume.ConfigVersion, VolumeID: hex.EncodeToString(volumeID[:]), BlockSize: *blockSize, Features: []string{}}
+	keys, err := kf.build(context.Background(), cfg.VolumeID)
 	if err != nil {
-		removeCreated(createdKey)
 		return err
 	}
-	for _, m := range members {
+	cfg.Keyrings, cfg.HeaderSize = keys.specs, keys.headerSize
+	if err := writeNewVolume(dir, cfg); err != nil {
+		removeCreated(keys.createdKey)
+		return err
+	}
+	reportInit(dir, cfg, keys, stdout, stderr)
+	return nil
+}
+
+// keyringFlags are the flags that choose a volume's keyrings.
+type keyringFlags struct {
+	kmsKeys                    stringList
+	region, endpoint, localKey string
+}
+
+func (kf *keyringFlags) register(fl *flag.FlagSet) {
+	fl.Var(&kf.kmsKeys, "kms-key", "KMS key `ID|ARN|alias/NAME` to wrap data keys with (repeat for several: any one can unwrap)")
+	fl.StringVar(&kf.region, "region", "", "AWS `region` of the KMS key(s) (default: the SDK's, or the key ARN's)")
+	fl.StringVar(&kf.endpoint, "kms-endpoint", "", "KMS endpoint `URL` (a VPC endpoint, or local-kms)")
+	fl.StringVar(&kf.localKey, "local-key", "", "local key `FILE` (created with mode 0600 if missing); the default when no --kms-key is given is $XDG_CONFIG_HOME/kmsfs/VOLUME_ID.key")
+}
+
+func (kf *keyringFlags) check() error {
+	if len(kf.kmsKeys) == 0 && (kf.region != "" || kf.endpoint != "") {
+		return fail(exitUsage, "--region and --kms-endpoint apply to the --kms-key keys: give one, or leave them out for a local-key volume")
+	}
+	return nil
+}
+
+// volumeKeys are the keyrings the flags chose, proven to work.
+type volumeKeys struct {
+	members    []keyring.Keyring
+	specs      []volume.KeyringSpec
+	headerSize int
+	createdKey string // a local key file made for them, removed on failure
+}
+
+// build makes the keyrings the flags name for volume volumeHex (a new
+// local key file if asked for, or if no KMS key is given), proves they
+// work with one round trip, and sizes the header from it.
+func (kf *keyringFlags) build(ctx context.Context, volumeHex string) (*volumeKeys, error) {
+	keys := &volumeKeys{}
+	for _, id := range kf.kmsKeys {
+		k, err := awskms.New(ctx, awskms.Config{KeyID: id, Region: kf.region, Endpoint: kf.endpoint})
+		if err != nil {
+			return nil, fail(exitUsage, "--kms-key %s: %v", id, err)
+		}
+		keys.members = append(keys.members, k)
+	}
+	if kf.localKey != "" || len(kf.kmsKeys) == 0 {
+		local, path, created, err := localKeyFor(kf.localKey, volumeHex)
+		if err != nil {
+			return nil, err
+		}
+		keys.createdKey = created
+		keys.members = append(keys.members, local)
+		kf.localKey = path
+	}
+	if err := keys.prove(ctx, volumeHex); err != nil {
+		removeCreated(keys.createdKey)
+		return nil, err
+	}
+	for i, m := range keys.members {
 		switch k := m.(type) {
-		case *keyring.AWSKMS:
-			cfg.Keyrings = append(cfg.Keyrings, kfs.KeyringSpec{Kind: keyring.KindAWSKMS, KeyID: keyIDOf(k, kmsKeys, kmsRings), KeyARN: k.KeyARN(), Region: *region, Endpoint: *endpoint})
+		case *awskms.Keyring:
+			keys.specs = append(keys.specs, volume.KeyringSpec{Kind: keyring.KindAWSKMS, KeyID: kf.kmsKeys[i], KeyARN: k.KeyARN(), Region: kf.region, Endpoint: kf.endpoint})
 		case *keyring.Local:
-			cfg.Keyrings = append(cfg.Keyrings, kfs.KeyringSpec{Kind: keyring.KindLocal, KeyID: k.KeyID(), KeyFile: keyPath})
+			keys.specs = append(keys.specs, volume.KeyringSpec{Kind: keyring.KindLocal, KeyID: k.KeyID(), KeyFile: kf.localKey})
 		}
 	}
-	cfg.HeaderSize = headerSizeFor(wrapped)
+	return keys, nil
+}
+
+// prove runs the round trip (roundTrip) and sizes the header from it.
+func (keys *volumeKeys) prove(ctx context.Context, volumeHex string) error {
+	kr := keys.members[0]
+	if len(keys.members) > 1 {
+		m, err := keyring.NewMulti(keys.members...)
+		if err != nil {
+			return fail(exitKey, "%v", err)
+		}
+		kr = m
+	}
+	wrapped, err := roundTrip(ctx, kr, keys.members, volumeHex)
+	if err != nil {
+		return err
+	}
+	if keys.headerSize, err = volume.HeaderSizeFor(wrapped); err != nil {
+		return fail(exitKey, "%v", err)
+	}
+	return nil
+}
+
+// localKeyFor loads the local key file at path, creating it if it does not
+// exist (path "": the default path for volume volumeHex). It returns the
+// key, its absolute path, and that path again if it created the file.
+func localKeyFor(path, volumeHex string) (*keyring.Local, string, string, error) {
+	if path == "" {
+		d, err := defaultKeyDir()
+		if err != nil {
+			return nil, "", "", fail(exitKey, "%v", err)
+		}
+		path = filepath.Join(d, volumeHex+".key")
+	}
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return nil, "", "", err
+	}
+	created := ""
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		if err := keyring.CreateLocalKeyFile(path); err != nil {
+			return nil, "", "", fail(exitKey, "%v", err)
+		}
+		created = path
+	}
+	local, err := loadLocalKey(path)
+	if err != nil {
+		removeCreated(created)
+		return nil, "", "", err
+	}
+	return local, path, created, nil
+}
+
+// writeNewVolume creates dir if needed and writes cfg as its config.
+func writeNewVolume(dir string, cfg *volume.Config) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		removeCreated(createdKey)
 		return fail(exitVolume, "create %s: %v", dir, err)
 	}
-	if err := kfs.WriteConfig(dir, cfg); err != nil {
-		removeCreated(createdKey)
-		return fail(exitVolume, "write %s: %v", filepath.Join(dir, kfs.ConfigName), err)
+	if err := volume.WriteConfig(dir, cfg); err != nil {
+		return fail(exitVolume, "write %s: %v", filepath.Join(dir, volume.ConfigName), err)
 	}
+	return nil
+}
 
-	fmt.Fprintf(stdout, "Created kmsfs volume %s in %s (block size %d, header %d bytes).\n", volumeHex, dir, cfg.BlockSize, cfg.HeaderSize)
+// reportInit keeps the trusted copy of the new config and says what was
+// made.
+func reportInit(dir string, cfg *volume.Config, keys *volumeKeys, stdout, stderr io.Writer) {
+	fmt.Fprintf(stdout, "Created kmsfs volume %s in %s (block size %d, header %d bytes).\n", cfg.VolumeID, dir, cfg.BlockSize, cfg.HeaderSize)
 	// Mounts on this machine refuse a config that differs from this copy
 	// (trust.go). Without it the first mount trusts what it finds.
-	raw, err := kfs.ConfigBytes(cfg)
+	raw, err := volume.ConfigBytes(cfg)
 	var paths []string
 	if err == nil {
-		paths, err = trustedCopies(volumeHex, dir)
+		paths, err = trustedCopies(cfg.VolumeID, dir)
 	}
 	if err == nil {
 		err = keepTrusted(paths, raw)
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "kmsfs: warning: could not keep a trusted copy of %s (%v): the first mount on this machine will trust the config it finds\n", filepath.Join(dir, kfs.ConfigName), err)
+		fmt.Fprintf(stderr, "kmsfs: warning: could not keep a trusted copy of %s (%v): the first mount on this machine will trust the config it finds\n", filepath.Join(dir, volume.ConfigName), err)
 	} else {
-		fmt.Fprintf(stdout, "Trusted copy of its config: %s (mounts here refuse a changed %s).\n", paths[0], kfs.ConfigName)
+		fmt.Fprintf(stdout, "Trusted copy of its config: %s (mounts here refuse a changed %s).\n", paths[0], volume.ConfigName)
 	}
-	for _, m := range members {
-		if d, ok := m.(keyring.Describer); ok {
-			fmt.Fprintf(stdout, "Key: %s\n", d.Describe())
-		}
+	for _, m := range keys.members {
+		fmt.Fprintf(stdout, "Key: %s\n", describe(m))
 	}
-	if createdKey != "" {
-		fmt.Fprintf(stdout, "The local key file %s was created: back it up; without it this volume cannot be read.\n", createdKey)
+	if keys.createdKey != "" {
+		fmt.Fprintf(stdout, "The local key file %s was created: back it up; without it this volume cannot be read.\n", keys.createdKey)
 	}
 	fmt.Fprintf(stdout, "Mount it with: kmsfs mount %s MOUNTPOINT\n", dir)
-	return nil
-}
-
-func keyIDOf(k *keyring.AWSKMS, ids []string, rings []*keyring.AWSKMS) string {
-	for i, r := range rings {
-		if r == k {
-			return ids[i]
-		}
-	}
-	return k.KeyARN()
 }
 
 func removeCreated(path string) {
@@ -166,7 +220,7 @@ func checkInitDir(dir string) error {
 		return fail(exitVolume, "%v", err)
 	}
 	for _, e := range entries {
-		if e.Name() == kfs.ConfigName {
+		if e.Name() == volume.ConfigName {
 			return fail(exitVolume, "%s is already a kmsfs volume: mount it with kmsfs mount %s MOUNTPOINT", dir, dir)
 		}
 	}
@@ -206,16 +260,4 @@ func describe(k keyring.Keyring) string {
 		return d.Describe()
 	}
 	return fmt.Sprintf("%T", k)
-}
-
-// headerSizeFor sizes the header slot from real wrapped keys: the used
-// size plus 256 bytes of headroom (KMS blobs vary a little between calls
-// and key rotations), rounded up to 256, at least 512 (docs/FORMAT.md).
-func headerSizeFor(wrapped []keyring.WrappedKey) int {
-	h := blockcipher.Header{}
-	for _, w := range wrapped {
-		h.Keys = append(h.Keys, blockcipher.KeyEntry{Kind: string(w.Kind), KeyID: w.KeyID, Blob: w.Blob})
-	}
-	size := (h.UsedSize() + 256 + 255) / 256 * 256
-	return max(size, 512)
 }

@@ -4,12 +4,11 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"io"
 	"os"
 
-	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // inspectOutput is the JSON `kmsfs inspect` prints. The field names are an
@@ -55,20 +54,7 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 	if st.Size() == 0 {
 		return fail(exitInspect, "%s is empty: it has no header yet (plaintext size 0)", path)
 	}
-	prefix := make([]byte, blockcipher.PrefixSize)
-	n, err := io.ReadFull(f, prefix)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return fail(exitInspect, "read %s: %v", path, err)
-	}
-	hs, _, err := blockcipher.ParsePrefix(prefix[:n])
-	if err != nil {
-		return fail(exitInspect, "%s: %v", path, err)
-	}
-	slot := make([]byte, hs)
-	if n, err := f.ReadAt(slot, 0); n < hs {
-		return fail(exitInspect, "%s: header truncated: %d of %d bytes (%v)", path, n, hs, err)
-	}
-	h, err := blockcipher.ParseHeader(slot)
+	h, err := volume.ReadAnyHeader(f, st.Size())
 	if err != nil {
 		return fail(exitInspect, "%s: %v", path, err)
 	}
@@ -84,9 +70,9 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 		WrappedKeys:   []wrappedJSON{},
 	}
 	ec := keyring.FileContext(out.VolumeID, out.FileID)
-	for _, k := range h.Keys {
+	for _, k := range volume.Entries(h) {
 		out.WrappedKeys = append(out.WrappedKeys, wrappedJSON{
-			Keyring:           k.Kind,
+			Keyring:           string(k.Kind),
 			KeyID:             k.KeyID,
 			CiphertextBlob:    base64.StdEncoding.EncodeToString(k.Blob),
 			EncryptionContext: ec,

@@ -23,9 +23,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/kmsfs/kmsfs/blockcipher"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // readyEnv names the descriptor a daemonized child reports readiness on.
@@ -129,10 +129,11 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	if mountpoint, err = filepath.Abs(mountpoint); err != nil {
 		return err
 	}
-	cfg, raw, err := loadVolume(cipherDir)
+	vol, err := loadVolume(cipherDir)
 	if err != nil {
 		return err
 	}
+	cfg, raw := vol.Config, vol.Raw
 	if err := checkMountpoint(mountpoint); err != nil {
 		return err
 	}
@@ -165,10 +166,8 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	}
 	metrics := keyring.NewMetrics(kr)
 	kr = metrics
-	blockcipher.CalibrateParallel()
 	root, err := kfs.NewRoot(kfs.Options{
-		CipherDir:    cipherDir,
-		Config:       cfg,
+		Volume:       vol,
 		Keyring:      kr,
 		Logger:       log,
 		ReadOnly:     m.readOnly,
@@ -304,28 +303,27 @@ func setProcs(log *slog.Logger) (lo, hi int) {
 	return lo, hi
 }
 
-// loadVolume reads and checks CIPHERDIR's config, returning it parsed and
-// as the bytes it was parsed from.
-func loadVolume(cipherDir string) (*kfs.Config, []byte, error) {
+// loadVolume opens CIPHERDIR and checks its config.
+func loadVolume(cipherDir string) (*volume.Volume, error) {
 	st, err := os.Stat(cipherDir)
 	if err != nil {
-		return nil, nil, fail(exitVolume, "CIPHERDIR %s does not exist: create a volume with kmsfs init %s", cipherDir, cipherDir)
+		return nil, fail(exitVolume, "CIPHERDIR %s does not exist: create a volume with kmsfs init %s", cipherDir, cipherDir)
 	}
 	if !st.IsDir() {
-		return nil, nil, fail(exitVolume, "CIPHERDIR %s is not a directory", cipherDir)
+		return nil, fail(exitVolume, "CIPHERDIR %s is not a directory", cipherDir)
 	}
-	cfg, raw, err := kfs.ReadConfig(cipherDir)
-	if errors.Is(err, kfs.ErrNoConfig) {
+	vol, err := volume.Open(cipherDir)
+	if errors.Is(err, volume.ErrNoConfig) {
 		entries, _ := os.ReadDir(cipherDir)
 		if len(entries) == 0 {
-			return nil, nil, fail(exitVolume, "%s is not a kmsfs volume yet: run kmsfs init %s first", cipherDir, cipherDir)
+			return nil, fail(exitVolume, "%s is not a kmsfs volume yet: run kmsfs init %s first", cipherDir, cipherDir)
 		}
-		return nil, nil, fail(exitVolume, "%s is not a kmsfs volume (no %s); refusing to mount a directory that holds other data", cipherDir, kfs.ConfigName)
+		return nil, fail(exitVolume, "%s is not a kmsfs volume (no %s); refusing to mount a directory that holds other data", cipherDir, volume.ConfigName)
 	}
 	if err != nil {
-		return nil, nil, fail(exitVolume, "%s: %v", cipherDir, err)
+		return nil, fail(exitVolume, "%s: %v", cipherDir, err)
 	}
-	return cfg, raw, nil
+	return vol, nil
 }
 
 // checkMountpoint wants an existing directory that is not already a mount

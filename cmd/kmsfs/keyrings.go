@@ -7,8 +7,9 @@ import (
 	"os"
 	"path/filepath"
 
-	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/awskms"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // keyOverrides are mount-time replacements for fields of the volume config.
@@ -18,7 +19,7 @@ type keyOverrides struct {
 
 // buildKeyring makes the keyring a volume config names: one provider, or
 // a Multi over several in config order.
-func buildKeyring(ctx context.Context, cfg *kfs.Config, ov keyOverrides) (keyring.Keyring, error) {
+func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (keyring.Keyring, error) {
 	kmsCount, localCount := 0, 0
 	for _, spec := range cfg.Keyrings {
 		switch spec.Kind {
@@ -55,14 +56,14 @@ func buildKeyring(ctx context.Context, cfg *kfs.Config, ov keyOverrides) (keyrin
 			}
 			members = append(members, l)
 		case keyring.KindAWSKMS:
-			c := keyring.AWSKMSConfig{KeyID: spec.KeyID, KeyARN: spec.KeyARN, Region: spec.Region, Endpoint: spec.Endpoint}
+			c := awskms.Config{KeyID: spec.KeyID, KeyARN: spec.KeyARN, Region: spec.Region, Endpoint: spec.Endpoint}
 			if ov.region != "" {
 				c.Region = ov.region
 			}
 			if ov.endpoint != "" {
 				c.Endpoint = ov.endpoint
 			}
-			k, err := keyring.NewAWSKMS(ctx, c)
+			k, err := awskms.New(ctx, c)
 			if err != nil {
 				return nil, fail(exitKey, "KMS key %s: %v", spec.KeyID, err)
 			}

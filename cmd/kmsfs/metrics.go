@@ -23,10 +23,12 @@ func serveMetrics(addr string, m *keyring.Metrics, root *kfs.Root, log *slog.Log
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		m.WritePrometheus(w)
-		st := root.Stats()
-		fmt.Fprintln(w, "# HELP kmsfs_live_keys Data keys held by open files.")
+		fmt.Fprintln(w, "# HELP kmsfs_live_keys Data keys held in memory: by open files, the key pool, prefetching and the key cache.")
 		fmt.Fprintln(w, "# TYPE kmsfs_live_keys gauge")
-		fmt.Fprintf(w, "kmsfs_live_keys %d\n", st.LiveKeys)
+		fmt.Fprintf(w, "kmsfs_live_keys %d\n", keyring.LiveKeys())
+		fmt.Fprintln(w, "# HELP kmsfs_open_file_keys Data keys held by open files (of kmsfs_live_keys).")
+		fmt.Fprintln(w, "# TYPE kmsfs_open_file_keys gauge")
+		fmt.Fprintf(w, "kmsfs_open_file_keys %d\n", root.Stats().LiveKeys)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // The volume config in CIPHERDIR names the keys that every new file's data
@@ -103,8 +103,8 @@ func keepTrusted(paths []string, raw []byte) error {
 // CIPHERDIR. With neither it keeps both and logs what it now trusts. If
 // either differs it refuses, unless accept (--trust-config), which
 // replaces both.
-func checkTrust(cipherDir string, cfg *kfs.Config, raw []byte, accept bool, log *slog.Logger) error {
-	name := filepath.Join(cipherDir, kfs.ConfigName)
+func checkTrust(cipherDir string, cfg *volume.Config, raw []byte, accept bool, log *slog.Logger) error {
+	name := filepath.Join(cipherDir, volume.ConfigName)
 	paths, err := trustedCopies(cfg.VolumeID, cipherDir)
 	if err != nil {
 		return fail(exitVolume, "%v", err)
@@ -144,8 +144,8 @@ func checkTrust(cipherDir string, cfg *kfs.Config, raw []byte, accept bool, log 
 }
 
 // configChange says how cfg differs from old, the trusted bytes.
-func configChange(old []byte, cfg *kfs.Config) string {
-	prev, err := kfs.ParseConfig(old)
+func configChange(old []byte, cfg *volume.Config) string {
+	prev, err := volume.ParseConfig(old)
 	if err != nil {
 		return "the trusted copy does not parse (" + err.Error() + ")"
 	}
@@ -161,7 +161,7 @@ func configChange(old []byte, cfg *kfs.Config) string {
 
 // keyringList names keyrings for a log line or an error: kind, key, and
 // where it is reached.
-func keyringList(specs []kfs.KeyringSpec) string {
+func keyringList(specs []volume.KeyringSpec) string {
 	var parts []string
 	for _, s := range specs {
 		d := string(s.Kind) + " " + s.KeyID

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // TestTrustSurvivesSymlinkSwap: someone who can write the directory holding
@@ -24,7 +26,7 @@ func TestTrustSurvivesSymlinkSwap(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cfg, raw, err := loadVolume(vol)
+	cfg, raw, err := loadConfig(vol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +46,7 @@ func TestTrustSurvivesSymlinkSwap(t *testing.T) {
 	if err := os.Symlink(".other", vol); err != nil {
 		t.Fatal(err)
 	}
-	cfg, raw, err = loadVolume(vol)
+	cfg, raw, err = loadConfig(vol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +75,7 @@ func TestTrustSurvivesAliasPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	_, raw, err := loadVolume(vol)
+	_, raw, err := loadConfig(vol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func TestTrustSurvivesAliasPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Same directory, same path given to init: refused.
-	cfg, raw, err := loadVolume(vol)
+	cfg, raw, err := loadConfig(vol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +93,7 @@ func TestTrustSurvivesAliasPath(t *testing.T) {
 	}
 	// Same directory through an alias.
 	alias := filepath.Join(share, "alias", "vault")
-	cfg, raw, err = loadVolume(alias)
+	cfg, raw, err = loadConfig(alias)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,4 +121,13 @@ func withOtherVolume(t *testing.T, raw []byte) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// loadConfig is loadVolume for the tests of checkTrust.
+func loadConfig(dir string) (*volume.Config, []byte, error) {
+	v, err := loadVolume(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return v.Config, v.Raw, nil
 }

@@ -32,7 +32,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
-	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/awskms"
 )
 
 // localKMSTool is the tool's package path in go.mod.
@@ -230,8 +230,8 @@ func staticCredentials() aws.CredentialsProvider {
 // credentials, 3 attempts, a 10 ms backoff cap (retried failures fail
 // fast) and a 5 s call timeout (short, yet ample for a loaded CI machine
 // running -race). Change fields (Endpoint to a Proxy's) as needed.
-func (s *Server) Config(keyID string) keyring.AWSKMSConfig {
-	return keyring.AWSKMSConfig{
+func (s *Server) Config(keyID string) awskms.Config {
+	return awskms.Config{
 		KeyID:       keyID,
 		Region:      Region,
 		Endpoint:    s.endpoint,
@@ -244,9 +244,9 @@ func (s *Server) Config(keyID string) keyring.AWSKMSConfig {
 
 // Keyring returns an AWSKMS keyring for keyID (an ID, ARN, alias or alias
 // ARN) on this server, built from Config.
-func (s *Server) Keyring(t testing.TB, keyID string) *keyring.AWSKMS {
+func (s *Server) Keyring(t testing.TB, keyID string) *awskms.Keyring {
 	t.Helper()
-	k, err := keyring.NewAWSKMS(context.Background(), s.Config(keyID))
+	k, err := awskms.New(context.Background(), s.Config(keyID))
 	if err != nil {
 		t.Fatalf("kmstest: keyring for %s: %v", keyID, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/awskms"
 	"github.com/kmsfs/kmsfs/keyring/kmstest"
 )
 
@@ -111,7 +112,7 @@ func TestEnvReachesServer(t *testing.T) {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
-	k, err := keyring.NewAWSKMS(context.Background(), keyring.AWSKMSConfig{KeyID: kmstest.AliasName})
+	k, err := awskms.New(context.Background(), awskms.Config{KeyID: kmstest.AliasName})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,9 @@
-package keyring
+// Package awskms is the keyring of AWS KMS, or of any endpoint speaking
+// its API (local-kms in tests): data keys from GenerateDataKey, wrapped
+// copies from Encrypt, unwrapped with Decrypt, always naming the volume's
+// resolved key ARN. It is the only package of kmsfs that imports the AWS
+// SDK. Errors wrap the keyring package's sentinels.
+package awskms
 
 import (
 	"bytes"
@@ -20,17 +25,19 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+
+	"github.com/kmsfs/kmsfs/keyring"
 )
 
-// Defaults of AWSKMSConfig.
+// Defaults of Config.
 const (
-	DefaultKMSMaxAttempts = 3
-	DefaultKMSCallTimeout = 10 * time.Second
-	DefaultKMSMaxBackoff  = 2 * time.Second
+	DefaultMaxAttempts = 3
+	DefaultCallTimeout = 10 * time.Second
+	DefaultMaxBackoff  = 2 * time.Second
 )
 
-// AWSKMSConfig configures an AWSKMS keyring.
-type AWSKMSConfig struct {
+// Config configures an Keyring keyring.
+type Config struct {
 	// KeyID names the KMS key as the user gave it: a key ID, a key ARN,
 	// alias/NAME or an alias ARN.
 	KeyID string
@@ -48,31 +55,31 @@ type AWSKMSConfig struct {
 	// GrantTokens are sent with every GenerateDataKey, Encrypt and Decrypt.
 	GrantTokens []string
 	// MaxAttempts bounds the attempts of the SDK's standard retryer per
-	// call, the first one included. 0 means DefaultKMSMaxAttempts. The
+	// call, the first one included. 0 means DefaultMaxAttempts. The
 	// retryer keeps the SDK's retry quota (a token bucket per keyring), so
 	// in a long outage calls stop retrying and fail after one attempt
 	// until successes refill it.
 	MaxAttempts int
 	// MaxBackoff caps the retryer's delay between two attempts. 0 means
-	// DefaultKMSMaxBackoff.
+	// DefaultMaxBackoff.
 	MaxBackoff time.Duration
 	// CallTimeout bounds one whole KMS call, retries included. Each attempt
 	// gets CallTimeout/MaxAttempts to connect and answer, so a black-holed
 	// endpoint is retried rather than waited for. 0 means
-	// DefaultKMSCallTimeout.
+	// DefaultCallTimeout.
 	CallTimeout time.Duration
 	// Credentials overrides the SDK's default credential chain (tests use
 	// static credentials). nil: the default chain.
 	Credentials aws.CredentialsProvider
 }
 
-// AWSKMS wraps data keys under one AWS KMS key (or a key of any endpoint
+// Keyring wraps data keys under one AWS KMS key (or a key of any endpoint
 // speaking the KMS API). Every wrapped entry it produces names the key's
 // ARN, never an alias, and it only sends entries naming that ARN to KMS.
 // Every KMS call runs under its own deadline (CallTimeout) and the SDK's
 // standard retryer with bounded attempts. Errors wrap the package's
 // sentinels (see kmsError). Safe for concurrent use.
-type AWSKMS struct {
+type Keyring struct {
 	client      *kms.Client
 	keyID       string // as configured
 	region      string
@@ -87,37 +94,72 @@ type AWSKMS struct {
 }
 
 var (
-	_ Keyring   = (*AWSKMS)(nil)
-	_ Wrapper   = (*AWSKMS)(nil)
-	_ Describer = (*AWSKMS)(nil)
+	_ keyring.Keyring   = (*Keyring)(nil)
+	_ keyring.Wrapper   = (*Keyring)(nil)
+	_ keyring.Describer = (*Keyring)(nil)
 )
 
-// NewAWSKMS builds the KMS client. It makes no KMS call: a wrong key or
+// New builds the KMS client. It makes no KMS call: a wrong key or
 // missing permissions show on the first GenerateDataKey or Decrypt.
-func NewAWSKMS(ctx context.Context, cfg AWSKMSConfig) (*AWSKMS, error) {
+func New(ctx context.Context, cfg Config) (*Keyring, error) {
+	endpoint, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	awsCfg, err := loadAWSConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	retryer := retry.NewStandard(func(o *retry.StandardOptions) {
+		o.MaxAttempts = cfg.MaxAttempts
+		o.MaxBackoff = cfg.MaxBackoff
+	})
+	client := kms.NewFromConfig(awsCfg, func(o *kms.Options) {
+		o.Retryer = retryer
+		// cfg.MaxAttempts is the bound; AWS_MAX_ATTEMPTS must not raise it.
+		o.RetryMaxAttempts = 0
+		o.ClientLogMode = 0 // see config.WithClientLogMode in loadAWSConfig
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.Endpoint)
+		}
+	})
+	return &Keyring{
+		client:      client,
+		keyID:       cfg.KeyID,
+		region:      awsCfg.Region,
+		endpoint:    endpoint,
+		grantTokens: slices.Clone(cfg.GrantTokens),
+		callTimeout: cfg.CallTimeout,
+		keyARN:      cfg.KeyARN,
+	}, nil
+}
+
+// normalize checks cfg, fills in its defaults, and returns the endpoint
+// redacted for display.
+func (cfg *Config) normalize() (string, error) {
 	if cfg.KeyID == "" && cfg.KeyARN == "" {
-		return nil, errors.New("aws-kms keyring: no key given")
+		return "", errors.New("aws-kms keyring: no key given")
 	}
 	if cfg.KeyARN != "" && !isKeyARN(cfg.KeyARN) {
-		return nil, fmt.Errorf("aws-kms keyring: %q is not a KMS key ARN (arn:PARTITION:kms:REGION:ACCOUNT:key/ID)", cfg.KeyARN)
+		return "", fmt.Errorf("aws-kms keyring: %q is not a KMS key ARN (arn:PARTITION:kms:REGION:ACCOUNT:key/ID)", cfg.KeyARN)
 	}
 	if cfg.KeyID == "" {
 		cfg.KeyID = cfg.KeyARN
 	}
 	if isKeyARN(cfg.KeyID) {
 		if cfg.KeyARN != "" && cfg.KeyARN != cfg.KeyID {
-			return nil, fmt.Errorf("aws-kms keyring: key %s does not match the volume's key %s", cfg.KeyID, cfg.KeyARN)
+			return "", fmt.Errorf("aws-kms keyring: key %s does not match the volume's key %s", cfg.KeyID, cfg.KeyARN)
 		}
 		cfg.KeyARN = cfg.KeyID
 	}
 	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = DefaultKMSMaxAttempts
+		cfg.MaxAttempts = DefaultMaxAttempts
 	}
 	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = DefaultKMSMaxBackoff
+		cfg.MaxBackoff = DefaultMaxBackoff
 	}
 	if cfg.CallTimeout <= 0 {
-		cfg.CallTimeout = DefaultKMSCallTimeout
+		cfg.CallTimeout = DefaultCallTimeout
 	}
 	if cfg.Region == "" {
 		cfg.Region = arnRegion(cfg.KeyARN)
@@ -125,37 +167,21 @@ func NewAWSKMS(ctx context.Context, cfg AWSKMSConfig) (*AWSKMS, error) {
 	if cfg.Region == "" {
 		cfg.Region = arnRegion(cfg.KeyID)
 	}
-	endpoint := ""
-	if cfg.Endpoint != "" {
-		u, err := url.Parse(cfg.Endpoint)
-		if err != nil || u.Scheme == "" || u.Host == "" {
-			return nil, fmt.Errorf("aws-kms keyring: endpoint %q is not a URL like https://kms.example.com", cfg.Endpoint)
-		}
-		endpoint = u.Redacted()
+	if cfg.Endpoint == "" {
+		return "", nil
 	}
+	u, err := url.Parse(cfg.Endpoint)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return "", fmt.Errorf("aws-kms keyring: endpoint %q is not a URL like https://kms.example.com", cfg.Endpoint)
+	}
+	return u.Redacted(), nil
+}
 
-	// One attempt may take at most its share of the call's budget: dial,
-	// TLS handshake and waiting for the response headers are all bounded by
-	// it, so a black-holed endpoint costs attempts, not the whole budget.
-	attemptTimeout := cfg.CallTimeout / time.Duration(cfg.MaxAttempts)
-	httpClient := awshttp.NewBuildableClient().
-		WithTimeout(attemptTimeout).
-		WithDialerOptions(func(d *net.Dialer) {
-			d.Timeout = attemptTimeout
-		}).
-		WithTransportOptions(func(tr *http.Transport) {
-			tr.TLSHandshakeTimeout = attemptTimeout
-			tr.ResponseHeaderTimeout = attemptTimeout
-			// kmsfs keeps up to 32 key-pool and 64 prefetch calls in
-			// flight: keep that many connections to the one KMS
-			// endpoint instead of the SDK's 10, so calls do not pay a
-			// new TCP (and TLS) handshake each.
-			tr.MaxIdleConnsPerHost = 128
-			tr.MaxIdleConns = 256
-		})
-
+// loadAWSConfig loads the SDK's configuration (credentials, region) with
+// kmsfs's HTTP client and no wire logging.
+func loadAWSConfig(ctx context.Context, cfg Config) (aws.Config, error) {
 	opts := []func(*config.LoadOptions) error{
-		config.WithHTTPClient(httpClient),
+		config.WithHTTPClient(newHTTPClient(cfg)),
 		// The SDK's wire logging (LogRequestWithBody, LogResponseWithBody)
 		// would print the Plaintext of GenerateDataKey and Decrypt
 		// responses and of Encrypt requests: data keys in a log. Zero, set
@@ -171,10 +197,10 @@ func NewAWSKMS(ctx context.Context, cfg AWSKMSConfig) (*AWSKMS, error) {
 	}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("aws-kms keyring: load AWS config: %w", err)
+		return aws.Config{}, fmt.Errorf("aws-kms keyring: load AWS config: %w", err)
 	}
 	if awsCfg.Region == "" {
-		return nil, errors.New("aws-kms keyring: no AWS region: pass --region, set AWS_REGION, or name the key by its ARN")
+		return aws.Config{}, errors.New("aws-kms keyring: no AWS region: pass --region, set AWS_REGION, or name the key by its ARN")
 	}
 	if awsCfg.Credentials != nil {
 		awsCfg.Credentials = tagCredentialErrors(awsCfg.Credentials)
@@ -182,35 +208,34 @@ func NewAWSKMS(ctx context.Context, cfg AWSKMSConfig) (*AWSKMS, error) {
 	// Wrapped after loading: the loader adds AWS_CA_BUNDLE's roots
 	// through the buildable client's own methods.
 	awsCfg.HTTPClient = oneWrite{awsCfg.HTTPClient}
+	return awsCfg, nil
+}
 
-	retryer := retry.NewStandard(func(o *retry.StandardOptions) {
-		o.MaxAttempts = cfg.MaxAttempts
-		o.MaxBackoff = cfg.MaxBackoff
-	})
-	client := kms.NewFromConfig(awsCfg, func(o *kms.Options) {
-		o.Retryer = retryer
-		// cfg.MaxAttempts is the bound; AWS_MAX_ATTEMPTS must not raise it.
-		o.RetryMaxAttempts = 0
-		o.ClientLogMode = 0 // see config.WithClientLogMode above
-		if cfg.Endpoint != "" {
-			o.BaseEndpoint = aws.String(cfg.Endpoint)
-		}
-	})
-
-	return &AWSKMS{
-		client:      client,
-		keyID:       cfg.KeyID,
-		region:      awsCfg.Region,
-		endpoint:    endpoint,
-		grantTokens: slices.Clone(cfg.GrantTokens),
-		callTimeout: cfg.CallTimeout,
-		keyARN:      cfg.KeyARN,
-	}, nil
+// newHTTPClient bounds each attempt by its share of the call's budget:
+// dial, TLS handshake and waiting for the response headers are all bounded
+// by it, so a black-holed endpoint costs attempts, not the whole budget.
+func newHTTPClient(cfg Config) *awshttp.BuildableClient {
+	attemptTimeout := cfg.CallTimeout / time.Duration(cfg.MaxAttempts)
+	return awshttp.NewBuildableClient().
+		WithTimeout(attemptTimeout).
+		WithDialerOptions(func(d *net.Dialer) {
+			d.Timeout = attemptTimeout
+		}).
+		WithTransportOptions(func(tr *http.Transport) {
+			tr.TLSHandshakeTimeout = attemptTimeout
+			tr.ResponseHeaderTimeout = attemptTimeout
+			// kmsfs keeps up to 32 key-pool and 64 prefetch calls in
+			// flight: keep that many connections to the one KMS
+			// endpoint instead of the SDK's 10, so calls do not pay a
+			// new TCP (and TLS) handshake each.
+			tr.MaxIdleConnsPerHost = 128
+			tr.MaxIdleConns = 256
+		})
 }
 
 // KeyARN returns the resolved key ARN, or "" while it is not known: the key
 // was configured by alias or key ID and no call has resolved it yet.
-func (k *AWSKMS) KeyARN() string {
+func (k *Keyring) KeyARN() string {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.keyARN
@@ -219,7 +244,7 @@ func (k *AWSKMS) KeyARN() string {
 // ResolveKeyARN returns the key ARN, asking KMS (DescribeKey, which needs
 // kms:DescribeKey) if it is not known yet. Concurrent callers share one
 // DescribeKey.
-func (k *AWSKMS) ResolveKeyARN(ctx context.Context) (string, error) {
+func (k *Keyring) ResolveKeyARN(ctx context.Context) (string, error) {
 	if arn := k.KeyARN(); arn != "" {
 		return arn, nil
 	}
@@ -248,7 +273,7 @@ func (k *AWSKMS) ResolveKeyARN(ctx context.Context) (string, error) {
 
 // learnKeyARN checks the key ARN a response names against the known one,
 // or remembers it if none is known yet.
-func (k *AWSKMS) learnKeyARN(op, got string) error {
+func (k *Keyring) learnKeyARN(op, got string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.keyARN != "" {
@@ -266,7 +291,7 @@ func (k *AWSKMS) learnKeyARN(op, got string) error {
 
 // requestKeyID is what a request names: the ARN once known, so that a
 // retargeted alias cannot switch keys under a volume.
-func (k *AWSKMS) requestKeyID() string {
+func (k *Keyring) requestKeyID() string {
 	if arn := k.KeyARN(); arn != "" {
 		return arn
 	}
@@ -276,9 +301,9 @@ func (k *AWSKMS) requestKeyID() string {
 // GenerateDataKey asks KMS for an AES-256 data key bound to ec. The wrapped
 // entry names the key ARN KMS reports; if the ARN was not known it is
 // remembered (KeyARN), and if it was, a response naming another key fails
-// the call. Errors wrap the sentinels (ErrAccessDenied, ErrKeyDisabled,
-// ErrKeyNotFound, ErrThrottled, ErrUnreachable).
-func (k *AWSKMS) GenerateDataKey(ctx context.Context, ec EncryptionContext) (*DataKey, []WrappedKey, error) {
+// the call. Errors wrap the sentinels (keyring.ErrAccessDenied, keyring.ErrKeyDisabled,
+// keyring.ErrKeyNotFound, keyring.ErrThrottled, keyring.ErrUnreachable).
+func (k *Keyring) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
 	keyID := k.requestKeyID()
 	ctx, cancel := context.WithTimeout(ctx, k.callTimeout)
 	defer cancel()
@@ -291,7 +316,7 @@ func (k *AWSKMS) GenerateDataKey(ctx context.Context, ec EncryptionContext) (*Da
 	if err != nil {
 		return nil, nil, kmsError("GenerateDataKey", keyID, err)
 	}
-	// The SDK decoded Plaintext into a buffer of its own: NewDataKey and
+	// The SDK decoded Plaintext into a buffer of its own: keyring.NewDataKey and
 	// every failure path below zero it.
 	if err := k.learnKeyARN("GenerateDataKey", aws.ToString(out.KeyId)); err != nil {
 		clear(out.Plaintext)
@@ -301,19 +326,19 @@ func (k *AWSKMS) GenerateDataKey(ctx context.Context, ec EncryptionContext) (*Da
 		clear(out.Plaintext)
 		return nil, nil, fmt.Errorf("kms GenerateDataKey with key %s: response has no CiphertextBlob", keyID)
 	}
-	dk, err := NewDataKey(out.Plaintext)
+	dk, err := keyring.NewDataKey(out.Plaintext)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kms GenerateDataKey with key %s: %v", keyID, err)
 	}
-	return dk, []WrappedKey{{Kind: KindAWSKMS, KeyID: aws.ToString(out.KeyId), Blob: out.CiphertextBlob}}, nil
+	return dk, []keyring.WrappedKey{{Kind: keyring.KindAWSKMS, KeyID: aws.ToString(out.KeyId), Blob: out.CiphertextBlob}}, nil
 }
 
 // Wrap encrypts an existing data key under this KMS key (KMS Encrypt), so a
 // Multi keyring can add a copy under a second key or region. The entry names
 // the key ARN as GenerateDataKey's do.
-func (k *AWSKMS) Wrap(ctx context.Context, dk *DataKey, ec EncryptionContext) (WrappedKey, error) {
+func (k *Keyring) Wrap(ctx context.Context, dk *keyring.DataKey, ec keyring.EncryptionContext) (keyring.WrappedKey, error) {
 	if dk.Wiped() {
-		return WrappedKey{}, errors.New("keyring: wrap of a wiped data key")
+		return keyring.WrappedKey{}, errors.New("keyring: wrap of a wiped data key")
 	}
 	keyID := k.requestKeyID()
 	ctx, cancel := context.WithTimeout(ctx, k.callTimeout)
@@ -325,29 +350,29 @@ func (k *AWSKMS) Wrap(ctx context.Context, dk *DataKey, ec EncryptionContext) (W
 		GrantTokens:       k.grantTokens,
 	})
 	if err != nil {
-		return WrappedKey{}, kmsError("Encrypt", keyID, err)
+		return keyring.WrappedKey{}, kmsError("Encrypt", keyID, err)
 	}
 	if err := k.learnKeyARN("Encrypt", aws.ToString(out.KeyId)); err != nil {
-		return WrappedKey{}, err
+		return keyring.WrappedKey{}, err
 	}
 	if len(out.CiphertextBlob) == 0 {
-		return WrappedKey{}, fmt.Errorf("kms Encrypt with key %s: response has no CiphertextBlob", keyID)
+		return keyring.WrappedKey{}, fmt.Errorf("kms Encrypt with key %s: response has no CiphertextBlob", keyID)
 	}
-	return WrappedKey{Kind: KindAWSKMS, KeyID: aws.ToString(out.KeyId), Blob: out.CiphertextBlob}, nil
+	return keyring.WrappedKey{Kind: keyring.KindAWSKMS, KeyID: aws.ToString(out.KeyId), Blob: out.CiphertextBlob}, nil
 }
 
 // Decrypt unwraps the first aws-kms entry that names this keyring's key ARN
 // and opens under ec. Entries naming any other key (another ARN, an alias,
 // a bare key ID) are never sent to KMS: whoever can write the cipher dir
-// could name a key they control. No such entry: ErrNoUsableKey without a
+// could name a key they control. No such entry: keyring.ErrNoUsableKey without a
 // KMS call, except that a keyring that does not know its ARN yet resolves
 // it first (ResolveKeyARN) when some entry is of kind aws-kms. KMS is
 // always told which key to use, and an answer naming another key fails
-// with ErrInvalidCiphertext. Other errors wrap the sentinels as
+// with keyring.ErrInvalidCiphertext. Other errors wrap the sentinels as
 // GenerateDataKey's do.
-func (k *AWSKMS) Decrypt(ctx context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
-	if !slices.ContainsFunc(wrapped, func(w WrappedKey) bool { return w.Kind == KindAWSKMS }) {
-		return nil, fmt.Errorf("kms key %s: %w", k.requestKeyID(), ErrNoUsableKey)
+func (k *Keyring) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
+	if !slices.ContainsFunc(wrapped, func(w keyring.WrappedKey) bool { return w.Kind == keyring.KindAWSKMS }) {
+		return nil, fmt.Errorf("kms key %s: %w", k.requestKeyID(), keyring.ErrNoUsableKey)
 	}
 	keyARN, err := k.ResolveKeyARN(ctx)
 	if err != nil {
@@ -355,14 +380,14 @@ func (k *AWSKMS) Decrypt(ctx context.Context, wrapped []WrappedKey, ec Encryptio
 	}
 	var lastErr error
 	for _, w := range wrapped {
-		if w.Kind != KindAWSKMS || w.KeyID != keyARN {
+		if w.Kind != keyring.KindAWSKMS || w.KeyID != keyARN {
 			continue
 		}
 		dk, err := k.decrypt(ctx, w, ec)
 		if err == nil {
 			return dk, nil
 		}
-		if !errors.Is(err, ErrInvalidCiphertext) {
+		if !errors.Is(err, keyring.ErrInvalidCiphertext) {
 			return nil, err
 		}
 		lastErr = err // a later entry under the same key may still open
@@ -370,10 +395,10 @@ func (k *AWSKMS) Decrypt(ctx context.Context, wrapped []WrappedKey, ec Encryptio
 	if lastErr != nil {
 		return nil, lastErr
 	}
-	return nil, fmt.Errorf("kms key %s: %w", keyARN, ErrNoUsableKey)
+	return nil, fmt.Errorf("kms key %s: %w", keyARN, keyring.ErrNoUsableKey)
 }
 
-func (k *AWSKMS) decrypt(ctx context.Context, w WrappedKey, ec EncryptionContext) (*DataKey, error) {
+func (k *Keyring) decrypt(ctx context.Context, w keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
 	ctx, cancel := context.WithTimeout(ctx, k.callTimeout)
 	defer cancel()
 	out, err := k.client.Decrypt(ctx, &kms.DecryptInput{
@@ -387,18 +412,18 @@ func (k *AWSKMS) decrypt(ctx context.Context, w WrappedKey, ec EncryptionContext
 	}
 	if got := aws.ToString(out.KeyId); got != w.KeyID {
 		clear(out.Plaintext)
-		return nil, fmt.Errorf("kms Decrypt with key %s: %w (response names key %q)", w.KeyID, ErrInvalidCiphertext, got)
+		return nil, fmt.Errorf("kms Decrypt with key %s: %w (response names key %q)", w.KeyID, keyring.ErrInvalidCiphertext, got)
 	}
-	dk, err := NewDataKey(out.Plaintext)
+	dk, err := keyring.NewDataKey(out.Plaintext)
 	if err != nil {
-		return nil, fmt.Errorf("kms Decrypt with key %s: %w (%v)", w.KeyID, ErrInvalidCiphertext, err)
+		return nil, fmt.Errorf("kms Decrypt with key %s: %w (%v)", w.KeyID, keyring.ErrInvalidCiphertext, err)
 	}
 	return dk, nil
 }
 
 // Describe names the key (its ARN once known), the region and a custom
 // endpoint. It holds no secret.
-func (k *AWSKMS) Describe() string {
+func (k *Keyring) Describe() string {
 	key := k.KeyARN()
 	if key == "" {
 		key = k.keyID
@@ -411,7 +436,7 @@ func (k *AWSKMS) Describe() string {
 }
 
 // kmsContext converts ec for the SDK; an empty context is sent as none.
-func kmsContext(ec EncryptionContext) map[string]string {
+func kmsContext(ec keyring.EncryptionContext) map[string]string {
 	if len(ec) == 0 {
 		return nil
 	}

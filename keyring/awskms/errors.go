@@ -1,4 +1,4 @@
-package keyring
+package awskms
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/kmsfs/kmsfs/keyring"
 )
 
 // kmsErrorCodes maps KMS error codes, as AWS documents them for
@@ -28,14 +30,14 @@ import (
 //     with kmstest.Proxy).
 //   - Decrypt without KeyId answers AccessDeniedException for a disabled
 //     or pending-deletion key, where real KMS answers DisabledException or
-//     KMSInvalidStateException. AWSKMS always names the key, and then
+//     KMSInvalidStateException. Keyring always names the key, and then
 //     local-kms answers as real KMS does.
 //   - Decrypt of a blob made under another key, with KeyId naming this
 //     key, answers InvalidCiphertextException where real KMS answers
 //     IncorrectKeyException: local-kms ignores the key named in the blob
-//     and tries the named key's backing key. Both are ErrInvalidCiphertext.
+//     and tries the named key's backing key. Both are keyring.ErrInvalidCiphertext.
 //   - Its internal failures are HTTP 500 InternalFailureException where
-//     real KMS answers KMSInternalException: both are ErrUnreachable by
+//     real KMS answers KMSInternalException: both are keyring.ErrUnreachable by
 //     status.
 //   - It never throttles, and it has no grants: any grant token is
 //     accepted where real KMS answers InvalidGrantTokenException.
@@ -47,37 +49,37 @@ var kmsErrorCodes = map[string]error{
 	// The caller may not use the key, or the request's identity or
 	// signature is refused (the last ones are errors common to all AWS
 	// APIs).
-	"AccessDeniedException":               ErrAccessDenied,
-	"InvalidGrantTokenException":          ErrAccessDenied,
-	"UnrecognizedClientException":         ErrAccessDenied,
-	"InvalidSignatureException":           ErrAccessDenied,
-	"ExpiredTokenException":               ErrAccessDenied,
-	"IncompleteSignature":                 ErrAccessDenied,
-	"InvalidClientTokenId":                ErrAccessDenied,
-	"MissingAuthenticationToken":          ErrAccessDenied,
-	"MissingAuthenticationTokenException": ErrAccessDenied,
-	"NotAuthorized":                       ErrAccessDenied,
-	"RequestExpired":                      ErrAccessDenied,
+	"AccessDeniedException":               keyring.ErrAccessDenied,
+	"InvalidGrantTokenException":          keyring.ErrAccessDenied,
+	"UnrecognizedClientException":         keyring.ErrAccessDenied,
+	"InvalidSignatureException":           keyring.ErrAccessDenied,
+	"ExpiredTokenException":               keyring.ErrAccessDenied,
+	"IncompleteSignature":                 keyring.ErrAccessDenied,
+	"InvalidClientTokenId":                keyring.ErrAccessDenied,
+	"MissingAuthenticationToken":          keyring.ErrAccessDenied,
+	"MissingAuthenticationTokenException": keyring.ErrAccessDenied,
+	"NotAuthorized":                       keyring.ErrAccessDenied,
+	"RequestExpired":                      keyring.ErrAccessDenied,
 
-	"DisabledException":        ErrKeyDisabled,
-	"KMSInvalidStateException": ErrKeyDisabled, // pending deletion, pending import, ...
-	"KeyUnavailableException":  ErrKeyDisabled, // key material in a custom key store unavailable
+	"DisabledException":        keyring.ErrKeyDisabled,
+	"KMSInvalidStateException": keyring.ErrKeyDisabled, // pending deletion, pending import, ...
+	"KeyUnavailableException":  keyring.ErrKeyDisabled, // key material in a custom key store unavailable
 
-	"NotFoundException": ErrKeyNotFound,
+	"NotFoundException": keyring.ErrKeyNotFound,
 
-	"InvalidCiphertextException": ErrInvalidCiphertext,
-	"IncorrectKeyException":      ErrInvalidCiphertext,
+	"InvalidCiphertextException": keyring.ErrInvalidCiphertext,
+	"IncorrectKeyException":      keyring.ErrInvalidCiphertext,
 
 	// Every other code the SDK's retryer counts as a throttle
 	// (retry.DefaultThrottleErrorCodes, e.g. LimitExceededException) maps
-	// to ErrThrottled too.
-	"ThrottlingException": ErrThrottled,
+	// to keyring.ErrThrottled too.
+	"ThrottlingException": keyring.ErrThrottled,
 
 	// Also any HTTP 5xx answer, whatever its code.
-	"KMSInternalException":       ErrUnreachable,
-	"DependencyTimeoutException": ErrUnreachable,
-	"InternalFailure":            ErrUnreachable,
-	"ServiceUnavailable":         ErrUnreachable,
+	"KMSInternalException":       keyring.ErrUnreachable,
+	"DependencyTimeoutException": keyring.ErrUnreachable,
+	"InternalFailure":            keyring.ErrUnreachable,
+	"ServiceUnavailable":         keyring.ErrUnreachable,
 }
 
 // kmsError maps err from the KMS call op on keyID to a sentinel:
@@ -102,9 +104,9 @@ func kmsError(op, keyID string, err error) error {
 		case errors.Is(err, context.Canceled):
 			return fmt.Errorf("kms %s with key %s: %w", op, keyID, err)
 		case errors.Is(err, context.DeadlineExceeded):
-			return wrap(ErrUnreachable)
+			return wrap(keyring.ErrUnreachable)
 		}
-		return fmt.Errorf("kms %s with key %s: %w (%v)", op, keyID, ErrAccessDenied, credErr)
+		return fmt.Errorf("kms %s with key %s: %w (%v)", op, keyID, keyring.ErrAccessDenied, credErr)
 	}
 
 	var apiErr smithy.APIError
@@ -114,16 +116,16 @@ func kmsError(op, keyID string, err error) error {
 			return wrap(sentinel)
 		}
 		if _, ok := retry.DefaultThrottleErrorCodes[code]; ok {
-			return wrap(ErrThrottled)
+			return wrap(keyring.ErrThrottled)
 		}
 	}
 	var respErr *smithyhttp.ResponseError
 	if errors.As(err, &respErr) {
 		switch status := respErr.HTTPStatusCode(); {
 		case status == http.StatusTooManyRequests:
-			return wrap(ErrThrottled)
+			return wrap(keyring.ErrThrottled)
 		case status >= 500:
-			return wrap(ErrUnreachable)
+			return wrap(keyring.ErrUnreachable)
 		}
 	}
 	if apiErr != nil {
@@ -141,7 +143,7 @@ func kmsError(op, keyID string, err error) error {
 	var connErr interface{ ConnectionError() bool }
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &sendErr) || errors.As(err, &netErr) ||
 		(errors.As(err, &connErr) && connErr.ConnectionError()) {
-		return wrap(ErrUnreachable)
+		return wrap(keyring.ErrUnreachable)
 	}
 	return fmt.Errorf("kms %s with key %s: %w", op, keyID, err)
 }

@@ -1,4 +1,4 @@
-package blockcipher
+package blockfile
 
 import (
 	"io"

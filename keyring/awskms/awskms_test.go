@@ -1,4 +1,4 @@
-package keyring_test
+package awskms_test
 
 import (
 	"bytes"
@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/awskms"
 	"github.com/kmsfs/kmsfs/keyring/kmstest"
 )
 
@@ -30,57 +31,13 @@ var sentinels = []error{
 	keyring.ErrNoUsableKey,
 }
 
-func newAWSKMS(t *testing.T, cfg keyring.AWSKMSConfig) *keyring.AWSKMS {
-	t.Helper()
-	k, err := keyring.NewAWSKMS(context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("NewAWSKMS: %v", err)
-	}
-	return k
-}
-
-// viaProxy returns a keyring for keyID on srv that talks through a proxy.
-func viaProxy(t *testing.T, srv *kmstest.Server, keyID string) (*keyring.AWSKMS, *kmstest.Proxy) {
-	t.Helper()
-	p := kmstest.NewProxy(t, srv.Endpoint())
-	cfg := srv.Config(keyID)
-	cfg.Endpoint = p.Endpoint()
-	return newAWSKMS(t, cfg), p
-}
-
-func generate(t *testing.T, k keyring.Keyring, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey) {
-	t.Helper()
-	dk, wrapped, err := k.GenerateDataKey(context.Background(), ec)
-	if err != nil {
-		t.Fatalf("GenerateDataKey: %v", err)
-	}
-	t.Cleanup(dk.Wipe)
-	return dk, wrapped
-}
-
-func mustDecrypt(t *testing.T, k keyring.Keyring, wrapped []keyring.WrappedKey, ec keyring.EncryptionContext, want *keyring.DataKey) {
-	t.Helper()
-	got, err := k.Decrypt(context.Background(), wrapped, ec)
-	if err != nil {
-		t.Fatalf("Decrypt: %v", err)
-	}
-	defer got.Wipe()
-	if !bytes.Equal(got.Bytes(), want.Bytes()) {
-		t.Fatalf("Decrypt returned another key: %v, want %v", got, want)
-	}
-}
-
-func fileContext(file string) keyring.EncryptionContext {
-	return keyring.FileContext("0123456789abcdef0123456789abcdef", file)
-}
-
 func TestAWSKMSRoundTrip(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
 	k := srv.Keyring(t, kmstest.KeyAARN)
-	ec := fileContext("00000000000000000000000000000001")
+	ec := kmstest.FileContext("00000000000000000000000000000001")
 
-	dk, wrapped := generate(t, k, ec)
+	dk, wrapped := kmstest.Generate(t, k, ec)
 	if len(dk.Bytes()) != keyring.DataKeySize {
 		t.Fatalf("data key of %d bytes", len(dk.Bytes()))
 	}
@@ -90,13 +47,13 @@ func TestAWSKMSRoundTrip(t *testing.T) {
 	if w := wrapped[0]; w.Kind != keyring.KindAWSKMS || w.KeyID != kmstest.KeyAARN || len(w.Blob) == 0 {
 		t.Fatalf("wrapped key %s %s with %d bytes, want %s %s", w.Kind, w.KeyID, len(w.Blob), keyring.KindAWSKMS, kmstest.KeyAARN)
 	}
-	mustDecrypt(t, k, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, k, wrapped, ec, dk)
 
 	// A second keyring (a second mount) opens it too.
-	mustDecrypt(t, srv.Keyring(t, kmstest.KeyAARN), wrapped, ec, dk)
+	kmstest.MustDecrypt(t, srv.Keyring(t, kmstest.KeyAARN), wrapped, ec, dk)
 
 	// Two keys are never the same.
-	dk2, _ := generate(t, k, ec)
+	dk2, _ := kmstest.Generate(t, k, ec)
 	if bytes.Equal(dk.Bytes(), dk2.Bytes()) {
 		t.Fatal("two GenerateDataKey calls returned the same key")
 	}
@@ -107,21 +64,21 @@ func TestAWSKMSRoundTrip(t *testing.T) {
 func TestAWSKMSEntryNamesKeyARN(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	ec := fileContext("00000000000000000000000000000002")
+	ec := kmstest.FileContext("00000000000000000000000000000002")
 	for _, keyID := range []string{kmstest.AliasName, kmstest.AliasARN, kmstest.KeyAID, kmstest.KeyAARN} {
 		t.Run(strings.ReplaceAll(keyID, "/", "_"), func(t *testing.T) {
 			k := srv.Keyring(t, keyID)
 			if keyID != kmstest.KeyAARN && k.KeyARN() != "" {
 				t.Fatalf("KeyARN() = %q before any call", k.KeyARN())
 			}
-			dk, wrapped := generate(t, k, ec)
+			dk, wrapped := kmstest.Generate(t, k, ec)
 			if wrapped[0].KeyID != kmstest.KeyAARN {
 				t.Errorf("entry names %s, want %s", wrapped[0].KeyID, kmstest.KeyAARN)
 			}
 			if k.KeyARN() != kmstest.KeyAARN {
 				t.Errorf("KeyARN() = %s, want %s", k.KeyARN(), kmstest.KeyAARN)
 			}
-			mustDecrypt(t, k, wrapped, ec, dk)
+			kmstest.MustDecrypt(t, k, wrapped, ec, dk)
 			if d := k.Describe(); !strings.Contains(d, kmstest.KeyAARN) || !strings.Contains(d, kmstest.Region) {
 				t.Errorf("Describe() = %q, want the ARN and region", d)
 			}
@@ -134,12 +91,12 @@ func TestAWSKMSEntryNamesKeyARN(t *testing.T) {
 func TestAWSKMSDecryptResolvesAliasOnce(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	ec := fileContext("00000000000000000000000000000003")
-	dk, wrapped := generate(t, srv.Keyring(t, kmstest.KeyAARN), ec)
+	ec := kmstest.FileContext("00000000000000000000000000000003")
+	dk, wrapped := kmstest.Generate(t, srv.Keyring(t, kmstest.KeyAARN), ec)
 
-	k, p := viaProxy(t, srv, kmstest.AliasName)
-	mustDecrypt(t, k, wrapped, ec, dk)
-	mustDecrypt(t, k, wrapped, ec, dk)
+	k, p := srv.ViaProxy(t, kmstest.AliasName)
+	kmstest.MustDecrypt(t, k, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, k, wrapped, ec, dk)
 	if got := p.Count("DescribeKey"); got != 1 {
 		t.Errorf("DescribeKey called %d times, want 1", got)
 	}
@@ -155,11 +112,11 @@ func TestAWSKMSWrongContext(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
 	k := srv.Keyring(t, kmstest.KeyAARN)
-	ec := fileContext("00000000000000000000000000000004")
-	_, wrapped := generate(t, k, ec)
+	ec := kmstest.FileContext("00000000000000000000000000000004")
+	_, wrapped := kmstest.Generate(t, k, ec)
 
 	for name, other := range map[string]keyring.EncryptionContext{
-		"other file":   fileContext("00000000000000000000000000000005"),
+		"other file":   kmstest.FileContext("00000000000000000000000000000005"),
 		"other volume": keyring.FileContext("ffffffffffffffffffffffffffffffff", "00000000000000000000000000000004"),
 		"no context":   nil,
 		"extra pair":   {keyring.ContextVolume: ec[keyring.ContextVolume], keyring.ContextFile: ec[keyring.ContextFile], "x": "y"},
@@ -180,9 +137,9 @@ func TestAWSKMSCorruptBlob(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
 	kA, kB := srv.Keyring(t, kmstest.KeyAARN), srv.Keyring(t, kmstest.KeyBARN)
-	ec := fileContext("00000000000000000000000000000006")
-	_, wrappedA := generate(t, kA, ec)
-	_, wrappedB := generate(t, kB, ec)
+	ec := kmstest.FileContext("00000000000000000000000000000006")
+	_, wrappedA := kmstest.Generate(t, kA, ec)
+	_, wrappedB := kmstest.Generate(t, kB, ec)
 
 	flipped := bytes.Clone(wrappedA[0].Blob)
 	flipped[len(flipped)-1] ^= 1
@@ -206,8 +163,8 @@ func TestAWSKMSDisabledKey(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
 	k := srv.Keyring(t, kmstest.KeyAARN)
-	ec := fileContext("00000000000000000000000000000007")
-	dk, wrapped := generate(t, k, ec)
+	ec := kmstest.FileContext("00000000000000000000000000000007")
+	dk, wrapped := kmstest.Generate(t, k, ec)
 
 	srv.DisableKey(t, kmstest.KeyAID)
 	if _, _, err := k.GenerateDataKey(context.Background(), ec); !errors.Is(err, keyring.ErrKeyDisabled) {
@@ -220,7 +177,7 @@ func TestAWSKMSDisabledKey(t *testing.T) {
 	}
 
 	srv.EnableKey(t, kmstest.KeyAID)
-	mustDecrypt(t, k, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, k, wrapped, ec, dk)
 }
 
 // KMSInvalidStateException, from local-kms as from real KMS.
@@ -228,8 +185,8 @@ func TestAWSKMSKeyPendingDeletion(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
 	k := srv.Keyring(t, kmstest.KeyAARN)
-	ec := fileContext("00000000000000000000000000000008")
-	_, wrapped := generate(t, k, ec)
+	ec := kmstest.FileContext("00000000000000000000000000000008")
+	_, wrapped := kmstest.Generate(t, k, ec)
 
 	srv.ScheduleDeletion(t, kmstest.KeyAID)
 	if _, _, err := k.GenerateDataKey(context.Background(), ec); !errors.Is(err, keyring.ErrKeyDisabled) {
@@ -247,13 +204,13 @@ func TestAWSKMSKeyNotFound(t *testing.T) {
 	missing := "arn:aws:kms:" + kmstest.Region + ":" + kmstest.AccountID + ":key/00000000-0000-4000-8000-000000000000"
 	for _, keyID := range []string{missing, "alias/no-such-alias"} {
 		k := srv.Keyring(t, keyID)
-		if _, _, err := k.GenerateDataKey(context.Background(), fileContext("09")); !errors.Is(err, keyring.ErrKeyNotFound) {
+		if _, _, err := k.GenerateDataKey(context.Background(), kmstest.FileContext("09")); !errors.Is(err, keyring.ErrKeyNotFound) {
 			t.Errorf("%s: GenerateDataKey: %v, want ErrKeyNotFound", keyID, err)
 		}
 	}
 	k := srv.Keyring(t, missing)
 	w := []keyring.WrappedKey{{Kind: keyring.KindAWSKMS, KeyID: missing, Blob: []byte("blob")}}
-	if _, err := k.Decrypt(context.Background(), w, fileContext("09")); !errors.Is(err, keyring.ErrKeyNotFound) {
+	if _, err := k.Decrypt(context.Background(), w, kmstest.FileContext("09")); !errors.Is(err, keyring.ErrKeyNotFound) {
 		t.Errorf("Decrypt: %v, want ErrKeyNotFound", err)
 	}
 }
@@ -266,12 +223,12 @@ func TestAWSKMSKeyNotFound(t *testing.T) {
 func TestAWSKMSRotatedKey(t *testing.T) {
 	t.Parallel()
 	before, after := kmstest.StartBeforeRotation(t), kmstest.Start(t)
-	ec := fileContext("0000000000000000000000000000000a")
+	ec := kmstest.FileContext("0000000000000000000000000000000a")
 
 	kBefore := before.Keyring(t, kmstest.KeyBARN)
-	dkOld, wrappedOld := generate(t, kBefore, ec)
+	dkOld, wrappedOld := kmstest.Generate(t, kBefore, ec)
 	kAfter := after.Keyring(t, kmstest.KeyBARN)
-	dkNew, wrappedNew := generate(t, kAfter, ec)
+	dkNew, wrappedNew := kmstest.Generate(t, kAfter, ec)
 
 	if got := localKMSBackingIndex(t, wrappedOld[0].Blob); got != 0 {
 		t.Fatalf("blob before rotation uses backing key %d, want 0", got)
@@ -279,8 +236,8 @@ func TestAWSKMSRotatedKey(t *testing.T) {
 	if got := localKMSBackingIndex(t, wrappedNew[0].Blob); got != 1 {
 		t.Fatalf("blob after rotation uses backing key %d, want 1", got)
 	}
-	mustDecrypt(t, kAfter, wrappedOld, ec, dkOld)
-	mustDecrypt(t, kAfter, wrappedNew, ec, dkNew)
+	kmstest.MustDecrypt(t, kAfter, wrappedOld, ec, dkOld)
+	kmstest.MustDecrypt(t, kAfter, wrappedNew, ec, dkNew)
 
 	// The new backing key is really new: the server before the rotation
 	// cannot open what was wrapped after it.
@@ -306,9 +263,9 @@ func localKMSBackingIndex(t *testing.T, blob []byte) uint32 {
 func TestAWSKMSRefusesOtherKeys(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	ec := fileContext("0000000000000000000000000000000b")
-	_, wrappedB := generate(t, srv.Keyring(t, kmstest.KeyBARN), ec)
-	k, p := viaProxy(t, srv, kmstest.KeyAARN)
+	ec := kmstest.FileContext("0000000000000000000000000000000b")
+	_, wrappedB := kmstest.Generate(t, srv.Keyring(t, kmstest.KeyBARN), ec)
+	k, p := srv.ViaProxy(t, kmstest.KeyAARN)
 
 	for name, wrapped := range map[string][]keyring.WrappedKey{
 		"key B":       wrappedB,
@@ -330,7 +287,7 @@ func TestAWSKMSRefusesOtherKeys(t *testing.T) {
 
 	// A keyring that does not know its ARN yet makes no call either when
 	// no entry is of kind aws-kms.
-	kAlias, pAlias := viaProxy(t, srv, kmstest.AliasName)
+	kAlias, pAlias := srv.ViaProxy(t, kmstest.AliasName)
 	local := []keyring.WrappedKey{{Kind: keyring.KindLocal, KeyID: "abcd", Blob: []byte("x")}}
 	if _, err := kAlias.Decrypt(context.Background(), local, ec); !errors.Is(err, keyring.ErrNoUsableKey) {
 		t.Errorf("local entries only: %v, want ErrNoUsableKey", err)
@@ -344,16 +301,16 @@ func TestAWSKMSRefusesOtherKeys(t *testing.T) {
 func TestAWSKMSPicksOwnEntry(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	ec := fileContext("0000000000000000000000000000000c")
-	dk, wrappedA := generate(t, srv.Keyring(t, kmstest.KeyAARN), ec)
-	_, wrappedB := generate(t, srv.Keyring(t, kmstest.KeyBARN), ec)
-	k, p := viaProxy(t, srv, kmstest.KeyAARN)
+	ec := kmstest.FileContext("0000000000000000000000000000000c")
+	dk, wrappedA := kmstest.Generate(t, srv.Keyring(t, kmstest.KeyAARN), ec)
+	_, wrappedB := kmstest.Generate(t, srv.Keyring(t, kmstest.KeyBARN), ec)
+	k, p := srv.ViaProxy(t, kmstest.KeyAARN)
 	wrapped := []keyring.WrappedKey{
 		{Kind: keyring.KindLocal, KeyID: "abcd", Blob: []byte("x")},
 		wrappedB[0],
 		wrappedA[0],
 	}
-	mustDecrypt(t, k, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, k, wrapped, ec, dk)
 	if n := p.Total(); n != 1 {
 		t.Errorf("%d KMS calls, want 1", n)
 	}
@@ -396,12 +353,12 @@ func keyIDRewriter(t *testing.T, target, keyID string) string {
 func TestAWSKMSChecksResponseKeyID(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	ec := fileContext("0000000000000000000000000000000d")
-	_, wrapped := generate(t, srv.Keyring(t, kmstest.KeyAARN), ec)
+	ec := kmstest.FileContext("0000000000000000000000000000000d")
+	_, wrapped := kmstest.Generate(t, srv.Keyring(t, kmstest.KeyAARN), ec)
 
 	cfg := srv.Config(kmstest.KeyAARN)
 	cfg.Endpoint = keyIDRewriter(t, srv.Endpoint(), kmstest.KeyBARN)
-	liar := newAWSKMS(t, cfg)
+	liar := kmstest.NewKeyring(t, cfg)
 
 	dk, err := liar.Decrypt(context.Background(), wrapped, ec)
 	if !errors.Is(err, keyring.ErrInvalidCiphertext) || dk != nil {
@@ -420,7 +377,7 @@ func TestAWSKMSChecksResponseKeyID(t *testing.T) {
 	// An answer naming an alias, not a key ARN, is not learnt.
 	cfg = srv.Config(kmstest.AliasName)
 	cfg.Endpoint = keyIDRewriter(t, srv.Endpoint(), kmstest.AliasARN)
-	liar = newAWSKMS(t, cfg)
+	liar = kmstest.NewKeyring(t, cfg)
 	if _, _, err := liar.GenerateDataKey(context.Background(), ec); err == nil {
 		t.Error("GenerateDataKey accepted an alias ARN as the key")
 	}
@@ -433,7 +390,7 @@ func TestAWSKMSChecksResponseKeyID(t *testing.T) {
 func TestAWSKMSUnreachable(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	ec := fileContext("0000000000000000000000000000000e")
+	ec := kmstest.FileContext("0000000000000000000000000000000e")
 	const callTimeout = 600 * time.Millisecond
 	const bound = callTimeout + time.Second // slack for a loaded machine under -race
 
@@ -469,7 +426,7 @@ func TestAWSKMSUnreachable(t *testing.T) {
 				p.SetFault(tc.fault)
 				cfg.Endpoint = p.Endpoint()
 			}
-			k := newAWSKMS(t, cfg)
+			k := kmstest.NewKeyring(t, cfg)
 
 			start := time.Now()
 			_, _, err := k.GenerateDataKey(context.Background(), ec)
@@ -495,8 +452,8 @@ func TestAWSKMSUnreachable(t *testing.T) {
 func TestAWSKMSErrorMapping(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	ec := fileContext("0000000000000000000000000000000f")
-	_, wrapped := generate(t, srv.Keyring(t, kmstest.KeyAARN), ec)
+	ec := kmstest.FileContext("0000000000000000000000000000000f")
+	_, wrapped := kmstest.Generate(t, srv.Keyring(t, kmstest.KeyAARN), ec)
 	const maxAttempts = 3
 
 	for _, tc := range []struct {
@@ -524,7 +481,7 @@ func TestAWSKMSErrorMapping(t *testing.T) {
 	} {
 		t.Run(tc.code, func(t *testing.T) {
 			t.Parallel()
-			k, p := viaProxy(t, srv, kmstest.KeyAARN)
+			k, p := srv.ViaProxy(t, kmstest.KeyAARN)
 			p.SetFault(kmstest.Fault{Op: "Decrypt", ErrorCode: tc.code, Status: tc.status})
 			_, err := k.Decrypt(context.Background(), wrapped, ec)
 			if err == nil {
@@ -553,7 +510,7 @@ func TestAWSKMSErrorMapping(t *testing.T) {
 func TestAWSKMSThrottled(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	ec := fileContext("00000000000000000000000000000010")
+	ec := kmstest.FileContext("00000000000000000000000000000010")
 	for _, maxAttempts := range []int{1, 2, 5} {
 		t.Run(strconv.Itoa(maxAttempts), func(t *testing.T) {
 			t.Parallel()
@@ -562,7 +519,7 @@ func TestAWSKMSThrottled(t *testing.T) {
 			cfg := srv.Config(kmstest.KeyAARN)
 			cfg.Endpoint = p.Endpoint()
 			cfg.MaxAttempts = maxAttempts
-			k := newAWSKMS(t, cfg)
+			k := kmstest.NewKeyring(t, cfg)
 			_, _, err := k.GenerateDataKey(context.Background(), ec)
 			if !errors.Is(err, keyring.ErrThrottled) {
 				t.Fatalf("GenerateDataKey: %v, want ErrThrottled", err)
@@ -579,7 +536,7 @@ func TestAWSKMSThrottled(t *testing.T) {
 	cfg.Endpoint = p.Endpoint()
 	cfg.MaxAttempts = 5
 	cfg.MaxBackoff = 50 * time.Millisecond
-	k := newAWSKMS(t, cfg)
+	k := kmstest.NewKeyring(t, cfg)
 	p.SetFault(kmstest.Fault{ErrorCode: "ThrottlingException"})
 	go func() {
 		for p.Count("GenerateDataKey") < 2 {
@@ -601,8 +558,8 @@ func TestAWSKMSCredentialFailure(t *testing.T) {
 	cfg.Credentials = aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
 		return aws.Credentials{}, errors.New("no credentials in this test")
 	})
-	k := newAWSKMS(t, cfg)
-	_, _, err := k.GenerateDataKey(context.Background(), fileContext("11"))
+	k := kmstest.NewKeyring(t, cfg)
+	_, _, err := k.GenerateDataKey(context.Background(), kmstest.FileContext("11"))
 	if !errors.Is(err, keyring.ErrAccessDenied) {
 		t.Errorf("GenerateDataKey without credentials: %v, want ErrAccessDenied", err)
 	}
@@ -615,7 +572,7 @@ func TestAWSKMSCredentialFailure(t *testing.T) {
 func TestAWSKMSCanceled(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
-	k, p := viaProxy(t, srv, kmstest.KeyAARN)
+	k, p := srv.ViaProxy(t, kmstest.KeyAARN)
 	p.SetFault(kmstest.Fault{Blackhole: true})
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
@@ -624,7 +581,7 @@ func TestAWSKMSCanceled(t *testing.T) {
 		}
 		cancel()
 	}()
-	_, _, err := k.GenerateDataKey(ctx, fileContext("12"))
+	_, _, err := k.GenerateDataKey(ctx, kmstest.FileContext("12"))
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("GenerateDataKey canceled: %v, want context.Canceled", err)
 	}
@@ -644,9 +601,9 @@ func TestAWSKMSCallTimeout(t *testing.T) {
 	cfg.Endpoint = p.Endpoint()
 	cfg.CallTimeout = 300 * time.Millisecond
 	cfg.MaxAttempts = 1
-	k := newAWSKMS(t, cfg)
+	k := kmstest.NewKeyring(t, cfg)
 	start := time.Now()
-	_, _, err := k.GenerateDataKey(context.Background(), fileContext("13"))
+	_, _, err := k.GenerateDataKey(context.Background(), kmstest.FileContext("13"))
 	if !errors.Is(err, keyring.ErrUnreachable) {
 		t.Errorf("GenerateDataKey: %v, want ErrUnreachable", err)
 	}
@@ -666,13 +623,13 @@ func TestAWSKMSConcurrentDecrypt(t *testing.T) {
 	}
 	files := make([]file, 8)
 	for i := range files {
-		ec := fileContext(fmt.Sprintf("%032x", i))
-		dk, wrapped := generate(t, gen, ec)
+		ec := kmstest.FileContext(fmt.Sprintf("%032x", i))
+		dk, wrapped := kmstest.Generate(t, gen, ec)
 		files[i] = file{ec, dk, wrapped}
 	}
 
 	// By alias: the ARN is resolved under concurrency too.
-	k, p := viaProxy(t, srv, kmstest.AliasName)
+	k, p := srv.ViaProxy(t, kmstest.AliasName)
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	for i := range 64 {
@@ -709,8 +666,8 @@ func TestAWSKMSWrap(t *testing.T) {
 	srv := kmstest.Start(t)
 	kA := srv.Keyring(t, kmstest.KeyAARN)
 	kB := srv.Keyring(t, kmstest.KeyBID) // by key ID: Wrap learns the ARN
-	ec := fileContext("00000000000000000000000000000014")
-	dk, wrappedA := generate(t, kA, ec)
+	ec := kmstest.FileContext("00000000000000000000000000000014")
+	dk, wrappedA := kmstest.Generate(t, kA, ec)
 
 	w, err := kB.Wrap(context.Background(), dk, ec)
 	if err != nil {
@@ -723,9 +680,9 @@ func TestAWSKMSWrap(t *testing.T) {
 		t.Errorf("KeyARN() = %s after Wrap", kB.KeyARN())
 	}
 	wrapped := append(wrappedA, w)
-	mustDecrypt(t, kB, wrapped, ec, dk)
-	mustDecrypt(t, kA, wrapped, ec, dk)
-	if _, err := kB.Decrypt(context.Background(), []keyring.WrappedKey{w}, fileContext("15")); !errors.Is(err, keyring.ErrInvalidCiphertext) {
+	kmstest.MustDecrypt(t, kB, wrapped, ec, dk)
+	kmstest.MustDecrypt(t, kA, wrapped, ec, dk)
+	if _, err := kB.Decrypt(context.Background(), []keyring.WrappedKey{w}, kmstest.FileContext("15")); !errors.Is(err, keyring.ErrInvalidCiphertext) {
 		t.Errorf("Decrypt of a wrapped copy under another context: %v, want ErrInvalidCiphertext", err)
 	}
 
@@ -743,22 +700,22 @@ func TestNewAWSKMSConfig(t *testing.T) {
 	t.Setenv("AWS_PROFILE", "")
 	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-	base := keyring.AWSKMSConfig{Credentials: aws.AnonymousCredentials{}}
+	base := awskms.Config{Credentials: aws.AnonymousCredentials{}}
 
 	for _, tc := range []struct {
 		name   string
-		modify func(*keyring.AWSKMSConfig)
+		modify func(*awskms.Config)
 	}{
-		{"no key", func(c *keyring.AWSKMSConfig) { c.Region = "eu-west-2" }},
-		{"KeyARN not an ARN", func(c *keyring.AWSKMSConfig) { c.KeyID, c.KeyARN = "alias/x", "alias/x" }},
-		{"KeyARN an alias ARN", func(c *keyring.AWSKMSConfig) { c.KeyARN = kmstest.AliasARN }},
-		{"KeyID and KeyARN differ", func(c *keyring.AWSKMSConfig) { c.KeyID, c.KeyARN = kmstest.KeyAARN, kmstest.KeyBARN }},
-		{"no region", func(c *keyring.AWSKMSConfig) { c.KeyID = "alias/x" }},
-		{"bad endpoint", func(c *keyring.AWSKMSConfig) { c.KeyID, c.Endpoint = kmstest.KeyAARN, "localhost:4599" }},
+		{"no key", func(c *awskms.Config) { c.Region = "eu-west-2" }},
+		{"KeyARN not an ARN", func(c *awskms.Config) { c.KeyID, c.KeyARN = "alias/x", "alias/x" }},
+		{"KeyARN an alias ARN", func(c *awskms.Config) { c.KeyARN = kmstest.AliasARN }},
+		{"KeyID and KeyARN differ", func(c *awskms.Config) { c.KeyID, c.KeyARN = kmstest.KeyAARN, kmstest.KeyBARN }},
+		{"no region", func(c *awskms.Config) { c.KeyID = "alias/x" }},
+		{"bad endpoint", func(c *awskms.Config) { c.KeyID, c.Endpoint = kmstest.KeyAARN, "localhost:4599" }},
 	} {
 		cfg := base
 		tc.modify(&cfg)
-		if k, err := keyring.NewAWSKMS(context.Background(), cfg); err == nil {
+		if k, err := awskms.New(context.Background(), cfg); err == nil {
 			t.Errorf("%s: NewAWSKMS accepted %+v: %s", tc.name, cfg, k.Describe())
 		}
 	}
@@ -769,7 +726,7 @@ func TestNewAWSKMSConfig(t *testing.T) {
 	cfg := base
 	cfg.KeyID = "alias/x"
 	cfg.KeyARN = "arn:aws:kms:ap-south-1:111122223333:key/" + kmstest.KeyAID
-	k, err := keyring.NewAWSKMS(context.Background(), cfg)
+	k, err := awskms.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -781,7 +738,7 @@ func TestNewAWSKMSConfig(t *testing.T) {
 	}
 	cfg = base
 	cfg.KeyID = "alias/x"
-	if k, err = keyring.NewAWSKMS(context.Background(), cfg); err != nil {
+	if k, err = awskms.New(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	if d := k.Describe(); d != "aws-kms alias/x (region us-east-1)" {
@@ -793,7 +750,7 @@ func TestNewAWSKMSConfig(t *testing.T) {
 	cfg.KeyID = kmstest.AliasName
 	cfg.Region = "eu-west-2"
 	cfg.Endpoint = "http://user:hunter2@127.0.0.1:4599"
-	k, err = keyring.NewAWSKMS(context.Background(), cfg)
+	k, err = awskms.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -820,7 +777,7 @@ func TestAWSKMSRefusesRedirect(t *testing.T) {
 		cfg := srv.Config(kmstest.KeyAARN)
 		cfg.Endpoint = redirector.URL
 		cfg.MaxAttempts = 1
-		k, err := keyring.NewAWSKMS(context.Background(), cfg)
+		k, err := awskms.New(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

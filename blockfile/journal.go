@@ -1,9 +1,11 @@
-package blockcipher
+package blockfile
 
 import (
 	"encoding/binary"
 	"errors"
 	"io"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
 )
 
 // The journal makes a rewrite of a block that keeps older bytes atomic.
@@ -34,13 +36,13 @@ type journalRec struct {
 }
 
 func (f File) journalOff(slot int) int64 {
-	return f.C.layout.HeaderSize + int64(slot)*f.C.layout.JournalSlotSize()
+	return f.C.Layout().HeaderSize + int64(slot)*f.C.Layout().JournalSlotSize()
 }
 
 // writeJournal writes recs to slots 0.. in one write.
 func (f File) writeJournal(recs []journalRec) error {
-	l := f.C.layout
-	n := int(l.JournalSlotSize())*(len(recs)-1) + journalRecordHeader + len(recs[len(recs)-1].stored)
+	l := f.C.Layout()
+	n := int(l.JournalSlotSize())*(len(recs)-1) + blockcipher.JournalRecordHeader + len(recs[len(recs)-1].stored)
 	bp := getBuf(n)
 	defer putBuf(bp)
 	b := (*bp)[:n]
@@ -53,7 +55,7 @@ func (f File) writeJournal(recs []journalRec) error {
 		if r.last {
 			b[o+16] = 1
 		}
-		copy(b[o+journalRecordHeader:], r.stored)
+		copy(b[o+blockcipher.JournalRecordHeader:], r.stored)
 	}
 	return f.writeStored(b, f.journalOff(0))
 }
@@ -63,7 +65,7 @@ func (f File) writeJournal(recs []journalRec) error {
 // save their disk space but costs more per write on tmpfs and ext4, and a
 // journal that stays allocated cannot fail for lack of space later.)
 func (f File) clearJournal(slots int) error {
-	var zero [journalRecordHeader]byte
+	var zero [blockcipher.JournalRecordHeader]byte
 	for s := 0; s < slots; s++ {
 		if err := f.writeStored(zero[:], f.journalOff(s)); err != nil {
 			return err
@@ -76,13 +78,13 @@ func (f File) clearJournal(slots int) error {
 // stale-looking records are left out. It needs the stored size only to
 // skip files too short to have a journal.
 func (f File) readJournal(storedSize int64) ([]journalRec, error) {
-	l := f.C.layout
+	l := f.C.Layout()
 	if storedSize <= l.HeaderSize {
 		return nil, nil
 	}
 	var recs []journalRec
-	for s := 0; s < JournalSlots; s++ {
-		var h [journalRecordHeader]byte
+	for s := 0; s < blockcipher.JournalSlots; s++ {
+		var h [blockcipher.JournalRecordHeader]byte
 		n, err := f.S.ReadAt(h[:], f.journalOff(s))
 		if n < len(h) {
 			if err == nil || errors.Is(err, io.EOF) {
@@ -96,18 +98,18 @@ func (f File) readJournal(storedSize int64) ([]journalRec, error) {
 		}
 		size := int64(binary.BigEndian.Uint32(h[8:]))
 		padTo := int(binary.BigEndian.Uint32(h[12:]))
-		if size <= Overhead || size > l.StoredBlockSize() || padTo > int(l.StoredBlockSize()) || idx1-1 > uint64(MaxPlainSize/l.BlockSize) {
+		if size <= blockcipher.Overhead || size > l.StoredBlockSize() || padTo > int(l.StoredBlockSize()) || idx1-1 > uint64(blockcipher.MaxPlainSize/l.BlockSize) {
 			continue
 		}
 		stored := make([]byte, size)
-		if n, err := f.S.ReadAt(stored, f.journalOff(s)+journalRecordHeader); n < len(stored) {
+		if n, err := f.S.ReadAt(stored, f.journalOff(s)+blockcipher.JournalRecordHeader); n < len(stored) {
 			if err == nil || errors.Is(err, io.EOF) {
 				continue
 			}
 			return nil, err
 		}
 		r := journalRec{idx: idx1 - 1, last: h[16] == 1, stored: stored, padTo: padTo}
-		if _, err := f.C.openExact(nil, stored, r.idx, r.last); err != nil {
+		if _, err := f.C.OpenBlockExact(nil, stored, r.idx, r.last); err != nil {
 			continue // torn while being written: the block was not touched
 		}
 		recs = append(recs, r)
@@ -119,7 +121,7 @@ func (f File) readJournal(storedSize int64) ([]journalRec, error) {
 // survive, by plain sealed with last, padded with zeros to padTo stored
 // bytes: journal record, block in place, journal cleared.
 func (f File) rewrite(idx uint64, plain []byte, last bool, padTo int) error {
-	sb := getBuf(max(len(plain)+Overhead, padTo))
+	sb := getBuf(max(len(plain)+blockcipher.Overhead, padTo))
 	defer putBuf(sb)
 	stored := f.C.SealBlock(*sb, plain, idx, last)
 	*sb = stored
@@ -140,17 +142,17 @@ func (f File) putInPlace(r journalRec) error {
 		defer putBuf(bp)
 		b = append(append((*bp)[:0], b...), zeros[:r.padTo-len(b)]...)
 	}
-	return f.writeStored(b, f.C.layout.BlockToCipherOff(r.idx))
+	return f.writeStored(b, f.C.Layout().BlockToCipherOff(r.idx))
 }
 
 // JournalPending reports whether the journal holds anything: a file not
 // closed cleanly, which Settle must see to before it is changed. It reads
 // the record headers only.
 func (f File) JournalPending(storedSize int64) (bool, error) {
-	if storedSize <= f.C.layout.HeaderSize {
+	if storedSize <= f.C.Layout().HeaderSize {
 		return false, nil
 	}
-	for s := 0; s < JournalSlots; s++ {
+	for s := 0; s < blockcipher.JournalSlots; s++ {
 		var h [8]byte
 		n, err := f.S.ReadAt(h[:], f.journalOff(s))
 		if n < len(h) {
@@ -181,7 +183,7 @@ func (f File) Settle(storedSize int64) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	size, _ := f.C.layout.PlainSize(storedSize)
+	size, _ := f.C.Layout().PlainSize(storedSize)
 	changed := false
 	for _, r := range recs {
 		if f.inPlaceOK(r.idx, size) {
@@ -199,8 +201,8 @@ func (f File) Settle(storedSize int64) (bool, error) {
 // that reads as zeros is left alone: it may be a hole, and writing zeros
 // there would need space that a full disk does not have.
 func (f File) clearPending() error {
-	for s := 0; s < JournalSlots; s++ {
-		var h [journalRecordHeader]byte
+	for s := 0; s < blockcipher.JournalSlots; s++ {
+		var h [blockcipher.JournalRecordHeader]byte
 		n, err := f.S.ReadAt(h[:], f.journalOff(s))
 		if err != nil && !errors.Is(err, io.EOF) {
 			return err
@@ -218,12 +220,12 @@ func (f File) clearPending() error {
 // inPlaceOK reports whether block idx of a file of size plaintext bytes
 // reads back (a block past the end counts as fine: nothing to repair).
 func (f File) inPlaceOK(idx uint64, size int64) bool {
-	if f.C.layout.BlockPlainLen(idx, size) == 0 {
+	if f.C.Layout().BlockPlainLen(idx, size) == 0 {
 		return true
 	}
-	bp := getBuf(int(f.C.layout.BlockSize))
+	bp := getBuf(int(f.C.Layout().BlockSize))
 	defer putBuf(bp)
-	_, err := f.readBlockRaw((*bp)[:0], idx, size)
+	_, err := f.readBlock((*bp)[:0], idx, size)
 	return err == nil
 }
 

@@ -1,4 +1,4 @@
-package keyring_test
+package awskms_test
 
 import (
 	"context"

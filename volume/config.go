@@ -1,4 +1,4 @@
-package fs
+package volume
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
@@ -156,25 +158,21 @@ func (c *Config) VolumeIDBytes() ([blockcipher.IDSize]byte, error) {
 func (c *Config) Layout() blockcipher.Layout {
 	l, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize)
 	if err != nil {
-		panic("fs: internal error: Layout of an unvalidated config")
+		panic("volume: internal error: Layout of an unvalidated config")
 	}
 	return l
 }
 
-// LoadConfig reads and validates CIPHERDIR/kmsfs.json. A missing file is
-// ErrNoConfig.
-func LoadConfig(cipherDir string) (*Config, error) {
-	c, _, err := ReadConfig(cipherDir)
-	return c, err
-}
-
-// ReadConfig is LoadConfig that also returns the bytes it parsed, for a
-// caller that compares them with a copy it trusts.
+// ReadConfig reads and validates CIPHERDIR/kmsfs.json, returning it parsed
+// and as the bytes it was parsed from (for a caller that compares them
+// with a copy it trusts). A missing file is ErrNoConfig.
+//
+// CIPHERDIR is not trusted: the config is opened without following a
+// symlink and without blocking (a FIFO put in its place would hang the
+// open), must be a regular file, and at most maxConfigSize bytes are read
+// (a symlink to /dev/zero would otherwise grow memory without bound).
 func ReadConfig(cipherDir string) (*Config, []byte, error) {
-	b, err := os.ReadFile(filepath.Join(cipherDir, ConfigName))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, ErrNoConfig
-	}
+	b, err := readConfigFile(cipherDir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -183,6 +181,32 @@ func ReadConfig(cipherDir string) (*Config, []byte, error) {
 		return nil, nil, err
 	}
 	return c, b, nil
+}
+
+func readConfigFile(cipherDir string) ([]byte, error) {
+	fd, err := unix.Open(filepath.Join(cipherDir, ConfigName), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil, ErrNoConfig
+	case errors.Is(err, unix.ELOOP):
+		return nil, fmt.Errorf("%s is a symlink, not a volume config", ConfigName)
+	case err != nil:
+		return nil, fmt.Errorf("open %s: %w", ConfigName, err)
+	}
+	f := os.NewFile(uintptr(fd), ConfigName)
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%v)", ConfigName, st.Mode().Type())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", ConfigName, err)
+	}
+	return b, nil
 }
 
 // ConfigBytes returns the bytes WriteConfig writes for c.
@@ -205,7 +229,7 @@ func WriteConfig(cipherDir string, c *Config) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(cipherDir, ".kmsfs.json.tmp-*")
+	tmp, err := os.CreateTemp(cipherDir, configTempPrefix+"*")
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // The key lifecycle of an inode, without a mount: node.acquire and
@@ -45,10 +46,7 @@ type gatedKeyring struct {
 
 func newGatedKeyring(t *testing.T) *gatedKeyring {
 	t.Helper()
-	l, err := keyring.NewLocalFromBytes(bytes.Repeat([]byte{0x4b}, keyring.LocalKeyFileSize))
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := testLocalKey(t)
 	return &gatedKeyring{inner: l, entered: make(chan struct{}, 64)}
 }
 
@@ -106,14 +104,18 @@ func keysTestRoot(t *testing.T, dir string, kr keyring.Keyring, vol [blockcipher
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	cfg := &Config{
-		FormatVersion: ConfigVersion,
+	cfg := &volume.Config{
+		FormatVersion: volume.ConfigVersion,
 		VolumeID:      hex.EncodeToString(vol[:]),
 		BlockSize:     blockSize,
 		HeaderSize:    headerSize,
-		Keyrings:      []KeyringSpec{{Kind: keyring.KindLocal, KeyID: strings.Repeat("ab", 16), KeyFile: "unused"}},
+		Keyrings:      []volume.KeyringSpec{{Kind: keyring.KindLocal, KeyID: strings.Repeat("ab", 16), KeyFile: "unused"}},
 	}
-	r, err := NewRoot(Options{CipherDir: dir, Config: cfg, Keyring: kr, Logger: log})
+	v, err := volume.New(dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRoot(Options{Volume: v, Keyring: kr, Logger: log})
 	if err != nil {
 		t.Fatalf("NewRoot: %v", err)
 	}
@@ -140,12 +142,14 @@ func createStored(t *testing.T, r *Root, name string) storedFile {
 	if err != nil {
 		t.Fatalf("newFileKey: %v", err)
 	}
-	slot, c, err := r.sealNewHeader(k)
+	key := bytes.Clone(k.dk.Bytes())
+	slot, fk, err := r.sealNewHeader(k)
 	if err != nil {
 		t.Fatalf("sealNewHeader: %v", err)
 	}
-	f := storedFile{name: name, path: filepath.Join(r.opts.CipherDir, name), key: bytes.Clone(k.dk.Bytes()), fileID: k.fileID, cipher: c}
-	k.dk.Wipe()
+	c := fk.c
+	f := storedFile{name: name, path: filepath.Join(r.vol.Dir, name), key: key, fileID: k.fileID, cipher: c}
+	fk.wipe()
 	fd, err := r.createEmpty(context.Background(), r.rootFd, name, 0o600)
 	if err != nil {
 		t.Fatalf("createEmpty: %v", err)
@@ -319,13 +323,13 @@ func TestAcquireConcurrentOneDecrypt(t *testing.T) {
 			t.Fatalf("acquire %d got another file state", i)
 		}
 	}
-	if !st.loaded || st.cipher == nil || st.dk == nil {
-		t.Fatalf("state after load: loaded %v, cipher %v, key %v", st.loaded, st.cipher != nil, st.dk)
+	if !st.loaded || st.cipher() == nil || st.key == nil {
+		t.Fatalf("state after load: loaded %v, cipher %v, key %v", st.loaded, st.cipher() != nil, st.key)
 	}
-	if !bytes.Equal(st.dk.Bytes(), f.key) || st.cipher.FileID() != f.fileID {
+	if !bytes.Equal(st.key.dk.Bytes(), f.key) || st.cipher().FileID() != f.fileID {
 		t.Fatal("the shared key is not the file's data key")
 	}
-	if got := readBlock0(t, r, fds[7], st.cipher); got != keysTestPlain {
+	if got := readBlock0(t, r, fds[7], st.cipher()); got != keysTestPlain {
 		t.Fatalf("block 0 reads %q", got)
 	}
 	if s := r.Stats(); s.Decrypts != 1 || s.LiveKeys != 1 || users(n) != 16 {
@@ -342,7 +346,7 @@ func TestAcquireConcurrentOneDecrypt(t *testing.T) {
 	for i := range 15 {
 		n.release(res[i].st)
 	}
-	if wipes.count() != 0 || st.dk.Wiped() || r.Stats().LiveKeys != 1 {
+	if wipes.count() != 0 || st.key.dk.Wiped() || r.Stats().LiveKeys != 1 {
 		t.Fatalf("the key was dropped while a user remained (%d wipes, %d live keys)", wipes.count(), r.Stats().LiveKeys)
 	}
 	n.release(res[15].st)
@@ -350,8 +354,8 @@ func TestAcquireConcurrentOneDecrypt(t *testing.T) {
 	if s := r.Stats(); s.LiveKeys != 0 {
 		t.Errorf("LiveKeys = %d after the last release, want 0", s.LiveKeys)
 	}
-	if st.dk != nil || st.cipher != nil || users(n) != 0 || n.st != nil {
-		t.Errorf("after the last release: key %v, cipher %v, %d users, state kept %v", st.dk, st.cipher != nil, users(n), n.st != nil)
+	if st.key != nil || users(n) != 0 || n.st != nil {
+		t.Errorf("after the last release: key %v, %d users, state kept %v", st.key, users(n), n.st != nil)
 	}
 }
 
@@ -398,7 +402,7 @@ func TestAcquireFailureSharedAndRetried(t *testing.T) {
 	if d := g.decrypts.Load(); d != 2 {
 		t.Fatalf("%d Decrypt calls, want 2: the retry must call the keyring", d)
 	}
-	if got := readBlock0(t, r, fds[1], st.cipher); got != keysTestPlain {
+	if got := readBlock0(t, r, fds[1], st.cipher()); got != keysTestPlain {
 		t.Fatalf("block 0 reads %q", got)
 	}
 	n.release(st)
@@ -465,8 +469,8 @@ func TestAcquireWithoutKeyNoKeyringCall(t *testing.T) {
 	if d, gen := g.decrypts.Load(), g.generates.Load(); d != 0 || gen != generates {
 		t.Fatalf("acquire(wantKey=false) made %d Decrypt and %d GenerateDataKey calls", d, gen-generates)
 	}
-	if st := sts[0]; st != sts[1] || st != sts[2] || st.loaded || st.cipher != nil || st.dk != nil || users(n) != 3 {
-		t.Fatalf("keyless state: loaded %v, cipher %v, key %v, %d users", st.loaded, st.cipher != nil, st.dk, users(n))
+	if st := sts[0]; st != sts[1] || st != sts[2] || st.loaded || st.key != nil || users(n) != 3 {
+		t.Fatalf("keyless state: loaded %v, cipher %v, key %v, %d users", st.loaded, st.key != nil, st.key, users(n))
 	}
 	if s := r.Stats(); s.Decrypts != 0 || s.LiveKeys != 0 {
 		t.Fatalf("stats %+v, want no decrypt and no live key", s)
@@ -495,7 +499,7 @@ func TestAcquireFileWithoutHeader(t *testing.T) {
 	g := newGatedKeyring(t)
 	r := keysTestRoot(t, "", g, keysTestVolume, 4096, 512, nil)
 	wipes := recordWipes(t)
-	path := filepath.Join(r.opts.CipherDir, "empty")
+	path := filepath.Join(r.vol.Dir, "empty")
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -504,8 +508,8 @@ func TestAcquireFileWithoutHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !st.loaded || st.cipher != nil || st.dk != nil {
-		t.Fatalf("state of a headerless file: loaded %v, cipher %v, key %v", st.loaded, st.cipher != nil, st.dk)
+	if !st.loaded || st.key != nil {
+		t.Fatalf("state of a headerless file: loaded %v, cipher %v, key %v", st.loaded, st.cipher() != nil, st.key)
 	}
 	if d := g.decrypts.Load(); d != 0 {
 		t.Fatalf("%d Decrypt calls for a file without a header", d)
@@ -524,10 +528,11 @@ func TestLoadKey(t *testing.T) {
 		t.Fatalf("creating a file made %d GenerateDataKey calls, want 1", gen)
 	}
 	fd := openStored(t, f.path)
-	c, dk, err := r.loadKey(fd)
+	k, err := r.loadKey(fd)
 	if err != nil {
 		t.Fatalf("loadKey: %v", err)
 	}
+	c, dk := k.c, k.dk
 	if !bytes.Equal(dk.Bytes(), f.key) || c.FileID() != f.fileID || c.Layout() != r.layout {
 		t.Fatal("loadKey returned another key, file ID or layout")
 	}
@@ -537,7 +542,7 @@ func TestLoadKey(t *testing.T) {
 	if s := r.Stats(); s.Decrypts != 1 || s.LiveKeys != 1 {
 		t.Fatalf("stats %+v, want 1 decrypt and 1 live key", s)
 	}
-	(&fileState{cipher: c, dk: dk}).wipe(r)
+	k.wipe()
 	if !dk.Wiped() || r.Stats().LiveKeys != 0 {
 		t.Fatalf("wipe: key wiped %v, %d live keys", dk.Wiped(), r.Stats().LiveKeys)
 	}
@@ -548,7 +553,7 @@ func TestLoadKey(t *testing.T) {
 func TestReadHeaderRejects(t *testing.T) {
 	g := newGatedKeyring(t)
 	r := keysTestRoot(t, "", g, keysTestVolume, 4096, 512, nil)
-	dir := r.opts.CipherDir
+	dir := r.vol.Dir
 	otherVolume := keysTestVolume
 	otherVolume[0] ^= 1
 
@@ -606,8 +611,8 @@ func TestReadHeaderRejects(t *testing.T) {
 				t.Errorf("errno %v, want EIO", e)
 			}
 			// loadKey fails the same way, without asking the keyring.
-			cph, dk, err := r.loadKey(fd)
-			if !errors.Is(err, c.is) || cph != nil || dk != nil {
+			k, err := r.loadKey(fd)
+			if !errors.Is(err, c.is) || k != nil {
 				t.Errorf("loadKey: %v", err)
 			}
 		})
@@ -659,8 +664,8 @@ func TestLoadKeyTamperedHeader(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := g.decrypts.Load()
-			cph, dk, err := r.loadKey(fd)
-			if !errors.Is(err, c.is) || cph != nil || dk != nil {
+			k, err := r.loadKey(fd)
+			if !errors.Is(err, c.is) || k != nil {
 				t.Fatalf("loadKey of a header with a flipped %s byte: %v, want %v", c.name, err, c.is)
 			}
 			if e := errnoOf(err); e != syscall.EIO {

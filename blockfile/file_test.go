@@ -1,4 +1,4 @@
-package blockcipher
+package blockfile
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
 )
 
 // model applies the same operations to a plain byte slice.
@@ -638,7 +640,7 @@ func TestSettleOnFullDisk(t *testing.T) {
 	}
 	// A record header torn on its way in: it counts as pending, and its
 	// block does not authenticate.
-	torn := make([]byte, journalRecordHeader)
+	torn := make([]byte, blockcipher.JournalRecordHeader)
 	torn[7], torn[11], torn[9] = 2, 1, 2
 	s.WriteAt(torn, f.journalOff(0))
 	s.free = 0
@@ -658,7 +660,7 @@ func TestSettleOnFullDisk(t *testing.T) {
 // error; off+len once wrapped negative, passed the check and panicked.
 func TestWriteAtHugeOffset(t *testing.T) {
 	f, _ := newTestFile(t, 4096)
-	for _, off := range []int64{math.MaxInt64 - 5, math.MaxInt64, MaxPlainSize, MaxPlainSize - 5} {
+	for _, off := range []int64{math.MaxInt64 - 5, math.MaxInt64, blockcipher.MaxPlainSize, blockcipher.MaxPlainSize - 5} {
 		if _, err := f.WriteAt(make([]byte, 10), off, 0); err == nil {
 			t.Errorf("WriteAt(10 bytes, %d) succeeded", off)
 		}
@@ -683,7 +685,7 @@ func TestCutInsideBlockWithOldRecord(t *testing.T) {
 	l := f.C.Layout()
 	var h [24]byte
 	binary.BigEndian.PutUint64(h[:], 1+1)
-	binary.BigEndian.PutUint32(h[8:], 400+Overhead)
+	binary.BigEndian.PutUint32(h[8:], 400+blockcipher.Overhead)
 	h[16] = 1
 	m.WriteAt(h[:], l.HeaderSize)
 	if err := m.Truncate(l.CipherSize(bs + 57)); err != nil {

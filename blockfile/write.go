@@ -1,110 +1,11 @@
-package blockcipher
+package blockfile
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"sync"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
 )
-
-// Store is the stored (cipher) form of one file: its header slot followed by
-// its blocks. *os.File satisfies it.
-type Store interface {
-	io.ReaderAt
-	io.WriterAt
-	Truncate(cipherSize int64) error
-}
-
-// Preallocator is implemented by stores that can reserve space before a
-// write (fallocate with FALLOC_FL_KEEP_SIZE), so that a full disk fails the
-// write before any stored byte changes rather than half-way through.
-type Preallocator interface {
-	Preallocate(cipherOff, length int64) error
-}
-
-// File reads and writes the plaintext of one stored file at any offset and
-// length. It keeps no state: the caller passes the current plaintext size
-// (from the stored size, Layout.PlainSize) and must serialise calls that
-// change the file (WriteAt, Truncate) against each other and against ReadAt
-// on the same file, e.g. with a per-inode lock. The header must already be
-// in the store.
-//
-// Every change is ordered so that a process killed between any two of its
-// stored writes leaves a file that reads back without authentication errors
-// (old bytes, new bytes, or zeros in the part being extended or truncated);
-// docs/FORMAT.md, "Crash consistency", lists the steps. A change that
-// fails part-way (a full disk, say) is treated the same way: call Settle
-// before the next change, since a block it rewrote may read only through
-// its journal record, which the next change would overwrite.
-type File struct {
-	C *Cipher
-	S Store
-
-	// ReserveAppends makes an append reserve its space (Preallocator)
-	// before it changes anything, as every other extension does. Set it
-	// unless the store is known to rewrite allocated bytes in place
-	// without needing new space (ext4, XFS, tmpfs): on a copy-on-write
-	// filesystem (btrfs, ZFS) an append's in-place rewrite of the final
-	// block can run out of space half-way. See extend.
-	ReserveAppends bool
-}
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
-
-func getBuf(n int) *[]byte {
-	bp := bufPool.Get().(*[]byte)
-	if cap(*bp) < n {
-		*bp = make([]byte, 0, n)
-	}
-	*bp = (*bp)[:0]
-	return bp
-}
-
-func putBuf(bp *[]byte) {
-	if cap(*bp) <= 4<<20 {
-		bufPool.Put(bp)
-	}
-}
-
-// lastBlock returns the index of the final block of a plaintext of size
-// bytes, or -1 for an empty plaintext.
-func (f File) lastBlock(size int64) int64 {
-	return int64(f.C.layout.BlockCount(size)) - 1
-}
-
-// readStored reads exactly len(b) stored bytes at off; a short read means
-// the stored file is shorter than its size promised (ErrTruncated).
-func (f File) readStored(b []byte, off int64, blockIdx uint64) error {
-	n, err := f.S.ReadAt(b, off)
-	if n == len(b) {
-		return nil
-	}
-	if err == nil || errors.Is(err, io.EOF) {
-		return &BlockError{Block: blockIdx, Err: formatErr("block", ErrTruncated, "stored file ends early")}
-	}
-	return err
-}
-
-// readBlock appends the plaintext of block idx of a plaintext of size bytes
-// to dst (nothing if the block is past the end), from its place.
-func (f File) readBlock(dst []byte, idx uint64, size int64) ([]byte, error) {
-	return f.readBlockRaw(dst, idx, size)
-}
-
-func (f File) readBlockRaw(dst []byte, idx uint64, size int64) ([]byte, error) {
-	l := f.C.layout
-	plen := l.BlockPlainLen(idx, size)
-	if plen == 0 {
-		return dst, nil
-	}
-	sb := getBuf(int(plen + Overhead))
-	defer putBuf(sb)
-	stored := (*sb)[:plen+Overhead]
-	if err := f.readStored(stored, l.BlockToCipherOff(idx), idx); err != nil {
-		return dst, err
-	}
-	return f.C.OpenBlock(dst, stored, idx, int64(idx) == f.lastBlock(size))
-}
 
 // reserve preallocates the stored extents of the given blocks of a file
 // of (new) plaintext size size, and the journal area, before anything is
@@ -115,7 +16,7 @@ func (f File) reserve(size int64, journal bool, blocks ...[2]uint64) error {
 	if !ok {
 		return nil
 	}
-	l := f.C.layout
+	l := f.C.Layout()
 	if journal {
 		if err := p.Preallocate(l.HeaderSize, l.JournalSize()); err != nil {
 			return err
@@ -124,7 +25,7 @@ func (f File) reserve(size int64, journal bool, blocks ...[2]uint64) error {
 	for _, b := range blocks {
 		from, to := b[0], b[1] // inclusive
 		start := l.BlockToCipherOff(from)
-		end := l.BlockToCipherOff(to) + max(l.BlockPlainLen(to, size), 1) + Overhead
+		end := l.BlockToCipherOff(to) + max(l.BlockPlainLen(to, size), 1) + blockcipher.Overhead
 		if to < l.BlockCount(size)-1 {
 			end = l.BlockToCipherOff(to + 1)
 		}
@@ -146,102 +47,14 @@ func (f File) writeStored(b []byte, off int64) error {
 // sealAt seals plain as block idx and writes it, padded with zeros to pad
 // stored bytes when pad is larger.
 func (f File) sealAt(plain []byte, idx uint64, last bool, pad int) error {
-	sb := getBuf(max(len(plain)+Overhead, pad))
+	sb := getBuf(max(len(plain)+blockcipher.Overhead, pad))
 	defer putBuf(sb)
 	out := f.C.SealBlock(*sb, plain, idx, last)
 	if len(out) < pad {
 		out = append(out, zeros[:pad-len(out)]...)
 	}
 	*sb = out
-	return f.writeStored(out, f.C.layout.BlockToCipherOff(idx))
-}
-
-// ReadAt reads up to len(p) plaintext bytes at off from a file of size
-// plaintext bytes. It returns io.EOF at or past the end, like io.ReaderAt.
-// A block that fails authentication fails the whole read with a
-// *BlockError wrapping ErrAuth; no byte of it reaches p. (A block torn by
-// a crash is read from its journal record, which Settle would have put in
-// place on a writable mount.)
-func (f File) ReadAt(p []byte, off, size int64) (int, error) {
-	if off < 0 {
-		return 0, errors.New("blockcipher: negative offset")
-	}
-	if off >= size {
-		return 0, io.EOF
-	}
-	n := int(min(int64(len(p)), size-off))
-	if n == 0 {
-		return 0, nil
-	}
-	l := f.C.layout
-	first, count := l.Span(off, int64(n))
-	last := first + count - 1
-	cipherOff := l.BlockToCipherOff(first)
-	cipherEnd := min(l.BlockToCipherOff(last+1), l.CipherSize(size))
-	sb := getBuf(int(cipherEnd - cipherOff))
-	defer putBuf(sb)
-	stored := (*sb)[:cipherEnd-cipherOff]
-	if err := f.readStored(stored, cipherOff, first); err != nil {
-		return 0, err
-	}
-	endsFile := int64(last) == f.lastBlock(size)
-	runStart := l.BlockToPlainOff(first)
-	aligned := runStart == off && (n%int(l.BlockSize) == 0 || off+int64(n) == size)
-	var plain []byte
-	var pb *[]byte
-	if aligned {
-		plain = p[:0] // decrypt straight into p
-	} else {
-		pb = getBuf(len(stored))
-		defer putBuf(pb)
-		plain = (*pb)[:0]
-	}
-	for tries := 0; ; tries++ {
-		out, err := f.C.OpenRun(plain, stored, first, endsFile)
-		if err == nil {
-			plain = out
-			break
-		}
-		var be *BlockError
-		if tries >= JournalSlots || !errors.As(err, &be) {
-			return 0, err
-		}
-		if !f.patchFromJournal(stored, first, be.Block, size) {
-			return 0, err
-		}
-	}
-	if !aligned {
-		copy(p[:n], plain[off-runStart:])
-	}
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-// patchFromJournal replaces failing block idx in a run of stored blocks by
-// its journal record, if one authenticates and fits the block's place: a
-// record of the block's stored length, or that of a shrink torn in place,
-// the block re-sealed as final at its new length with zeros over the rest
-// of its old extent (docs/FORMAT.md, "Shortened final block").
-func (f File) patchFromJournal(stored []byte, first, idx uint64, size int64) bool {
-	l := f.C.layout
-	r, ok := f.journalFor(idx, l.CipherSize(size))
-	if !ok {
-		return false
-	}
-	want := int(l.BlockPlainLen(idx, size) + Overhead)
-	at := int(idx-first) * int(l.StoredBlockSize())
-	switch {
-	case len(r.stored) == want:
-		copy(stored[at:], r.stored)
-	case r.padTo == want && len(r.stored) < want && r.last:
-		copy(stored[at:], r.stored)
-		clear(stored[at+len(r.stored) : at+want])
-	default:
-		return false
-	}
-	return true
+	return f.writeStored(out, f.C.Layout().BlockToCipherOff(idx))
 }
 
 // WriteAt writes p at plaintext offset off into a file of size plaintext
@@ -259,13 +72,13 @@ func (f File) patchFromJournal(stored []byte, first, idx uint64, size int64) boo
 //	the blocks of the old file the write covers, F now sealed as a middle
 //	  block (partial first and last blocks journaled).
 func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
-	if off < 0 || off > MaxPlainSize-int64(len(p)) {
+	if off < 0 || off > blockcipher.MaxPlainSize-int64(len(p)) {
 		return size, fmt.Errorf("blockcipher: write at %d+%d out of range", off, len(p))
 	}
 	if len(p) == 0 {
 		return size, nil
 	}
-	l := f.C.layout
+	l := f.C.Layout()
 	bs := l.BlockSize
 	end := off + int64(len(p))
 	newSize := max(size, end)
@@ -339,14 +152,14 @@ func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 //     be rewritten in place without new space (a page-allocating or
 //     delayed-allocation filesystem takes the space at this write); a
 //     crash after it leaves F as "sealed final ‖ zeros", which reads as F
-//     zero-padded (Cipher.openShortened; if F was full there are no zeros
+//     zero-padded (blockcipher.Cipher.openShortened; if F was full there are no zeros
 //     and it reads as a middle block sealed as final);
 //  3. F with the write's bytes, sealed as a middle block (or as final if
 //     the write ends in F), through the journal if it keeps old bytes. A
 //     journal record that does not fit (its page may be a hole) cuts the
 //     file back; nothing of the old file has changed by then.
 func (f File) extend(p []byte, off, size int64) (int64, error) {
-	l := f.C.layout
+	l := f.C.Layout()
 	end := off + int64(len(p))
 	oldEnd := l.CipherSize(size)
 	fi := uint64(f.lastBlock(size))
@@ -389,13 +202,13 @@ func (f File) extend(p []byte, off, size int64) (int64, error) {
 			return size, err // cut back by writeRun
 		}
 	}
-	if fEnd := l.BlockToCipherOff(fi) + fLen + Overhead; fEnd > oldEnd {
+	if fEnd := l.BlockToCipherOff(fi) + fLen + blockcipher.Overhead; fEnd > oldEnd {
 		if err := f.writeStored(zeros[:fEnd-oldEnd], oldEnd); err != nil {
 			return cut(err)
 		}
 	}
 
-	sb := getBuf(int(fLen) + Overhead)
+	sb := getBuf(int(fLen) + blockcipher.Overhead)
 	defer putBuf(sb)
 	rec := journalRec{idx: fi, last: last == fi, stored: f.C.SealBlock(*sb, b, fi, last == fi)}
 	*sb = rec.stored
@@ -421,13 +234,13 @@ func (f File) writeRun(p []byte, off int64, first, last uint64, size, newSize in
 	if len(p) == 0 {
 		return nil
 	}
-	l := f.C.layout
+	l := f.C.Layout()
 	bs := l.BlockSize
 	end := off + int64(len(p))
 	newLast := f.lastBlock(newSize)
 	runPlain := min(l.BlockToPlainOff(last+1), newSize) - l.BlockToPlainOff(first)
 	count := last - first + 1
-	sb := getBuf(int(runPlain) + int(count)*Overhead)
+	sb := getBuf(int(runPlain) + int(count)*blockcipher.Overhead)
 	defer putBuf(sb)
 	stored := *sb
 	var recs []journalRec
@@ -504,7 +317,7 @@ func (f File) writeRun(p []byte, off int64, first, last uint64, size, newSize in
 // of that block put the hole back, reading as the zeros it held. (Torn by
 // anything else, the block was being replaced entirely and may fail.)
 func (f File) reHole(recs []journalRec, at int64, n int, first, last uint64, size int64) {
-	l := f.C.layout
+	l := f.C.Layout()
 	if n <= 0 {
 		return
 	}
@@ -521,83 +334,4 @@ func (f File) reHole(recs []journalRec, at int64, n int, first, last uint64, siz
 	if end := at + int64(n); end > start {
 		f.S.WriteAt(zeros[:end-start], start)
 	}
-}
-
-// Truncate changes a file of size plaintext bytes to newSize bytes.
-// Growing leaves a hole; shrinking into a block re-seals that block as the
-// final one. The header stays: a truncate to 0 leaves a header-only file.
-func (f File) Truncate(size, newSize int64) error {
-	if newSize < 0 || newSize > MaxPlainSize {
-		return fmt.Errorf("blockcipher: truncate to %d out of range", newSize)
-	}
-	l := f.C.layout
-	switch {
-	case newSize == size:
-		return nil
-	case newSize == 0:
-		return f.S.Truncate(l.HeaderSize)
-	case newSize > size:
-		return f.grow(size, newSize)
-	}
-	// Shrink. Re-seal the new final block (journaled), then cut the stored
-	// file. The re-sealed block is written padded with zeros over its old
-	// extent, so that until the cut the file keeps its old size and reads
-	// the truncated block zero-extended (openShortened).
-	newLast := uint64(f.lastBlock(newSize))
-	pb := getBuf(int(l.BlockSize))
-	defer putBuf(pb)
-	b, err := f.readBlock((*pb)[:0], newLast, size)
-	if err != nil {
-		return err
-	}
-	*pb = b
-	b = b[:l.BlockPlainLen(newLast, newSize)]
-	oldExtent := int(l.BlockPlainLen(newLast, size) + Overhead)
-	if err := f.rewrite(newLast, b, true, oldExtent); err != nil {
-		return err
-	}
-	return f.S.Truncate(l.CipherSize(newSize))
-}
-
-func (f File) grow(size, newSize int64) error {
-	l := f.C.layout
-	bs := l.BlockSize
-	oldLast, newLast := f.lastBlock(size), f.lastBlock(newSize)
-	reserve := [][2]uint64{{uint64(newLast), uint64(newLast)}}
-	if oldLast >= 0 && oldLast != newLast {
-		reserve = append(reserve, [2]uint64{uint64(oldLast), uint64(oldLast)})
-	}
-	if err := f.reserve(newSize, oldLast >= 0, reserve...); err != nil {
-		return err
-	}
-	pb := getBuf(int(bs))
-	defer putBuf(pb)
-	var b []byte
-	if oldLast >= 0 {
-		var err error
-		if b, err = f.readBlock((*pb)[:0], uint64(oldLast), size); err != nil {
-			return err
-		}
-		*pb = b
-	}
-	if oldLast == newLast {
-		// Growing inside the final block.
-		b = append(b, zeros[:l.BlockPlainLen(uint64(newLast), newSize)-int64(len(b))]...)
-		*pb = b
-		return f.rewrite(uint64(newLast), b, true, 0)
-	}
-	if oldLast >= 0 && int64(len(b)) < bs {
-		b = append(b, zeros[:bs-int64(len(b))]...)
-		*pb = b
-		if err := f.rewrite(uint64(oldLast), b, true, 0); err != nil {
-			return err
-		}
-	}
-	if err := f.sealAt(zeros[:l.BlockPlainLen(uint64(newLast), newSize)], uint64(newLast), true, 0); err != nil {
-		return err
-	}
-	if oldLast >= 0 {
-		return f.rewrite(uint64(oldLast), b, false, 0)
-	}
-	return nil
 }

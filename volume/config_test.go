@@ -1,4 +1,4 @@
-package fs_test
+package volume_test
 
 import (
 	"bytes"
@@ -10,10 +10,12 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
-	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 const (
@@ -47,13 +49,13 @@ const validConfigJSON = `{
 }
 `
 
-func validConfig() *kfs.Config {
-	return &kfs.Config{
+func validConfig() *volume.Config {
+	return &volume.Config{
 		FormatVersion: 1,
 		VolumeID:      testVolumeID,
 		BlockSize:     4096,
 		HeaderSize:    512,
-		Keyrings: []kfs.KeyringSpec{
+		Keyrings: []volume.KeyringSpec{
 			{Kind: keyring.KindAWSKMS, KeyID: "alias/kmsfs-test", KeyARN: testKeyARN, Region: "eu-west-2", Endpoint: "http://127.0.0.1:4599"},
 			{Kind: keyring.KindLocal, KeyID: testLocalID, KeyFile: "/root/.config/kmsfs/volume.key"},
 		},
@@ -100,7 +102,7 @@ func field(name string, v any) func(map[string]any) {
 
 func TestParseConfigValid(t *testing.T) {
 	t.Parallel()
-	c, err := kfs.ParseConfig([]byte(validConfigJSON))
+	c, err := volume.ParseConfig([]byte(validConfigJSON))
 	if err != nil {
 		t.Fatalf("ParseConfig: %v", err)
 	}
@@ -129,7 +131,7 @@ func TestParseConfigValid(t *testing.T) {
 		"reordered fields":   []byte(`{"features":[],"keyrings":[{"key_file":"k","key_id":"` + testLocalID + `","kind":"local"}],"header_size":512,"block_size":4096,"volume_id":"` + testVolumeID + `","format_version":1}`),
 		"exactly 1 MiB long": padTo(t, []byte(validConfigJSON), 1<<20),
 	} {
-		if _, err := kfs.ParseConfig(b); err != nil {
+		if _, err := volume.ParseConfig(b); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
@@ -209,7 +211,7 @@ func TestParseConfigRejects(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cfg, err := kfs.ParseConfig(c.in)
+			cfg, err := volume.ParseConfig(c.in)
 			if err == nil {
 				t.Fatalf("ParseConfig accepted %.200s", c.in)
 			}
@@ -231,13 +233,13 @@ func TestValidateRefusesInvalid(t *testing.T) {
 	if err := validConfig().Validate(); err != nil {
 		t.Fatalf("Validate of a valid config: %v", err)
 	}
-	for name, edit := range map[string]func(*kfs.Config){
-		"version":    func(c *kfs.Config) { c.FormatVersion = 2 },
-		"volume id":  func(c *kfs.Config) { c.VolumeID = "x" },
-		"block size": func(c *kfs.Config) { c.BlockSize = 1000 },
-		"keyrings":   func(c *kfs.Config) { c.Keyrings = nil },
-		"features":   func(c *kfs.Config) { c.Features = []string{"x"} },
-		"kind":       func(c *kfs.Config) { c.Keyrings[0].Kind = "" },
+	for name, edit := range map[string]func(*volume.Config){
+		"version":    func(c *volume.Config) { c.FormatVersion = 2 },
+		"volume id":  func(c *volume.Config) { c.VolumeID = "x" },
+		"block size": func(c *volume.Config) { c.BlockSize = 1000 },
+		"keyrings":   func(c *volume.Config) { c.Keyrings = nil },
+		"features":   func(c *volume.Config) { c.Features = []string{"x"} },
+		"kind":       func(c *volume.Config) { c.Keyrings[0].Kind = "" },
 	} {
 		c := validConfig()
 		edit(c)
@@ -250,14 +252,14 @@ func TestValidateRefusesInvalid(t *testing.T) {
 func TestWriteConfig(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	if _, err := kfs.LoadConfig(dir); !errors.Is(err, kfs.ErrNoConfig) {
+	if _, err := loadConfig(dir); !errors.Is(err, volume.ErrNoConfig) {
 		t.Fatalf("LoadConfig of an empty directory: %v, want ErrNoConfig", err)
 	}
 	c := validConfig()
-	if err := kfs.WriteConfig(dir, c); err != nil {
+	if err := volume.WriteConfig(dir, c); err != nil {
 		t.Fatalf("WriteConfig: %v", err)
 	}
-	path := filepath.Join(dir, kfs.ConfigName)
+	path := filepath.Join(dir, volume.ConfigName)
 	written, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -265,7 +267,7 @@ func TestWriteConfig(t *testing.T) {
 	if st, err := os.Stat(path); err != nil || st.Mode() != 0o644 {
 		t.Errorf("config mode %v (%v), want -rw-r--r--", st.Mode(), err)
 	}
-	got, err := kfs.LoadConfig(dir)
+	got, err := loadConfig(dir)
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}
@@ -280,7 +282,7 @@ func TestWriteConfig(t *testing.T) {
 	// A second write refuses and leaves the first config alone.
 	other := validConfig()
 	other.VolumeID = "ffffffffffffffffffffffffffffffff"
-	err = kfs.WriteConfig(dir, other)
+	err = volume.WriteConfig(dir, other)
 	if err == nil {
 		t.Fatal("WriteConfig replaced an existing config")
 	}
@@ -298,13 +300,13 @@ func TestWriteConfigRefusesInvalid(t *testing.T) {
 	dir := t.TempDir()
 	c := validConfig()
 	c.BlockSize = 3000
-	if err := kfs.WriteConfig(dir, c); err == nil || !strings.Contains(err.Error(), "block size") {
+	if err := volume.WriteConfig(dir, c); err == nil || !strings.Contains(err.Error(), "block size") {
 		t.Fatalf("WriteConfig of an invalid config: %v", err)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("a refused WriteConfig left %d files", len(ents))
 	}
-	if err := kfs.WriteConfig(filepath.Join(dir, "missing"), validConfig()); err == nil {
+	if err := volume.WriteConfig(filepath.Join(dir, "missing"), validConfig()); err == nil {
 		t.Fatal("WriteConfig into a missing directory succeeded")
 	}
 }
@@ -321,7 +323,7 @@ func TestWriteConfigConcurrent(t *testing.T) {
 		wg.Go(func() {
 			c := validConfig()
 			c.VolumeID = fmt.Sprintf("%032x", i+1)
-			errs[i] = kfs.WriteConfig(dir, c)
+			errs[i] = volume.WriteConfig(dir, c)
 		})
 	}
 	wg.Wait()
@@ -337,7 +339,7 @@ func TestWriteConfigConcurrent(t *testing.T) {
 	if winner < 0 {
 		t.Fatalf("no writer succeeded: %v", errs)
 	}
-	got, err := kfs.LoadConfig(dir)
+	got, err := loadConfig(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,10 +352,10 @@ func TestWriteConfigConcurrent(t *testing.T) {
 func TestLoadConfigInvalid(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, kfs.ConfigName), configWith(t, field("format_version", 7)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, volume.ConfigName), configWith(t, field("format_version", 7)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kfs.LoadConfig(dir); err == nil || !strings.Contains(err.Error(), "version 7") || errors.Is(err, kfs.ErrNoConfig) {
+	if _, err := loadConfig(dir); err == nil || !strings.Contains(err.Error(), "version 7") || errors.Is(err, volume.ErrNoConfig) {
 		t.Fatalf("LoadConfig of a version 7 config: %v", err)
 	}
 }
@@ -368,8 +370,8 @@ func assertOnlyConfig(t *testing.T, dir string) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	if len(names) != 1 || names[0] != kfs.ConfigName {
-		t.Errorf("directory holds %q, want only %s", names, kfs.ConfigName)
+	if len(names) != 1 || names[0] != volume.ConfigName {
+		t.Errorf("directory holds %q, want only %s", names, volume.ConfigName)
 	}
 }
 
@@ -383,7 +385,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"format_version":1}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := kfs.ParseConfig(b)
+		c, err := volume.ParseConfig(b)
 		if err != nil {
 			if c != nil {
 				t.Fatalf("config returned with error %v", err)
@@ -397,7 +399,7 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			t.Fatalf("accepted config does not marshal: %v", err)
 		}
-		again, err := kfs.ParseConfig(out)
+		again, err := volume.ParseConfig(out)
 		if err != nil {
 			t.Fatalf("re-marshalled config %s does not parse: %v", out, err)
 		}
@@ -437,7 +439,7 @@ func padTo(t testing.TB, b []byte, n int) []byte {
 // letter case and let a duplicate win; the config parser does not.
 func TestParseConfigStrictKeys(t *testing.T) {
 	good := `{"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`
-	if _, err := kfs.ParseConfig([]byte(good)); err != nil {
+	if _, err := volume.ParseConfig([]byte(good)); err != nil {
 		t.Fatal(err)
 	}
 	for _, bad := range []string{
@@ -445,10 +447,55 @@ func TestParseConfigStrictKeys(t *testing.T) {
 		`{"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`,
 		`{"format_version":1,"volume_id":"00112233445566778899aabbccddeeff","block_size":4096,"header_size":512,"keyrings":[{"Kind":"local","key_id":"00112233445566778899aabbccddeeff","key_file":"/k"}],"features":[]}`,
 	} {
-		if _, err := kfs.ParseConfig([]byte(bad)); err == nil {
+		if _, err := volume.ParseConfig([]byte(bad)); err == nil {
 			t.Errorf("accepted %s", bad)
 		} else {
 			t.Log(err)
 		}
+	}
+}
+
+func loadConfig(dir string) (*volume.Config, error) {
+	c, _, err := volume.ReadConfig(dir)
+	return c, err
+}
+
+// The config is hostile input: a FIFO in its place does not hang the
+// read, a symlink (to /dev/zero, or anywhere) is refused, and a huge file
+// is refused after reading a bounded amount.
+func TestReadConfigRefusesUnsafeFiles(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		make func(path string) error
+		msg  string
+	}{
+		{"fifo", func(p string) error { return syscall.Mkfifo(p, 0o600) }, "not a regular file"},
+		{"symlink to /dev/zero", func(p string) error { return os.Symlink("/dev/zero", p) }, "symlink"},
+		{"symlink to a valid config", func(p string) error {
+			q := filepath.Join(filepath.Dir(p), "elsewhere.json")
+			if err := os.WriteFile(q, []byte(validConfigJSON), 0o600); err != nil {
+				return err
+			}
+			return os.Symlink(q, p)
+		}, "symlink"},
+		{"directory", func(p string) error { return os.Mkdir(p, 0o700) }, "not a regular file"},
+		{"2 MiB", func(p string) error { return os.WriteFile(p, make([]byte, 2<<20), 0o600) }, "larger than any valid config"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := c.make(filepath.Join(dir, volume.ConfigName)); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { _, err := loadConfig(dir); done <- err }()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), c.msg) {
+					t.Fatalf("ReadConfig: %v, want an error saying %q", err, c.msg)
+				}
+			case <-time.After(time.Minute): // a hang, not a slow machine
+				t.Fatal("ReadConfig hung")
+			}
+		})
 	}
 }

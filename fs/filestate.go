@@ -1,0 +1,177 @@
+package fs
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// fileState is the open-file state of one regular-file inode, shared by all
+// its handles (and by a truncate through a path while it runs).
+type fileState struct {
+	// content serialises changes of the stored file: held for writing by
+	// write, truncate, fallocate and header creation; for reading by read
+	// and lseek. It guards key once load has finished.
+	content sync.RWMutex
+
+	// Guarded by node.mu:
+	users   int      // handles plus handle-less operations using the state
+	loaded  bool     // key is final (nil: no header yet)
+	loading *keyLoad // the unwrap in flight, shared by concurrent openers
+	key     *fileKey
+
+	// unsettled is set when a change failed part-way (a full disk, say):
+	// a block it rewrote may read only through its journal record, so the
+	// next change settles the journal first. Guarded by content.
+	unsettled bool
+}
+
+// cipher returns the file's cipher, nil while it has no header.
+func (st *fileState) cipher() *blockcipher.Cipher {
+	if st.key == nil {
+		return nil
+	}
+	return st.key.c
+}
+
+// fileKey is an open file's data key and the cipher derived from it. It is
+// the one holder of both in fs, from unwrap (or generation) to wipe: a
+// fileState holds at most one, and wipes it on its last release.
+// Every fileKey not yet wiped is counted in live (the Root's).
+type fileKey struct {
+	dk   *keyring.DataKey
+	c    *blockcipher.Cipher
+	live *atomic.Int64
+}
+
+// openFileKey checks h against dk (key commitment, header MAC) and returns
+// the key of h's file, counted in live. It owns dk from now on: on
+// failure dk is wiped.
+func openFileKey(h *blockcipher.Header, dk *keyring.DataKey, live *atomic.Int64) (*fileKey, error) {
+	c, err := h.Open(dk.Bytes())
+	if err != nil {
+		dk.Wipe()
+		return nil, err
+	}
+	live.Add(1)
+	return &fileKey{dk: dk, c: c, live: live}, nil
+}
+
+// sealFileKey seals h, the header of a new file, with dk and returns the
+// slot to write and the file's key, counted in live. It owns dk from now
+// on: on failure dk is wiped.
+func sealFileKey(h *blockcipher.Header, dk *keyring.DataKey, live *atomic.Int64) ([]byte, *fileKey, error) {
+	slot, c, err := h.Seal(dk.Bytes())
+	if err != nil {
+		dk.Wipe()
+		return nil, nil, err
+	}
+	live.Add(1)
+	return slot, &fileKey{dk: dk, c: c, live: live}, nil
+}
+
+// testOnlyBeforeWipe, when set by a test, sees a data key's bytes just
+// before they are wiped, to check afterwards that they were zeroed.
+var testOnlyBeforeWipe func(b []byte)
+
+// wipe zeroes the data key and drops the cipher. Safe on nil.
+func (k *fileKey) wipe() {
+	if k == nil || k.dk == nil {
+		return
+	}
+	if testOnlyBeforeWipe != nil {
+		testOnlyBeforeWipe(k.dk.Bytes())
+	}
+	k.dk.Wipe()
+	k.dk, k.c = nil, nil
+	k.live.Add(-1)
+}
+
+// keyLoad is one unwrap of a file's data key that concurrent first opens
+// wait for instead of calling the keyring again.
+type keyLoad struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// acquire registers a user of n's file state, creating it if needed. With
+// wantKey it also makes sure the data key is unwrapped: the first user
+// reads the header through fd and calls the keyring; concurrent users wait
+// for that one call and share its result or error.
+func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
+	n.mu.Lock()
+	st := n.st
+	if st == nil {
+		st = &fileState{}
+		n.st = st
+	}
+	st.users++
+	for wantKey && !st.loaded {
+		if l := st.loading; l != nil {
+			n.mu.Unlock()
+			<-l.done
+			if l.err != nil {
+				n.release(st)
+				return nil, l.err
+			}
+			n.mu.Lock()
+			continue
+		}
+		l := &keyLoad{done: make(chan struct{})}
+		st.loading = l
+		n.mu.Unlock()
+		k, err := n.r.loadKey(fd)
+		if err == nil && k != nil {
+			n.settleOnOpen(st, fd, k.c)
+		}
+		n.mu.Lock()
+		st.loading = nil
+		if err == nil {
+			st.key, st.loaded = k, true
+		}
+		l.err = err
+		close(l.done)
+		if err != nil {
+			n.mu.Unlock()
+			n.release(st)
+			return nil, err
+		}
+	}
+	n.mu.Unlock()
+	return st, nil
+}
+
+// settleOnOpen finishes a rewrite a crash interrupted before the file's
+// first reader or writer sees it. A failure (a full disk, say) does not
+// fail the open: reads consult the journal, and the next change settles
+// first.
+func (n *node) settleOnOpen(st *fileState, fd int, c *blockcipher.Cipher) {
+	restore := noatime(fd)
+	defer restore()
+	st.content.Lock()
+	defer st.content.Unlock()
+	if err := n.r.settle(fd, c, n.relPath); err != nil {
+		n.r.log.Warn("could not finish an interrupted write: reads use its journal record, the next change retries", "path", n.relPath(), "err", err)
+		st.unsettled = true
+	}
+}
+
+// release drops one user; the last one wipes the data key.
+func (n *node) release(st *fileState) {
+	n.mu.Lock()
+	st.users--
+	last := st.users == 0
+	if last && n.st == st {
+		n.st = nil
+		n.dropUnnamedLocked()
+	}
+	n.mu.Unlock()
+	if last {
+		st.content.Lock()
+		st.key.wipe()
+		st.key = nil
+		st.content.Unlock()
+	}
+}

@@ -1,0 +1,53 @@
+package fs
+
+import (
+	"fmt"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/blockfile"
+)
+
+// settle finishes a block rewrite that a crash interrupted (the journal,
+// blockfile/journal.go), before anything reads or changes the file. It
+// costs two small reads on a clean file. The descriptor may be read-only:
+// a repair reopens the file for writing. A read-only mount leaves the
+// journal alone; its reads consult it.
+func (r *Root) settle(fd int, c *blockcipher.Cipher, path func() string) error {
+	stored, err := fdStore(fd).size()
+	if err != nil {
+		return err
+	}
+	pending, err := blockfile.File{C: c, S: fdStore(fd)}.JournalPending(stored)
+	if err != nil || !pending || r.opts.ReadOnly {
+		return err
+	}
+	wfd, err := openat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("reopen to finish an interrupted write: %w", err)
+	}
+	defer unix.Close(wfd)
+	changed, err := blockfile.File{C: c, S: fdStore(wfd)}.Settle(stored)
+	if err != nil {
+		return fmt.Errorf("finish an interrupted write: %w", err)
+	}
+	r.log.Info("finished an interrupted write", "path", path(), "repaired", changed)
+	return nil
+}
+
+// noatime sets O_NOATIME on fd until the returned func is called: reading
+// a header or the journal is kmsfs's business, not an access the user
+// made, and must not move the file's atime. (O_NOATIME needs ownership or
+// CAP_FOWNER; without it the atime may move.)
+func noatime(fd int) (restore func()) {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_NOATIME != 0 {
+		return func() {}
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME); err != nil {
+		return func() {}
+	}
+	return func() { unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl) }
+}

@@ -1,0 +1,110 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Entry is one object Walk visits.
+type Entry struct {
+	Rel    string      // path relative to CIPHERDIR, slash-separated
+	DirFd  int         // descriptor of the parent directory; valid only during the visit
+	Name   string      // the name in that directory
+	Type   fs.FileMode // the type bits of the directory entry
+	IsRoot bool        // the parent is CIPHERDIR itself
+}
+
+// SkipDir, returned by a visit of a directory, skips its contents.
+var SkipDir = fs.SkipDir
+
+// Walk visits every object below CIPHERDIR but kmsfs's own (Reserved),
+// each directory before its contents, names in lexical order. Every
+// directory is opened relative to its parent's descriptor without
+// following a symlink, so one swapped for a symlink while the walk runs
+// fails that branch with an error instead of leading out of CIPHERDIR.
+// A visit returning SkipDir skips a directory's contents; any other error
+// stops the walk and is returned.
+func Walk(cipherDir string, visit func(Entry) error) error {
+	fd, err := unix.Open(cipherDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", cipherDir, err)
+	}
+	err = walkDir(fd, "", visit)
+	if errors.Is(err, SkipDir) {
+		err = nil
+	}
+	return err
+}
+
+// walkDir visits the entries of the directory open at fd (rel its path)
+// and closes fd.
+func walkDir(fd int, rel string, visit func(Entry) error) error {
+	d := os.NewFile(uintptr(fd), rel)
+	defer d.Close()
+	entries, err := d.ReadDir(-1)
+	if err != nil {
+		return fmt.Errorf("read directory %q: %w", rel, err)
+	}
+	slices.SortFunc(entries, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	for _, e := range entries {
+		if Reserved(rel == "", e.Name()) {
+			continue
+		}
+		p := e.Name()
+		if rel != "" {
+			p = rel + "/" + p
+		}
+		err := visit(Entry{Rel: p, DirFd: fd, Name: e.Name(), Type: e.Type(), IsRoot: rel == ""})
+		if e.Type() != fs.ModeDir {
+			if err != nil && !errors.Is(err, SkipDir) {
+				return err
+			}
+			continue
+		}
+		if errors.Is(err, SkipDir) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		sub, err := unix.Openat(fd, e.Name(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open directory %q: %w", p, err)
+		}
+		if err := walkDir(sub, p, visit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OpenFile opens name in the directory dirfd for reading, the way every
+// reader of CIPHERDIR must: without following a symlink, without blocking
+// (a FIFO put where a file was would hang the open, and its reads), and
+// only if it is a regular file.
+func OpenFile(dirfd int, name string) (*os.File, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("not a regular file")}
+	}
+	// Reads of a regular file never block; clear the flag for tidiness.
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
