@@ -10,9 +10,10 @@ import (
 // derived content key (inside an AES-GCM AEAD) and file ID. It is safe for
 // concurrent use; it never retains the slices passed to it.
 type Cipher struct {
-	aead   cipher.AEAD
-	fileID [IDSize]byte
-	layout Layout
+	aead      cipher.AEAD
+	fileID    [IDSize]byte
+	layout    Layout
+	recordKey [32]byte // the journal record MAC key (RecordMAC)
 }
 
 // Layout returns the geometry of the file's volume.

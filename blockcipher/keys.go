@@ -15,6 +15,7 @@ const (
 	labelContent    = "kmsfs v1 content key"
 	labelCommitment = "kmsfs v1 key commitment"
 	labelHeaderMAC  = "kmsfs v1 header mac key"
+	labelRecordMAC  = "kmsfs journal record mac key"
 )
 
 // DataKeySize is the size of a data key: AES-256.
@@ -98,5 +99,24 @@ func newCipher(dataKey []byte, h *Header) (*Cipher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blockcipher: %v", err)
 	}
-	return &Cipher{aead: aead, fileID: h.FileID, layout: layout}, nil
+	c := &Cipher{aead: aead, fileID: h.FileID, layout: layout}
+	copy(c.recordKey[:], derive(dataKey, h.FileID, labelRecordMAC, 32))
+	return c, nil
+}
+
+// RecordMACSize is the size of a journal record's MAC.
+const RecordMACSize = 16
+
+// RecordMAC returns the MAC that authenticates a journal record of this
+// file (docs/FORMAT.md, "Journal"): HMAC-SHA256 under a key derived from
+// the data key, over the concatenation of parts, cut to RecordMACSize
+// bytes. Whoever cannot unwrap the data key cannot make one.
+func (c *Cipher) RecordMAC(parts ...[]byte) [RecordMACSize]byte {
+	m := hmac.New(sha256.New, c.recordKey[:])
+	for _, p := range parts {
+		m.Write(p)
+	}
+	var out [RecordMACSize]byte
+	copy(out[:], m.Sum(nil))
+	return out
 }

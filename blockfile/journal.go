@@ -1,6 +1,7 @@
 package blockfile
 
 import (
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -16,16 +17,39 @@ import (
 // including bytes the write did not touch and that may have been fsynced
 // long before. So before kmsfs rewrites such a block in place it writes
 // the block's new stored form to a journal record (in the journal area
-// between the header and block 0), and clears the record once the block
-// is in place. A torn record fails its own tag and is ignored; a torn
-// block is replaced by its record (Settle, or the read path on a read-only
-// mount). Blocks a write replaces entirely, and new blocks past the old
-// end, are not journaled: if the write is torn they are the blocks being
-// written, and only they can fail.
+// between the header and block 0), and erases the record once the block
+// is in place. A torn record fails its MAC or its tag and is ignored; a
+// torn block is replaced by its record (Settle, or the read path on a
+// read-only mount). Blocks a write replaces entirely, and new blocks past
+// the old end, are not journaled: if the write is torn they are the blocks
+// being written, and only they can fail.
 //
-// Record layout (docs/FORMAT.md, "Journal"): uint64 block index + 1 (0:
-// empty) ‖ uint32 stored length ‖ uint32 length to pad to with zeros when
-// put in place ‖ uint8 last ‖ 7 zero bytes ‖ the stored block.
+// CIPHERDIR is not trusted, so a record counts only if its MAC, under a
+// key derived from the file's data key, authenticates its every field and
+// its block; and a record is erased whole (zeros over its header and its
+// block), not just marked empty, so nothing left in the file can make a
+// cleared record count again. Records without a MAC (written by kmsfs
+// before journal record version 2) are never used.
+//
+// Record layout (docs/FORMAT.md, "Journal"):
+//
+//	0   uint64 block index + 1 (0: empty)
+//	8   uint32 L, the stored block's length
+//	12  uint32 P, the length to pad to with zeros when put in place (0: L)
+//	16  uint8  0x20 (record version 2) | 1 if sealed as the final block
+//	17  [16]   MAC over bytes 0..16, the block's nonce and its tag
+//	33  [L]    the stored block
+const (
+	recHeaderSize = 33
+	recVersion2   = 0x20
+	recLastFlag   = 0x01
+	recMACOff     = 17
+)
+
+// The record header must fit the slot the layout reserves for it: the
+// layout sizes a slot as a 24-byte header plus a stored block, rounded up
+// to 16 bytes, which leaves at least 36 bytes before the block.
+const _ = uint(blockcipher.JournalRecordHeader + 12 - recHeaderSize)
 
 // journalRec is one record: the new stored form of block idx.
 type journalRec struct {
@@ -39,110 +63,151 @@ func (f File) journalOff(slot int) int64 {
 	return f.C.Layout().HeaderSize + int64(slot)*f.C.Layout().JournalSlotSize()
 }
 
+// encodeRecord writes r's header, MAC included, into b[:recHeaderSize].
+func (f File) encodeRecord(b []byte, r journalRec) {
+	binary.BigEndian.PutUint64(b, r.idx+1)
+	binary.BigEndian.PutUint32(b[8:], uint32(len(r.stored)))
+	binary.BigEndian.PutUint32(b[12:], uint32(r.padTo))
+	b[16] = recVersion2
+	if r.last {
+		b[16] |= recLastFlag
+	}
+	mac := f.recordMAC(b[:recMACOff], r.stored)
+	copy(b[recMACOff:], mac[:])
+}
+
+// recordMAC authenticates a record's fields and, through the block's
+// nonce and GCM tag (which bind its ciphertext), its block.
+func (f File) recordMAC(fields, stored []byte) [blockcipher.RecordMACSize]byte {
+	return f.C.RecordMAC([]byte("kmsfs journal record v2\x00"), fields,
+		stored[:blockcipher.NonceSize], stored[len(stored)-blockcipher.TagSize:])
+}
+
 // writeJournal writes recs to slots 0.. in one write.
 func (f File) writeJournal(recs []journalRec) error {
 	l := f.C.Layout()
-	n := int(l.JournalSlotSize())*(len(recs)-1) + blockcipher.JournalRecordHeader + len(recs[len(recs)-1].stored)
+	n := int(l.JournalSlotSize())*(len(recs)-1) + recHeaderSize + len(recs[len(recs)-1].stored)
 	bp := getBuf(n)
 	defer putBuf(bp)
 	b := (*bp)[:n]
 	clear(b)
 	for i, r := range recs {
 		o := i * int(l.JournalSlotSize())
-		binary.BigEndian.PutUint64(b[o:], r.idx+1)
-		binary.BigEndian.PutUint32(b[o+8:], uint32(len(r.stored)))
-		binary.BigEndian.PutUint32(b[o+12:], uint32(r.padTo))
-		if r.last {
-			b[o+16] = 1
-		}
-		copy(b[o+blockcipher.JournalRecordHeader:], r.stored)
+		f.encodeRecord(b[o:], r)
+		copy(b[o+recHeaderSize:], r.stored)
 	}
 	return f.writeStored(b, f.journalOff(0))
 }
 
-// clearJournal empties the journal after its blocks are in place by
-// zeroing the record headers. (Punching the records' pages back out would
-// save their disk space but costs more per write on tmpfs and ext4, and a
-// journal that stays allocated cannot fail for lack of space later.)
-func (f File) clearJournal(slots int) error {
-	var zero [blockcipher.JournalRecordHeader]byte
-	for s := 0; s < slots; s++ {
-		if err := f.writeStored(zero[:], f.journalOff(s)); err != nil {
-			return err
-		}
-	}
-	return nil
+// clearJournal erases recs, just written to slots 0.., once their blocks
+// are in place: zeros over every byte they used, in one write from the
+// start of slot 0, so a clear cut short erases the first header first.
+// (The pages stay allocated: a journal that does not need new space
+// cannot fail for lack of it later.)
+func (f File) clearJournal(recs []journalRec) error {
+	n := int(f.C.Layout().JournalSlotSize())*(len(recs)-1) + recHeaderSize + len(recs[len(recs)-1].stored)
+	return f.writeStored(zeros[:n], f.journalOff(0))
 }
 
-// readJournal returns the records whose block authenticates: torn or
-// stale-looking records are left out. It needs the stored size only to
-// skip files too short to have a journal.
-func (f File) readJournal(storedSize int64) ([]journalRec, error) {
+// readJournal returns the records that authenticate: MAC, then block at
+// its index with its flag. Torn, erased, forged and older-format records
+// are left out; ignored counts the slots that held something other than a
+// counting record. It needs the stored size only to skip files too short
+// to have a journal.
+func (f File) readJournal(storedSize int64) (recs []journalRec, ignored int, err error) {
 	l := f.C.Layout()
 	if storedSize <= l.HeaderSize {
-		return nil, nil
+		return nil, 0, nil
 	}
-	var recs []journalRec
 	for s := 0; s < blockcipher.JournalSlots; s++ {
-		var h [blockcipher.JournalRecordHeader]byte
+		var h [recHeaderSize]byte
 		n, err := f.S.ReadAt(h[:], f.journalOff(s))
 		if n < len(h) {
 			if err == nil || errors.Is(err, io.EOF) {
 				continue
 			}
-			return nil, err
+			return nil, 0, err
 		}
-		idx1 := binary.BigEndian.Uint64(h[:])
-		if idx1 == 0 {
+		if isZero(h[:]) {
 			continue
 		}
-		size := int64(binary.BigEndian.Uint32(h[8:]))
-		padTo := int(binary.BigEndian.Uint32(h[12:]))
-		if size <= blockcipher.Overhead || size > l.StoredBlockSize() || padTo > int(l.StoredBlockSize()) || idx1-1 > uint64(blockcipher.MaxPlainSize/l.BlockSize) {
+		r, ok, err := f.parseRecord(s, h)
+		if err != nil {
+			return nil, 0, err
+		}
+		if !ok {
+			ignored++
 			continue
-		}
-		stored := make([]byte, size)
-		if n, err := f.S.ReadAt(stored, f.journalOff(s)+blockcipher.JournalRecordHeader); n < len(stored) {
-			if err == nil || errors.Is(err, io.EOF) {
-				continue
-			}
-			return nil, err
-		}
-		r := journalRec{idx: idx1 - 1, last: h[16] == 1, stored: stored, padTo: padTo}
-		if _, err := f.C.OpenBlockExact(nil, stored, r.idx, r.last); err != nil {
-			continue // torn while being written: the block was not touched
 		}
 		recs = append(recs, r)
 	}
-	return recs, nil
+	return recs, ignored, nil
+}
+
+// parseRecord checks the record of slot s, whose header is h, and reads
+// its block. ok is false for anything that does not authenticate.
+func (f File) parseRecord(s int, h [recHeaderSize]byte) (r journalRec, ok bool, err error) {
+	l := f.C.Layout()
+	idx1 := binary.BigEndian.Uint64(h[:])
+	size := int64(binary.BigEndian.Uint32(h[8:]))
+	padTo := int(binary.BigEndian.Uint32(h[12:]))
+	flags := h[16]
+	if idx1 == 0 || flags&^recLastFlag != recVersion2 || size <= blockcipher.Overhead || size > l.StoredBlockSize() ||
+		padTo > int(l.StoredBlockSize()) || idx1-1 > uint64(blockcipher.MaxPlainSize/l.BlockSize) {
+		return r, false, nil
+	}
+	stored := make([]byte, size)
+	if n, err := f.S.ReadAt(stored, f.journalOff(s)+recHeaderSize); n < len(stored) {
+		if err == nil || errors.Is(err, io.EOF) {
+			return r, false, nil
+		}
+		return r, false, err
+	}
+	mac := f.recordMAC(h[:recMACOff], stored)
+	if subtle.ConstantTimeCompare(mac[:], h[recMACOff:]) != 1 {
+		return r, false, nil // torn, forged, or of another file
+	}
+	r = journalRec{idx: idx1 - 1, last: flags&recLastFlag != 0, stored: stored, padTo: padTo}
+	if _, err := f.C.OpenBlockExact(nil, stored, r.idx, r.last); err != nil {
+		return r, false, nil
+	}
+	return r, true, nil
 }
 
 // rewrite atomically replaces block idx, which holds bytes that must
 // survive, by plain sealed with last, padded with zeros to padTo stored
-// bytes: journal record, block in place, journal cleared.
+// bytes: journal record, block in place, journal erased.
 func (f File) rewrite(idx uint64, plain []byte, last bool, padTo int) error {
 	sb := getBuf(max(len(plain)+blockcipher.Overhead, padTo))
 	defer putBuf(sb)
 	stored := f.C.SealBlock(*sb, plain, idx, last)
 	*sb = stored
-	if err := f.writeJournal([]journalRec{{idx: idx, last: last, stored: stored, padTo: padTo}}); err != nil {
+	recs := []journalRec{{idx: idx, last: last, stored: stored, padTo: padTo}}
+	if err := f.writeJournal(recs); err != nil {
 		return err
 	}
-	if err := f.putInPlace(journalRec{idx: idx, stored: stored, padTo: padTo}); err != nil {
+	if err := f.putInPlace(recs[0], -1); err != nil {
 		return err
 	}
-	return f.clearJournal(1)
+	return f.clearJournal(recs)
 }
 
-// putInPlace writes a record's block at its place.
-func (f File) putInPlace(r journalRec) error {
-	b := r.stored
-	if r.padTo > len(b) {
-		bp := getBuf(r.padTo)
-		defer putBuf(bp)
-		b = append(append((*bp)[:0], b...), zeros[:r.padTo-len(b)]...)
+// putInPlace writes a record's block at its place, padded with zeros to
+// its padTo but, when storedSize is not -1, not past the end of the stored
+// file of storedSize bytes: settling a record never makes a file longer.
+func (f File) putInPlace(r journalRec, storedSize int64) error {
+	at := f.C.Layout().BlockToCipherOff(r.idx)
+	padTo := r.padTo
+	if storedSize >= 0 {
+		padTo = int(min(int64(padTo), max(storedSize-at, 0)))
 	}
-	return f.writeStored(b, f.C.Layout().BlockToCipherOff(r.idx))
+	b := r.stored
+	if padTo > len(b) {
+		bp := getBuf(padTo)
+		defer putBuf(bp)
+		b = append(append((*bp)[:0], b...), zeros[:padTo-len(b)]...)
+	}
+	return f.writeStored(b, at)
 }
 
 // JournalPending reports whether the journal holds anything: a file not
@@ -168,49 +233,73 @@ func (f File) JournalPending(storedSize int64) (bool, error) {
 	return false, nil
 }
 
+// SettleResult says what Settle did.
+type SettleResult struct {
+	// Repaired lists the blocks put back from their records: their
+	// rewrite had been torn.
+	Repaired []uint64
+	// Ignored counts records that did not authenticate (torn while being
+	// written, damaged, forged, or from a kmsfs before journal record
+	// version 2) and were erased unused.
+	Ignored int
+}
+
 // Settle finishes what a crash left in the journal: a record whose block
 // does not authenticate in place (the rewrite was torn) is put in place; a
 // record whose block does is dropped (the rewrite either finished or never
-// started; both are valid). Then the journal is cleared. It reports
-// whether it changed a block. Call it before the first change of a file,
-// under the same lock as WriteAt.
-func (f File) Settle(storedSize int64) (bool, error) {
+// started; both are valid). Then the journal is erased. Call it before the
+// first change of a file, under the same lock as WriteAt.
+func (f File) Settle(storedSize int64) (SettleResult, error) {
+	var res SettleResult
 	pending, err := f.JournalPending(storedSize)
 	if err != nil || !pending {
-		return false, err
+		return res, err
 	}
-	recs, err := f.readJournal(storedSize)
+	recs, ignored, err := f.readJournal(storedSize)
 	if err != nil {
-		return false, err
+		return res, err
 	}
+	res.Ignored = ignored
 	size, _ := f.C.Layout().PlainSize(storedSize)
-	changed := false
 	for _, r := range recs {
 		if f.inPlaceOK(r.idx, size) {
 			continue
 		}
-		if err := f.putInPlace(r); err != nil {
-			return changed, err
+		if err := f.putInPlace(r, storedSize); err != nil {
+			return res, err
 		}
-		changed = true
+		res.Repaired = append(res.Repaired, r.idx)
 	}
-	return changed, f.clearPending()
+	return res, f.erasePending()
 }
 
-// clearPending zeroes the header of every slot that holds one. A slot
-// that reads as zeros is left alone: it may be a hole, and writing zeros
-// there would need space that a full disk does not have.
-func (f File) clearPending() error {
+// erasePending zeroes what every slot holds: its header and as much of a
+// block as the slot holds, from the first non-zero byte to the last, so a
+// record torn on its way in is erased without writing over the hole that
+// may follow it (which on a full disk would need space there is not).
+func (f File) erasePending() error {
+	l := f.C.Layout()
+	bp := getBuf(int(l.JournalSlotSize()))
+	defer putBuf(bp)
 	for s := 0; s < blockcipher.JournalSlots; s++ {
-		var h [blockcipher.JournalRecordHeader]byte
-		n, err := f.S.ReadAt(h[:], f.journalOff(s))
+		b := (*bp)[:l.JournalSlotSize()]
+		n, err := f.S.ReadAt(b, f.journalOff(s))
 		if err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
-		if isZero(h[:n]) {
+		b = b[:n]
+		lo := 0
+		for lo < len(b) && b[lo] == 0 {
+			lo++
+		}
+		hi := len(b)
+		for hi > lo && b[hi-1] == 0 {
+			hi--
+		}
+		if lo == hi {
 			continue
 		}
-		if err := f.writeStored(zeros[:n], f.journalOff(s)); err != nil {
+		if err := f.writeStored(zeros[:hi-lo], f.journalOff(s)+int64(lo)); err != nil {
 			return err
 		}
 	}
@@ -232,7 +321,7 @@ func (f File) inPlaceOK(idx uint64, size int64) bool {
 // journalFor returns the journal record of block idx, if one
 // authenticates: the read path's repair on a read-only mount.
 func (f File) journalFor(idx uint64, storedSize int64) (journalRec, bool) {
-	recs, err := f.readJournal(storedSize)
+	recs, _, err := f.readJournal(storedSize)
 	if err != nil {
 		return journalRec{}, false
 	}

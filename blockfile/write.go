@@ -215,15 +215,15 @@ func (f File) extend(p []byte, off, size int64) (int64, error) {
 	if first == fi && off == fStart {
 		// The write replaces all of F's old bytes: if this write is
 		// torn, only F fails, which the write replaces entirely.
-		return end, f.putInPlace(rec)
+		return end, f.putInPlace(rec, -1)
 	}
 	if err := f.writeJournal([]journalRec{rec}); err != nil {
 		return cut(err)
 	}
-	if err := f.putInPlace(rec); err != nil {
+	if err := f.putInPlace(rec, -1); err != nil {
 		return end, err
 	}
-	return end, f.clearJournal(1)
+	return end, f.clearJournal([]journalRec{rec})
 }
 
 // writeRun writes p at off, covering exactly blocks first..last, into a
@@ -304,7 +304,7 @@ func (f File) writeRun(p []byte, off int64, first, last uint64, size, newSize in
 		return err
 	}
 	if len(recs) > 0 {
-		return f.clearJournal(len(recs))
+		return f.clearJournal(recs)
 	}
 	return nil
 }

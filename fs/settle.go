@@ -29,11 +29,21 @@ func (r *Root) settle(fd int, c *blockcipher.Cipher, path func() string) error {
 		return fmt.Errorf("reopen to finish an interrupted write: %w", err)
 	}
 	defer unix.Close(wfd)
-	changed, err := blockfile.File{C: c, S: fdStore(wfd)}.Settle(stored)
+	res, err := blockfile.File{C: c, S: fdStore(wfd)}.Settle(stored)
 	if err != nil {
 		return fmt.Errorf("finish an interrupted write: %w", err)
 	}
-	r.log.Info("finished an interrupted write", "path", path(), "repaired", changed)
+	for _, b := range res.Repaired {
+		r.log.Warn("repaired a block from its journal record: a write to it was interrupted", "path", path(), "block", b)
+	}
+	if res.Ignored > 0 {
+		// A record torn while it was written (its block was never
+		// touched), or one that does not authenticate: damage,
+		// tampering, or a record of a kmsfs before journal records
+		// had a MAC, which is never trusted.
+		r.log.Warn("erased journal records that do not authenticate", "path", path(), "records", res.Ignored)
+	}
+	r.log.Info("finished an interrupted write", "path", path(), "repaired", len(res.Repaired))
 	return nil
 }
 

@@ -23,6 +23,7 @@ func TestFuzzParsers(t *testing.T) {
 	for _, target := range []struct{ pkg, name string }{
 		{"../blockcipher", "FuzzParseHeader"},
 		{"../blockcipher", "FuzzOpenBlock"},
+		{"../blockfile", "FuzzReadJournal"},
 		{"../volume", "FuzzParseConfig"},
 	} {
 		t.Run(target.name, func(t *testing.T) {
