@@ -53,27 +53,36 @@ func (h *Header) Seal(dataKey []byte) ([]byte, *Cipher, error) {
 	return slot, c, nil
 }
 
-// Open checks h against dataKey, the key unwrapped from one of its entries:
-// first the key commitment (constant time), then the header MAC over the
-// slot. On success it returns the Cipher for the file's blocks; otherwise
-// an error wrapping ErrHeaderAuth. dataKey is not retained.
+// Open checks h against dataKey, the key unwrapped from one of its entries
+// (Verify), and returns the Cipher for the file's blocks; otherwise an
+// error wrapping ErrHeaderAuth. dataKey is not retained.
 func (h *Header) Open(dataKey []byte) (*Cipher, error) {
+	if err := h.Verify(dataKey); err != nil {
+		return nil, err
+	}
+	return newCipher(dataKey, h)
+}
+
+// Verify checks h against dataKey: first the key commitment (constant
+// time), then the header MAC over the slot. It returns nil or an error
+// wrapping ErrHeaderAuth. dataKey is not retained.
+func (h *Header) Verify(dataKey []byte) error {
 	if len(dataKey) != DataKeySize {
-		return nil, fmt.Errorf("%w: data key has %d bytes", ErrHeaderAuth, len(dataKey))
+		return fmt.Errorf("%w: data key has %d bytes", ErrHeaderAuth, len(dataKey))
 	}
 	commitment := derive(dataKey, h.FileID, labelCommitment, CommitmentSize)
 	if subtle.ConstantTimeCompare(commitment, h.Commitment[:]) != 1 {
-		return nil, fmt.Errorf("%w: key commitment does not match the unwrapped key", ErrHeaderAuth)
+		return fmt.Errorf("%w: key commitment does not match the unwrapped key", ErrHeaderAuth)
 	}
 	slot, err := h.Marshal()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	mac := headerMAC(dataKey, h.FileID, slot[:len(slot)-MACSize])
 	if !hmac.Equal(mac, h.MAC[:]) {
-		return nil, fmt.Errorf("%w: header MAC mismatch", ErrHeaderAuth)
+		return fmt.Errorf("%w: header MAC mismatch", ErrHeaderAuth)
 	}
-	return newCipher(dataKey, h)
+	return nil
 }
 
 func headerMAC(dataKey []byte, fileID [IDSize]byte, body []byte) []byte {

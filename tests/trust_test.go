@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -115,17 +116,13 @@ func TestMountRefusesChangedConfig(t *testing.T) {
 }
 
 // TestFirstMountTrustsConfig: a volume init'ed elsewhere (no trusted copy
-// here) mounts, and its config is trusted from then on.
+// here) mounts once its own files attest its keyrings, says so at WARN
+// naming its keys, and its config is trusted from then on, compared by
+// meaning: a change of spacing is no change.
 func TestFirstMountTrustsConfig(t *testing.T) {
 	requireFUSE(t)
 	v := newVolume(t, nil)
-	xdg := ""
-	for _, e := range v.Env {
-		if s, ok := strings.CutPrefix(e, "XDG_CONFIG_HOME="); ok {
-			xdg = s
-		}
-	}
-	trusted := filepath.Join(xdg, "kmsfs", "trusted")
+	trusted := trustedDir(v)
 	ents, err := os.ReadDir(trusted)
 	if err != nil || len(ents) != 2 {
 		t.Fatalf("after init, %s holds %v (%v), want the volume's trusted config, by volume ID and by CIPHERDIR", trusted, ents, err)
@@ -134,17 +131,164 @@ func TestFirstMountTrustsConfig(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o700 {
 		t.Errorf("%s: %v %v, want mode 0700", trusted, st.Mode(), err)
 	}
+	m := mountVolume(t, v)
+	writeFile(t, m.path("f"), []byte("attests the keys"))
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.RemoveAll(trusted); err != nil {
 		t.Fatal(err)
 	}
-	m := mountVolume(t, v)
-	if !strings.Contains(m.log.String(), "first mount of this volume here") {
-		t.Errorf("the mount log does not say it trusts the config on first use:\n%s", m.log.String())
+	m = mountVolume(t, v)
+	m.AllowWarnings = true
+	if !regexp.MustCompile(`level=WARN msg="first mount of this volume here.*keyrings="\[local [0-9a-f]{32}`).MatchString(m.log.String()) {
+		t.Errorf("the mount log does not warn that it trusts the config on first use, naming its keys:\n%s", m.log.String())
 	}
 	if err := m.unmount(); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := os.ReadFile(filepath.Join(trusted, ents[0].Name())); err != nil || string(got) != string(readFile(t, filepath.Join(v.Dir, "kmsfs.json"))) {
+	if got, err := os.ReadFile(filepath.Join(trusted, ents[0].Name())); err != nil || !strings.Contains(string(got), `"volume_id"`) {
 		t.Errorf("trusted copy after the first mount: %v; want the volume's config", err)
 	}
+
+	// Only the spacing changed: the same config.
+	cfgPath := filepath.Join(v.Dir, "kmsfs.json")
+	var c map[string]any
+	if err := json.Unmarshal(readFile(t, cfgPath), &c); err != nil {
+		t.Fatal(err)
+	}
+	compact, _ := json.Marshal(c)
+	writeFile(t, cfgPath, compact)
+	m = mountVolume(t, v)
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFirstUseNeedsAttestation: on a machine with no trusted copy, a
+// config is trusted only if a file of the volume has a data key wrapped
+// under every keyring it names. Someone who can write CIPHERDIR, reaching
+// a host by a path it has no copy for, with a new volume ID and an added
+// KMS keyring of theirs, gets no request at their endpoint; nor does a
+// volume with no file yet mount without --trust-config.
+func TestFirstUseNeedsAttestation(t *testing.T) {
+	requireFUSE(t)
+	var calls atomic.Int64
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		http.Error(w, "no", http.StatusForbidden)
+	}))
+	defer evil.Close()
+	v := newVolume(t, nil)
+	v.Env = append(v.Env, "AWS_ACCESS_KEY_ID=AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY=example", "AWS_REGION=eu-west-2",
+		"AWS_CONFIG_FILE="+os.DevNull, "AWS_SHARED_CREDENTIALS_FILE="+os.DevNull, "AWS_EC2_METADATA_DISABLED=true")
+	mnt := t.TempDir()
+
+	// A new volume, no file yet, on a machine that has not seen it.
+	os.RemoveAll(trustedDir(v))
+	_, errOut, code := mountRefused(t, v.Env, v.Dir, mnt)
+	if code != cliExitVolume || !strings.Contains(errOut, "--trust-config") || !strings.Contains(errOut, "0 examined") {
+		t.Errorf("first mount of an empty volume: exit %d, want %d and a line naming --trust-config\n%s", code, cliExitVolume, errOut)
+	}
+	m := mountVolume(t, v, "--trust-config")
+	m.AllowWarnings = true
+	writeFile(t, m.path("f"), []byte("the owner's file"))
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The attacker's change, seen by a machine with no copy.
+	os.RemoveAll(trustedDir(v))
+	cfgPath := filepath.Join(v.Dir, "kmsfs.json")
+	var c map[string]any
+	if err := json.Unmarshal(readFile(t, cfgPath), &c); err != nil {
+		t.Fatal(err)
+	}
+	const evilARN = "arn:aws:kms:eu-west-2:999999999999:key/00000000-0000-0000-0000-000000000000"
+	for _, newID := range []bool{false, true} {
+		if newID {
+			c["volume_id"] = "0123456789abcdef0123456789abcdef"
+		}
+		c["keyrings"] = append(c["keyrings"].([]any)[:1], map[string]any{"kind": "aws-kms", "key_id": "alias/backup", "key_arn": evilARN, "endpoint": evil.URL})
+		b, _ := json.MarshalIndent(c, "", "  ")
+		writeFile(t, cfgPath, b)
+		for _, flags := range [][]string{nil, {"--kms-endpoint", evil.URL}} {
+			_, errOut, code := mountRefused(t, v.Env, append(flags, v.Dir, mnt)...)
+			if code == 0 || cliMounted(t, mnt) {
+				t.Fatalf("an added keyring (new volume ID %v, flags %v) was trusted on first use", newID, flags)
+			}
+			t.Logf("new volume ID %v, flags %v: exit %d: %s", newID, flags, code, strings.TrimSpace(errOut))
+		}
+	}
+	if n := calls.Load(); n != 0 {
+		t.Errorf("the added keyring's endpoint got %d requests, want 0", n)
+	}
+}
+
+// TestFirstUseEndpoint: a KMS endpoint named in a config this machine does
+// not trust yet is not used unless the host names it too (the flag, or
+// AWS_ENDPOINT_URL_KMS).
+func TestFirstUseEndpoint(t *testing.T) {
+	requireFUSE(t)
+	env := newKMSEnv(t)
+	m := env.mount(t)
+	writeFile(t, m.path("f"), []byte("attests the key"))
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(trustedDir(env.vol))
+	mnt := t.TempDir()
+	var noEnv []string // the host names no endpoint of its own
+	for _, e := range env.vol.Env {
+		if !strings.HasPrefix(e, "AWS_ENDPOINT_URL_KMS=") {
+			noEnv = append(noEnv, e)
+		}
+	}
+	_, errOut, code := mountRefused(t, noEnv, env.vol.Dir, mnt)
+	if code != cliExitVolume || !strings.Contains(errOut, "--kms-endpoint "+env.proxy.Endpoint()) || !strings.Contains(errOut, "AWS_ENDPOINT_URL_KMS") {
+		t.Errorf("first use of a config naming an endpoint: exit %d, want %d and a line naming the flag\n%s", code, cliExitVolume, errOut)
+	}
+	if cliMounted(t, mnt) {
+		t.Fatal("mounted")
+	}
+	for _, how := range []string{"flag", "env"} {
+		os.RemoveAll(trustedDir(env.vol))
+		var m *mount
+		if how == "flag" {
+			m = mountVolume(t, env.vol, "--kms-endpoint", env.proxy.Endpoint())
+		} else {
+			v := *env.vol
+			v.Env = append(append([]string(nil), v.Env...), "AWS_ENDPOINT_URL_KMS="+env.proxy.Endpoint())
+			m = mountVolume(t, &v)
+		}
+		m.AllowWarnings = true // the first use
+		if got := readFile(t, m.path("f")); string(got) != "attests the key" {
+			t.Errorf("%s: read %q", how, got)
+		}
+		if err := m.unmount(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// mountRefused runs a kmsfs mount expected to be refused. It detaches
+// (-d), so one that mounts after all returns, and is unmounted and
+// reported as exit code 0.
+func mountRefused(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	out, errOut, code := run(t, env, append([]string{"mount", "-d"}, args...)...)
+	if code == 0 {
+		run(t, env, "unmount", args[len(args)-1])
+	}
+	return out, errOut, code
+}
+
+// trustedDir is where v's machine keeps its trusted copies.
+func trustedDir(v *volume) string {
+	for _, e := range v.Env {
+		if s, ok := strings.CutPrefix(e, "XDG_CONFIG_HOME="); ok {
+			return filepath.Join(s, "kmsfs", "trusted")
+		}
+	}
+	return ""
 }

@@ -133,16 +133,13 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	if err != nil {
 		return err
 	}
-	cfg, raw := vol.Config, vol.Raw
+	cfg := vol.Config
 	if err := checkMountpoint(mountpoint); err != nil {
 		return err
 	}
-	// Before any keyring is built from the config: see trust.go.
-	if err := checkTrust(cipherDir, cfg, raw, m.trustConfig, log); err != nil {
-		return err
-	}
+	// Only once this machine trusts the config: see trust.go.
 	ctx := context.Background()
-	kr, err := buildKeyring(ctx, cfg, keyOverrides{region: m.region, endpoint: m.endpoint, localKey: m.localKey})
+	kr, err := trustedKeyring(ctx, vol, m.trustConfig, keyOverrides{region: m.region, endpoint: m.endpoint, localKey: m.localKey}, log)
 	if err != nil {
 		return err
 	}

@@ -15,11 +15,48 @@ import (
 // keyOverrides are mount-time replacements for fields of the volume config.
 type keyOverrides struct {
 	region, endpoint, localKey string
+	// configEndpoint says the KMS endpoints named in the config may be
+	// used: the config is trusted (trust.go). Otherwise only the flag or
+	// AWS_ENDPOINT_URL_KMS may name one.
+	configEndpoint bool
 }
 
 // buildKeyring makes the keyring a volume config names: one provider, or
-// a Multi over several in config order.
-func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (keyring.Keyring, error) {
+// a Multi over several in config order. It also returns the providers,
+// in config order.
+func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (keyring.Keyring, []keyring.Keyring, error) {
+	if err := checkOverrides(cfg, ov); err != nil {
+		return nil, nil, err
+	}
+	var members []keyring.Keyring
+	for _, spec := range cfg.Keyrings {
+		var k keyring.Keyring
+		var err error
+		switch spec.Kind {
+		case keyring.KindLocal:
+			k, err = localMember(spec, ov)
+		case keyring.KindAWSKMS:
+			k, err = kmsMember(ctx, spec, ov)
+		default:
+			err = fail(exitVolume, "unknown keyring kind %q", spec.Kind)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		members = append(members, k)
+	}
+	if len(members) == 1 {
+		return members[0], members, nil
+	}
+	m, err := keyring.NewMulti(members...)
+	if err != nil {
+		return nil, nil, fail(exitKey, "%v", err)
+	}
+	return m, members, nil
+}
+
+// checkOverrides refuses flags that are ambiguous or would change nothing.
+func checkOverrides(cfg *volume.Config, ov keyOverrides) error {
 	kmsCount, localCount := 0, 0
 	for _, spec := range cfg.Keyrings {
 		switch spec.Kind {
@@ -30,56 +67,60 @@ func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (key
 		}
 	}
 	if kmsCount > 1 && (ov.region != "" || ov.endpoint != "") {
-		return nil, fail(exitUsage, "--region and --kms-endpoint are ambiguous: the volume has %d KMS keys", kmsCount)
+		return fail(exitUsage, "--region and --kms-endpoint are ambiguous: the volume has %d KMS keys", kmsCount)
 	}
-	// A flag that would change nothing is a mistake worth saying.
 	if kmsCount == 0 && (ov.region != "" || ov.endpoint != "") {
-		return nil, fail(exitUsage, "--region and --kms-endpoint: this volume has no KMS key")
+		return fail(exitUsage, "--region and --kms-endpoint: this volume has no KMS key")
 	}
 	if localCount == 0 && ov.localKey != "" {
-		return nil, fail(exitUsage, "--local-key: this volume has no local key")
+		return fail(exitUsage, "--local-key: this volume has no local key")
 	}
-	var members []keyring.Keyring
-	for _, spec := range cfg.Keyrings {
-		switch spec.Kind {
-		case keyring.KindLocal:
-			path := spec.KeyFile
-			if ov.localKey != "" {
-				path = ov.localKey
-			}
-			l, err := loadLocalKey(path)
-			if err != nil {
-				return nil, err
-			}
-			if l.KeyID() != spec.KeyID {
-				return nil, fail(exitKey, "key file %s is key %s, but this volume needs key %s: give the right file with --local-key", path, l.KeyID(), spec.KeyID)
-			}
-			members = append(members, l)
-		case keyring.KindAWSKMS:
-			c := awskms.Config{KeyID: spec.KeyID, KeyARN: spec.KeyARN, Region: spec.Region, Endpoint: spec.Endpoint}
-			if ov.region != "" {
-				c.Region = ov.region
-			}
-			if ov.endpoint != "" {
-				c.Endpoint = ov.endpoint
-			}
-			k, err := awskms.New(ctx, c)
-			if err != nil {
-				return nil, fail(exitKey, "KMS key %s: %v", spec.KeyID, err)
-			}
-			members = append(members, k)
-		default:
-			return nil, fail(exitVolume, "unknown keyring kind %q", spec.Kind)
-		}
+	return nil
+}
+
+func localMember(spec volume.KeyringSpec, ov keyOverrides) (*keyring.Local, error) {
+	path := spec.KeyFile
+	if ov.localKey != "" {
+		path = ov.localKey
 	}
-	if len(members) == 1 {
-		return members[0], nil
-	}
-	m, err := keyring.NewMulti(members...)
+	l, err := loadLocalKey(path)
 	if err != nil {
-		return nil, fail(exitKey, "%v", err)
+		return nil, err
 	}
-	return m, nil
+	if l.KeyID() != spec.KeyID {
+		return nil, fail(exitKey, "key file %s is key %s, but this volume needs key %s: give the right file with --local-key", path, l.KeyID(), spec.KeyID)
+	}
+	return l, nil
+}
+
+// kmsEndpointEnv names the endpoint of the KMS API for the AWS SDK.
+const kmsEndpointEnv = "AWS_ENDPOINT_URL_KMS"
+
+func kmsMember(ctx context.Context, spec volume.KeyringSpec, ov keyOverrides) (*awskms.Keyring, error) {
+	c := awskms.Config{KeyID: spec.KeyID, KeyARN: spec.KeyARN, Region: spec.Region}
+	if ov.region != "" {
+		c.Region = ov.region
+	}
+	// The host decides where data keys go: the flag, then the config if
+	// this machine trusts it, then AWS_ENDPOINT_URL_KMS (which the SDK
+	// reads itself), else the SDK's default for the region.
+	switch {
+	case ov.endpoint != "":
+		c.Endpoint = ov.endpoint
+	case spec.Endpoint != "" && ov.configEndpoint:
+		c.Endpoint = spec.Endpoint
+	case os.Getenv(kmsEndpointEnv) != "":
+	case spec.Endpoint != "":
+		// Whoever can write CIPHERDIR could name their own server here,
+		// to be sent every new file's data key (Encrypt carries it).
+		return nil, fail(exitVolume, "%s names the KMS endpoint %s for key %s, and this machine does not trust that config yet: kmsfs takes a KMS endpoint from the host, not from CIPHERDIR alone. If it is right, pass --kms-endpoint %s (or set %s), or mount once with --trust-config",
+			volume.ConfigName, spec.Endpoint, spec.KeyID, spec.Endpoint, kmsEndpointEnv)
+	}
+	k, err := awskms.New(ctx, c)
+	if err != nil {
+		return nil, fail(exitKey, "KMS key %s: %v", spec.KeyID, err)
+	}
+	return k, nil
 }
 
 func loadLocalKey(path string) (*keyring.Local, error) {

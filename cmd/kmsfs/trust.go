@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -98,49 +100,88 @@ func keepTrusted(paths []string, raw []byte) error {
 	return nil
 }
 
-// checkTrust compares raw, the config just read from cipherDir (cfg is its
-// parse), with the copies this machine trusts, by volume ID and by
-// CIPHERDIR. With neither it keeps both and logs what it now trusts. If
-// either differs it refuses, unless accept (--trust-config), which
-// replaces both.
-func checkTrust(cipherDir string, cfg *volume.Config, raw []byte, accept bool, log *slog.Logger) error {
-	name := filepath.Join(cipherDir, volume.ConfigName)
-	paths, err := trustedCopies(cfg.VolumeID, cipherDir)
+// trustedKeyring builds the keyring of vol's config once this machine
+// trusts the config: it matches the trusted copies (compared by meaning,
+// not bytes), or the operator accepts a change (accept, --trust-config),
+// or, on a machine with no copy at all, the volume's own files attest
+// every keyring it names (attest). A changed config is refused before any
+// key service is contacted; so is a first use the files do not attest.
+func trustedKeyring(ctx context.Context, vol *volume.Volume, accept bool, ov keyOverrides, log *slog.Logger) (keyring.Keyring, error) {
+	name := filepath.Join(vol.Dir, volume.ConfigName)
+	t, err := lookupTrust(vol, accept)
 	if err != nil {
-		return fail(exitVolume, "%v", err)
+		return nil, err
 	}
-	found, same := false, true
+	ov.configEndpoint = t.same || accept
+	kr, members, err := buildKeyring(ctx, vol.Config, ov)
+	if err != nil {
+		return nil, err
+	}
+	if t.same {
+		return kr, nil
+	}
+	attestedBy := ""
+	if !accept {
+		if attestedBy, err = attest(ctx, vol, members); err != nil {
+			return nil, err
+		}
+	}
+	canon, err := volume.ConfigBytes(vol.Config)
+	if err == nil {
+		err = keepTrusted(t.paths, canon)
+	}
+	if err != nil {
+		return nil, fail(exitVolume, "keep a trusted copy of %s: %v", name, err)
+	}
+	if accept {
+		log.Warn("trusting the changed volume config (--trust-config)", "config", name, "copies", strings.Join(t.paths, " "), "keyrings", keyringList(vol.Config.Keyrings))
+	} else {
+		log.Warn("first mount of this volume here: trusting its config from now on, and refusing a changed one; check that these are your keys", "config", name, "keyrings", keyringList(vol.Config.Keyrings), "attested_by", attestedBy, "copies", strings.Join(t.paths, " "))
+	}
+	return kr, nil
+}
+
+// trust is what lookupTrust found.
+type trust struct {
+	paths []string // where the trusted copies are (or go)
+	same  bool     // every copy exists and means the same config
+}
+
+// lookupTrust compares vol's config with the copies this machine trusts,
+// by volume ID and by CIPHERDIR. Copies are compared by meaning (parsed,
+// then encoded the one way kmsfs writes configs), so a change of spacing
+// is no change. If a copy differs it refuses, unless accept.
+func lookupTrust(vol *volume.Volume, accept bool) (trust, error) {
+	name := filepath.Join(vol.Dir, volume.ConfigName)
+	paths, err := trustedCopies(vol.Config.VolumeID, vol.Dir)
+	if err != nil {
+		return trust{}, fail(exitVolume, "%v", err)
+	}
+	now, err := volume.ConfigBytes(vol.Config)
+	if err != nil {
+		return trust{}, err
+	}
+	t := trust{paths: paths, same: true}
 	for _, p := range paths {
 		old, err := os.ReadFile(p)
 		if errors.Is(err, os.ErrNotExist) {
-			same = false
+			t.same = false
 			continue
 		}
 		if err != nil {
-			return fail(exitVolume, "read the trusted copy of %s: %v", name, err)
+			return trust{}, fail(exitVolume, "read the trusted copy of %s: %v", name, err)
 		}
-		found = true
-		if bytes.Equal(old, raw) {
-			continue
+		if prev, err := volume.ParseConfig(old); err == nil {
+			if canon, err := volume.ConfigBytes(prev); err == nil && bytes.Equal(canon, now) {
+				continue
+			}
 		}
-		same = false
+		t.same = false
 		if !accept {
-			return fail(exitVolume, "%s differs from the copy of it this machine trusts (%s): %s. Whoever can write CIPHERDIR can change it to be sent the keys of new files, so kmsfs does not mount it. If you changed it yourself, mount once with --trust-config", name, p, configChange(old, cfg))
+			return trust{}, fail(exitVolume, "%s differs from the copy of it this machine trusts (%s): %s. Whoever can write CIPHERDIR can change it to be sent the keys of new files, so kmsfs does not mount it. If you changed it yourself, mount once with --trust-config", name, p, configChange(old, vol.Config))
 		}
 	}
-	if same {
-		return nil
-	}
-	if err := keepTrusted(paths, raw); err != nil {
-		return fail(exitVolume, "keep a trusted copy of %s: %v", name, err)
-	}
-	switch {
-	case accept && found:
-		log.Warn("trusting the changed volume config (--trust-config)", "config", name, "copies", strings.Join(paths, " "), "keyrings", keyringList(cfg.Keyrings))
-	case !found:
-		log.Info("first mount of this volume here: its config is trusted from now on, and a changed one refused", "config", name, "copies", strings.Join(paths, " "), "keyrings", keyringList(cfg.Keyrings))
-	}
-	return nil
+	return t, nil
 }
 
 // configChange says how cfg differs from old, the trusted bytes.

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -174,7 +175,27 @@ func (cfg *Config) normalize() (string, error) {
 	if err != nil || u.Scheme == "" || u.Host == "" {
 		return "", fmt.Errorf("aws-kms keyring: endpoint %q is not a URL like https://kms.example.com", cfg.Endpoint)
 	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && isLoopback(u.Hostname()):
+	case u.Scheme == "http":
+		// Encrypt and GenerateDataKey carry data keys in the clear
+		// over plain HTTP.
+		return "", fmt.Errorf("aws-kms keyring: endpoint %s: plain http:// is accepted only on the loopback interface (local-kms); use https://", u.Redacted())
+	default:
+		return "", fmt.Errorf("aws-kms keyring: endpoint %s: want an https:// URL", u.Redacted())
+	}
 	return u.Redacted(), nil
+}
+
+// isLoopback reports whether host names this machine's loopback
+// interface: "localhost", or a loopback IP literal.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // loadAWSConfig loads the SDK's configuration (credentials, region) with

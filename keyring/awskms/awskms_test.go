@@ -712,6 +712,10 @@ func TestNewAWSKMSConfig(t *testing.T) {
 		{"KeyID and KeyARN differ", func(c *awskms.Config) { c.KeyID, c.KeyARN = kmstest.KeyAARN, kmstest.KeyBARN }},
 		{"no region", func(c *awskms.Config) { c.KeyID = "alias/x" }},
 		{"bad endpoint", func(c *awskms.Config) { c.KeyID, c.Endpoint = kmstest.KeyAARN, "localhost:4599" }},
+		{"plain http off loopback", func(c *awskms.Config) { c.KeyID, c.Endpoint = kmstest.KeyAARN, "http://kms.example.com" }},
+		{"plain http to a private address", func(c *awskms.Config) { c.KeyID, c.Endpoint = kmstest.KeyAARN, "http://10.0.0.5:4599" }},
+		{"plain http to a name that is not localhost", func(c *awskms.Config) { c.KeyID, c.Endpoint = kmstest.KeyAARN, "http://localhost.example.com" }},
+		{"another scheme", func(c *awskms.Config) { c.KeyID, c.Endpoint = kmstest.KeyAARN, "ftp://127.0.0.1" }},
 	} {
 		cfg := base
 		tc.modify(&cfg)
@@ -743,6 +747,15 @@ func TestNewAWSKMSConfig(t *testing.T) {
 	}
 	if d := k.Describe(); d != "aws-kms alias/x (region us-east-1)" {
 		t.Errorf("Describe() = %q", d)
+	}
+
+	// Plain HTTP is fine on the loopback interface (local-kms).
+	for _, ep := range []string{"http://127.0.0.1:4599", "http://127.1.2.3", "http://[::1]:4599", "http://localhost:4599", "https://kms.example.com"} {
+		cfg := base
+		cfg.KeyID, cfg.Region, cfg.Endpoint = kmstest.KeyAARN, "eu-west-2", ep
+		if _, err := awskms.New(context.Background(), cfg); err != nil {
+			t.Errorf("endpoint %s: %v", ep, err)
+		}
 	}
 
 	// The endpoint shows in Describe, without a password.
