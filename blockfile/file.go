@@ -2,6 +2,7 @@ package blockfile
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 
@@ -111,7 +112,7 @@ func (f File) readBlock(dst []byte, idx uint64, size int64) ([]byte, error) {
 // place on a writable mount.)
 func (f File) ReadAt(p []byte, off, size int64) (int, error) {
 	if off < 0 {
-		return 0, errors.New("blockcipher: negative offset")
+		return 0, fmt.Errorf("blockfile: read at %d: %w", off, ErrOutOfRange)
 	}
 	if off >= size {
 		return 0, io.EOF
@@ -190,6 +191,10 @@ func (f File) patchFromJournal(stored []byte, first, idx uint64, size int64) boo
 	}
 	return true
 }
+
+// ErrOutOfRange: an offset or size below 0 or past
+// blockcipher.MaxPlainSize, the largest plaintext a file may hold.
+var ErrOutOfRange = errors.New("offset or size out of range")
 
 // zeros backs hole reads and padding; untouched, it costs no memory.
 var zeros [blockcipher.MaxBlockSize]byte

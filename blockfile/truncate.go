@@ -11,7 +11,7 @@ import (
 // final one. The header stays: a truncate to 0 leaves a header-only file.
 func (f File) Truncate(size, newSize int64) error {
 	if newSize < 0 || newSize > blockcipher.MaxPlainSize {
-		return fmt.Errorf("blockcipher: truncate to %d out of range", newSize)
+		return fmt.Errorf("blockfile: truncate to %d: %w", newSize, ErrOutOfRange)
 	}
 	l := f.C.Layout()
 	switch {

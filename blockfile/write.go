@@ -73,7 +73,7 @@ func (f File) sealAt(plain []byte, idx uint64, last bool, pad int) error {
 //	  block (partial first and last blocks journaled).
 func (f File) WriteAt(p []byte, off, size int64) (int64, error) {
 	if off < 0 || off > blockcipher.MaxPlainSize-int64(len(p)) {
-		return size, fmt.Errorf("blockcipher: write at %d+%d out of range", off, len(p))
+		return size, fmt.Errorf("blockfile: write at %d+%d: %w", off, len(p), ErrOutOfRange)
 	}
 	if len(p) == 0 {
 		return size, nil

@@ -73,3 +73,22 @@ func statxAt(dirfd int, name string, stx *unix.Statx_t) error {
 		return unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_BTIME, stx)
 	})
 }
+
+// openBeneath opens path, relative to dirfd and of any number of
+// components, without leaving dirfd's tree and without following a
+// symlink at any component: a directory swapped for a symlink behind the
+// mount's back (by whoever can write CIPHERDIR) fails the open (ELOOP or
+// EXDEV) instead of leading out of CIPHERDIR.
+func openBeneath(dirfd int, path string, flags int) (int, error) {
+	how := unix.OpenHow{
+		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	var fd int
+	err := retryEINTR(func() error {
+		var err error
+		fd, err = unix.Openat2(dirfd, path, &how)
+		return err
+	})
+	return fd, err
+}

@@ -3,10 +3,14 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/blockfile"
 	"github.com/kmsfs/kmsfs/keyring"
 )
 
@@ -21,6 +25,7 @@ import (
 //	keyring.ErrUnreachable, ErrThrottled EIO     after the keyring's bounded retries
 //	blockcipher.ErrAuth, ErrHeaderAuth   EIO     tampered or damaged content
 //	*blockcipher.FormatError             EIO     not a kmsfs file, or a damaged header
+//	blockfile.ErrOutOfRange              EFBIG   past the largest file kmsfs stores (2^60 bytes)
 //	anything else                        EIO
 //
 // Every failure but a plain errno is logged once, with the operation, the
@@ -33,6 +38,8 @@ func errnoOf(err error) syscall.Errno {
 		return 0
 	case errors.As(err, &errno):
 		return errno
+	case errors.Is(err, blockfile.ErrOutOfRange):
+		return syscall.EFBIG
 	case errors.Is(err, keyring.ErrAccessDenied),
 		errors.Is(err, keyring.ErrKeyDisabled),
 		errors.Is(err, keyring.ErrKeyNotFound):
@@ -65,15 +72,62 @@ func (r *Root) logErrno(err error, serious map[syscall.Errno]bool, op, path stri
 	}
 	level := slog.LevelWarn
 	var plain syscall.Errno
-	if errors.As(err, &plain) && plain == e && !serious[e] {
+	if errors.As(err, &plain) && plain == e && !serious[e] || errors.Is(err, blockfile.ErrOutOfRange) {
 		level = slog.LevelDebug
 	}
 	ctx := context.Background()
+	if level == slog.LevelWarn && r.warned.repeat(path, e, attrs) {
+		// Said already: a damaged block is read again by readahead,
+		// by the application's retry, by the next reader.
+		level = slog.LevelDebug
+	}
 	if r.log.Enabled(ctx, level) {
 		args := append([]any{"op", op, "path", path, "errno", e.Error(), "err", err.Error()}, attrs...)
 		r.log.Log(ctx, level, "operation failed", args...)
 	}
 	return e
+}
+
+// warnLimiter lets one warning through per file, errno and block (when
+// the failure names one) per warnWindow, so one cat of a damaged file
+// logs one line, not one per read of the block. Safe for concurrent use.
+type warnLimiter struct {
+	mu   sync.Mutex
+	seen map[string]time.Time // guarded by mu
+}
+
+const (
+	warnWindow = 10 * time.Minute
+	warnKeys   = 4096 // beyond this many, the oldest are forgotten
+)
+
+// repeat reports whether a warning with this key was let through within
+// warnWindow, and records it otherwise.
+func (w *warnLimiter) repeat(path string, e syscall.Errno, attrs []any) bool {
+	key := path + "\x00" + e.Error()
+	for i := 0; i+1 < len(attrs); i += 2 {
+		if attrs[i] == "block" {
+			key += "\x00" + fmt.Sprint(attrs[i+1])
+		}
+	}
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if at, ok := w.seen[key]; ok && now.Sub(at) < warnWindow {
+		return true
+	}
+	if w.seen == nil {
+		w.seen = map[string]time.Time{}
+	}
+	if len(w.seen) >= warnKeys {
+		for k, at := range w.seen {
+			if now.Sub(at) >= warnWindow || len(w.seen) >= warnKeys {
+				delete(w.seen, k)
+			}
+		}
+	}
+	w.seen[key] = now
+	return false
 }
 
 // serious errnos are logged as warnings even when the backing filesystem

@@ -286,7 +286,8 @@ func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, sy
 	}
 	l := f.n.r.layout
 	size, _ := l.PlainSize(stored)
-	if int64(off) >= size {
+	if int64(off) < 0 || int64(off) >= size {
+		// A negative offset is ENXIO too, as on ext4.
 		return 0, syscall.ENXIO
 	}
 	seek := func(cipherOff int64, w int) (int64, error) {

@@ -75,14 +75,26 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 // openBacking opens n's stored file. A write-only file cannot be opened
 // for reading and writing by its unprivileged owner: like gocryptfs, add
 // the owner's read bit for the open and take it away again.
+//
+// The open does not block: a FIFO put where the file was (by another
+// mount, or whoever can write CIPHERDIR) would otherwise hang the open,
+// and the reader with it, in an uninterruptible sleep. checkSame then
+// refuses anything but n's own regular file, and O_NONBLOCK is cleared
+// again unless the caller asked for it.
 func (n *node) openBacking(flags int) (int, error) {
-	fd, err := n.openBackingAny(flags)
+	fd, err := n.openBackingAny(flags | unix.O_NONBLOCK)
 	if err != nil {
 		return -1, err
 	}
 	if err := n.checkSame(fd, ""); err != nil {
 		unix.Close(fd)
 		return -1, err
+	}
+	if flags&unix.O_NONBLOCK == 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^(unix.O_ACCMODE|unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY|unix.O_TRUNC|unix.O_CLOEXEC)); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
 	}
 	return fd, nil
 }

@@ -44,11 +44,15 @@ func newAhead(inner keyring.Keyring) *keyring.Ahead {
 // CIPHERDIR), listed just now. It never blocks.
 func (r *Root) prefetch(path string) {
 	r.ahead.Prefetch(func() ([]keyring.WrappedKey, keyring.EncryptionContext, error) {
-		fd, err := openat(r.rootFd, path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+		fd, err := openBeneath(r.rootFd, path, unix.O_RDONLY|unix.O_NONBLOCK)
 		if err != nil {
 			return nil, nil, err
 		}
 		defer unix.Close(fd)
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return nil, nil, errNothingToPrefetch
+		}
 		h, err := r.readHeader(fd)
 		if err != nil || h == nil {
 			return nil, nil, errNothingToPrefetch

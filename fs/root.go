@@ -50,6 +50,7 @@ type Root struct {
 	ahead   *keyring.Ahead // nil unless Options.PrefetchKeys
 	root    *node
 	stats   stats
+	warned  warnLimiter
 }
 
 // keyringTimeout bounds one keyring call made for a file operation (the

@@ -1,0 +1,138 @@
+package tests
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestTamperWarnsOnce: reading a damaged block again and again (cat,
+// then cat again; the kernel's readahead and the retry of a short read
+// ask for it too) logs one warning for the file and block, not one per
+// read.
+func TestTamperWarnsOnce(t *testing.T) {
+	v := newVolume(t, nil)
+	g := geometryOf(t, v)
+	m := mountVolume(t, v)
+	writeFile(t, m.path("f"), make([]byte, 3*g.BlockSize))
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	c := cipherFile{t: t, path: filepath.Join(v.Dir, "f")}
+	c.flip(g.blockOff(1) + 40)
+	m = mountVolume(t, v)
+	m.AllowWarnings = true
+	for range 3 {
+		if _, err := os.ReadFile(m.path("f")); !errors.Is(err, syscall.EIO) {
+			t.Fatalf("read of a damaged file: %v, want EIO", err)
+		}
+	}
+	flushMountLog(t, m)
+	n := 0
+	for _, l := range strings.Split(m.log.String(), "\n") {
+		if strings.Contains(l, "level=WARN") && strings.Contains(l, "path=f ") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d warnings for one damaged block read three times, want 1:\n%s", n, m.log.String())
+	}
+}
+
+// TestFIFOInPlaceOfFile: a stored file replaced by a FIFO behind the
+// mount's back (another mount, or whoever can write CIPHERDIR) must not
+// hang the daemon's open of it, leaving the reader in an uninterruptible
+// wait for a FUSE answer: the daemon refuses it (ESTALE), and the kernel
+// finds the FIFO, whose open waits for a writer as any FIFO's does.
+func TestFIFOInPlaceOfFile(t *testing.T) {
+	v := newVolume(t, nil)
+	m := mountVolume(t, v)
+	m.AllowWarnings = true
+	writeFile(t, m.path("f"), []byte("a file"))
+	if _, err := os.Stat(m.path("f")); err != nil { // the kernel knows it as a file now
+		t.Fatal(err)
+	}
+	stored := filepath.Join(v.Dir, "f")
+	if err := os.Remove(stored); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(stored, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tids := make(chan int, 1)
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // this thread makes the open: its wait is observed
+		tids <- unix.Gettid()
+		f, err := os.OpenFile(m.path("f"), os.O_RDONLY, 0)
+		if err == nil {
+			f.Close()
+		}
+		done <- err
+	}()
+	tid := <-tids
+	wchan := func() string {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/wchan", tid))
+		return string(b)
+	}
+	// Wait until the open sleeps somewhere, then see where.
+	var where string
+	pollUntil(t, time.Minute, "the open to wait", func() bool {
+		select {
+		case err := <-done:
+			done <- err
+			return true
+		default:
+		}
+		where = wchan()
+		return where != "" && where != "0"
+	})
+	t.Logf("the reader waits in %q", where)
+	if strings.Contains(where, "fuse") || strings.Contains(where, "request_wait_answer") {
+		t.Errorf("the reader waits for the daemon (%s): the daemon's open of the FIFO hangs", where)
+	}
+	// A writer lets the reader go, whichever open it waits in.
+	w, err := os.OpenFile(m.path("f"), os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err == nil {
+		w.Close()
+	}
+	select {
+	case err := <-done:
+		t.Logf("the reader's open: %v", err)
+	case <-time.After(time.Minute): // a hang, not a slow machine
+		t.Fatal("the reader still waits after a writer came")
+	}
+}
+
+// TestOutOfRangeOffsets: a write or truncate past the largest file kmsfs
+// stores fails with EFBIG (not EIO, and with no warning); SEEK_DATA at a
+// negative offset fails with ENXIO, as on ext4.
+func TestOutOfRangeOffsets(t *testing.T) {
+	v := newVolume(t, nil)
+	m := mountVolume(t, v)
+	f, err := os.OpenFile(m.path("f"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte("x"), 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("x"), 1<<61); !errors.Is(err, syscall.EFBIG) {
+		t.Errorf("write at 2^61: %v, want EFBIG", err)
+	}
+	if err := f.Truncate(1 << 61); !errors.Is(err, syscall.EFBIG) {
+		t.Errorf("truncate to 2^61: %v, want EFBIG", err)
+	}
+	if _, err := unix.Seek(int(f.Fd()), -1, unix.SEEK_DATA); !errors.Is(err, syscall.ENXIO) && !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("SEEK_DATA at -1: %v, want ENXIO or EINVAL", err)
+	}
+}
