@@ -42,8 +42,10 @@ func TestHeaderRoundTrip(t *testing.T) {
 	v := testVolume(t)
 	slot := sealedSlot(t, v, testWrapped)
 	for name, read := range map[string]func() (*blockcipher.Header, error){
-		"ReadHeader":    func() (*blockcipher.Header, error) { return v.ReadHeader(bytes.NewReader(slot), int64(len(slot))) },
-		"ReadAnyHeader": func() (*blockcipher.Header, error) { return volume.ReadAnyHeader(bytes.NewReader(slot), int64(len(slot))) },
+		"ReadHeader": func() (*blockcipher.Header, error) { return v.ReadHeader(bytes.NewReader(slot), int64(len(slot))) },
+		"ReadAnyHeader": func() (*blockcipher.Header, error) {
+			return volume.ReadAnyHeader(bytes.NewReader(slot), int64(len(slot)))
+		},
 	} {
 		h, err := read()
 		if err != nil {
