@@ -17,6 +17,11 @@ func FuzzParseHeader(f *testing.F) {
 		}
 		f.Add(slot)
 		f.Add(slot[:PrefixSize])
+		h.Flags = FlagBranchKey // a branch key file
+		if slot, _, err = h.Seal(randomKey()); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(slot)
 	}
 	f.Add([]byte(Magic))
 	f.Add([]byte{})

@@ -52,11 +52,17 @@ type Header struct {
 	HeaderSize int // size of the header slot in bytes, fixed per volume
 	BlockSize  int // plaintext bytes per block, fixed per volume
 	VolumeID   [IDSize]byte
-	FileID     [IDSize]byte
+	FileID     [IDSize]byte // the branch ID in a branch key file
 	Commitment [CommitmentSize]byte
+	Flags      uint16 // 0, or FlagBranchKey
 	Keys       []KeyEntry
 	MAC        [MACSize]byte
 }
+
+// FlagBranchKey marks the header of a branch key file: its entries wrap a
+// branch key, its "file ID" is the branch ID, and no block follows it
+// (docs/FORMAT.md, "Branch keys"). It is the only flag defined.
+const FlagBranchKey = 0x0001
 
 // NewID returns a random 128-bit ID for a volume or a file.
 func NewID() [IDSize]byte {
@@ -92,7 +98,7 @@ func (h *Header) Marshal() ([]byte, error) {
 	b = append(b, h.VolumeID[:]...)
 	b = append(b, h.FileID[:]...)
 	b = append(b, h.Commitment[:]...)
-	b = binary.BigEndian.AppendUint16(b, 0) // flags: none defined in version 1
+	b = binary.BigEndian.AppendUint16(b, h.Flags)
 	b = append(b, byte(len(h.Keys)))
 	for _, k := range h.Keys {
 		b = append(b, k.Kind)
@@ -112,6 +118,9 @@ func (h *Header) validate() error {
 	}
 	if _, err := NewLayout(h.HeaderSize, h.BlockSize); err != nil {
 		return err
+	}
+	if h.Flags&^FlagBranchKey != 0 {
+		return formatErr("flags", ErrUnsupportedVersion, "unknown flags %#04x", h.Flags)
 	}
 	if len(h.Keys) == 0 || len(h.Keys) > MaxKeys {
 		return formatErr("key count", ErrMalformed, "%d wrapped keys, want 1 to %d", len(h.Keys), MaxKeys)
@@ -187,8 +196,9 @@ func ParseHeader(b []byte) (*Header, error) {
 	copy(h.VolumeID[:], b[16:32])
 	copy(h.FileID[:], b[32:48])
 	copy(h.Commitment[:], b[48:80])
-	if flags := binary.BigEndian.Uint16(b[80:]); flags != 0 {
-		return nil, formatErr("flags", ErrUnsupportedVersion, "unknown flags %#04x", flags)
+	h.Flags = binary.BigEndian.Uint16(b[80:])
+	if h.Flags&^FlagBranchKey != 0 {
+		return nil, formatErr("flags", ErrUnsupportedVersion, "unknown flags %#04x", h.Flags)
 	}
 	n := int(b[82])
 	if n == 0 || n > MaxKeys {

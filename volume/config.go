@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -20,8 +21,27 @@ import (
 // hidden from the plaintext view.
 const ConfigName = "kmsfs.json"
 
-// ConfigVersion is the volume format version this kmsfs writes and reads.
-const ConfigVersion = 1
+// Volume format versions (docs/FORMAT.md). This kmsfs reads both and
+// writes the oldest that can say what a volume needs: version 1 for a
+// per-file volume, so older kmsfs still mount it; version 2 for branch
+// keys.
+const (
+	ConfigVersion1 = 1
+	ConfigVersion2 = 2 // adds key_mode and branch_key_rotation
+	ConfigVersion  = ConfigVersion2
+)
+
+// Key modes (docs/FORMAT.md, "Key modes").
+const (
+	KeyModePerFile = "per-file"
+	KeyModeBranch  = "branch"
+)
+
+// Bounds of branch_key_rotation.
+const (
+	MinBranchRotation = time.Second
+	MaxBranchRotation = 10 * 365 * 24 * time.Hour
+)
 
 // maxConfigSize bounds what ParseConfig reads: a config with many keyrings
 // is a few KiB.
@@ -35,6 +55,19 @@ type Config struct {
 	HeaderSize    int           `json:"header_size"`
 	Keyrings      []KeyringSpec `json:"keyrings"`
 	Features      []string      `json:"features"`
+	// Version 2:
+	KeyMode           string `json:"key_mode,omitempty"`            // KeyModePerFile or KeyModeBranch
+	BranchKeyRotation string `json:"branch_key_rotation,omitempty"` // a Go duration, for KeyModeBranch
+}
+
+// Branch reports whether the volume wraps file keys under branch keys.
+func (c *Config) Branch() bool { return c.KeyMode == KeyModeBranch }
+
+// Rotation returns how long a branch key wraps new files (0 for a
+// per-file volume).
+func (c *Config) Rotation() time.Duration {
+	d, _ := time.ParseDuration(c.BranchKeyRotation) // validated
+	return d
 }
 
 // KeyringSpec names one keyring of a volume. No field is secret.
@@ -67,8 +100,8 @@ func ParseConfig(b []byte) (*Config, error) {
 	if v.FormatVersion == nil {
 		return nil, fmt.Errorf("%s has no format_version", ConfigName)
 	}
-	if *v.FormatVersion != ConfigVersion {
-		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads version %d)", *v.FormatVersion, ConfigVersion)
+	if *v.FormatVersion != ConfigVersion1 && *v.FormatVersion != ConfigVersion2 {
+		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 and 2)", *v.FormatVersion)
 	}
 	// encoding/json matches field names case-insensitively and lets a
 	// duplicate key win silently; a config is stricter than that.
@@ -92,8 +125,8 @@ func ParseConfig(b []byte) (*Config, error) {
 
 // Validate checks every field (docs/FORMAT.md).
 func (c *Config) Validate() error {
-	if c.FormatVersion != ConfigVersion {
-		return fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads version %d)", c.FormatVersion, ConfigVersion)
+	if err := c.validateMode(); err != nil {
+		return err
 	}
 	if _, err := c.VolumeIDBytes(); err != nil {
 		return err
@@ -114,6 +147,34 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Features) > 0 {
 		return fmt.Errorf("%s uses feature %q, which this kmsfs does not support", ConfigName, c.Features[0])
+	}
+	return nil
+}
+
+// validateMode checks the version and the fields of key modes.
+func (c *Config) validateMode() error {
+	switch c.FormatVersion {
+	case ConfigVersion1:
+		if c.KeyMode != "" || c.BranchKeyRotation != "" {
+			return fmt.Errorf("%s: key_mode and branch_key_rotation need format_version 2", ConfigName)
+		}
+		return nil
+	case ConfigVersion2:
+	default:
+		return fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 and 2)", c.FormatVersion)
+	}
+	switch c.KeyMode {
+	case KeyModePerFile:
+		if c.BranchKeyRotation != "" {
+			return fmt.Errorf("%s: branch_key_rotation is for key_mode %q", ConfigName, KeyModeBranch)
+		}
+	case KeyModeBranch:
+		d, err := time.ParseDuration(c.BranchKeyRotation)
+		if err != nil || d < MinBranchRotation || d > MaxBranchRotation {
+			return fmt.Errorf("%s: branch_key_rotation %q: want a duration from %v to %v", ConfigName, c.BranchKeyRotation, MinBranchRotation, MaxBranchRotation)
+		}
+	default:
+		return fmt.Errorf("%s: key_mode %q: want %q or %q", ConfigName, c.KeyMode, KeyModePerFile, KeyModeBranch)
 	}
 	return nil
 }
@@ -270,7 +331,7 @@ func syncDir(dir string) error {
 }
 
 var (
-	configKeys  = map[string]bool{"format_version": true, "volume_id": true, "block_size": true, "header_size": true, "keyrings": true, "features": true}
+	configKeys  = map[string]bool{"format_version": true, "volume_id": true, "block_size": true, "header_size": true, "keyrings": true, "features": true, "key_mode": true, "branch_key_rotation": true}
 	keyringKeys = map[string]bool{"kind": true, "key_id": true, "key_arn": true, "region": true, "endpoint": true, "key_file": true}
 )
 

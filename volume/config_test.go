@@ -120,16 +120,20 @@ func TestParseConfigValid(t *testing.T) {
 		"kms only, no region or endpoint": configWith(t, func(m map[string]any) {
 			m["keyrings"] = []any{map[string]any{"kind": "aws-kms", "key_id": testKeyARN, "key_arn": testKeyARN}}
 		}),
-		"no features field":  configWith(t, field("features", nil)),
-		"null features":      []byte(strings.Replace(validConfigJSON, `"features": []`, `"features": null`, 1)),
-		"smallest sizes":     configWith(t, func(m map[string]any) { m["block_size"], m["header_size"] = 512, 256 }),
-		"largest sizes":      configWith(t, func(m map[string]any) { m["block_size"], m["header_size"] = 1<<20, 256<<10 }),
-		"odd header size":    configWith(t, field("header_size", 777)),
-		"16 keyrings":        configWith(t, func(m map[string]any) { m["keyrings"] = repeat(m["keyrings"].([]any)[1], 16) }),
-		"trailing newlines":  []byte(validConfigJSON + "\n\n \t"),
-		"compact":            compact(t, validConfigJSON),
-		"reordered fields":   []byte(`{"features":[],"keyrings":[{"key_file":"k","key_id":"` + testLocalID + `","kind":"local"}],"header_size":512,"block_size":4096,"volume_id":"` + testVolumeID + `","format_version":1}`),
-		"exactly 1 MiB long": padTo(t, []byte(validConfigJSON), 1<<20),
+		"no features field":   configWith(t, field("features", nil)),
+		"null features":       []byte(strings.Replace(validConfigJSON, `"features": []`, `"features": null`, 1)),
+		"smallest sizes":      configWith(t, func(m map[string]any) { m["block_size"], m["header_size"] = 512, 256 }),
+		"largest sizes":       configWith(t, func(m map[string]any) { m["block_size"], m["header_size"] = 1<<20, 256<<10 }),
+		"odd header size":     configWith(t, field("header_size", 777)),
+		"16 keyrings":         configWith(t, func(m map[string]any) { m["keyrings"] = repeat(m["keyrings"].([]any)[1], 16) }),
+		"trailing newlines":   []byte(validConfigJSON + "\n\n \t"),
+		"compact":             compact(t, validConfigJSON),
+		"reordered fields":    []byte(`{"features":[],"keyrings":[{"key_file":"k","key_id":"` + testLocalID + `","kind":"local"}],"header_size":512,"block_size":4096,"volume_id":"` + testVolumeID + `","format_version":1}`),
+		"exactly 1 MiB long":  padTo(t, []byte(validConfigJSON), 1<<20),
+		"version 2, per-file": configWith(t, func(m map[string]any) { m["format_version"], m["key_mode"] = 2, "per-file" }),
+		"version 2, branch keys": configWith(t, func(m map[string]any) {
+			m["format_version"], m["key_mode"], m["branch_key_rotation"] = 2, "branch", "24h0m0s"
+		}),
 	} {
 		if _, err := volume.ParseConfig(b); err != nil {
 			t.Errorf("%s: %v", name, err)
@@ -147,7 +151,17 @@ func TestParseConfigRejects(t *testing.T) {
 	}{
 		{"unknown field", configWith(t, field("compression", "zstd")), `unknown field "compression"`},
 		{"unknown keyring field", configWith(t, keyringField(1, "passphrase", "x")), `unknown field "passphrase"`},
-		{"format version 2", configWith(t, field("format_version", 2)), "volume format version 2 is not supported"},
+		{"format version 3", configWith(t, field("format_version", 3)), "volume format version 3 is not supported"},
+		{"format version 2 without key_mode", configWith(t, field("format_version", 2)), "key_mode"},
+		{"key_mode in version 1", configWith(t, field("key_mode", "branch")), "need format_version 2"},
+		{"unknown key_mode", configWith(t, func(m map[string]any) { m["format_version"] = 2; m["key_mode"] = "per-volume" }), "key_mode"},
+		{"branch without rotation", configWith(t, func(m map[string]any) { m["format_version"] = 2; m["key_mode"] = "branch" }), "branch_key_rotation"},
+		{"branch rotation too short", configWith(t, func(m map[string]any) {
+			m["format_version"], m["key_mode"], m["branch_key_rotation"] = 2, "branch", "10ms"
+		}), "branch_key_rotation"},
+		{"rotation of a per-file volume", configWith(t, func(m map[string]any) {
+			m["format_version"], m["key_mode"], m["branch_key_rotation"] = 2, "per-file", "1h"
+		}), "branch_key_rotation"},
 		{"format version 0", configWith(t, field("format_version", 0)), "version 0"},
 		{"format version 1000", configWith(t, field("format_version", 1000)), "version 1000"},
 		{"format version -1", configWith(t, field("format_version", -1)), "version -1"},
@@ -155,7 +169,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"format version as string", configWith(t, field("format_version", "1")), "format_version"},
 		{"format version 1.5", configWith(t, field("format_version", 1.5)), "format_version"},
 		// A future volume gets "unsupported version", not "unknown field".
-		{"version 2 with new fields", configWith(t, func(m map[string]any) { m["format_version"] = 2; m["cipher"] = "x" }), "version 2 is not supported"},
+		{"version 3 with new fields", configWith(t, func(m map[string]any) { m["format_version"] = 3; m["cipher"] = "x" }), "version 3 is not supported"},
 		{"unknown feature", configWith(t, field("features", []string{"compression"})), `feature "compression"`},
 		{"second feature unknown", configWith(t, field("features", []string{"a", "b"})), "feature"},
 		{"volume id upper case", configWith(t, field("volume_id", strings.ToUpper(testVolumeID))), "volume_id"},
@@ -381,6 +395,9 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(validConfigJSON))
 	f.Add(compact(f, validConfigJSON))
 	f.Add(configWith(f, field("format_version", 2)))
+	f.Add(configWith(f, func(m map[string]any) {
+		m["format_version"], m["key_mode"], m["branch_key_rotation"] = 2, "branch", "24h0m0s"
+	}))
 	f.Add(configWith(f, keyringField(1, "key_id", strings.ToUpper(testLocalID))))
 	f.Add([]byte(`{"format_version":1}`))
 	f.Add([]byte(`null`))

@@ -16,6 +16,7 @@ import (
 var kindCodes = map[keyring.Kind]uint8{
 	keyring.KindAWSKMS: 1,
 	keyring.KindLocal:  2,
+	keyring.KindBranch: 3,
 }
 
 // KindOf returns the keyring kind stored as code.
@@ -90,6 +91,14 @@ func HeaderSizeFor(wrapped []keyring.WrappedKey) (int, error) {
 // 0 bytes has no header yet: (nil, nil). Authenticity is checked by
 // blockcipher.Header.Open once the data key is known.
 func (v *Volume) ReadHeader(r io.ReaderAt, storedSize int64) (*blockcipher.Header, error) {
+	return v.readHeader(r, storedSize, false)
+}
+
+// readHeader is ReadHeader of a file (branchKey false) or of a branch key
+// file (true): a file's header has no flag and wraps its key under the
+// volume's keyrings or, in key mode "branch", under a branch key; a
+// branch key file's has FlagBranchKey and wraps under keyrings only.
+func (v *Volume) readHeader(r io.ReaderAt, storedSize int64, branchKey bool) (*blockcipher.Header, error) {
 	if storedSize == 0 {
 		return nil, nil
 	}
@@ -106,6 +115,14 @@ func (v *Volume) ReadHeader(r io.ReaderAt, storedSize int64) (*blockcipher.Heade
 	if int64(h.BlockSize) != v.Layout.BlockSize || int64(h.HeaderSize) != v.Layout.HeaderSize {
 		return nil, fmt.Errorf("header declares block size %d and header size %d, the volume %d and %d: %w",
 			h.BlockSize, h.HeaderSize, v.Layout.BlockSize, v.Layout.HeaderSize, blockcipher.ErrHeaderAuth)
+	}
+	if branchKey != (h.Flags == blockcipher.FlagBranchKey) {
+		return nil, fmt.Errorf("header flags %#04x where a %s was expected: %w", h.Flags, map[bool]string{true: "branch key", false: "file"}[branchKey], blockcipher.ErrHeaderAuth)
+	}
+	for _, k := range h.Keys {
+		if k.Kind == kindCodes[keyring.KindBranch] && (branchKey || !v.Config.Branch()) {
+			return nil, fmt.Errorf("a wrapped key of kind branch in a %s: %w", map[bool]string{true: "branch key file", false: "volume without branch keys"}[branchKey], blockcipher.ErrHeaderAuth)
+		}
 	}
 	return h, nil
 }

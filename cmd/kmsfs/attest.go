@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -28,6 +29,21 @@ func attest(ctx context.Context, vol *volume.Volume, members []keyring.Keyring) 
 	errFound, errLimit := errors.New("found"), errors.New("limit")
 	scanned, found := 0, ""
 	var keyErr error
+	// A branch-key volume's branch key files are wrapped under every
+	// keyring, from init on.
+	ids, _ := vol.BranchIDs()
+	for _, id := range ids[:min(len(ids), 16)] {
+		scanned++
+		h, err := vol.ReadBranch(id)
+		if err != nil || !carriesAll(h, vol.Config.Keyrings) {
+			continue
+		}
+		if err := unwrapEach(ctx, h, vol.BranchContext(id), members); err != nil {
+			keyErr = err
+			continue
+		}
+		return volume.BranchStore + "/" + hex.EncodeToString(id[:]), nil
+	}
 	err := volume.Walk(vol.Dir, func(e volume.Entry) error {
 		if !e.Type.IsRegular() {
 			return nil
@@ -40,7 +56,7 @@ func attest(ctx context.Context, vol *volume.Volume, members []keyring.Keyring) 
 		if h == nil || !carriesAll(h, vol.Config.Keyrings) {
 			return nil
 		}
-		if err := unwrapEach(ctx, vol, h, members); err != nil {
+		if err := unwrapEach(ctx, h, vol.FileContext(h.FileID), members); err != nil {
 			keyErr = err
 			return nil
 		}
@@ -97,10 +113,10 @@ func carriesAll(h *blockcipher.Header, specs []volume.KeyringSpec) bool {
 	return true
 }
 
-// unwrapEach unwraps h's data key with each member separately and checks
-// each result against h's key commitment and MAC.
-func unwrapEach(ctx context.Context, vol *volume.Volume, h *blockcipher.Header, members []keyring.Keyring) error {
-	entries, ec := volume.Entries(h), vol.FileContext(h.FileID)
+// unwrapEach unwraps h's key under ec with each member separately and
+// checks each result against h's key commitment and MAC.
+func unwrapEach(ctx context.Context, h *blockcipher.Header, ec keyring.EncryptionContext, members []keyring.Keyring) error {
+	entries := volume.Entries(h)
 	for _, m := range members {
 		dk, err := m.Decrypt(ctx, entries, ec)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
@@ -22,6 +23,8 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	var kf keyringFlags
 	kf.register(fl)
 	blockSize := fl.Int("block-size", 4096, "plaintext bytes per encrypted block: a power of two from 512 to 1048576")
+	branchKeys := fl.Bool("branch-keys", false, "wrap file keys under branch keys: one key service call per branch key and mount instead of one per file (see README, key modes)")
+	rotation := fl.Duration("branch-key-rotation", 24*time.Hour, "with --branch-keys: how long a branch key wraps new files before a new one is made")
 	pos, err := parseArgs(fl, args, "CIPHERDIR")
 	if err != nil {
 		return err
@@ -37,8 +40,17 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	volumeID := blockcipher.NewID()
-	cfg := &volume.Config{FormatVersion: volume.ConfigVersion, VolumeID: hex.EncodeToString(volumeID[:]), BlockSize: *blockSize, Features: []string{}}
-	keys, err := kf.build(context.Background(), cfg.VolumeID)
+	cfg := &volume.Config{FormatVersion: volume.ConfigVersion1, VolumeID: hex.EncodeToString(volumeID[:]), BlockSize: *blockSize, Features: []string{}}
+	if *branchKeys {
+		if *rotation < volume.MinBranchRotation || *rotation > volume.MaxBranchRotation {
+			return fail(exitUsage, "--branch-key-rotation %v: want %v to %v", *rotation, volume.MinBranchRotation, volume.MaxBranchRotation)
+		}
+		cfg.FormatVersion, cfg.KeyMode, cfg.BranchKeyRotation = volume.ConfigVersion2, volume.KeyModeBranch, rotation.String()
+	} else if flagSet(fl, "branch-key-rotation") {
+		return fail(exitUsage, "--branch-key-rotation applies to --branch-keys")
+	}
+	ctx := context.Background()
+	keys, err := kf.build(ctx, cfg.VolumeID)
 	if err != nil {
 		return err
 	}
@@ -47,7 +59,33 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 		removeCreated(keys.createdKey)
 		return err
 	}
+	if cfg.Branch() {
+		if err := firstBranchKey(ctx, dir, cfg, keys.kr); err != nil {
+			return err
+		}
+	}
 	reportInit(dir, cfg, keys, stdout, stderr)
+	return nil
+}
+
+// firstBranchKey makes a branch-key volume's first branch key, so that
+// its key file, which every keyring of the volume wraps, can vouch for the
+// config on other machines before any file exists (attest).
+func firstBranchKey(ctx context.Context, dir string, cfg *volume.Config, kr keyring.Keyring) error {
+	vol, err := volume.New(dir, cfg)
+	if err != nil {
+		return err
+	}
+	bk, err := volume.NewBranchKeyring(vol, kr, time.Minute)
+	if err != nil {
+		return err
+	}
+	defer bk.Close()
+	dk, _, err := bk.GenerateDataKey(ctx, vol.FileContext(blockcipher.NewID()))
+	if err != nil {
+		return keyError("making the first branch key", err)
+	}
+	dk.Wipe()
 	return nil
 }
 
@@ -73,6 +111,7 @@ func (kf *keyringFlags) check() error {
 
 // volumeKeys are the keyrings the flags chose, proven to work.
 type volumeKeys struct {
+	kr         keyring.Keyring // the members, under a Multi if more than one
 	members    []keyring.Keyring
 	specs      []volume.KeyringSpec
 	headerSize int
@@ -117,15 +156,15 @@ func (kf *keyringFlags) build(ctx context.Context, volumeHex string) (*volumeKey
 
 // prove runs the round trip (roundTrip) and sizes the header from it.
 func (keys *volumeKeys) prove(ctx context.Context, volumeHex string) error {
-	kr := keys.members[0]
+	keys.kr = keys.members[0]
 	if len(keys.members) > 1 {
 		m, err := keyring.NewMulti(keys.members...)
 		if err != nil {
 			return fail(exitKey, "%v", err)
 		}
-		kr = m
+		keys.kr = m
 	}
-	wrapped, err := roundTrip(ctx, kr, keys.members, volumeHex)
+	wrapped, err := roundTrip(ctx, keys.kr, keys.members, volumeHex)
 	if err != nil {
 		return err
 	}
@@ -180,6 +219,9 @@ func writeNewVolume(dir string, cfg *volume.Config) error {
 // made.
 func reportInit(dir string, cfg *volume.Config, keys *volumeKeys, stdout, stderr io.Writer) {
 	fmt.Fprintf(stdout, "Created kmsfs volume %s in %s (block size %d, header %d bytes).\n", cfg.VolumeID, dir, cfg.BlockSize, cfg.HeaderSize)
+	if cfg.Branch() {
+		fmt.Fprintf(stdout, "Key mode: branch keys, a new one every %s (its key file is in %s).\n", cfg.BranchKeyRotation, filepath.Join(dir, volume.BranchStore))
+	}
 	// Mounts on this machine refuse a config that differs from this copy
 	// (trust.go). Without it the first mount trusts what it finds.
 	raw, err := volume.ConfigBytes(cfg)

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"time"
 
+	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/volume"
 )
@@ -21,6 +23,9 @@ type inspectOutput struct {
 	HeaderSize    int           `json:"header_size"`
 	PlaintextSize int64         `json:"plaintext_size"`
 	WrappedKeys   []wrappedJSON `json:"wrapped_keys"`
+	// A branch key file (CIPHERDIR/.kmsfs/branch/ID) instead of a file:
+	BranchID      string `json:"branch_id,omitempty"`
+	BranchCreated string `json:"branch_created,omitempty"` // RFC 3339
 }
 
 type wrappedJSON struct {
@@ -28,6 +33,9 @@ type wrappedJSON struct {
 	KeyID             string            `json:"key_id"`
 	CiphertextBlob    string            `json:"ciphertext_blob"`
 	EncryptionContext map[string]string `json:"encryption_context"`
+	// For keyring "branch": the branch key's file, relative to CIPHERDIR,
+	// whose inspect shows how the key service wraps it.
+	BranchKeyFile string `json:"branch_key_file,omitempty"`
 }
 
 // cmdInspect prints a cipher file's header. It makes no keyring call and
@@ -70,13 +78,23 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 		WrappedKeys:   []wrappedJSON{},
 	}
 	ec := keyring.FileContext(out.VolumeID, out.FileID)
+	if h.Flags == blockcipher.FlagBranchKey {
+		out.FileID, out.BranchID = "", hex.EncodeToString(h.FileID[:])
+		out.BranchCreated = volume.BranchCreated(h.FileID).UTC().Format(time.RFC3339Nano)
+		out.PlaintextSize = 0
+		ec = keyring.BranchContext(out.VolumeID, out.BranchID)
+	}
 	for _, k := range volume.Entries(h) {
-		out.WrappedKeys = append(out.WrappedKeys, wrappedJSON{
+		w := wrappedJSON{
 			Keyring:           string(k.Kind),
 			KeyID:             k.KeyID,
 			CiphertextBlob:    base64.StdEncoding.EncodeToString(k.Blob),
 			EncryptionContext: ec,
-		})
+		}
+		if k.Kind == keyring.KindBranch {
+			w.BranchKeyFile = volume.BranchStore + "/" + k.KeyID
+		}
+		out.WrappedKeys = append(out.WrappedKeys, w)
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")

@@ -1,0 +1,186 @@
+package volume
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// Branch keys (docs/FORMAT.md, "Branch keys"). A volume in key mode
+// "branch" keeps its branch keys in CIPHERDIR/.kmsfs/branch/, one file
+// each, named by the branch ID in hex. A branch key file is a header slot
+// of the volume's size with the flag blockcipher.FlagBranchKey, whose
+// "file ID" is the branch ID and whose entries wrap the branch key under
+// every keyring of the volume, with the context {kmsfs:volume,
+// kmsfs:branch}; its commitment and MAC bind them as a file header's do.
+// A branch ID is the branch key's creation time (uint64 Unix nanoseconds)
+// followed by 8 random bytes, so the MAC and the key service both
+// authenticate when it was made.
+//
+// The store is read like everything in CIPHERDIR: hostile. Each name is
+// opened without following a symlink or blocking, beneath the store only,
+// and a key file counts only once the volume's keyrings unwrap it and it
+// verifies (BranchKeyring).
+
+// BranchStore is the path of the branch key store below CIPHERDIR.
+const BranchStore = StoreName + "/branch"
+
+// maxBranchKeys bounds the branch key files a mount considers: at one key
+// a day, more than a century of them.
+const maxBranchKeys = 65536
+
+// NewBranchID returns a fresh branch ID made at now.
+func NewBranchID(now time.Time) [blockcipher.IDSize]byte {
+	var id [blockcipher.IDSize]byte
+	binary.BigEndian.PutUint64(id[:8], uint64(now.UnixNano()))
+	rand.Read(id[8:])
+	return id
+}
+
+// BranchCreated returns when the branch key id was made.
+func BranchCreated(id [blockcipher.IDSize]byte) time.Time {
+	return time.Unix(0, int64(binary.BigEndian.Uint64(id[:8])))
+}
+
+// BranchContext is the encryption context of branch key id of v.
+func (v *Volume) BranchContext(id [blockcipher.IDSize]byte) keyring.EncryptionContext {
+	return keyring.BranchContext(v.IDHex, hex.EncodeToString(id[:]))
+}
+
+// NewBranchHeader returns the (unsealed) header of a branch key file of
+// v: branch ID id, and the branch key's wrapped copies.
+func (v *Volume) NewBranchHeader(id [blockcipher.IDSize]byte, wrapped []keyring.WrappedKey) (*blockcipher.Header, error) {
+	h, err := v.NewHeader(id, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	h.Flags = blockcipher.FlagBranchKey
+	return h, nil
+}
+
+// BranchIDs lists the branch IDs of v's store, newest first. Names that
+// are not branch IDs are ignored; a volume with no store has none.
+func (v *Volume) BranchIDs() ([][blockcipher.IDSize]byte, error) {
+	fd, err := v.openStore(false)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	d := os.NewFile(uintptr(fd), BranchStore)
+	defer d.Close()
+	names, err := d.Readdirnames(maxBranchKeys)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("list %s: %w", BranchStore, err)
+	}
+	var ids [][blockcipher.IDSize]byte
+	for _, n := range names {
+		if id, ok := parseBranchName(n); ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.SortFunc(ids, func(a, b [blockcipher.IDSize]byte) int { return -slices.Compare(a[:], b[:]) })
+	return ids, nil
+}
+
+func parseBranchName(n string) ([blockcipher.IDSize]byte, bool) {
+	var id [blockcipher.IDSize]byte
+	b, err := hex.DecodeString(n)
+	if err != nil || len(b) != blockcipher.IDSize || hex.EncodeToString(b) != n {
+		return id, false
+	}
+	copy(id[:], b)
+	return id, true
+}
+
+// ReadBranch reads and parses the key file of branch id: a header of v
+// with the branch key flag naming id. Its authenticity is checked once the
+// branch key is unwrapped (blockcipher.Header.Verify).
+func (v *Volume) ReadBranch(id [blockcipher.IDSize]byte) (*blockcipher.Header, error) {
+	dfd, err := v.openStore(false)
+	if err != nil {
+		return nil, fmt.Errorf("branch key %x: %w", id, err)
+	}
+	defer unix.Close(dfd)
+	f, err := OpenFile(dfd, hex.EncodeToString(id[:]))
+	if err != nil {
+		return nil, fmt.Errorf("branch key %x: %w", id, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() != v.Layout.HeaderSize {
+		return nil, fmt.Errorf("branch key %x: file of %d bytes, want %d: %w", id, st.Size(), v.Layout.HeaderSize, blockcipher.ErrHeaderAuth)
+	}
+	h, err := v.readHeader(f, st.Size(), true)
+	if err != nil {
+		return nil, fmt.Errorf("branch key %x: %w", id, err)
+	}
+	if h.FileID != id {
+		return nil, fmt.Errorf("branch key file %x names branch %x: %w", id, h.FileID, blockcipher.ErrHeaderAuth)
+	}
+	return h, nil
+}
+
+// WriteBranch stores slot, the sealed header of branch key id, whole or
+// not at all: a temporary file in the store, fsync, then link(2) to its
+// name, which fails rather than replace an existing key file.
+func (v *Volume) WriteBranch(id [blockcipher.IDSize]byte, slot []byte) error {
+	dfd, err := v.openStore(true)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", BranchStore, err)
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat(dfd, ".", unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("create a branch key file: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "branch key")
+	defer f.Close()
+	if _, err := f.Write(slot); err != nil {
+		return fmt.Errorf("write branch key %x: %w", id, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write branch key %x: %w", id, err)
+	}
+	if err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), dfd, hex.EncodeToString(id[:]), unix.AT_SYMLINK_FOLLOW); err != nil {
+		return fmt.Errorf("store branch key %x: %w", id, err)
+	}
+	return unix.Fsync(dfd)
+}
+
+// openStore opens the branch key store as a directory, beneath CIPHERDIR
+// and following no symlink; with create it makes the store first.
+func (v *Volume) openStore(create bool) (int, error) {
+	root, err := unix.Open(v.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(root)
+	if create {
+		for _, d := range []string{StoreName, BranchStore} {
+			if err := unix.Mkdirat(root, d, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+				return -1, err
+			}
+		}
+	}
+	how := unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	return unix.Openat2(root, BranchStore, &how)
+}

@@ -1,0 +1,292 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// countingKeyring counts the calls that reach a keyring.
+type countingKeyring struct {
+	keyring.Keyring
+	generates, decrypts atomic.Int64
+	mu                  sync.Mutex
+	fail                error // guarded by mu
+}
+
+func (c *countingKeyring) failWith(err error) { c.mu.Lock(); c.fail = err; c.mu.Unlock() }
+func (c *countingKeyring) failure() error     { c.mu.Lock(); defer c.mu.Unlock(); return c.fail }
+
+func (c *countingKeyring) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
+	c.generates.Add(1)
+	if err := c.failure(); err != nil {
+		return nil, nil, err
+	}
+	return c.Keyring.GenerateDataKey(ctx, ec)
+}
+
+func (c *countingKeyring) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
+	c.decrypts.Add(1)
+	if err := c.failure(); err != nil {
+		return nil, err
+	}
+	return c.Keyring.Decrypt(ctx, wrapped, ec)
+}
+
+func testLocal(t *testing.T) *keyring.Local {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "k")
+	if err := keyring.CreateLocalKeyFile(p); err != nil {
+		t.Fatal(err)
+	}
+	l, err := keyring.LoadLocal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// branchVolume is a volume in key mode "branch" over a local key.
+func branchVolume(t *testing.T, dir string, l *keyring.Local) *Volume {
+	t.Helper()
+	id := blockcipher.NewID()
+	c := &Config{FormatVersion: ConfigVersion2, VolumeID: hex.EncodeToString(id[:]), BlockSize: 4096, HeaderSize: 512,
+		Keyrings: []KeyringSpec{{Kind: keyring.KindLocal, KeyID: l.KeyID(), KeyFile: "unused"}},
+		Features: []string{}, KeyMode: KeyModeBranch, BranchKeyRotation: "24h"}
+	v, err := New(dir, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// clock is a settable test clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+func newTestBranchKeyring(t *testing.T, v *Volume, inner keyring.Keyring, ttl time.Duration, c *clock) *BranchKeyring {
+	t.Helper()
+	k, err := NewBranchKeyring(v, inner, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.testOnlyNow = c.now
+	t.Cleanup(k.Close)
+	return k
+}
+
+type branchFile struct {
+	ec      keyring.EncryptionContext
+	wrapped []keyring.WrappedKey
+	key     []byte
+}
+
+func newBranchFiles(t *testing.T, k keyring.Keyring, v *Volume, n int) []branchFile {
+	t.Helper()
+	var out []branchFile
+	for range n {
+		ec := v.FileContext(blockcipher.NewID())
+		dk, wrapped, err := k.GenerateDataKey(context.Background(), ec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, branchFile{ec, wrapped, bytes.Clone(dk.Bytes())})
+		dk.Wipe()
+	}
+	return out
+}
+
+func checkBranchFiles(t *testing.T, k keyring.Keyring, files []branchFile) {
+	t.Helper()
+	for i, f := range files {
+		dk, err := k.Decrypt(context.Background(), f.wrapped, f.ec)
+		if err != nil {
+			t.Fatalf("file %d: %v", i, err)
+		}
+		if !bytes.Equal(dk.Bytes(), f.key) {
+			t.Fatalf("file %d: another key", i)
+		}
+		dk.Wipe()
+	}
+}
+
+// One inner call makes the branch key; a thousand files cost no more.
+// Another mount of the volume unwraps it once for all of them. Past the
+// TTL the key is wiped and unwrapped again, once.
+func TestBranchKeyringCalls(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	v := branchVolume(t, dir, l)
+	c := &clock{t: time.Now()}
+	inner := &countingKeyring{Keyring: l}
+	k := newTestBranchKeyring(t, v, inner, time.Hour, c)
+	files := newBranchFiles(t, k, v, 1000)
+	checkBranchFiles(t, k, files)
+	if g, d := inner.generates.Load(), inner.decrypts.Load(); g != 1 || d != 0 {
+		t.Fatalf("1000 new files and their opens: %d GenerateDataKey, %d Decrypt; want 1, 0", g, d)
+	}
+	if ids, err := v.BranchIDs(); err != nil || len(ids) != 1 {
+		t.Fatalf("store holds %v (%v), want one branch key", ids, err)
+	}
+	for _, f := range files {
+		if len(f.wrapped) != 1 || f.wrapped[0].Kind != keyring.KindBranch {
+			t.Fatalf("a file's entries: %+v", f.wrapped)
+		}
+	}
+
+	inner2 := &countingKeyring{Keyring: l}
+	k2 := newTestBranchKeyring(t, v, inner2, time.Hour, c)
+	checkBranchFiles(t, k2, files)
+	if g, d := inner2.generates.Load(), inner2.decrypts.Load(); g != 0 || d != 1 {
+		t.Fatalf("another mount opening 1000 files: %d GenerateDataKey, %d Decrypt; want 0, 1", g, d)
+	}
+	c.advance(time.Hour + time.Second)
+	waitHeld(t, k2, 0)
+	checkBranchFiles(t, k2, files)
+	if d := inner2.decrypts.Load(); d != 2 {
+		t.Fatalf("after the TTL: %d Decrypt in all, want 2", d)
+	}
+}
+
+// waitHeld runs the janitor's expiry and checks how many keys are held.
+func waitHeld(t *testing.T, k *BranchKeyring, n int) {
+	t.Helper()
+	k.expire()
+	if h := k.Stats().Held; h != n {
+		t.Fatalf("%d branch keys held, want %d", h, n)
+	}
+}
+
+// After the rotation period a new branch key wraps new files; old files
+// still open with the old one.
+func TestBranchKeyringRotation(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	v := branchVolume(t, dir, l)
+	c := &clock{t: time.Now()}
+	inner := &countingKeyring{Keyring: l}
+	k := newTestBranchKeyring(t, v, inner, 100*time.Hour, c)
+	old := newBranchFiles(t, k, v, 3)
+	c.advance(24*time.Hour + time.Second)
+	young := newBranchFiles(t, k, v, 3)
+	if g := inner.generates.Load(); g != 2 {
+		t.Fatalf("%d branch keys made, want 2", g)
+	}
+	if old[0].wrapped[0].KeyID == young[0].wrapped[0].KeyID {
+		t.Fatal("new files still use the old branch key")
+	}
+	checkBranchFiles(t, k, append(old, young...))
+	if ids, _ := v.BranchIDs(); len(ids) != 2 || hex.EncodeToString(ids[0][:]) != young[0].wrapped[0].KeyID {
+		t.Fatalf("store: %x", ids)
+	}
+}
+
+// Branch key files are hostile input: a damaged, swapped or foreign one
+// fails the opens of its files; one planted by someone without the
+// volume's keys is never used for new files.
+func TestBranchKeyringTamper(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	v := branchVolume(t, dir, l)
+	c := &clock{t: time.Now()}
+	files := newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 2)
+	ids, _ := v.BranchIDs()
+	path := filepath.Join(dir, BranchStore, hex.EncodeToString(ids[0][:]))
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := func() *BranchKeyring { return newTestBranchKeyring(t, v, l, time.Hour, c) }
+	for name, damage := range map[string]func(){
+		"bit flipped in the blob": func() { b := bytes.Clone(orig); b[200] ^= 1; os.WriteFile(path, b, 0o644) },
+		"bit flipped in the MAC":  func() { b := bytes.Clone(orig); b[len(b)-1] ^= 1; os.WriteFile(path, b, 0o644) },
+		"cut":                     func() { os.WriteFile(path, orig[:300], 0o644) },
+		"a FIFO":                  func() { os.Remove(path); mkfifo(t, path) },
+		"a symlink":               func() { os.Remove(path); os.Symlink("/etc/passwd", path) },
+		"removed":                 func() { os.Remove(path) },
+	} {
+		damage()
+		_, err := fresh().Decrypt(context.Background(), files[0].wrapped, files[0].ec)
+		if err == nil {
+			t.Errorf("%s: the file still opens", name)
+		}
+		os.Remove(path)
+		os.WriteFile(path, orig, 0o644)
+	}
+	checkBranchFiles(t, fresh(), files)
+
+	// Swapped: the key file of another branch under this branch's name.
+	other := branchVolume(t, t.TempDir(), l)
+	newBranchFiles(t, newTestBranchKeyring(t, other, l, time.Hour, c), other, 1)
+	oids, _ := other.BranchIDs()
+	foreign, _ := os.ReadFile(filepath.Join(other.Dir, BranchStore, hex.EncodeToString(oids[0][:])))
+	os.WriteFile(path, foreign, 0o644)
+	if _, err := fresh().Decrypt(context.Background(), files[0].wrapped, files[0].ec); err == nil {
+		t.Error("a foreign branch key file under this branch's name opens the file")
+	}
+	os.WriteFile(path, orig, 0o644)
+
+	// Planted: a newer branch key file made with a key of someone else's.
+	mallory := testLocal(t)
+	planted := branchVolume(t, dir, mallory)
+	planted.ID, planted.IDHex, planted.Config.VolumeID = v.ID, v.IDHex, v.IDHex
+	c.advance(time.Minute)
+	mk := newTestBranchKeyring(t, planted, mallory, time.Hour, c)
+	newBranchFiles(t, mk, planted, 1) // writes its branch key into the store
+	if ids, _ := v.BranchIDs(); len(ids) != 2 {
+		t.Fatalf("the planted key file is not in the store: %x", ids)
+	}
+	k := fresh()
+	newFiles := newBranchFiles(t, k, v, 2)
+	if newFiles[0].wrapped[0].KeyID != hex.EncodeToString(ids[0][:]) {
+		t.Fatalf("new files are wrapped under branch %s, not the volume's %x", newFiles[0].wrapped[0].KeyID, ids[0])
+	}
+	checkBranchFiles(t, fresh(), append(files, newFiles...))
+}
+
+// A keyring that stops unwrapping (a disabled KMS key) stops new opens
+// once the TTL has passed; until then the held key serves them.
+func TestBranchKeyringDisabledKey(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	v := branchVolume(t, dir, l)
+	c := &clock{t: time.Now()}
+	files := newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 2)
+	inner := &countingKeyring{Keyring: l}
+	k := newTestBranchKeyring(t, v, inner, 10*time.Minute, c)
+	checkBranchFiles(t, k, files)
+	inner.failWith(keyring.ErrKeyDisabled)
+	checkBranchFiles(t, k, files) // within the TTL
+	c.advance(11 * time.Minute)
+	waitHeld(t, k, 0)
+	if _, err := k.Decrypt(context.Background(), files[0].wrapped, files[0].ec); !errors.Is(err, keyring.ErrKeyDisabled) {
+		t.Fatalf("an open past the TTL with the key disabled: %v, want ErrKeyDisabled", err)
+	}
+	if _, _, err := k.GenerateDataKey(context.Background(), v.FileContext(blockcipher.NewID())); err == nil {
+		t.Fatal("a new file past the TTL with the key disabled succeeded")
+	}
+}
+
+func mkfifo(t *testing.T, path string) {
+	t.Helper()
+	if err := unix.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
