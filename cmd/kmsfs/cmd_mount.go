@@ -118,7 +118,7 @@ func parseLevel(s string) (slog.Level, error) {
 
 func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout io.Writer, logOut *swapWriter) error {
 	hardenProcess(log)
-	procsLo, procsHi := setProcs(log)
+	setProcs(log)
 	// A closed terminal or log pipe must not kill a mount that is
 	// serving files: writes to it fail instead of raising SIGPIPE.
 	signal.Ignore(syscall.SIGPIPE)
@@ -151,11 +151,6 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 		if _, err := roundTrip(ctx, kr, []keyring.Keyring{kr}, cfg.VolumeID); err != nil {
 			return err
 		}
-	}
-	if procsHi > procsLo {
-		// Beneath the key cache: only calls that reach the keyring
-		// count as a burst, not cache hits.
-		kr = newProcBoost(kr, procsLo, procsHi)
 	}
 	var cache *keyring.Cache
 	if m.keyCacheTTL > 0 {
@@ -290,18 +285,14 @@ func hardenProcess(log *slog.Logger) {
 // vCPUs (tmpfs, same run, bench/README.md): 4 KiB random reads 23-26k ->
 // 37k IOPS, untar of 30k files 14.2-14.4 s -> 7.8-8.4 s, creating 10k
 // files 2.2-2.3 s -> 1.4-1.5 s; sequential reads lose (1.6 -> 1.3 GB/s),
-// since decryption then runs on one core. It returns the Ps it set (lo)
-// and the ones it may take back during a burst of keyring calls (hi; see
-// procBoost); both are the environment's GOMAXPROCS if that is set.
-func setProcs(log *slog.Logger) (lo, hi int) {
-	hi = runtime.GOMAXPROCS(0)
+// since decryption then runs on one core.
+func setProcs(log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
-		return hi, hi
+		return
 	}
-	lo = max(1, hi/2)
+	lo := max(1, runtime.GOMAXPROCS(0)/2)
 	runtime.GOMAXPROCS(lo)
 	log.Debug("scheduler", "gomaxprocs", lo, "cpus", runtime.NumCPU())
-	return lo, hi
 }
 
 // loadVolume reads and checks CIPHERDIR's config, returning it parsed and
