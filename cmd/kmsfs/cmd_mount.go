@@ -23,7 +23,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/kmsfs/kmsfs/blockcipher"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keyring"
 )
@@ -160,7 +159,6 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	}
 	metrics := keyring.NewMetrics(kr)
 	kr = metrics
-	blockcipher.CalibrateParallel()
 	root, err := kfs.NewRoot(kfs.Options{
 		CipherDir:    cipherDir,
 		Config:       cfg,
