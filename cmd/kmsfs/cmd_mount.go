@@ -38,6 +38,7 @@ type mountFlags struct {
 	keyPool                                 int
 	prefetchKeys                            bool
 	metricsAddr, logFile                    string
+	cpuProfile, trace                       string // debugging aids
 }
 
 func cmdMount(args []string, stdout, stderr io.Writer) error {
@@ -57,6 +58,8 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files ahead of their opens (for backup tools; keys unused for 30s are wiped)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
+	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
+	fl.StringVar(&m.trace, "debug-trace", "", "debugging aid: write an execution trace of the mount process to `FILE` until it unmounts (go tool trace)")
 	fl.BoolVar(&m.trustConfig, "trust-config", false, "trust CIPHERDIR/kmsfs.json as it is now, though it differs from the copy this machine trusts (after you changed it yourself)")
 	pos, err := parseArgs(fl, args, "CIPHERDIR", "MOUNTPOINT")
 	if err != nil {
@@ -179,22 +182,11 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 		}
 		defer stop()
 	}
-	if p := os.Getenv("KMSFS_CPUPROFILE"); p != "" {
-		// A developer aid for profiling (bench/README): not a flag,
-		// since no user needs it.
-		if f, err := os.Create(p); err == nil {
-			pprof.StartCPUProfile(f)
-			defer func() { pprof.StopCPUProfile(); f.Close() }()
-		}
+	stopProfiles, err := startProfiles(m.cpuProfile, m.trace)
+	if err != nil {
+		return err
 	}
-	if p := os.Getenv("KMSFS_TRACE"); p != "" {
-		// The same for an execution trace (go tool trace): where
-		// requests wait for the scheduler.
-		if f, err := os.Create(p); err == nil {
-			trace.Start(f)
-			defer func() { trace.Stop(); f.Close() }()
-		}
-	}
+	defer stopProfiles()
 	srv, err := kfs.Mount(mountpoint, root, kfs.MountOptions{AllowOther: m.allowOther, Debug: m.debugFUSE})
 	if err != nil {
 		return mountError(mountpoint, err)
@@ -233,6 +225,40 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	close(sigs)
 	log.Info("unmounted", "mountpoint", mountpoint)
 	return nil
+}
+
+// startProfiles starts the debugging aids asked for (--debug-cpuprofile,
+// --debug-trace; an empty name is not asked for) and returns what stops
+// them.
+func startProfiles(cpuProfile, traceFile string) (stop func(), err error) {
+	stopCPU, err := startDebugFile(cpuProfile, "--debug-cpuprofile", pprof.StartCPUProfile, pprof.StopCPUProfile)
+	if err != nil {
+		return nil, err
+	}
+	stopTrace, err := startDebugFile(traceFile, "--debug-trace", trace.Start, trace.Stop)
+	if err != nil {
+		stopCPU()
+		return nil, err
+	}
+	return func() { stopTrace(); stopCPU() }, nil
+}
+
+// startDebugFile creates name and starts writing a profile to it; the
+// returned func stops the profile and closes the file.
+func startDebugFile(name, flag string, start func(io.Writer) error, stop func()) (func(), error) {
+	if name == "" {
+		return func() {}, nil
+	}
+	// 0600: the mount runs with umask 0 (hardenProcess).
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fail(exitUsage, "%s: %v", flag, err)
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, fail(exitUsage, "%s: %v", flag, err)
+	}
+	return func() { stop(); f.Close() }, nil
 }
 
 // unmountRetry unmounts; while files are open (EBUSY) it retries for ten
