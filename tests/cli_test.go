@@ -17,11 +17,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moby/sys/mountinfo"
 
 	"github.com/kmsfs/kmsfs/keyring/kmstest"
 )
@@ -138,33 +139,11 @@ func cliWantFail(t *testing.T, what string, stdout, stderr string, code, wantCod
 // cliMounted reports whether dir is a mount point of this mount namespace.
 func cliMounted(t testing.TB, dir string) bool {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && cliUnescape(f[4]) == dir {
-			return true
-		}
-	}
-	return false
-}
-
-// cliUnescape undoes mountinfo's octal escapes (\040 for a space).
-func cliUnescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return len(mounts) > 0
 }
 
 // cliRunBounded runs kmsfs like run, but gives up after timeout: a command

@@ -1,35 +1,22 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"log/syslog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
-	"runtime/pprof"
-	"runtime/trace"
-	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/volume"
 )
-
-// readyEnv names the descriptor a daemonized child reports readiness on.
-const readyEnv = "KMSFS_READY_FD"
 
 type mountFlags struct {
 	readOnly, allowOther, daemon, debugFUSE bool
@@ -39,11 +26,10 @@ type mountFlags struct {
 	keyPool                                 int
 	prefetchKeys                            bool
 	metricsAddr, logFile                    string
+	cpuProfile, trace                       string // debugging aids (debug.go)
 }
 
-func cmdMount(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("mount", "[flags] CIPHERDIR MOUNTPOINT", stderr)
-	var m mountFlags
+func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.BoolVar(&m.readOnly, "read-only", false, "mount read-only")
 	fl.BoolVar(&m.allowOther, "allow-other", false, "let other users use the mount; the kernel checks permissions (default_permissions)")
 	fl.StringVar(&m.endpoint, "kms-endpoint", "", "KMS endpoint `URL`, replacing the volume's")
@@ -58,7 +44,26 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files ahead of their opens (for backup tools; keys unused for 30s are wiped)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
+	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
+	fl.StringVar(&m.trace, "debug-trace", "", "debugging aid: write an execution trace of the mount process to `FILE` until it unmounts (go tool trace)")
 	fl.BoolVar(&m.trustConfig, "trust-config", false, "trust CIPHERDIR/kmsfs.json as it is now, though it differs from the copy this machine trusts (after you changed it yourself)")
+}
+
+// check refuses flag values that parse but make no sense.
+func (m *mountFlags) check() error {
+	if m.keyCacheTTL < 0 {
+		return fail(exitUsage, "--key-cache-ttl %v: want 0 (off) or a positive duration", m.keyCacheTTL)
+	}
+	if m.keyPool < 0 {
+		return fail(exitUsage, "--key-pool %d: want 0 (off) or a positive number of keys", m.keyPool)
+	}
+	return nil
+}
+
+func cmdMount(args []string, stdout, stderr io.Writer) error {
+	fl := newFlagSet("mount", "[flags] CIPHERDIR MOUNTPOINT", stderr)
+	var m mountFlags
+	m.define(fl)
 	pos, err := parseArgs(fl, args, "CIPHERDIR", "MOUNTPOINT")
 	if err != nil {
 		return err
@@ -67,11 +72,8 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if m.keyCacheTTL < 0 {
-		return fail(exitUsage, "--key-cache-ttl %v: want 0 (off) or a positive duration", m.keyCacheTTL)
-	}
-	if m.keyPool < 0 {
-		return fail(exitUsage, "--key-pool %d: want 0 (off) or a positive number of keys", m.keyPool)
+	if err := m.check(); err != nil {
+		return err
 	}
 	if m.daemon && os.Getenv(readyEnv) == "" {
 		return daemonize(stdout)
@@ -89,25 +91,6 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 	return mount(pos[0], pos[1], m, log, stdout, out)
 }
 
-// swapWriter lets a daemon move its log off the terminal it was started
-// from once it is mounted.
-type swapWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *swapWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
-
-func (s *swapWriter) set(w io.Writer) {
-	s.mu.Lock()
-	s.w = w
-	s.mu.Unlock()
-}
-
 func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(s)); err != nil {
@@ -116,12 +99,11 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
+// mount checks the volume, the mountpoint and the trusted copy of the
+// config, builds the keyring chain and the filesystem, and serves it until
+// it is unmounted.
 func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout io.Writer, logOut *swapWriter) error {
-	hardenProcess(log)
-	procsLo, procsHi := setProcs(log)
-	// A closed terminal or log pipe must not kill a mount that is
-	// serving files: writes to it fail instead of raising SIGPIPE.
-	signal.Ignore(syscall.SIGPIPE)
+	setupProcess(log)
 	cipherDir, err := filepath.Abs(cipherDir)
 	if err != nil {
 		return err
@@ -150,19 +132,8 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 			return err
 		}
 	}
-	if procsHi > procsLo {
-		// Beneath the key cache: only calls that reach the keyring
-		// count as a burst, not cache hits.
-		kr = newProcBoost(kr, procsLo, procsHi)
-	}
-	var cache *keyring.Cache
-	if m.keyCacheTTL > 0 {
-		cache = keyring.NewCache(kr, m.keyCacheTTL)
-		defer cache.Close()
-		kr = cache
-	}
-	metrics := keyring.NewMetrics(kr)
-	kr = metrics
+	kr, metrics, stopCache := wrapKeyring(kr, m.keyCacheTTL)
+	defer stopCache()
 	root, err := kfs.NewRoot(kfs.Options{
 		Volume:       vol,
 		Keyring:      kr,
@@ -175,29 +146,55 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 		return fail(exitVolume, "%v", err)
 	}
 	defer root.Close()
+	stopAids, err := startAids(m, metrics, root, log)
+	if err != nil {
+		return err
+	}
+	defer stopAids()
+	return serve(root, mountpoint, m, log, func() (unmounted func()) {
+		log.Info("mounted", "cipherdir", cipherDir, "mountpoint", mountpoint, "volume", cfg.VolumeID, "locked_key_memory", keyring.LockedMemory())
+		fmt.Fprintf(stdout, "kmsfs: mounted %s on %s\n", cipherDir, mountpoint)
+		if f, ok := stdout.(*os.File); ok {
+			f.Sync()
+		}
+		return daemonReady(logOut, m.logFile)
+	})
+}
+
+// wrapKeyring puts the key cache (if cacheTTL > 0) and the metrics around
+// kr; stop stops the cache.
+func wrapKeyring(kr keyring.Keyring, cacheTTL time.Duration) (_ keyring.Keyring, _ *keyring.Metrics, stop func()) {
+	stop = func() {}
+	if cacheTTL > 0 {
+		cache := keyring.NewCache(kr, cacheTTL)
+		kr, stop = cache, cache.Close
+	}
+	metrics := keyring.NewMetrics(kr)
+	return metrics, metrics, stop
+}
+
+// startAids starts the metrics server and the debugging aids that were
+// asked for, and returns what stops them.
+func startAids(m mountFlags, metrics *keyring.Metrics, root *kfs.Root, log *slog.Logger) (stop func(), err error) {
+	stopMetrics := func() {}
 	if m.metricsAddr != "" {
-		stop, err := serveMetrics(m.metricsAddr, metrics, root, log)
+		stopMetrics, err = serveMetrics(m.metricsAddr, metrics, root, log)
 		if err != nil {
-			return fail(exitUsage, "--metrics-addr %s: %v", m.metricsAddr, err)
-		}
-		defer stop()
-	}
-	if p := os.Getenv("KMSFS_CPUPROFILE"); p != "" {
-		// A developer aid for profiling (bench/README): not a flag,
-		// since no user needs it.
-		if f, err := os.Create(p); err == nil {
-			pprof.StartCPUProfile(f)
-			defer func() { pprof.StopCPUProfile(); f.Close() }()
+			return nil, fail(exitUsage, "--metrics-addr %s: %v", m.metricsAddr, err)
 		}
 	}
-	if p := os.Getenv("KMSFS_TRACE"); p != "" {
-		// The same for an execution trace (go tool trace): where
-		// requests wait for the scheduler.
-		if f, err := os.Create(p); err == nil {
-			trace.Start(f)
-			defer func() { trace.Stop(); f.Close() }()
-		}
+	stopProfiles, err := startProfiles(m.cpuProfile, m.trace)
+	if err != nil {
+		stopMetrics()
+		return nil, err
 	}
+	return func() { stopProfiles(); stopMetrics() }, nil
+}
+
+// serve mounts root at mountpoint, calls mounted once the kernel has the
+// mount, and answers requests until it is unmounted (kmsfs unmount, umount,
+// or SIGINT/SIGTERM, which unmount it); then it calls what mounted returned.
+func serve(root *kfs.Root, mountpoint string, m mountFlags, log *slog.Logger, mounted func() (unmounted func())) error {
 	srv, err := kfs.Mount(mountpoint, root, kfs.MountOptions{AllowOther: m.allowOther, Debug: m.debugFUSE})
 	if err != nil {
 		return mountError(mountpoint, err)
@@ -214,90 +211,13 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 			unmountRetry(srv.Unmount, mountpoint, log)
 		}
 	}()
-	log.Info("mounted", "cipherdir", cipherDir, "mountpoint", mountpoint, "volume", cfg.VolumeID, "locked_key_memory", keyring.LockedMemory())
-	fmt.Fprintf(stdout, "kmsfs: mounted %s on %s\n", cipherDir, mountpoint)
-	if f, ok := stdout.(*os.File); ok {
-		f.Sync()
-	}
-	if reportReady() && m.logFile == "" {
-		// Daemonized: the caller's stderr may go away; log to syslog.
-		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "kmsfs"); err == nil {
-			logOut.set(w)
-			defer w.Close()
-		} else {
-			logOut.set(io.Discard)
-		}
-	}
-	if os.Getenv(daemonChildEnv) != "" {
-		detachStdio()
-	}
+	unmounted := mounted()
+	defer unmounted()
 	srv.Wait()
 	signal.Stop(sigs)
 	close(sigs)
 	log.Info("unmounted", "mountpoint", mountpoint)
 	return nil
-}
-
-// unmountRetry unmounts; while files are open (EBUSY) it retries for ten
-// seconds, then detaches the mount lazily so the process can finish once
-// the last file is closed.
-func unmountRetry(unmount func() error, mountpoint string, log *slog.Logger) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := unmount()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			log.Warn("mountpoint still busy: detaching it; kmsfs exits when the last open file is closed", "mountpoint", mountpoint, "err", err.Error())
-			if err := unix.Unmount(mountpoint, unix.MNT_DETACH); err != nil {
-				exec.Command("fusermount3", "-u", "-z", mountpoint).Run()
-			}
-			return
-		}
-		log.Info("mountpoint busy, retrying unmount", "mountpoint", mountpoint, "err", err.Error())
-		time.Sleep(time.Second)
-	}
-}
-
-// hardenProcess keeps key material out of core dumps and swap: no core
-// dumps, not ptrace-attachable by other users, files created with exactly
-// the modes the kernel passes.
-func hardenProcess(log *slog.Logger) {
-	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
-		log.Warn("cannot disable core dumps", "err", err.Error())
-	}
-	unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{})
-	dumpable, _ := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
-	log.Debug("process hardened", "dumpable", dumpable)
-	unix.Umask(0)
-	if !keyring.LockedMemory() {
-		log.Info("key memory cannot be mlocked (RLIMIT_MEMLOCK); keys may reach swap")
-	}
-}
-
-// setProcs gives the mount process half of the CPUs it may use (at least
-// one), unless GOMAXPROCS is set in the environment. Every FUSE request
-// has an application thread waiting for it, and each request is a short
-// burst of work between two blocking reads of /dev/fuse. With a P for
-// every CPU the mount is much slower on small machines; the likely cause
-// (measured, not proven) is the scheduler waking threads to look for work
-// on the idle Ps, which take the CPUs the applications need. Measured on 2
-// vCPUs (tmpfs, same run, bench/README.md): 4 KiB random reads 23-26k ->
-// 37k IOPS, untar of 30k files 14.2-14.4 s -> 7.8-8.4 s, creating 10k
-// files 2.2-2.3 s -> 1.4-1.5 s; sequential reads lose (1.6 -> 1.3 GB/s),
-// since decryption then runs on one core. It returns the Ps it set (lo)
-// and the ones it may take back during a burst of keyring calls (hi; see
-// procBoost); both are the environment's GOMAXPROCS if that is set.
-func setProcs(log *slog.Logger) (lo, hi int) {
-	hi = runtime.GOMAXPROCS(0)
-	if os.Getenv("GOMAXPROCS") != "" {
-		return hi, hi
-	}
-	lo = max(1, hi/2)
-	runtime.GOMAXPROCS(lo)
-	log.Debug("scheduler", "gomaxprocs", lo, "cpus", runtime.NumCPU())
-	return lo, hi
 }
 
 // loadVolume opens CIPHERDIR and checks its config.
@@ -321,142 +241,4 @@ func loadVolume(cipherDir string) (*volume.Volume, error) {
 		return nil, fail(exitVolume, "%s: %v", cipherDir, err)
 	}
 	return vol, nil
-}
-
-// checkMountpoint wants an existing directory that is not already a mount
-// point (a second kmsfs on top of a first is almost always a mistake).
-func checkMountpoint(mountpoint string) error {
-	st, err := os.Stat(mountpoint)
-	if err != nil {
-		return fail(exitMount, "mountpoint %s does not exist: create it with mkdir", mountpoint)
-	}
-	if !st.IsDir() {
-		return fail(exitMount, "mountpoint %s is not a directory", mountpoint)
-	}
-	mounted, err := isMountpoint(mountpoint)
-	if err == nil && mounted {
-		return fail(exitMount, "%s is already a mount point: unmount it first (kmsfs unmount %s)", mountpoint, mountpoint)
-	}
-	return nil
-}
-
-// isMountpoint looks mountpoint up in /proc/self/mountinfo.
-func isMountpoint(mountpoint string) (bool, error) {
-	if real, err := filepath.EvalSymlinks(mountpoint); err == nil {
-		mountpoint = real
-	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == mountpoint {
-			return true, nil
-		}
-	}
-	return false, sc.Err()
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for space) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func mountError(mountpoint string, err error) error {
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "fusermount"):
-		return fail(exitMount, "mount %s: %v: install fuse3 (apt-get install fuse3), or run as root", mountpoint, err)
-	case strings.Contains(msg, "/dev/fuse"):
-		return fail(exitMount, "mount %s: %v: this machine has no usable /dev/fuse (load the fuse module, or give the container the device)", mountpoint, err)
-	}
-	return fail(exitMount, "mount %s: %v", mountpoint, err)
-}
-
-// daemonize runs this command again without -d in a new session and waits
-// until the child reports the mount ready (or exits).
-func daemonize(stdout io.Writer) error {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(exe, os.Args[1:]...)
-	cmd.Env = append(os.Environ(), readyEnv+"=3", daemonChildEnv+"=1")
-	cmd.ExtraFiles = []*os.File{w}
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fail(exitMount, "start the mount process: %v", err)
-	}
-	w.Close()
-	line, _ := bufio.NewReader(r).ReadString('\n')
-	r.Close()
-	if strings.HasPrefix(line, "ok ") {
-		fmt.Fprintln(stdout, strings.TrimPrefix(strings.TrimSpace(line), "ok "))
-		cmd.Process.Release()
-		return nil
-	}
-	err = cmd.Wait()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		// The child already said why on stderr.
-		os.Exit(ee.ExitCode())
-	}
-	return fail(exitMount, "the mount process ended without mounting")
-}
-
-// daemonChildEnv marks the process daemonize started.
-const daemonChildEnv = "KMSFS_DAEMON_CHILD"
-
-// reportReady tells a waiting daemonize parent that the mount is up, and
-// reports whether there was one.
-func reportReady() bool {
-	fdStr := os.Getenv(readyEnv)
-	if fdStr == "" {
-		return false
-	}
-	fd, err := strconv.Atoi(fdStr)
-	if err != nil {
-		return false
-	}
-	f := os.NewFile(uintptr(fd), "ready")
-	fmt.Fprintln(f, "ok kmsfs: mounted")
-	f.Close()
-	os.Unsetenv(readyEnv)
-	return true
-}
-
-// detachStdio points stdin, stdout and stderr at /dev/null, so the daemon
-// holds no pipe or terminal of whoever started it.
-func detachStdio() {
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-	if err != nil {
-		return
-	}
-	for _, fd := range []int{0, 1, 2} {
-		unix.Dup2(int(devnull.Fd()), fd)
-	}
-	devnull.Close()
 }

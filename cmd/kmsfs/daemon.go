@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/syslog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Daemonizing: kmsfs mount -d starts itself again without a terminal and
+// waits until that child has mounted (or failed), so the exit status says
+// whether the mount is up.
+
+// readyEnv names the descriptor a daemonized child reports readiness on.
+const readyEnv = "KMSFS_READY_FD"
+
+// daemonChildEnv marks the process daemonize started.
+const daemonChildEnv = "KMSFS_DAEMON_CHILD"
+
+// daemonize runs this command again without -d in a new session and waits
+// until the child reports the mount ready (or exits).
+func daemonize(stdout io.Writer) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), readyEnv+"=3", daemonChildEnv+"=1")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fail(exitMount, "start the mount process: %v", err)
+	}
+	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	r.Close()
+	if strings.HasPrefix(line, "ok ") {
+		fmt.Fprintln(stdout, strings.TrimPrefix(strings.TrimSpace(line), "ok "))
+		cmd.Process.Release()
+		return nil
+	}
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		// The child already said why on stderr.
+		os.Exit(ee.ExitCode())
+	}
+	return fail(exitMount, "the mount process ended without mounting")
+}
+
+// reportReady tells a waiting daemonize parent that the mount is up, and
+// reports whether there was one.
+func reportReady() bool {
+	fdStr := os.Getenv(readyEnv)
+	if fdStr == "" {
+		return false
+	}
+	fd, err := strconv.Atoi(fdStr)
+	if err != nil {
+		return false
+	}
+	f := os.NewFile(uintptr(fd), "ready")
+	fmt.Fprintln(f, "ok kmsfs: mounted")
+	f.Close()
+	os.Unsetenv(readyEnv)
+	return true
+}
+
+// detachStdio points stdin, stdout and stderr at /dev/null, so the daemon
+// holds no pipe or terminal of whoever started it.
+func detachStdio() {
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	for _, fd := range []int{0, 1, 2} {
+		unix.Dup2(int(devnull.Fd()), fd)
+	}
+	devnull.Close()
+}
+
+// daemonReady finishes daemonizing once the mount is up: it tells the
+// waiting parent, moves the log to syslog unless it goes to a --log-file
+// (the parent's stderr may go away), and lets go of the parent's stdio.
+// It returns what closes the syslog writer. Outside a daemonized child it
+// does nothing.
+func daemonReady(logOut *swapWriter, logFile string) (closeLog func()) {
+	closeLog = func() {}
+	if reportReady() && logFile == "" {
+		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "kmsfs"); err == nil {
+			logOut.set(w)
+			closeLog = func() { w.Close() }
+		} else {
+			logOut.set(io.Discard)
+		}
+	}
+	if os.Getenv(daemonChildEnv) != "" {
+		detachStdio()
+	}
+	return closeLog
+}
+
+// swapWriter lets a daemon move its log off the terminal it was started
+// from once it is mounted.
+type swapWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *swapWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func (s *swapWriter) set(w io.Writer) {
+	s.mu.Lock()
+	s.w = w
+	s.mu.Unlock()
+}
