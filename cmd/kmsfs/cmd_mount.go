@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kmsfs/kmsfs/blockcipher"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/volume"
@@ -22,7 +23,7 @@ type mountFlags struct {
 	readOnly, allowOther, daemon, debugFUSE bool
 	trustConfig                             bool
 	endpoint, region, localKey, logLevel    string
-	keyCacheTTL                             time.Duration
+	keyCacheTTL, branchKeyTTL               time.Duration
 	keyPool                                 int
 	prefetchKeys                            bool
 	metricsAddr, logFile                    string
@@ -40,7 +41,8 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.StringVar(&m.logFile, "log-file", "", "append the log to `FILE` instead of stderr (with -d, the default is syslog)")
 	fl.BoolVar(&m.daemon, "daemon", false, "detach once the mount is ready; the exit status says whether it mounted")
 	fl.BoolVar(&m.daemon, "d", false, "short for --daemon")
-	fl.IntVar(&m.keyPool, "key-pool", 64, "data keys for new files generated ahead in the background (0: generate on create)")
+	fl.IntVar(&m.keyPool, "key-pool", 64, "data keys for new files generated ahead in the background (0: generate on create); not used with branch keys")
+	fl.DurationVar(&m.branchKeyTTL, "branch-key-ttl", 15*time.Minute, "with branch keys: wipe an unwrapped branch key this long after its unwrap, and unwrap it again when next needed")
 	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files ahead of their opens (for backup tools; keys unused for 30s are wiped)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
@@ -56,6 +58,9 @@ func (m *mountFlags) check() error {
 	}
 	if m.keyPool < 0 {
 		return fail(exitUsage, "--key-pool %d: want 0 (off) or a positive number of keys", m.keyPool)
+	}
+	if m.branchKeyTTL <= 0 {
+		return fail(exitUsage, "--branch-key-ttl %v: want a positive duration", m.branchKeyTTL)
 	}
 	return nil
 }
@@ -88,7 +93,7 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 		out.set(f)
 	}
 	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
-	return mount(pos[0], pos[1], m, log, stdout, out)
+	return mount(pos[0], pos[1], m, fl, log, stdout, out)
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -102,7 +107,7 @@ func parseLevel(s string) (slog.Level, error) {
 // mount checks the volume, the mountpoint and the trusted copy of the
 // config, builds the keyring chain and the filesystem, and serves it until
 // it is unmounted.
-func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout io.Writer, logOut *swapWriter) error {
+func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *slog.Logger, stdout io.Writer, logOut *swapWriter) error {
 	setupProcess(log)
 	cipherDir, err := filepath.Abs(cipherDir)
 	if err != nil {
@@ -125,18 +130,26 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	if err != nil {
 		return err
 	}
+	if cfg.Branch() {
+		m.keyPool = 0 // a new file's key costs no key service call
+	} else if flagSet(fl, "branch-key-ttl") {
+		return fail(exitUsage, "--branch-key-ttl: this volume has no branch keys")
+	}
+	keys, err := assembleKeyring(vol, kr, m)
+	if err != nil {
+		return err
+	}
+	defer keys.stop()
 	if !m.readOnly {
 		// A wrong or unusable key fails the mount now, in one line,
 		// rather than every later create.
-		if _, err := roundTrip(ctx, kr, []keyring.Keyring{kr}, cfg.VolumeID); err != nil {
+		if err := keys.prove(ctx, vol); err != nil {
 			return err
 		}
 	}
-	kr, metrics, stopCache := wrapKeyring(kr, m.keyCacheTTL)
-	defer stopCache()
 	root, err := kfs.NewRoot(kfs.Options{
 		Volume:       vol,
-		Keyring:      kr,
+		Keyring:      keys.kr,
 		Logger:       log,
 		ReadOnly:     m.readOnly,
 		KeyPool:      m.keyPool,
@@ -146,7 +159,7 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 		return fail(exitVolume, "%v", err)
 	}
 	defer root.Close()
-	stopAids, err := startAids(m, metrics, root, log)
+	stopAids, err := startAids(m, keys, root, log)
 	if err != nil {
 		return err
 	}
@@ -161,24 +174,67 @@ func mount(cipherDir, mountpoint string, m mountFlags, log *slog.Logger, stdout 
 	})
 }
 
-// wrapKeyring puts the key cache (if cacheTTL > 0) and the metrics around
-// kr; stop stops the cache.
-func wrapKeyring(kr keyring.Keyring, cacheTTL time.Duration) (_ keyring.Keyring, _ *keyring.Metrics, stop func()) {
-	stop = func() {}
-	if cacheTTL > 0 {
-		cache := keyring.NewCache(kr, cacheTTL)
-		kr, stop = cache, cache.Close
+// mountKeys is the keyring chain of a mount, from the file system down:
+// the key cache (if asked for), the branch keyring (a branch-key volume),
+// the metrics, and the volume's own keyrings.
+type mountKeys struct {
+	kr      keyring.Keyring       // what the file system calls
+	metrics *keyring.Metrics      // counts the calls that reach the key service
+	branch  *volume.BranchKeyring // nil for a per-file volume
+	inner   keyring.Keyring       // the volume's keyrings
+	stops   []func()
+}
+
+// assembleKeyring builds the chain over inner, the volume's keyrings.
+func assembleKeyring(vol *volume.Volume, inner keyring.Keyring, m mountFlags) (*mountKeys, error) {
+	k := &mountKeys{inner: inner, metrics: keyring.NewMetrics(inner)}
+	k.kr = k.metrics
+	if vol.Config.Branch() {
+		bk, err := volume.NewBranchKeyring(vol, k.metrics, m.branchKeyTTL)
+		if err != nil {
+			return nil, err
+		}
+		k.branch, k.kr = bk, bk
+		k.stops = append(k.stops, bk.Close)
 	}
-	metrics := keyring.NewMetrics(kr)
-	return metrics, metrics, stop
+	if m.keyCacheTTL > 0 {
+		cache := keyring.NewCache(k.kr, m.keyCacheTTL)
+		k.kr = cache
+		k.stops = append(k.stops, cache.Close)
+	}
+	return k, nil
+}
+
+// stop wipes what the chain holds.
+func (k *mountKeys) stop() {
+	for i := len(k.stops) - 1; i >= 0; i-- {
+		k.stops[i]()
+	}
+}
+
+// prove makes the keyring calls a writable mount needs to work, so that a
+// wrong or unusable key fails the mount in one line: a per-file volume's
+// round trip (roundTrip); in a branch-key volume, the active branch key
+// (one call: its unwrap, or the making of a new one).
+func (k *mountKeys) prove(ctx context.Context, vol *volume.Volume) error {
+	if k.branch == nil {
+		_, err := roundTrip(ctx, k.inner, []keyring.Keyring{k.inner}, vol.IDHex)
+		return err
+	}
+	dk, _, err := k.branch.GenerateDataKey(ctx, vol.FileContext(blockcipher.NewID()))
+	if err != nil {
+		return keyError("loading the active branch key", err)
+	}
+	dk.Wipe()
+	return nil
 }
 
 // startAids starts the metrics server and the debugging aids that were
 // asked for, and returns what stops them.
-func startAids(m mountFlags, metrics *keyring.Metrics, root *kfs.Root, log *slog.Logger) (stop func(), err error) {
+func startAids(m mountFlags, keys *mountKeys, root *kfs.Root, log *slog.Logger) (stop func(), err error) {
 	stopMetrics := func() {}
 	if m.metricsAddr != "" {
-		stopMetrics, err = serveMetrics(m.metricsAddr, metrics, root, log)
+		stopMetrics, err = serveMetrics(m.metricsAddr, keys, root, log)
 		if err != nil {
 			return nil, fail(exitUsage, "--metrics-addr %s: %v", m.metricsAddr, err)
 		}

@@ -14,7 +14,7 @@ import (
 
 // serveMetrics serves /metrics in the Prometheus text format: keyring calls,
 // errors and latency, and the filesystem's live key count.
-func serveMetrics(addr string, m *keyring.Metrics, root *kfs.Root, log *slog.Logger) (stop func(), err error) {
+func serveMetrics(addr string, keys *mountKeys, root *kfs.Root, log *slog.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -22,7 +22,19 @@ func serveMetrics(addr string, m *keyring.Metrics, root *kfs.Root, log *slog.Log
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		m.WritePrometheus(w)
+		keys.metrics.WritePrometheus(w)
+		if keys.branch != nil {
+			b := keys.branch.Stats()
+			fmt.Fprintln(w, "# HELP kmsfs_branch_key_unwraps_total Branch keys unwrapped by the key service.")
+			fmt.Fprintln(w, "# TYPE kmsfs_branch_key_unwraps_total counter")
+			fmt.Fprintf(w, "kmsfs_branch_key_unwraps_total %d\n", b.Unwraps)
+			fmt.Fprintln(w, "# HELP kmsfs_branch_keys_created_total Branch keys made.")
+			fmt.Fprintln(w, "# TYPE kmsfs_branch_keys_created_total counter")
+			fmt.Fprintf(w, "kmsfs_branch_keys_created_total %d\n", b.Creates)
+			fmt.Fprintln(w, "# HELP kmsfs_branch_keys_held Branch keys unwrapped in memory.")
+			fmt.Fprintln(w, "# TYPE kmsfs_branch_keys_held gauge")
+			fmt.Fprintf(w, "kmsfs_branch_keys_held %d\n", b.Held)
+		}
 		fmt.Fprintln(w, "# HELP kmsfs_live_keys Data keys held in memory: by open files, the key pool, prefetching and the key cache.")
 		fmt.Fprintln(w, "# TYPE kmsfs_live_keys gauge")
 		fmt.Fprintf(w, "kmsfs_live_keys %d\n", keyring.LiveKeys())
