@@ -48,6 +48,9 @@ type cliConfig struct {
 	HeaderSize    int             `json:"header_size"`
 	Keyrings      []cliKeyringCfg `json:"keyrings"`
 	Features      []string        `json:"features"`
+	// Version 2:
+	KeyMode           string `json:"key_mode"`
+	BranchKeyRotation string `json:"branch_key_rotation"`
 }
 
 type cliKeyringCfg struct {
@@ -81,8 +84,11 @@ func cliReadConfig(t *testing.T, dir string) cliConfig {
 	if dec.More() {
 		t.Fatalf("kmsfs.json has trailing data:\n%s", b)
 	}
-	if c.FormatVersion != 1 {
-		t.Errorf("format_version = %d, want 1", c.FormatVersion)
+	switch {
+	case c.FormatVersion == 1 && c.KeyMode == "" && c.BranchKeyRotation == "":
+	case c.FormatVersion == 2 && c.KeyMode == "branch" && c.BranchKeyRotation != "":
+	default:
+		t.Errorf("format_version %d, key_mode %q, branch_key_rotation %q: want version 1 without them, or 2 with branch keys", c.FormatVersion, c.KeyMode, c.BranchKeyRotation)
 	}
 	if !cliHex32.MatchString(c.VolumeID) {
 		t.Errorf("volume_id = %q, want 32 lowercase hex digits", c.VolumeID)

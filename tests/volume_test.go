@@ -1,13 +1,14 @@
 package tests
 
-// A frozen version-1 volume (docs/FORMAT.md, "Golden files"): made once by
-// an earlier kmsfs and committed, it must mount and read back unchanged
-// with every later kmsfs, as gocryptfs's tests/example_filesystems do.
+// Frozen volumes (docs/FORMAT.md, "Golden files"): made once by an
+// earlier kmsfs and committed, each must mount and read back unchanged
+// with every later kmsfs, as gocryptfs's tests/example_filesystems do:
+// testdata/volume-v1 (format version 1, a per-file volume) and
+// testdata/volume-v2-branch (format version 2, branch keys).
 //
-// Regenerate only with a deliberate format change (which also bumps the
-// version and keeps the old volume readable):
+// Never regenerate a committed one; a new format version adds a new one:
 //
-//	go test ./tests -run TestFrozenVolume -update-volume
+//	go test ./tests -run TestFrozenVolume -update-volume=volume-v2-branch
 
 import (
 	"bufio"
@@ -29,12 +30,26 @@ import (
 	"testing"
 )
 
-var updateVolume = flag.Bool("update-volume", false, "regenerate tests/testdata/volume-v1 (a format change only)")
+var updateVolume = flag.String("update-volume", "", "generate the frozen volume of this name in tests/testdata (a new format version only)")
+
+// frozenVolume is one committed volume: testdata/NAME, its local key
+// NAME.key and its manifest NAME.sha256.
+type frozenVolume struct {
+	name      string
+	version   int
+	initFlags []string
+}
+
+var frozenVolumes = []frozenVolume{
+	{name: "volume-v1", version: 1},
+	{name: "volume-v2-branch", version: 2, initFlags: []string{"--branch-keys"}},
+}
+
+func (f frozenVolume) dir() string      { return "testdata/" + f.name }
+func (f frozenVolume) key() string      { return "testdata/" + f.name + ".key" }
+func (f frozenVolume) manifest() string { return "testdata/" + f.name + ".sha256" }
 
 const (
-	frozenDir      = "testdata/volume-v1"
-	frozenKey      = "testdata/volume-v1.key"
-	frozenManifest = "testdata/volume-v1.sha256"
 
 	// The sparse file: data, a hole of whole blocks, data (block size 4096).
 	frozenSparseHead = 64 << 10  // bytes 0 .. 64 KiB
@@ -77,20 +92,28 @@ func frozenContents() map[string][]byte {
 }
 
 func TestFrozenVolume(t *testing.T) {
-	if *updateVolume {
-		frozenGenerate(t)
+	for _, fv := range frozenVolumes {
+		t.Run(fv.name, func(t *testing.T) {
+			if *updateVolume == fv.name {
+				frozenGenerate(t, fv)
+			}
+			frozenCheck(t, fv)
+		})
 	}
-	manifest := frozenReadManifest(t)
+}
+
+func frozenCheck(t *testing.T, fv frozenVolume) {
+	manifest := frozenReadManifest(t, fv)
 
 	// The committed volume is never mounted itself: a copy is.
-	cipher := frozenCopy(t)
-	keyFile := filepath.Join(t.TempDir(), "volume-v1.key")
-	if err := os.WriteFile(keyFile, readFile(t, frozenKey), 0o600); err != nil {
+	cipher := frozenCopy(t, fv)
+	keyFile := filepath.Join(t.TempDir(), fv.name+".key")
+	if err := os.WriteFile(keyFile, readFile(t, fv.key()), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c := cliReadConfig(t, cipher)
-	if c.FormatVersion != 1 || c.BlockSize != 4096 || len(c.Keyrings) != 1 || c.Keyrings[0].Kind != "local" {
-		t.Fatalf("frozen config: %+v, want a version 1 local-key volume with 4096-byte blocks", c)
+	if c.FormatVersion != fv.version || c.BlockSize != 4096 || len(c.Keyrings) != 1 || c.Keyrings[0].Kind != "local" {
+		t.Fatalf("frozen config: %+v, want a version %d local-key volume with 4096-byte blocks", c, fv.version)
 	}
 	frozenCheckHoles(t, cipher, c.HeaderSize, c.BlockSize)
 
@@ -103,8 +126,14 @@ func TestFrozenVolume(t *testing.T) {
 		t.Errorf("cipher file of never-written: %v, want 0 bytes", err)
 	}
 
+	// A machine that has never seen the volume: its files attest its
+	// config, which the mount says at WARN.
 	v := &volume{Dir: cipher, Env: []string{"XDG_CONFIG_HOME=" + t.TempDir()}}
 	m := mountVolume(t, v, "--local-key", keyFile)
+	m.AllowWarnings = true
+	if w := warnLine.FindAllString(m.log.String(), -1); len(w) != 1 || !strings.Contains(w[0], "first mount of this volume here") {
+		t.Errorf("warnings: %q, want the first-use one alone", w)
+	}
 
 	// The tree is exactly the manifest, the directory and the symlink.
 	var got []string
@@ -174,11 +203,11 @@ func TestFrozenVolume(t *testing.T) {
 
 // frozenCopy copies the frozen volume to a temporary directory (cp -a, so
 // symlinks stay symlinks) and restores the hard link git drops.
-func frozenCopy(t *testing.T) string {
+func frozenCopy(t *testing.T, fv frozenVolume) string {
 	t.Helper()
 	dst := filepath.Join(t.TempDir(), "cipher")
-	if out, err := exec.Command("cp", "-a", frozenDir, dst).CombinedOutput(); err != nil {
-		t.Fatalf("cp -a %s: %v: %s", frozenDir, err, out)
+	if out, err := exec.Command("cp", "-a", fv.dir(), dst).CombinedOutput(); err != nil {
+		t.Fatalf("cp -a %s: %v: %s", fv.dir(), err, out)
 	}
 	link, orig := filepath.Join(dst, frozenHardLink[0]), filepath.Join(dst, frozenHardLink[1])
 	var a, b syscall.Stat_t
@@ -228,8 +257,9 @@ func frozenCheckHoles(t *testing.T, cipher string, headerSize, blockSize int) {
 	}
 }
 
-func frozenReadManifest(t *testing.T) map[string]string {
+func frozenReadManifest(t *testing.T, fv frozenVolume) map[string]string {
 	t.Helper()
+	frozenManifest := fv.manifest()
 	f, err := os.Open(frozenManifest)
 	if err != nil {
 		t.Fatalf("%v (generate the frozen volume with -update-volume)", err)
@@ -255,10 +285,11 @@ func frozenReadManifest(t *testing.T) map[string]string {
 
 // frozenGenerate makes the frozen volume through a real mount and replaces
 // testdata with it.
-func frozenGenerate(t *testing.T) {
+func frozenGenerate(t *testing.T, fv frozenVolume) {
+	frozenDir, frozenKey, frozenManifest := fv.dir(), fv.key(), fv.manifest()
 	base := t.TempDir()
-	keyFile := filepath.Join(base, "volume-v1.key")
-	v := newVolumeIn(t, base, nil, "--local-key", keyFile)
+	keyFile := filepath.Join(base, fv.name+".key")
+	v := newVolumeIn(t, base, nil, append([]string{"--local-key", keyFile}, fv.initFlags...)...)
 	m := mountVolume(t, v)
 	contents := frozenContents()
 	for _, d := range frozenDirectories {
