@@ -31,6 +31,11 @@ const (
 	attrTimeout  = time.Second
 )
 
+// maxInflight bounds the FUSE requests served at once (see Mount). The
+// kernel queues the others. 8 readers and the key pool's creates need a
+// fraction of it.
+const maxInflight = 256
+
 // Mount mounts r at mountpoint and returns the serving FUSE server. As root
 // it mounts directly (no fusermount3 needed); otherwise through
 // fusermount3.
@@ -86,8 +91,15 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 			// takes any non-nil ReadResult as success whatever errno
 			// comes with it, so file.Read returns nil with every error.
 			DisableSplice: true,
-			Debug:         mo.Debug,
-			Logger:        logger,
+			// At most maxInflight requests are read from the kernel and
+			// served at once: each holds a goroutine and, while it waits
+			// in a syscall, a thread. Unbounded, a pattern that makes
+			// requests wait on each other (the mount reached again
+			// through itself, say by a bind mount into CIPHERDIR) had the
+			// daemon spawn threads until the Go runtime died of it.
+			MaxInflightRequestBytes: maxInflight * (1<<20 + 64<<10),
+			Debug:                   mo.Debug,
+			Logger:                  logger,
 		},
 		Logger: logger,
 	}

@@ -100,7 +100,7 @@ func TestMountErrors(t *testing.T) {
 		{"missing key file", []string{"--local-key", filepath.Join(base, "lost.key"), v.Dir, mnt}, cliExitKey, []string{"does not exist"}, v.Dir},
 		{"missing mountpoint", []string{v.Dir, filepath.Join(base, "nomnt")}, cliExitMount, []string{"does not exist", "mkdir"}, v.Dir},
 		{"mountpoint is a file", []string{v.Dir, notDir}, cliExitMount, []string{"not a directory"}, v.Dir},
-		{"format version 2", []string{future("2"), mnt}, cliExitVolume, []string{"version 2", "not supported"}, ""},
+		{"format version 3", []string{future("3"), mnt}, cliExitVolume, []string{"version 3", "not supported"}, ""},
 		{"format version 999", []string{future("999"), mnt}, cliExitVolume, []string{"version 999", "not supported"}, ""},
 		{"format version 0", []string{future("0"), mnt}, cliExitVolume, []string{"version 0", "not supported"}, ""},
 		{"no arguments", []string{v.Dir}, cliExitUsage, []string{"MOUNTPOINT"}, ""},

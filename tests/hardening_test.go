@@ -136,3 +136,114 @@ func TestOutOfRangeOffsets(t *testing.T) {
 		t.Errorf("SEEK_DATA at -1: %v, want ENXIO or EINVAL", err)
 	}
 }
+
+// TestMountpointRefusals: a mountpoint that is CIPHERDIR, inside it, or
+// above it is refused (a mount inside its own CIPHERDIR serves itself
+// back, and a find of it once ran the machine out of threads); so is a
+// directory that is not empty, unless --nonempty.
+func TestMountpointRefusals(t *testing.T) {
+	requireFUSE(t)
+	v := newVolume(t, nil)
+	inner := filepath.Join(v.Dir, "inner")
+	if err := os.Mkdir(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	full := t.TempDir()
+	writeFile(t, filepath.Join(full, "hidden"), []byte("x"))
+	for _, c := range []struct{ mnt, want string }{
+		{v.Dir, "is CIPHERDIR itself"},
+		{inner, "is inside CIPHERDIR"},
+		{filepath.Dir(v.Dir), "contains CIPHERDIR"},
+		{full, "is not empty"},
+	} {
+		_, errOut, code := mountRefused(t, v.Env, v.Dir, c.mnt)
+		if code != cliExitMount || !strings.Contains(errOut, c.want) {
+			t.Errorf("mount on %s: exit %d, %q; want %d and %q", c.mnt, code, errOut, cliExitMount, c.want)
+		}
+	}
+	// Asked for, a non-empty mountpoint is mounted over.
+	if _, errOut, code := run(t, v.Env, "mount", "-d", "--nonempty", "--log-file", filepath.Join(t.TempDir(), "log"), v.Dir, full); code != 0 {
+		t.Fatalf("mount --nonempty: exit %d: %s", code, errOut)
+	}
+	_, err := os.Stat(filepath.Join(full, "hidden"))
+	run(t, nil, "unmount", full)
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the file under the mount: %v, want it hidden", err)
+	}
+}
+
+// TestUnmountOnlyKmsfs: kmsfs unmount leaves a mount that is not kmsfs's
+// alone (as root it once unmounted a tmpfs).
+func TestUnmountOnlyKmsfs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("none", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount a tmpfs: %v", err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	_, errOut, code := run(t, nil, "unmount", dir)
+	if code == 0 || !strings.Contains(errOut, "not a kmsfs one") {
+		t.Errorf("kmsfs unmount of a tmpfs: exit %d, %q", code, errOut)
+	}
+	if !cliMounted(t, dir) {
+		t.Error("the tmpfs was unmounted")
+	}
+}
+
+// TestStaleMount: after the mount process is killed, a new mount on the
+// same mountpoint says it is a stale kmsfs mount and what to do, kmsfs
+// unmount cleans it up, and the next mount works.
+func TestStaleMount(t *testing.T) {
+	v := newVolume(t, nil)
+	m := mountVolume(t, v)
+	m.AllowWarnings = true
+	writeFile(t, m.path("f"), []byte("kept"))
+	m.cmd.Process.Kill()
+	<-m.done
+	_, errOut, code := mountRefused(t, v.Env, v.Dir, m.Dir)
+	if code != cliExitMount || !strings.Contains(errOut, "stale") || !strings.Contains(errOut, "kmsfs unmount") {
+		t.Errorf("mount on a dead mount: exit %d, %q; want %d, naming a stale mount and kmsfs unmount", code, errOut, cliExitMount)
+	}
+	if _, errOut, code := run(t, nil, "unmount", m.Dir); code != 0 {
+		t.Fatalf("kmsfs unmount of a dead mount: exit %d: %s", code, errOut)
+	}
+	m2 := mountVolume(t, v)
+	if got := readFile(t, m2.path("f")); string(got) != "kept" {
+		t.Errorf("after the clean-up: %q", got)
+	}
+}
+
+// TestDaemonLog: a detached mount without --log-file logs to syslog, or,
+// on a machine without one (no /dev/log, as in most containers), to a file
+// it names, rather than dropping every line.
+func TestDaemonLog(t *testing.T) {
+	requireFUSE(t)
+	v := newVolume(t, nil)
+	mnt := t.TempDir()
+	state := t.TempDir()
+	env := append(append([]string(nil), v.Env...), "XDG_STATE_HOME="+state)
+	out, errOut, code := run(t, env, "mount", "-d", "--log-level", "debug", v.Dir, mnt)
+	if code != 0 {
+		t.Fatalf("mount -d: exit %d: %s", code, errOut)
+	}
+	defer run(t, nil, "unmount", mnt)
+	_, err := os.Stat("/dev/log")
+	syslogHere := err == nil
+	logged := strings.Contains(out, "logging to "+state)
+	if syslogHere == logged {
+		t.Fatalf("syslog here: %v; stdout: %q", syslogHere, out)
+	}
+	if !syslogHere {
+		writeFile(t, filepath.Join(mnt, "f"), []byte("x"))
+		ents, _ := os.ReadDir(filepath.Join(state, "kmsfs"))
+		if len(ents) != 1 {
+			t.Fatalf("log files: %v", ents)
+		}
+		pollUntil(t, 10*time.Second, "the log file to get the mount's lines", func() bool {
+			b, _ := os.ReadFile(filepath.Join(state, "kmsfs", ents[0].Name()))
+			return strings.Contains(string(b), "msg=mounted")
+		})
+	}
+}

@@ -21,7 +21,7 @@ import (
 
 type mountFlags struct {
 	readOnly, allowOther, daemon, debugFUSE bool
-	trustConfig                             bool
+	trustConfig, nonempty                   bool
 	endpoint, region, localKey, logLevel    string
 	keyCacheTTL, branchKeyTTL               time.Duration
 	keyPool                                 int
@@ -48,6 +48,7 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
 	fl.StringVar(&m.trace, "debug-trace", "", "debugging aid: write an execution trace of the mount process to `FILE` until it unmounts (go tool trace)")
+	fl.BoolVar(&m.nonempty, "nonempty", false, "mount over a mountpoint that is not empty, hiding its files")
 	fl.BoolVar(&m.trustConfig, "trust-config", false, "trust CIPHERDIR/kmsfs.json as it is now, though it differs from the copy this machine trusts (after you changed it yourself)")
 }
 
@@ -81,7 +82,7 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if m.daemon && os.Getenv(readyEnv) == "" {
-		return daemonize(stdout)
+		return daemonize(stdout, m.logFile, pos[1])
 	}
 	out := &swapWriter{w: stderr}
 	if m.logFile != "" {
@@ -121,7 +122,7 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		return err
 	}
 	cfg := vol.Config
-	if err := checkMountpoint(mountpoint); err != nil {
+	if err := checkMountpoint(mountpoint, cipherDir, m.nonempty); err != nil {
 		return err
 	}
 	// Only once this machine trusts the config: see trust.go.

@@ -20,8 +20,14 @@ func cmdUnmount(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if mounted, err := isMountpoint(mnt); err == nil && !mounted {
+	fstype, err := mountType(mnt)
+	switch {
+	case err != nil:
+		return fail(exitUnmount, "read the mount table: %v", err)
+	case fstype == "":
 		return fail(exitUnmount, "%s is not mounted", mnt)
+	case fstype != "fuse.kmsfs":
+		return fail(exitUnmount, "%s is a %s mount, not a kmsfs one: kmsfs unmount leaves it alone", mnt, fstype)
 	}
 	if os.Geteuid() == 0 {
 		if err := unix.Unmount(mnt, 0); err != nil {

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"log/syslog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,8 +29,11 @@ const readyEnv = "KMSFS_READY_FD"
 const daemonChildEnv = "KMSFS_DAEMON_CHILD"
 
 // daemonize runs this command again without -d in a new session and waits
-// until the child reports the mount ready (or exits).
-func daemonize(stdout io.Writer) error {
+// until the child reports the mount ready (or exits). Without --log-file
+// the child logs to syslog; on a machine with none (most containers have
+// no /dev/log) it logs to a file instead, which daemonize names, rather
+// than dropping every line, tamper warnings included.
+func daemonize(stdout io.Writer, logFile, mountpoint string) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
@@ -37,7 +42,15 @@ func daemonize(stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(exe, os.Args[1:]...)
+	args, fallback := os.Args[1:], ""
+	if logFile == "" && !haveSyslog() {
+		path, err := fallbackLog(mountpoint)
+		if err != nil {
+			return fail(exitUsage, "-d: this machine has no syslog (/dev/log), and %v: give --log-file FILE", err)
+		}
+		args, fallback = append([]string{args[0], "--log-file", path}, args[1:]...), path
+	}
+	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), readyEnv+"=3", daemonChildEnv+"=1")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stderr = os.Stderr
@@ -50,6 +63,9 @@ func daemonize(stdout io.Writer) error {
 	r.Close()
 	if strings.HasPrefix(line, "ok ") {
 		fmt.Fprintln(stdout, strings.TrimPrefix(strings.TrimSpace(line), "ok "))
+		if fallback != "" {
+			fmt.Fprintf(stdout, "kmsfs: no syslog on this machine: logging to %s\n", fallback)
+		}
 		cmd.Process.Release()
 		return nil
 	}
@@ -60,6 +76,44 @@ func daemonize(stdout io.Writer) error {
 		os.Exit(ee.ExitCode())
 	}
 	return fail(exitMount, "the mount process ended without mounting")
+}
+
+// haveSyslog reports whether the syslog daemon takes messages here.
+func haveSyslog() bool {
+	w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "kmsfs")
+	if err != nil {
+		return false
+	}
+	w.Close()
+	return true
+}
+
+// fallbackLog is the log file of a daemonized mount on a machine without
+// syslog: $XDG_STATE_HOME/kmsfs, else ~/.local/state/kmsfs, else, for root
+// without a home, /var/log/kmsfs; named after the mountpoint.
+func fallbackLog(mountpoint string) (string, error) {
+	dir := os.Getenv("XDG_STATE_HOME")
+	if !filepath.IsAbs(dir) {
+		dir = ""
+		if home, err := os.UserHomeDir(); err == nil {
+			dir = filepath.Join(home, ".local", "state")
+		} else if os.Geteuid() == 0 {
+			dir = "/var/log"
+		}
+	}
+	if dir == "" {
+		return "", errors.New("no home directory for a log file")
+	}
+	dir = filepath.Join(dir, "kmsfs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return filepath.Join(dir, fmt.Sprintf("mount-%s-%x.log", filepath.Base(abs), sum[:4])), nil
 }
 
 // reportReady tells a waiting daemonize parent that the mount is up, and

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -12,9 +13,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// checkMountpoint wants an existing directory that is not already a mount
-// point (a second kmsfs on top of a first is almost always a mistake).
-func checkMountpoint(mountpoint string) error {
+// checkMountpoint wants an existing, empty directory that is not already
+// a mount point (a second kmsfs on top of a first is almost always a
+// mistake), and neither CIPHERDIR nor inside or above it: a mount inside
+// its own CIPHERDIR serves its own mount back to itself, and a walk of it
+// (find) recursed until the machine ran out of threads.
+func checkMountpoint(mountpoint, cipherDir string, nonempty bool) error {
+	if fstype, _ := mountType(mountpoint); fstype != "" {
+		if _, err := os.Stat(mountpoint); errors.Is(err, unix.ENOTCONN) {
+			return fail(exitMount, "%s is a stale %s mount (its process is gone): run kmsfs unmount %s, then mount again", mountpoint, fstype, mountpoint)
+		}
+		return fail(exitMount, "%s is already a mount point (%s): unmount it first (kmsfs unmount %s)", mountpoint, fstype, mountpoint)
+	}
 	st, err := os.Stat(mountpoint)
 	if err != nil {
 		return fail(exitMount, "mountpoint %s does not exist: create it with mkdir", mountpoint)
@@ -22,23 +32,66 @@ func checkMountpoint(mountpoint string) error {
 	if !st.IsDir() {
 		return fail(exitMount, "mountpoint %s is not a directory", mountpoint)
 	}
-	mounted, err := isMountpoint(mountpoint)
-	if err == nil && mounted {
-		return fail(exitMount, "%s is already a mount point: unmount it first (kmsfs unmount %s)", mountpoint, mountpoint)
+	if err := checkApart(mountpoint, cipherDir); err != nil {
+		return err
+	}
+	if !nonempty {
+		d, err := os.Open(mountpoint)
+		if err != nil {
+			return fail(exitMount, "mountpoint %s: %v", mountpoint, err)
+		}
+		names, _ := d.Readdirnames(1)
+		d.Close()
+		if len(names) > 0 {
+			return fail(exitMount, "mountpoint %s is not empty: the mount would hide its files; use an empty directory, or --nonempty if that is what you want", mountpoint)
+		}
 	}
 	return nil
 }
 
-// isMountpoint reports whether mountpoint, its symlinks resolved where
-// they resolve, is a mount point in /proc/self/mountinfo. It only reads
-// that table: unlike mountinfo.Mounted it never stats the path, which can
-// hang on a FUSE mount whose daemon is stuck.
+// checkApart refuses a mountpoint that is CIPHERDIR, inside it, or above
+// it, however either is named (symlinks resolved).
+func checkApart(mountpoint, cipherDir string) error {
+	m, err := filepath.EvalSymlinks(mountpoint)
+	if err != nil {
+		return fail(exitMount, "mountpoint %s: %v", mountpoint, err)
+	}
+	c, err := filepath.EvalSymlinks(cipherDir)
+	if err != nil {
+		return fail(exitVolume, "CIPHERDIR %s: %v", cipherDir, err)
+	}
+	within := func(a, b string) bool { return a == b || strings.HasPrefix(a, b+"/") || b == "/" }
+	switch {
+	case m == c:
+		return fail(exitMount, "mountpoint %s is CIPHERDIR itself: mount the plaintext view somewhere else", mountpoint)
+	case within(m, c):
+		return fail(exitMount, "mountpoint %s is inside CIPHERDIR %s: the mount would serve itself; mount it outside", mountpoint, cipherDir)
+	case within(c, m):
+		return fail(exitMount, "mountpoint %s contains CIPHERDIR %s: the mount would hide its own files; mount it elsewhere", mountpoint, cipherDir)
+	}
+	return nil
+}
+
+// isMountpoint reports whether mountpoint is a mount point.
 func isMountpoint(mountpoint string) (bool, error) {
+	t, err := mountType(mountpoint)
+	return t != "", err
+}
+
+// mountType returns the filesystem type of the mount at mountpoint (its
+// symlinks resolved where they resolve), or "" if none is there. It only
+// reads /proc/self/mountinfo: unlike mountinfo.Mounted it never stats the
+// path, which can hang on a FUSE mount whose daemon is stuck, or fail on
+// one whose daemon died.
+func mountType(mountpoint string) (string, error) {
 	if real, err := filepath.EvalSymlinks(mountpoint); err == nil {
 		mountpoint = real
 	}
 	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(mountpoint))
-	return len(mounts) > 0, err
+	if err != nil || len(mounts) == 0 {
+		return "", err
+	}
+	return mounts[len(mounts)-1].FSType, nil
 }
 
 // mountError turns a failed mount into one line that says what to do.
