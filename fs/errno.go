@@ -76,7 +76,7 @@ func (r *Root) logErrno(err error, serious map[syscall.Errno]bool, op, path stri
 		level = slog.LevelDebug
 	}
 	ctx := context.Background()
-	if level == slog.LevelWarn && r.warned.repeat(path, e, attrs) {
+	if level == slog.LevelWarn && r.warned.repeat(path, e, err, attrs) {
 		// Said already: a damaged block is read again by readahead,
 		// by the application's retry, by the next reader.
 		level = slog.LevelDebug
@@ -88,9 +88,10 @@ func (r *Root) logErrno(err error, serious map[syscall.Errno]bool, op, path stri
 	return e
 }
 
-// warnLimiter lets one warning through per file, errno and block (when
-// the failure names one) per warnWindow, so one cat of a damaged file
-// logs one line, not one per read of the block. Safe for concurrent use.
+// warnLimiter lets one warning through per file, errno, reason and block
+// (when the failure names one) per warnWindow, so one cat of a damaged
+// file logs one line, not one per read of the block. Safe for concurrent
+// use.
 type warnLimiter struct {
 	mu   sync.Mutex
 	seen map[string]time.Time // guarded by mu
@@ -103,8 +104,8 @@ const (
 
 // repeat reports whether a warning with this key was let through within
 // warnWindow, and records it otherwise.
-func (w *warnLimiter) repeat(path string, e syscall.Errno, attrs []any) bool {
-	key := path + "\x00" + e.Error()
+func (w *warnLimiter) repeat(path string, e syscall.Errno, err error, attrs []any) bool {
+	key := path + "\x00" + e.Error() + "\x00" + err.Error()
 	for i := 0; i+1 < len(attrs); i += 2 {
 		if attrs[i] == "block" {
 			key += "\x00" + fmt.Sprint(attrs[i+1])

@@ -118,6 +118,13 @@ func trustedKeyring(ctx context.Context, vol *volume.Volume, accept bool, ov key
 		return nil, err
 	}
 	if t.same {
+		if t.missing {
+			// Trusted here under another name (a new path to the same
+			// CIPHERDIR): remember this one too.
+			if canon, err := volume.ConfigBytes(vol.Config); err == nil {
+				keepTrusted(t.paths, canon)
+			}
+		}
 		return kr, nil
 	}
 	attestedBy := ""
@@ -143,8 +150,9 @@ func trustedKeyring(ctx context.Context, vol *volume.Volume, accept bool, ov key
 
 // trust is what lookupTrust found.
 type trust struct {
-	paths []string // where the trusted copies are (or go)
-	same  bool     // every copy exists and means the same config
+	paths   []string // where the trusted copies are (or go)
+	same    bool     // a copy exists, and every copy that exists means the same config
+	missing bool     // some of the copies do not exist
 }
 
 // lookupTrust compares vol's config with the copies this machine trusts,
@@ -161,13 +169,15 @@ func lookupTrust(vol *volume.Volume, accept bool) (trust, error) {
 	if err != nil {
 		return trust{}, err
 	}
-	t := trust{paths: paths, same: true}
+	t := trust{paths: paths}
+	found, differs := false, false
 	for _, p := range paths {
 		old, err := os.ReadFile(p)
 		if errors.Is(err, os.ErrNotExist) {
-			t.same = false
+			t.missing = true
 			continue
 		}
+		found = true
 		if err != nil {
 			return trust{}, fail(exitVolume, "read the trusted copy of %s: %v", name, err)
 		}
@@ -176,11 +186,12 @@ func lookupTrust(vol *volume.Volume, accept bool) (trust, error) {
 				continue
 			}
 		}
-		t.same = false
+		differs = true
 		if !accept {
 			return trust{}, fail(exitVolume, "%s differs from the copy of it this machine trusts (%s): %s. Whoever can write CIPHERDIR can change it to be sent the keys of new files, so kmsfs does not mount it. If you changed it yourself, mount once with --trust-config", name, p, configChange(old, vol.Config))
 		}
 	}
+	t.same = found && !differs
 	return t, nil
 }
 
