@@ -122,7 +122,7 @@ func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
 		l := &keyLoad{done: make(chan struct{})}
 		st.loading = l
 		n.mu.Unlock()
-		k, err := n.r.loadKey(fd)
+		k, err := n.r.loadKey(fd, n.readaheadHint)
 		if err == nil && k != nil {
 			n.settleOnOpen(st, fd, k.c)
 		}
@@ -141,6 +141,19 @@ func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
 	}
 	n.mu.Unlock()
 	return st, nil
+}
+
+// readaheadHint tells key readahead that n's key is about to be
+// unwrapped: a cold open, perhaps one of a scan.
+func (n *node) readaheadHint() {
+	if n.r.ra == nil {
+		return
+	}
+	if name, parent := n.Parent(); parent != nil {
+		if pn, ok := parent.Operations().(*node); ok {
+			n.r.ra.coldOpen(pn, name)
+		}
+	}
 }
 
 // settleOnOpen finishes a rewrite a crash interrupted before the file's

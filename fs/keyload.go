@@ -23,11 +23,15 @@ func (r *Root) readHeader(fd int) (*blockcipher.Header, error) {
 
 // loadKey reads the header of the file open at fd, unwraps its data key
 // with one keyring call and checks the header against it. A file without
-// a header yields (nil, nil).
-func (r *Root) loadKey(fd int) (*fileKey, error) {
+// a header yields (nil, nil). before, if not nil, runs once a header is
+// found, before the keyring call.
+func (r *Root) loadKey(fd int, before func()) (*fileKey, error) {
 	h, err := r.readHeader(fd)
 	if err != nil || h == nil {
 		return nil, err
+	}
+	if before != nil {
+		before()
 	}
 	return r.openHeader(h)
 }
@@ -135,7 +139,7 @@ func (f *file) ensureKey() error {
 	if st.key != nil {
 		return nil
 	}
-	k, err := f.n.r.loadKey(f.fd)
+	k, err := f.n.r.loadKey(f.fd, nil)
 	if err != nil || k == nil {
 		return err
 	}

@@ -31,8 +31,11 @@ type Options struct {
 	// time in the background (0: none; every create waits for the keyring).
 	KeyPool int
 	// PrefetchKeys unwraps the keys of a listed directory's files ahead of
-	// their opens (prefetch.go).
+	// their opens (prefetch.go): eager, for backup tools.
 	PrefetchKeys bool
+	// KeyReadahead unwraps the keys of the files a scan of a directory
+	// will open next, once it sees one (readahead.go).
+	KeyReadahead bool
 }
 
 // Root is the shared state of one mount: the volume, the backing
@@ -47,7 +50,8 @@ type Root struct {
 	layout  blockcipher.Layout
 	log     *slog.Logger
 	pool    *keyPool       // nil when Options.KeyPool is 0
-	ahead   *keyring.Ahead // nil unless Options.PrefetchKeys
+	ahead   *keyring.Ahead // nil unless Options.PrefetchKeys or KeyReadahead
+	ra      *readahead     // nil unless Options.KeyReadahead
 	root    *node
 	stats   stats
 	warned  warnLimiter
@@ -92,9 +96,12 @@ func NewRoot(opts Options) (*Root, error) {
 	if opts.KeyPool > 0 && !opts.ReadOnly {
 		r.pool = newKeyPool(r, opts.KeyPool)
 	}
-	if opts.PrefetchKeys {
+	if opts.PrefetchKeys || opts.KeyReadahead {
 		r.ahead = newAhead(opts.Keyring)
 		r.keyring = r.ahead
+	}
+	if opts.KeyReadahead && !opts.PrefetchKeys {
+		r.ra = &readahead{r: r}
 	}
 	return r, nil
 }

@@ -148,18 +148,29 @@ func (a *Ahead) take(ctx context.Context, k [32]byte) *DataKey {
 }
 
 // Decrypt hands out the key prefetched for wrapped under ec, or unwraps it
-// with the inner keyring.
+// with the inner keyring. While it does, a prefetch of the same entries
+// finds its unwrap in flight and makes none of its own.
 func (a *Ahead) Decrypt(ctx context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
 	k := cacheKey(wrapped, ec)
 	if dk := a.take(ctx, k); dk != nil {
 		return dk, nil
 	}
-	dk, err := a.inner.Decrypt(ctx, wrapped, ec)
-	if err == nil {
-		a.mu.Lock()
-		a.taken[k] = time.Now()
-		a.mu.Unlock()
+	a.mu.Lock()
+	mine := &aheadEntry{done: make(chan struct{})} // holds no key: a marker
+	if _, busy := a.entries[k]; !busy && !a.closed {
+		a.entries[k] = mine
 	}
+	a.mu.Unlock()
+	dk, err := a.inner.Decrypt(ctx, wrapped, ec)
+	a.mu.Lock()
+	if a.entries[k] == mine {
+		delete(a.entries, k)
+	}
+	if err == nil {
+		a.taken[k] = time.Now()
+	}
+	close(mine.done)
+	a.mu.Unlock()
 	return dk, err
 }
 

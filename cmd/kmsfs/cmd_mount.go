@@ -25,7 +25,7 @@ type mountFlags struct {
 	endpoint, region, localKey, logLevel    string
 	keyCacheTTL, branchKeyTTL               time.Duration
 	keyPool                                 int
-	prefetchKeys                            bool
+	prefetchKeys, keyReadahead              bool
 	metricsAddr, logFile                    string
 	cpuProfile, trace                       string // debugging aids (debug.go)
 }
@@ -43,7 +43,8 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.BoolVar(&m.daemon, "d", false, "short for --daemon")
 	fl.IntVar(&m.keyPool, "key-pool", 64, "data keys for new files generated ahead in the background (0: generate on create); not used with branch keys")
 	fl.DurationVar(&m.branchKeyTTL, "branch-key-ttl", 15*time.Minute, "with branch keys: wipe an unwrapped branch key this long after its unwrap, and unwrap it again when next needed")
-	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files ahead of their opens (for backup tools; keys unused for 30s are wiped)")
+	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files as it is listed, ahead of their opens (eager, for backup tools; keys unused for 30s are wiped)")
+	fl.BoolVar(&m.keyReadahead, "key-readahead", true, "when files of a directory are opened one after the other, unwrap the next ones' keys ahead (--key-readahead=false: off)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
@@ -132,7 +133,8 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		return err
 	}
 	if cfg.Branch() {
-		m.keyPool = 0 // a new file's key costs no key service call
+		// A new file's key and a first open cost no key service call.
+		m.keyPool, m.prefetchKeys, m.keyReadahead = 0, false, false
 	} else if flagSet(fl, "branch-key-ttl") {
 		return fail(exitUsage, "--branch-key-ttl: this volume has no branch keys")
 	}
@@ -155,6 +157,7 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		ReadOnly:     m.readOnly,
 		KeyPool:      m.keyPool,
 		PrefetchKeys: m.prefetchKeys,
+		KeyReadahead: m.keyReadahead,
 	})
 	if err != nil {
 		return fail(exitVolume, "%v", err)

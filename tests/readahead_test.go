@@ -1,0 +1,146 @@
+package tests
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/keyring/kmstest"
+)
+
+// Key readahead (per-file volumes, on by default), counted at the KMS
+// proxy: listing, stat and find cost no Decrypt; a serial reader of a
+// directory, in listing order or in name order, costs at most one Decrypt
+// per file read plus one window of keys it did not use (64); a tree
+// listed twice before it is read (as restic does) no more.
+func TestKeyReadahead(t *testing.T) {
+	env := newKMSEnv(t)
+	const n = 150
+	k := env.mount(t)
+	for _, d := range []string{"a", "b", "c"} {
+		if err := os.Mkdir(k.path(d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			writeFile(t, k.path(d, fmt.Sprintf("f%03d", i)), patterned(i, 200))
+		}
+	}
+	if err := k.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	const window = 64
+
+	k = env.mount(t, "--read-only")
+	env.proxy.Reset()
+	for _, d := range []string{"a", "b", "c"} {
+		ents, err := os.ReadDir(k.path(d))
+		if err != nil || len(ents) != n {
+			t.Fatalf("ls %s: %d, %v", d, len(ents), err)
+		}
+		for _, e := range ents {
+			if _, err := e.Info(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if c := env.proxy.Count("Decrypt"); c != 0 {
+		t.Errorf("listing and stat of %d files: %d Decrypt, want 0", 3*n, c)
+	}
+
+	read := func(d string, names []string) {
+		t.Helper()
+		for _, name := range names {
+			var i int
+			fmt.Sscanf(name, "f%03d", &i)
+			if got := readFile(t, k.path(d, name)); !bytes.Equal(got, patterned(i, 200)) {
+				t.Fatalf("%s/%s differs", d, name)
+			}
+		}
+	}
+	listed := func(d string) []string {
+		ents, _ := os.ReadDir(k.path(d)) // ReadDir sorts; the kernel's order is getdents'
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	dirOrder := func(d string) []string {
+		f, err := os.Open(k.path(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		names, err := f.Readdirnames(-1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+
+	// In the order the directory lists them (find -exec cat {} +).
+	env.proxy.Reset()
+	read("a", dirOrder("a"))
+	checkReadahead(t, env.proxy, "a serial read in listing order", n, window)
+
+	// In name order, after two listings (restic lists twice and sorts).
+	dirOrder("b")
+	names := listed("b")
+	slices.Sort(names)
+	env.proxy.Reset()
+	read("b", names)
+	checkReadahead(t, env.proxy, "a serial read in name order after two listings", n, window)
+
+	// Random order: no scan, no readahead, one Decrypt per file.
+	names = dirOrder("c")
+	rng := []int{7, 3, 120, 55, 1, 99, 42, 13, 140, 77}
+	var pick []string
+	for _, i := range rng {
+		pick = append(pick, names[i])
+	}
+	env.proxy.Reset()
+	read("c", pick)
+	if c := env.proxy.Count("Decrypt"); c != len(pick) {
+		t.Errorf("%d reads in no order: %d Decrypt, want %d", len(pick), c, len(pick))
+	}
+}
+
+func checkReadahead(t *testing.T, p *kmstest.Proxy, what string, files, window int) {
+	t.Helper()
+	c := p.Count("Decrypt")
+	t.Logf("%s of %d files: %d Decrypt", what, files, c)
+	if c < files || c > files+window {
+		t.Errorf("%s of %d files: %d Decrypt, want %d to %d", what, files, c, files, files+window)
+	}
+}
+
+// TestPrefetchKeysOnce: with --prefetch-keys, listing a directory twice
+// unwraps each key once.
+func TestPrefetchKeysOnce(t *testing.T) {
+	env := newKMSEnv(t)
+	const n = 100
+	k := env.mount(t)
+	for i := range n {
+		writeFile(t, k.path(fmt.Sprintf("f%03d", i)), patterned(i, 100))
+	}
+	if err := k.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	k = env.mount(t, "--prefetch-keys", "--read-only")
+	env.proxy.Reset()
+	for range 2 {
+		if _, err := os.ReadDir(k.Dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		if got := readFile(t, k.path(fmt.Sprintf("f%03d", i))); !bytes.Equal(got, patterned(i, 100)) {
+			t.Fatalf("f%03d differs", i)
+		}
+	}
+	if c := env.proxy.Count("Decrypt"); c != n {
+		t.Errorf("two listings and a read of %d files with --prefetch-keys: %d Decrypt, want %d", n, c, n)
+	}
+}
