@@ -105,7 +105,7 @@ func keysTestRoot(t *testing.T, dir string, kr keyring.Keyring, vol [blockcipher
 		dir = t.TempDir()
 	}
 	cfg := &volume.Config{
-		FormatVersion: volume.ConfigVersion,
+		FormatVersion: volume.ConfigVersion1,
 		VolumeID:      hex.EncodeToString(vol[:]),
 		BlockSize:     blockSize,
 		HeaderSize:    headerSize,

@@ -39,7 +39,7 @@ func testVolume(t testing.TB, blockSize int) (*volume.Volume, *keyring.Local) {
 	kr := testLocalKey(t)
 	vid := blockcipher.NewID()
 	cfg := &volume.Config{
-		FormatVersion: volume.ConfigVersion,
+		FormatVersion: volume.ConfigVersion1,
 		VolumeID:      hex.EncodeToString(vid[:]),
 		BlockSize:     blockSize,
 		HeaderSize:    512,

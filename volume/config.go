@@ -28,7 +28,6 @@ const ConfigName = "kmsfs.json"
 const (
 	ConfigVersion1 = 1
 	ConfigVersion2 = 2 // adds key_mode and branch_key_rotation
-	ConfigVersion  = ConfigVersion2
 )
 
 // Key modes (docs/FORMAT.md, "Key modes").
