@@ -8,6 +8,7 @@ type stats struct {
 	decrypts   atomic.Int64 // Decrypt calls made
 	liveKeys   atomic.Int64 // data keys held by open files
 	prefetched atomic.Int64 // data keys unwrapped ahead of an open
+	stale      atomic.Int64 // uses of a node refused with ESTALE: its stored file was replaced
 }
 
 // Stats is a snapshot of a Root's counters.
