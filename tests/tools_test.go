@@ -59,8 +59,8 @@ func toolErr(dir string, env []string, stdin, name string, args ...string) (stri
 // sizes around block edges and up to 700 KiB, empty files, odd modes
 // (set-uid, set-gid, sticky, 0000, read-only directories), hard links,
 // symlinks (relative, absolute, dangling, long), a FIFO (named *.pipe),
-// foreign owners, user xattrs, nanosecond mtimes, odd names; plus, when
-// present, a bounded part of /usr/share/doc (a real tree).
+// foreign owners, user xattrs, nanosecond mtimes, odd names; plus a "doc"
+// tree of about docBytes of text (genTextTree).
 func genTree(t testing.TB, dir string, seed uint64, nfiles int, docBytes int64) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 0x74726565))
@@ -139,9 +139,7 @@ func genTree(t testing.TB, dir string, seed uint64, nfiles int, docBytes int64) 
 	must(unix.Setxattr(filepath.Join(dir, files[6]), "user.empty", nil, 0))
 	must(unix.Setxattr(filepath.Join(dir, dirs[4]), "user.kmsfs.dir", []byte("dir xattr"), 0))
 
-	if fi, err := os.Stat("/usr/share/doc"); err == nil && fi.IsDir() {
-		copyDocSubset(t, filepath.Join(dir, "doc"), docBytes)
-	}
+	genTextTree(t, filepath.Join(dir, "doc"), rng, docBytes)
 
 	// Directory modes and all mtimes last, deepest first.
 	var all []string
@@ -165,35 +163,70 @@ func genTree(t testing.TB, dir string, seed uint64, nfiles int, docBytes int64) 
 	}
 }
 
-// copyDocSubset copies whole package directories of /usr/share/doc, in
-// name order, until about limit bytes.
-func copyDocSubset(t testing.TB, dst string, limit int64) {
+// genTextTree writes about limit bytes of text under dst, as a package's
+// documentation tree looks: directories nested up to four deep, many small
+// files, some empty, a few large ones (up to 256 KiB), lines of words
+// that compress as prose does. The same rng state gives the same tree on
+// every machine.
+func genTextTree(t testing.TB, dst string, rng *rand.Rand, limit int64) {
 	t.Helper()
-	ents, err := os.ReadDir("/usr/share/doc")
-	if err != nil {
-		t.Fatal(err)
+	words := strings.Fields(`the of and a to in is that for it as with was on be by this are or
+		file key block header volume mount encrypted data read write open close sync rename
+		directory kernel fuse cipher plain page cache size offset error copyright license
+		changelog version release fixed bug upstream debian package install configure`)
+	text := func(size int) []byte {
+		var b bytes.Buffer
+		for b.Len() < size {
+			n := 4 + rng.IntN(12)
+			for i := range n {
+				if i > 0 {
+					b.WriteByte(' ')
+				}
+				b.WriteString(words[rng.IntN(len(words))])
+			}
+			b.WriteString(".\n")
+			if rng.IntN(8) == 0 {
+				b.WriteByte('\n')
+			}
+		}
+		return b.Bytes()[:size]
 	}
+	dirs := []string{dst}
 	if err := os.Mkdir(dst, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	var total int64
-	for _, e := range ents {
-		src := filepath.Join("/usr/share/doc", e.Name())
-		var size int64
-		filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
-			if err == nil && fi.Mode().IsRegular() {
-				size += fi.Size()
+	for i := 0; total < limit; i++ {
+		if i%6 == 0 {
+			parent := dirs[rng.IntN(len(dirs))]
+			if strings.Count(strings.TrimPrefix(parent, dst), "/") < 4 {
+				d := filepath.Join(parent, fmt.Sprintf("pkg%02d", i/6))
+				if err := os.Mkdir(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				dirs = append(dirs, d)
 			}
-			return nil
-		})
-		if total+size > limit {
-			continue
 		}
-		total += size
-		tool(t, "", nil, "cp", "-a", src, dst)
-		if total > limit*9/10 {
-			break
+		var size int
+		switch x := rng.IntN(100); {
+		case i%10 == 5 || x < 5:
+			size = 0
+		case i == 2:
+			size = 256 << 10
+		case x < 70:
+			size = rng.IntN(3000)
+		case x < 95:
+			size = 3000 + rng.IntN(40<<10)
+		default:
+			size = 64<<10 + rng.IntN(192<<10)
 		}
+		size = int(min(int64(size), limit-total))
+		name := []string{"README", "copyright", "changelog", "NEWS", "TODO", "notes.txt", "index.html"}[rng.IntN(7)]
+		p := filepath.Join(dirs[rng.IntN(len(dirs))], fmt.Sprintf("%s.%d", name, i))
+		if err := os.WriteFile(p, text(size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		total += int64(size)
 	}
 }
 
