@@ -22,6 +22,7 @@ import (
 // key B has one backing key to one where it has two, as a real key does
 // when KMS rotates it.
 func TestKeyStateRotatedKey(t *testing.T) {
+	t.Parallel()
 	before := kmstest.StartBeforeRotation(t)
 	base := t.TempDir()
 	v := newVolumeIn(t, base, append(before.Env(), "XDG_CONFIG_HOME="+filepath.Join(base, "config")), "--kms-key", kmstest.KeyBARN, "--kms-endpoint", before.Endpoint())
@@ -54,6 +55,7 @@ func TestKeyStateRotatedKey(t *testing.T) {
 // access give EACCES on open, one warning naming the file and the reason,
 // and leave every stored byte as it was.
 func TestKeyStateRefusals(t *testing.T) {
+	t.Parallel()
 	srv := kmstest.Start(t)
 	proxy := kmstest.NewProxy(t, srv.Endpoint())
 	base := t.TempDir()
@@ -125,6 +127,7 @@ func storedDigest(t *testing.T, dir string) string {
 // SDK's per-attempt timeout), and metadata makes none. Counted at the
 // proxy, not timed: on a loaded machine a time says little.
 func TestKMSAddedLatency(t *testing.T) {
+	t.Parallel()
 	for _, lat := range []time.Duration{10 * time.Millisecond, 200 * time.Millisecond} {
 		t.Run(lat.String(), func(t *testing.T) {
 			srv := kmstest.Start(t)

@@ -184,6 +184,7 @@ func errnoFrom(err error) syscall.Errno {
 }
 
 func TestKMSCallCounts(t *testing.T) {
+	t.Parallel()
 	env := newKMSEnv(t)
 	env.proxy.Reset()
 	k := env.mount(t, "--key-pool", "0")
@@ -418,6 +419,7 @@ func TestKMSCallCounts(t *testing.T) {
 // key each, pooled or not: n creates and a refill make n + pool keys, never
 // more. All of it is counted (proxy and metrics), not timed.
 func TestKMSKeyPool(t *testing.T) {
+	t.Parallel()
 	const pool = 4
 	env := newKMSEnv(t)
 	env.proxy.Reset()
@@ -481,6 +483,7 @@ func TestKMSKeyPool(t *testing.T) {
 // several at once; opens that waited for each other would never overlap
 // there (MaxInFlight 1), however fast or slow the machine.
 func TestKMSParallelFirstOpens(t *testing.T) {
+	t.Parallel()
 	const n = 8
 	const latency = 300 * time.Millisecond
 	env := newKMSEnv(t)
@@ -522,6 +525,7 @@ func TestKMSParallelFirstOpens(t *testing.T) {
 }
 
 func TestKMSMetrics(t *testing.T) {
+	t.Parallel()
 	env := newKMSEnv(t)
 	k := env.mount(t, "--key-pool", "0")
 	k.AllowWarnings = true // one injected failure below

@@ -19,6 +19,7 @@ import (
 // mounts. A change made on purpose is accepted once with --trust-config,
 // and from then on mounts without it.
 func TestMountRefusesChangedConfig(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	var calls atomic.Int64
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -117,6 +118,7 @@ func TestMountRefusesChangedConfig(t *testing.T) {
 // TestFirstMountTrustsConfig: a volume init'ed elsewhere (no trusted copy
 // here) mounts, and its config is trusted from then on.
 func TestFirstMountTrustsConfig(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	v := newVolume(t, nil)
 	xdg := ""

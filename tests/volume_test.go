@@ -77,6 +77,7 @@ func frozenContents() map[string][]byte {
 }
 
 func TestFrozenVolume(t *testing.T) {
+	t.Parallel()
 	if *updateVolume {
 		frozenGenerate(t)
 	}
