@@ -434,39 +434,41 @@ func TestAWSKMSUnreachable(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
 	ec := fileContext("0000000000000000000000000000000e")
-	// Each attempt gets callTimeout/3. The attempt counts below are the
-	// test's claim; the time bound only tells "the budget ended the
-	// call" (about callTimeout) from "the call waited the fault out"
-	// (a black hole never answers, the latency fault lasts an hour), so
-	// it is 10 times the budget: a loaded machine under -race stays
-	// inside it.
-	const callTimeout = 1500 * time.Millisecond
-	const bound = 10 * callTimeout
+	// Each attempt gets a third of the call's budget. Faults that are
+	// answered at once get a budget they never reach (10 s an attempt):
+	// their claim is the attempt count, and a short attempt timeout on a
+	// loaded machine would cut attempts off before the proxy counts
+	// them. Faults that never answer (a black hole, an hour of latency)
+	// end by the budget, 3 s: the claim is that it is spent on more than
+	// one attempt, and that the call ends then, not when the fault does;
+	// the time bound is 10 times the budget, far inside the fault.
+	const answered, silent = 30 * time.Second, 3 * time.Second
 
 	// A port nobody listens on: connections are refused at once, so the
 	// retries are quick.
 	closedPort := kmstest.ClosedEndpoint(t)
 
 	for _, tc := range []struct {
-		name  string
-		fault kmstest.Fault
+		name   string
+		fault  kmstest.Fault
+		budget time.Duration
 		// attempts the proxy must see; -1: a closed port, no proxy.
 		minCount, maxCount int
 	}{
-		{name: "closed port", minCount: -1, maxCount: -1},
+		{name: "closed port", budget: answered, minCount: -1, maxCount: -1},
 		// Each attempt times out after CallTimeout/MaxAttempts.
-		{name: "black hole", fault: kmstest.Fault{Blackhole: true}, minCount: 2, maxCount: 3},
-		{name: "dropped connections", fault: kmstest.Fault{Drop: true}, minCount: 3, maxCount: 3},
-		{name: "outage", fault: kmstest.Fault{Outage: true}, minCount: 0, maxCount: 0},
-		{name: "HTTP 503", fault: kmstest.Fault{Status: 503}, minCount: 3, maxCount: 3},
-		{name: "KMSInternalException", fault: kmstest.Fault{ErrorCode: "KMSInternalException", Status: 500}, minCount: 3, maxCount: 3},
-		{name: "DependencyTimeoutException", fault: kmstest.Fault{ErrorCode: "DependencyTimeoutException", Status: 503}, minCount: 3, maxCount: 3},
-		{name: "latency beyond the budget", fault: kmstest.Fault{Latency: time.Hour}, minCount: 2, maxCount: 3},
+		{name: "black hole", fault: kmstest.Fault{Blackhole: true}, budget: silent, minCount: 2, maxCount: 3},
+		{name: "dropped connections", fault: kmstest.Fault{Drop: true}, budget: answered, minCount: 3, maxCount: 3},
+		{name: "outage", fault: kmstest.Fault{Outage: true}, budget: answered, minCount: 0, maxCount: 0},
+		{name: "HTTP 503", fault: kmstest.Fault{Status: 503}, budget: answered, minCount: 3, maxCount: 3},
+		{name: "KMSInternalException", fault: kmstest.Fault{ErrorCode: "KMSInternalException", Status: 500}, budget: answered, minCount: 3, maxCount: 3},
+		{name: "DependencyTimeoutException", fault: kmstest.Fault{ErrorCode: "DependencyTimeoutException", Status: 503}, budget: answered, minCount: 3, maxCount: 3},
+		{name: "latency beyond the budget", fault: kmstest.Fault{Latency: time.Hour}, budget: silent, minCount: 2, maxCount: 3},
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
 			t.Parallel()
 			cfg := srv.Config(kmstest.KeyAARN)
-			cfg.CallTimeout = callTimeout
+			cfg.CallTimeout = tc.budget
 			var p *kmstest.Proxy
 			if tc.minCount < 0 {
 				cfg.Endpoint = closedPort
@@ -483,8 +485,8 @@ func TestAWSKMSUnreachable(t *testing.T) {
 			if !errors.Is(err, keyring.ErrUnreachable) {
 				t.Fatalf("GenerateDataKey: %v, want ErrUnreachable", err)
 			}
-			if elapsed > bound {
-				t.Errorf("failed after %v, want about %v (the call budget), surely under %v", elapsed, callTimeout, bound)
+			if bound := 10 * tc.budget; elapsed > bound {
+				t.Errorf("failed after %v, want within the call budget %v, surely under %v", elapsed, tc.budget, bound)
 			}
 			if p != nil {
 				if n := p.Count("GenerateDataKey"); n < tc.minCount || n > tc.maxCount {
