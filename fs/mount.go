@@ -20,6 +20,11 @@ type MountOptions struct {
 	AllowOther bool
 	// Debug logs every FUSE request.
 	Debug bool
+
+	// testOnlyEntryTimeout, when a test sets it, replaces entryTimeout:
+	// a test that needs the kernel to keep a name cached across its steps
+	// must not depend on how fast the machine runs them.
+	testOnlyEntryTimeout time.Duration
 }
 
 // Timeouts for the kernel's caches of attributes and names. One second is
@@ -41,6 +46,9 @@ const maxInflight = 256
 // fusermount3.
 func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 	et, at := entryTimeout, attrTimeout
+	if mo.testOnlyEntryTimeout > 0 {
+		et = mo.testOnlyEntryTimeout
+	}
 	logger := slog.NewLogLogger(r.log.Handler(), slog.LevelInfo)
 	opts := []string{"default_permissions"}
 	if r.opts.ReadOnly {

@@ -79,6 +79,12 @@ func (w *warnRecorder) Write(p []byte) (int, error) {
 // fails the test if anything was logged as a warning.
 func mountInProcess(t testing.TB, opts Options) (string, *Root) {
 	t.Helper()
+	return mountInProcessWith(t, opts, MountOptions{})
+}
+
+// mountInProcessWith is mountInProcess with the kernel-facing options mo.
+func mountInProcessWith(t testing.TB, opts Options, mo MountOptions) (string, *Root) {
+	t.Helper()
 	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil {
 		if os.Getenv("KMSFS_REQUIRE_FUSE") == "1" {
 			t.Fatalf("/dev/fuse is not usable: %v", err)
@@ -104,7 +110,7 @@ func mountInProcess(t testing.TB, opts Options) (string, *Root) {
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := Mount(mnt, root, MountOptions{})
+	srv, err := Mount(mnt, root, mo)
 	if err != nil {
 		root.Close()
 		t.Fatal(err)

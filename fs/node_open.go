@@ -124,6 +124,7 @@ func (n *node) checkSame(dirfd int, name string) error {
 	}
 	id := n.r.idFromStat(unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino, genFromStatx(&stx), uint32(stx.Mode))
 	if sa := n.StableAttr(); id.Ino != sa.Ino || id.Gen != sa.Gen || id.Mode != sa.Mode {
+		n.r.stats.stale.Add(1)
 		return syscall.ESTALE
 	}
 	return nil

@@ -15,10 +15,12 @@ import (
 
 // replaceBehind makes a mount with files f and new, keeps f open, and
 // renames new over f in CIPHERDIR, as another mount of it (or an editor's
-// save there) would. The kernel's node for f is now stale.
-func replaceBehind(t *testing.T) (mnt, cipher string, keep *os.File) {
+// save there) would. The kernel's node for f is now stale. The kernel
+// keeps names cached for a minute here, not a second: however slowly the
+// test runs, an open of f by name still reaches the old node.
+func replaceBehind(t *testing.T) (mnt string, root *Root, keep *os.File) {
 	t.Helper()
-	mnt, root := mountInProcess(t, Options{})
+	mnt, root = mountInProcessWith(t, Options{}, MountOptions{testOnlyEntryTimeout: time.Minute})
 	if err := os.WriteFile(filepath.Join(mnt, "f"), bytes.Repeat([]byte("old "), 2048), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -30,31 +32,47 @@ func replaceBehind(t *testing.T) (mnt, cipher string, keep *os.File) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { keep.Close() })
-	cipher = root.vol.Dir
+	cipher := root.vol.Dir
 	if err := os.Rename(filepath.Join(cipher, "new"), filepath.Join(cipher, "f")); err != nil {
 		t.Fatal(err)
 	}
-	return mnt, cipher, keep
+	return mnt, root, keep
 }
 
-// TestStaleNodeWritesNoOtherFile: within the entry timeout, an open of f by
-// name reaches the old node. It must not write the replacement with the
-// old file's data key (found by review: the write succeeded and the new
-// file's block 0 failed authentication for good).
+// TestStaleNodeWritesNoOtherFile: while the kernel has f cached, an open of
+// f by name reaches the old node. It must not write the replacement with
+// the old file's data key (found by review: the write succeeded and the
+// new file's block 0 failed authentication for good). The old node refuses
+// with ESTALE; the kernel then looks f up again and opens the replacement,
+// so the open and the write succeed, with the replacement's own key.
 func TestStaleNodeWritesNoOtherFile(t *testing.T) {
-	mnt, _, _ := replaceBehind(t)
+	mnt, root, _ := replaceBehind(t)
 	p := filepath.Join(mnt, "f")
-	if w, err := os.OpenFile(p, os.O_WRONLY, 0); err == nil {
-		w.WriteAt(bytes.Repeat([]byte("x"), 4096), 0)
-		w.Close()
-	}
-	time.Sleep(entryTimeout + 500*time.Millisecond) // let the kernel look f up again
-	got, err := os.ReadFile(p)
+	before := root.stats.stale.Load()
+	w, err := os.OpenFile(p, os.O_WRONLY, 0)
 	if err != nil {
-		t.Fatalf("f after a write through the stale node: %v", err)
+		t.Fatalf("open of f by name after it was replaced: %v", err)
 	}
-	if !bytes.Equal(got, bytes.Repeat([]byte("NEW "), 2048)) && !bytes.Equal(got[:4096], bytes.Repeat([]byte("x"), 4096)) {
-		t.Errorf("f holds neither the replacement nor the write: %q...", got[:16])
+	x := bytes.Repeat([]byte("x"), 4096)
+	if _, err := w.WriteAt(x, 0); err != nil {
+		t.Errorf("write: %v", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	if root.stats.stale.Load() == before {
+		t.Fatal("the open never reached the stale node (no ESTALE): the test did not exercise it")
+	}
+	// Read through a second mount, which has no node of the old f: this
+	// mount's old node still holds the old key, which could read back a
+	// block it wrongly sealed.
+	fresh, _ := mountInProcess(t, Options{Volume: root.vol, Keyring: root.opts.Keyring})
+	got, err := os.ReadFile(filepath.Join(fresh, "f"))
+	if err != nil {
+		t.Fatalf("f after a write through the stale node's name: %v", err)
+	}
+	if want := append(x, bytes.Repeat([]byte("NEW "), 2048)[4096:]...); !bytes.Equal(got, want) {
+		t.Errorf("f holds %q..., want the write over the replacement", got[:min(16, len(got))])
 	}
 }
 
@@ -62,7 +80,8 @@ func TestStaleNodeWritesNoOtherFile(t *testing.T) {
 // (/proc/self/fd) must not open the file that now has its name, with
 // rights the kernel checked for the old one: ESTALE.
 func TestStaleNodeOpensNoOtherFile(t *testing.T) {
-	_, _, keep := replaceBehind(t)
+	_, root, keep := replaceBehind(t)
+	before := root.stats.stale.Load()
 	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", keep.Fd()), os.O_RDWR, 0)
 	if err == nil {
 		f.Close()
@@ -80,5 +99,8 @@ func TestStaleNodeOpensNoOtherFile(t *testing.T) {
 	}
 	if err := unix.Setxattr(fmt.Sprintf("/proc/self/fd/%d", keep.Fd()), "user.k", []byte("v"), 0); !errors.Is(err, syscall.ESTALE) {
 		t.Errorf("setxattr through the old descriptor: %v, want ESTALE", err)
+	}
+	if n := root.stats.stale.Load() - before; n < 4 {
+		t.Errorf("%d uses refused as stale, want 4 (open, chmod, utimes, setxattr)", n)
 	}
 }

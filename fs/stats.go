@@ -7,6 +7,7 @@ type stats struct {
 	generates atomic.Int64 // GenerateDataKey calls made
 	decrypts  atomic.Int64 // Decrypt calls made (a prefetch may have made them already)
 	liveKeys  atomic.Int64 // data keys held by open files (fileKey)
+	stale     atomic.Int64 // uses of a node refused with ESTALE: its stored file was replaced
 }
 
 // Stats is a snapshot of a Root's counters.

@@ -20,6 +20,7 @@ import (
 )
 
 func TestInitDefaultLocalKey(t *testing.T) {
+	t.Parallel()
 	base := t.TempDir()
 	xdg := filepath.Join(base, "config")
 	dir := filepath.Join(base, "cipher")
@@ -69,6 +70,7 @@ func TestInitDefaultLocalKey(t *testing.T) {
 }
 
 func TestInitLocalKeyFlag(t *testing.T) {
+	t.Parallel()
 	t.Run("existing", func(t *testing.T) {
 		base := t.TempDir()
 		keyPath := filepath.Join(base, "my.key")
@@ -133,6 +135,7 @@ func TestInitLocalKeyFlag(t *testing.T) {
 }
 
 func TestInitRefusesOpenKeyFile(t *testing.T) {
+	t.Parallel()
 	for _, perm := range []os.FileMode{0o640, 0o604, 0o644, 0o660} {
 		t.Run(fmt.Sprintf("%04o", perm), func(t *testing.T) {
 			base := t.TempDir()
@@ -158,6 +161,7 @@ func TestInitRefusesOpenKeyFile(t *testing.T) {
 }
 
 func TestInitBlockSize(t *testing.T) {
+	t.Parallel()
 	for _, bs := range []string{"1000", "256", "2097152", "0", "-4096", "4097"} {
 		t.Run(bs, func(t *testing.T) {
 			base := t.TempDir()
@@ -184,6 +188,7 @@ func TestInitBlockSize(t *testing.T) {
 }
 
 func TestInitRefusesNonEmptyDir(t *testing.T) {
+	t.Parallel()
 	base := t.TempDir()
 	dir := filepath.Join(base, "data")
 	os.Mkdir(dir, 0o755)
@@ -215,6 +220,7 @@ func TestInitRefusesNonEmptyDir(t *testing.T) {
 }
 
 func TestInitRefusesExistingVolume(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	before := readFile(t, filepath.Join(v.Dir, "kmsfs.json"))
 	keysBefore := cliKeyFiles(t, filepath.Join(filepath.Dir(v.Dir), "config"))
@@ -236,6 +242,7 @@ func TestInitRefusesExistingVolume(t *testing.T) {
 }
 
 func TestInitKMSAlias(t *testing.T) {
+	t.Parallel()
 	srv := kmstest.Start(t)
 	base := t.TempDir()
 	xdg := filepath.Join(base, "config")
@@ -277,6 +284,7 @@ func TestInitKMSAlias(t *testing.T) {
 }
 
 func TestInitKMSMulti(t *testing.T) {
+	t.Parallel()
 	srv := kmstest.Start(t)
 	base := t.TempDir()
 	xdg := filepath.Join(base, "config")
@@ -336,6 +344,7 @@ func TestInitKMSMulti(t *testing.T) {
 }
 
 func TestInitKMSUnreachable(t *testing.T) {
+	t.Parallel()
 	srv := kmstest.Start(t) // only for its credentials
 	closed := kmstest.ClosedEndpoint(t)
 	base := t.TempDir()
@@ -377,6 +386,7 @@ func TestInitKMSUnreachable(t *testing.T) {
 }
 
 func TestInitKMSDisabledKey(t *testing.T) {
+	t.Parallel()
 	srv := kmstest.Start(t)
 	srv.DisableKey(t, kmstest.KeyAID)
 	base := t.TempDir()
@@ -399,6 +409,7 @@ func TestInitKMSDisabledKey(t *testing.T) {
 // TestInitKMSFlagsWithoutKMSKey: --region and --kms-endpoint without a
 // --kms-key would be silently ignored on a local-key volume: refused.
 func TestInitKMSFlagsWithoutKMSKey(t *testing.T) {
+	t.Parallel()
 	for _, flag := range [][]string{{"--region", "eu-west-2"}, {"--kms-endpoint", "http://127.0.0.1:9"}} {
 		t.Run(flag[0], func(t *testing.T) {
 			base := t.TempDir()

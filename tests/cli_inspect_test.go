@@ -151,6 +151,7 @@ func cliKMSDecrypt(t *testing.T, client *kms.Client, w cliWrappedJSON, ec map[st
 }
 
 func TestInspectKMSVolume(t *testing.T) {
+	t.Parallel()
 	srv := kmstest.Start(t)
 	proxy := kmstest.NewProxy(t, srv.Endpoint())
 	base := t.TempDir()
@@ -278,6 +279,7 @@ func TestInspectKMSVolume(t *testing.T) {
 }
 
 func TestInspectRejects(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	m := mountVolume(t, v)
 	writeFile(t, m.path("one"), []byte("x"))

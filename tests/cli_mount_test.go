@@ -26,6 +26,7 @@ import (
 )
 
 func TestMountErrors(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	v := newVolume(t, nil)
 	base := t.TempDir()
@@ -299,6 +300,7 @@ func cliRunDaemon(t *testing.T, env []string, errPath string, args ...string) (s
 }
 
 func TestMountDaemon(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	v := newVolume(t, nil)
 	mnt := cliDaemonMountpoint(t, true)
@@ -378,6 +380,7 @@ func TestMountDaemon(t *testing.T) {
 }
 
 func TestMountSignals(t *testing.T) {
+	t.Parallel()
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(unix.SignalName(sig), func(t *testing.T) {
 			v := newVolume(t, nil)
@@ -417,6 +420,7 @@ func TestMountSignals(t *testing.T) {
 }
 
 func TestMountReadOnly(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	m := mountVolume(t, v)
 	data := []byte("read me, do not write me\n")
@@ -497,6 +501,7 @@ func TestMountReadOnly(t *testing.T) {
 // TestCLIFlagErrors: a bad flag is a usage error (exit 2) told in one
 // line that points at -h, like every other refusal.
 func TestCLIFlagErrors(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "cipher")
 	mnt := t.TempDir()
 	cases := [][]string{
@@ -523,6 +528,7 @@ func TestCLIFlagErrors(t *testing.T) {
 }
 
 func TestCLIUnmountErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	out, errOut, code := run(t, nil, "unmount", dir)
 	cliWantFail(t, "unmount of a directory that is not mounted", out, errOut, code, 14, dir, "not mounted")
@@ -533,6 +539,7 @@ func TestCLIUnmountErrors(t *testing.T) {
 // TestMountKMSErrors: a KMS key that cannot be used fails the mount at
 // once, in one line, rather than every later create.
 func TestMountKMSErrors(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	srv := kmstest.Start(t)
 	base := t.TempDir()
@@ -568,6 +575,7 @@ func TestMountKMSErrors(t *testing.T) {
 // the reader goes away, the daemon's next log line is a write to a broken
 // pipe on fd 2, which kills a Go program with SIGPIPE: the mount dies.
 func TestMountDaemonReleasesStderr(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	v := newVolume(t, nil)
 	mnt := cliDaemonMountpoint(t, false)
@@ -631,6 +639,7 @@ func TestMountDaemonReleasesStderr(t *testing.T) {
 // written through the open descriptor, before or after the signal, is
 // lost.
 func TestMountSignalWithOpenFile(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	m := mountVolume(t, v)
 	m.AllowWarnings = true // the "still busy: detaching" warning is expected

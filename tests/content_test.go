@@ -354,6 +354,7 @@ func scaled(n int) int {
 // directory, then compares their files through a second mount of the same
 // CIPHERDIR (cold caches, fresh key unwraps).
 func TestContent(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	m := mountVolume(t, v)
 	refBase := t.TempDir()
@@ -401,6 +402,7 @@ func TestContent(t *testing.T) {
 // kmsfs's per-inode lock keeps the read-modify-write of the block from
 // losing bytes).
 func TestContentBlockSizes(t *testing.T) {
+	t.Parallel()
 	for _, bs := range []int{512, 65536} {
 		t.Run(strconv.Itoa(bs), func(t *testing.T) {
 			v := newVolume(t, nil, "--block-size", strconv.Itoa(bs))

@@ -14,8 +14,16 @@ import (
 	"time"
 )
 
-// crashRounds is how many times TestCrash kills the mount mid-stream.
-var crashRounds = envInt("KMSFS_CRASH_ROUNDS", 24)
+// crashRounds is how many times TestCrash kills the mount mid-stream:
+// KMSFS_CRASH_ROUNDS, else 24 in the long run and 4 in the default one
+// (each round is a kill, a remount and a check: about 1.5 s).
+func crashRounds(t testing.TB) int {
+	t.Helper()
+	if longRun(t) {
+		return envInt("KMSFS_CRASH_ROUNDS", 24)
+	}
+	return envInt("KMSFS_CRASH_ROUNDS", 4)
+}
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -165,7 +173,12 @@ func randomBytes(rng *rand.Rand, n int) []byte {
 // operation in flight left each byte old, new, or zero; and every fsynced
 // byte that no later operation changed reads back exactly.
 func TestCrash(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
+	rounds := crashRounds(t)
+	if !longRun(t) {
+		t.Logf("%d crash rounds; the long run (KMSFS_LONG=1) makes 24", rounds)
+	}
 	v := newVolume(t, nil)
 	rng := rand.New(rand.NewPCG(20261127, 1))  // the test's own choices
 	wrng := rand.New(rand.NewPCG(20261127, 2)) // the writer's, used by its goroutine only
@@ -173,7 +186,7 @@ func TestCrash(t *testing.T) {
 	totalOps := 0
 	inflightKinds := map[string]int{}
 	tornBlocks := 0
-	for round := 0; round < crashRounds; round++ {
+	for round := 0; round < rounds; round++ {
 		m := mountVolume(t, v, "--key-pool", "2")
 		m.AllowWarnings = true // a killed mount may log half-done work
 		w.dir, w.err, w.inflight = m.Dir, nil, ""
@@ -236,7 +249,7 @@ func TestCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("%d crash rounds, %d acknowledged operations; operations in flight at the kill: %v; blocks torn while being written: %d", crashRounds, totalOps, inflightKinds, tornBlocks)
+	t.Logf("%d crash rounds, %d acknowledged operations; operations in flight at the kill: %v; blocks torn while being written: %d", rounds, totalOps, inflightKinds, tornBlocks)
 }
 
 // readBlockwise reads a file 4 KiB block by block, bypassing the page

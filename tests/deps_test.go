@@ -83,6 +83,7 @@ func isGoFUSE(path string) bool {
 }
 
 func TestDeps(t *testing.T) {
+	t.Parallel()
 	t.Run("blockcipher imports only the standard library", func(t *testing.T) {
 		pkg := module + "/blockcipher"
 		for dep, std := range deps(t, pkg) {

@@ -30,6 +30,7 @@ func smallTmpfs(t *testing.T, size string) string {
 // was refused keeps its old content and size, the mount keeps serving, and
 // after freeing space writes work again.
 func TestDiskFull(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	base := smallTmpfs(t, "8m")
 	v := newVolumeIn(t, base, nil)
@@ -159,6 +160,7 @@ func smallExt4(t *testing.T, size int64) string {
 // holds exactly the bytes whose writes succeeded, before and after a
 // remount.
 func TestDiskFullExt4(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	base := smallExt4(t, 32<<20)
 	v := newVolumeIn(t, base, nil)
@@ -240,6 +242,7 @@ func TestDiskFullExt4(t *testing.T) {
 // TestReadOnlyBacking: CIPHERDIR on a read-only mount: reads work, every
 // change fails with EROFS.
 func TestReadOnlyBacking(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	v := newVolume(t, nil)
 	m := mountVolume(t, v)

@@ -27,8 +27,12 @@ import (
 const faultBound = awskms.DefaultCallTimeout + 5*time.Second
 
 // promptBound is how fast a metadata operation must answer while a KMS
-// call hangs: it needs no key, so it must not wait for one.
-const promptBound = time.Second
+// call hangs: it needs no key, so it must not wait for one. It answers in
+// milliseconds; one that waited would wait for the hung call, which ends
+// only with the keyring's 10 s budget. Half that budget is the bound:
+// generous for a loaded 2-core machine running the suite in parallel,
+// and still short of the wait it must catch.
+const promptBound = awskms.DefaultCallTimeout / 2
 
 // warnLinesFor returns the WARN and ERROR lines of the mount's log that name
 // path (as the path attribute).

@@ -9,13 +9,16 @@ import (
 )
 
 // TestFuzzParsers runs the fuzzers of every parser of on-disk bytes for a
-// bounded time: KMSFS_FUZZTIME each (.ci/run sets 30s), 5s by default. The
-// corpora live in each package's testdata/fuzz; a failure there stays as a
-// new corpus file that the package's ordinary tests then replay.
+// bounded time, in the long run only: KMSFS_FUZZTIME each, 30s by default.
+// The corpora live in each package's testdata/fuzz, and the packages' own
+// tests replay them in every run; a failure here stays as a new corpus
+// file that they then replay too.
 func TestFuzzParsers(t *testing.T) {
+	t.Parallel()
+	skipUnlessLong(t)
 	fuzztime := os.Getenv("KMSFS_FUZZTIME")
 	if fuzztime == "" {
-		fuzztime = "5s"
+		fuzztime = "30s"
 	}
 	if _, err := time.ParseDuration(fuzztime); err != nil {
 		t.Fatalf("KMSFS_FUZZTIME=%q: %v", fuzztime, err)
@@ -82,6 +85,7 @@ func deadlineRace(out string) bool {
 }
 
 func TestDeadlineRaceRecognised(t *testing.T) {
+	t.Parallel()
 	race := "fuzz: elapsed: 30s, execs: 1178735 (40038/sec), new interesting: 0 (total: 73)\n--- FAIL: FuzzParseHeader (30.11s)\n    context deadline exceeded\nFAIL\nexit status 1\n"
 	if !deadlineRace(race) {
 		t.Error("the coordinator's deadline failure is not recognised")

@@ -60,6 +60,32 @@ func requireFUSE(t testing.TB) {
 	t.Skipf("/dev/fuse is not usable (%v); set KMSFS_REQUIRE_FUSE=1 to make this a failure", err)
 }
 
+// longRun reports whether this is the long run (KMSFS_LONG=1; .ci/run makes
+// it after the default run): the tests that take minutes run, and the
+// scaled ones at full size. Any other value than 1, 0 or none fails the
+// test rather than skip: a typo must not quietly make CI's long run short.
+func longRun(t testing.TB) bool {
+	t.Helper()
+	switch v := os.Getenv("KMSFS_LONG"); v {
+	case "", "0":
+		return false
+	case "1":
+		return true
+	default:
+		t.Fatalf("KMSFS_LONG=%q: want 1 for the long run, or unset", v)
+		return false
+	}
+}
+
+// skipUnlessLong skips a test that only the long run makes, saying how to
+// run it.
+func skipUnlessLong(t testing.TB) {
+	t.Helper()
+	if !longRun(t) {
+		t.Skip("a long test: set KMSFS_LONG=1 to run it (.ci/run does)")
+	}
+}
+
 // run runs the kmsfs binary and returns stdout, stderr and the exit code.
 func run(t testing.TB, env []string, args ...string) (string, string, int) {
 	t.Helper()

@@ -49,6 +49,7 @@ func contentIs(path string, want []byte) func() error {
 }
 
 func TestMultiMount(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	a := mountVolume(t, v)
 	b := mountVolume(t, v)

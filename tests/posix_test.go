@@ -18,38 +18,66 @@ var notApplicable = map[string]string{
 	"FcntlFlockLocksFile": "expects POSIX locks to conflict within one process, which they never do (fails on ext4 and tmpfs too)",
 }
 
+// posixMatrix is the option sets TestPosix repeats the suite for: CIPHERDIR
+// on the disk, the smallest block size without a key pool (these two in
+// every run), and in the long run also CIPHERDIR on tmpfs and the key
+// cache. Each takes about 7 s of CPU under -race.
+var posixMatrix = []struct {
+	name  string
+	long  bool
+	tmpfs bool
+	init  []string
+	mount []string
+}{
+	{name: "disk"},
+	{name: "bs512", init: []string{"--block-size", "512"}, mount: []string{"--key-pool", "0"}},
+	{name: "tmpfs", long: true, tmpfs: true},
+	{name: "keycache", long: true, tmpfs: true, mount: []string{"--key-cache-ttl", "1m"}},
+}
+
+// alone lists posixtest cases that look at the whole test process, so
+// they cannot share it with parallel tests: FdLeak counts the process's
+// descriptors. TestPosixAlone runs them, in the sequential phase.
+var alone = map[string]bool{"FdLeak": true}
+
 // TestPosix runs go-fuse's conformance suite against kmsfs mounts, once
-// per option set: CIPHERDIR on the disk and on tmpfs, the smallest block
-// size, a read-only-key-pool-free mount, and the key cache.
+// per option set (posixMatrix), the option sets at once.
 func TestPosix(t *testing.T) {
-	matrix := []struct {
-		name  string
-		tmpfs bool
-		init  []string
-		mount []string
-	}{
-		{name: "disk"},
-		{name: "tmpfs", tmpfs: true},
-		{name: "bs512", init: []string{"--block-size", "512"}, mount: []string{"--key-pool", "0"}},
-		{name: "keycache", tmpfs: true, mount: []string{"--key-cache-ttl", "1m"}},
-	}
-	for _, mx := range matrix {
+	t.Parallel()
+	for _, mx := range posixMatrix {
 		t.Run(mx.name, func(t *testing.T) {
+			t.Parallel() // a mount each
+			if mx.long {
+				skipUnlessLong(t)
+			}
 			base := t.TempDir()
 			if mx.tmpfs {
 				base = tmpfsDir(t)
 			}
 			v := newVolumeIn(t, base, nil, mx.init...)
 			m := mountVolume(t, v, mx.mount...)
-			runPosix(t, m.Dir, mx.tmpfs)
+			runPosix(t, m.Dir, mx.tmpfs, func(name string) bool { return !alone[name] })
 		})
 	}
 }
 
-func runPosix(t *testing.T, mnt string, tmpfs bool) {
+// TestPosixAlone runs the cases of alone on the disk mount, with no other
+// test of this process running: it is not parallel, so it runs before all
+// that are. (What they check is the test process's own state, the same
+// whatever the mount's options.)
+func TestPosixAlone(t *testing.T) {
+	v := newVolume(t, nil)
+	m := mountVolume(t, v)
+	runPosix(t, m.Dir, false, func(name string) bool { return alone[name] })
+}
+
+// runPosix runs the posixtest cases that pick selects.
+func runPosix(t *testing.T, mnt string, tmpfs bool, pick func(name string) bool) {
 	names := make([]string, 0, len(posixtest.All))
 	for name := range posixtest.All {
-		names = append(names, name)
+		if pick(name) {
+			names = append(names, name)
+		}
 	}
 	sort.Strings(names)
 	for _, name := range names {
@@ -58,7 +86,7 @@ func runPosix(t *testing.T, mnt string, tmpfs bool) {
 				t.Skip(why)
 			}
 			if name == "XAttrLarge" && !tmpfs {
-				t.Skip("ext4 stores no xattr value larger than a block (8 KiB + 123 here): covered by the tmpfs runs")
+				t.Skip("ext4 stores no xattr value larger than a block (8 KiB + 123 here): covered by the tmpfs runs of the long run (KMSFS_LONG=1)")
 			}
 			dir := filepath.Join(mnt, name)
 			if err := os.Mkdir(dir, 0o755); err != nil {

@@ -175,6 +175,7 @@ func findInProcess(t *testing.T, pid int, needles map[string][]byte) map[string]
 // memory; the debug log of the whole run contains neither the local key
 // nor any data key, in raw, hex or base64 form.
 func TestSecretsInMemory(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	m := mountVolume(t, v, "--key-pool", "0", "--metrics-addr", "127.0.0.1:0")
 	pid := m.cmd.Process.Pid

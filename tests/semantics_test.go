@@ -225,7 +225,10 @@ func (e *semEnv) path(p ...string) string { return filepath.Join(append([]string
 
 // TestSemantics runs the POSIX cases on one mount with --allow-other (the
 // kernel checks permissions: default_permissions), each case in its own
-// directory, then the cases' checks through a fresh mount.
+// directory, then the cases' checks through a fresh mount. Unlike the
+// other tests here it is not parallel: one case sets the process's umask
+// to 0 for a moment, which would change the modes of files that parallel
+// tests create.
 func TestSemantics(t *testing.T) {
 	v := newVolume(t, nil)
 	m := mountVolume(t, v, "--allow-other")
@@ -329,6 +332,7 @@ func semPermissions(t *testing.T, e *semEnv) {
 // unlink, and the 255-byte name limit. CIPHERDIR is on tmpfs, so statfs is
 // checked against a filesystem other than the disk's too.
 func TestSemanticsLongPaths(t *testing.T) {
+	t.Parallel()
 	base := tmpfsDir(t)
 	for i := 0; len(base) < 3000; i++ {
 		base = filepath.Join(base, strings.Repeat(string(rune('a'+i%26)), min(200, 3000-len(base))))

@@ -204,6 +204,7 @@ type tamperCase struct {
 }
 
 func TestTamper(t *testing.T) {
+	t.Parallel()
 	vol := newVolume(t, nil)
 	g := geometryOf(t, vol)
 	if len(g.Keyrings) != 1 || g.Keyrings[0].KeyFile == "" {
@@ -458,6 +459,7 @@ func checkTampered(t *testing.T, m *mount, g volumeGeometry, tc tamperCase, orig
 // refuses a wrapped key moved to another file or volume, and a header
 // naming a key the volume does not use is refused without asking KMS.
 func TestTamperKMSHeaders(t *testing.T) {
+	t.Parallel()
 	env := newKMSEnv(t)
 	otherEnv := &kmsEnv{srv: env.srv, proxy: env.proxy,
 		vol: newVolume(t, env.srv.Env(), "--kms-key", kmstest.KeyAARN, "--kms-endpoint", env.proxy.Endpoint())}
@@ -582,6 +584,7 @@ func TestTamperKMSHeaders(t *testing.T) {
 // nothing about the blocks that followed it. Every cut that leaves at
 // least one block is detected (TestTamper).
 func TestTamperTruncateToEmpty(t *testing.T) {
+	t.Parallel()
 	vol := newVolume(t, nil)
 	g := geometryOf(t, vol)
 	m := mountVolume(t, vol)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -59,8 +60,8 @@ func toolErr(dir string, env []string, stdin, name string, args ...string) (stri
 // sizes around block edges and up to 700 KiB, empty files, odd modes
 // (set-uid, set-gid, sticky, 0000, read-only directories), hard links,
 // symlinks (relative, absolute, dangling, long), a FIFO (named *.pipe),
-// foreign owners, user xattrs, nanosecond mtimes, odd names; plus, when
-// present, a bounded part of /usr/share/doc (a real tree).
+// foreign owners, user xattrs, nanosecond mtimes, odd names; plus a "doc"
+// tree of about docBytes of text (genTextTree).
 func genTree(t testing.TB, dir string, seed uint64, nfiles int, docBytes int64) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 0x74726565))
@@ -88,6 +89,8 @@ func genTree(t testing.TB, dir string, seed uint64, nfiles int, docBytes int64) 
 		p := filepath.Join(dirs[rng.IntN(len(dirs))], name)
 		var size int
 		switch x := rng.IntN(100); {
+		case i == 7: // a big file in every tree (toolsRsync changes one)
+			size = 300 << 10
 		case x < 10:
 			size = 0
 		case x < 20:
@@ -139,9 +142,7 @@ func genTree(t testing.TB, dir string, seed uint64, nfiles int, docBytes int64) 
 	must(unix.Setxattr(filepath.Join(dir, files[6]), "user.empty", nil, 0))
 	must(unix.Setxattr(filepath.Join(dir, dirs[4]), "user.kmsfs.dir", []byte("dir xattr"), 0))
 
-	if fi, err := os.Stat("/usr/share/doc"); err == nil && fi.IsDir() {
-		copyDocSubset(t, filepath.Join(dir, "doc"), docBytes)
-	}
+	genTextTree(t, filepath.Join(dir, "doc"), rng, docBytes)
 
 	// Directory modes and all mtimes last, deepest first.
 	var all []string
@@ -165,35 +166,70 @@ func genTree(t testing.TB, dir string, seed uint64, nfiles int, docBytes int64) 
 	}
 }
 
-// copyDocSubset copies whole package directories of /usr/share/doc, in
-// name order, until about limit bytes.
-func copyDocSubset(t testing.TB, dst string, limit int64) {
+// genTextTree writes about limit bytes of text under dst, as a package's
+// documentation tree looks: directories nested up to four deep, many small
+// files, some empty, a few large ones (up to 256 KiB), lines of words
+// that compress as prose does. The same rng state gives the same tree on
+// every machine.
+func genTextTree(t testing.TB, dst string, rng *rand.Rand, limit int64) {
 	t.Helper()
-	ents, err := os.ReadDir("/usr/share/doc")
-	if err != nil {
-		t.Fatal(err)
+	words := strings.Fields(`the of and a to in is that for it as with was on be by this are or
+		file key block header volume mount encrypted data read write open close sync rename
+		directory kernel fuse cipher plain page cache size offset error copyright license
+		changelog version release fixed bug upstream debian package install configure`)
+	text := func(size int) []byte {
+		var b bytes.Buffer
+		for b.Len() < size {
+			n := 4 + rng.IntN(12)
+			for i := range n {
+				if i > 0 {
+					b.WriteByte(' ')
+				}
+				b.WriteString(words[rng.IntN(len(words))])
+			}
+			b.WriteString(".\n")
+			if rng.IntN(8) == 0 {
+				b.WriteByte('\n')
+			}
+		}
+		return b.Bytes()[:size]
 	}
+	dirs := []string{dst}
 	if err := os.Mkdir(dst, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	var total int64
-	for _, e := range ents {
-		src := filepath.Join("/usr/share/doc", e.Name())
-		var size int64
-		filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
-			if err == nil && fi.Mode().IsRegular() {
-				size += fi.Size()
+	for i := 0; total < limit; i++ {
+		if i%6 == 0 {
+			parent := dirs[rng.IntN(len(dirs))]
+			if strings.Count(strings.TrimPrefix(parent, dst), "/") < 4 {
+				d := filepath.Join(parent, fmt.Sprintf("pkg%02d", i/6))
+				if err := os.Mkdir(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				dirs = append(dirs, d)
 			}
-			return nil
-		})
-		if total+size > limit {
-			continue
 		}
-		total += size
-		tool(t, "", nil, "cp", "-a", src, dst)
-		if total > limit*9/10 {
-			break
+		var size int
+		switch x := rng.IntN(100); {
+		case i%10 == 5 || x < 5:
+			size = 0
+		case i == 2:
+			size = 256 << 10
+		case x < 70:
+			size = rng.IntN(3000)
+		case x < 95:
+			size = 3000 + rng.IntN(40<<10)
+		default:
+			size = 64<<10 + rng.IntN(192<<10)
 		}
+		size = int(min(int64(size), limit-total))
+		name := []string{"README", "copyright", "changelog", "NEWS", "TODO", "notes.txt", "index.html"}[rng.IntN(7)]
+		p := filepath.Join(dirs[rng.IntN(len(dirs))], fmt.Sprintf("%s.%d", name, i))
+		if err := os.WriteFile(p, text(size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		total += int64(size)
 	}
 }
 
@@ -333,24 +369,34 @@ func diffR(t testing.TB, a, b string) {
 type toolsEnv struct {
 	v     *volume
 	m     *mount
-	src   string
+	src   string                       // the shared source tree: read it, do not change it
+	gen   func(t *testing.T, d string) // writes the same tree into d
 	local string
 	after []func(fresh *mount)
 }
 
-// TestTools runs real tools through one mount, then repeats each case's
-// checks through a fresh mount of the same CIPHERDIR.
+// TestTools runs real tools through one mount, all at once (each in its
+// own directory), then repeats each case's checks through a fresh mount
+// of the same CIPHERDIR.
 func TestTools(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	m := mountVolume(t, v)
 	requireRoot(t) // the tree has files of other owners
 	local := t.TempDir()
-	src := filepath.Join(local, "src")
+	// The default run's tree is a quarter of the long run's: the same
+	// kinds of objects, a third of the CPU time under -race.
+	nfiles, textBytes := 160, int64(3<<20)
 	if raceEnabled {
-		genTree(t, src, 1, 80, 1<<20)
-	} else {
-		genTree(t, src, 1, 160, 3<<20)
+		nfiles, textBytes = 80, 1<<20
 	}
+	if !longRun(t) {
+		nfiles, textBytes = nfiles/4, textBytes/4
+		t.Logf("a tree of %d files and %d bytes of text; the long run (KMSFS_LONG=1) makes %d and %d", nfiles, textBytes, nfiles*4, textBytes*4)
+	}
+	gen := func(t *testing.T, d string) { genTree(t, d, 1, nfiles, textBytes) }
+	src := filepath.Join(local, "src")
+	gen(t, src)
 	cases := []struct {
 		name string
 		f    func(*testing.T, *toolsEnv)
@@ -362,15 +408,24 @@ func TestTools(t *testing.T) {
 		{"sqlite", toolsSqlite},
 		{"RenameHeavy", toolsRenameHeavy},
 	}
+	var mu sync.Mutex
 	var after []func(*mount)
 	for _, c := range cases {
-		e := &toolsEnv{v: v, m: m, src: src, local: filepath.Join(local, c.name)}
+		e := &toolsEnv{v: v, m: m, src: src, gen: gen, local: filepath.Join(local, c.name)}
 		must(t, os.Mkdir(e.local, 0o755))
-		if t.Run(c.name, func(t *testing.T) { c.f(t, e) }) {
-			after = append(after, e.after...)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			c.f(t, e)
+			if !t.Failed() {
+				mu.Lock()
+				after = append(after, e.after...)
+				mu.Unlock()
+			}
+		})
 	}
-	recheckOnFreshMount(t, v, after)
+	// Cleanup runs once every case above has finished, before m's own
+	// Cleanup unmounts it.
+	t.Cleanup(func() { recheckOnFreshMount(t, v, after) })
 }
 
 // toolsCp: cp -a into the mount and back out, diff -r, and every
@@ -431,7 +486,11 @@ func toolsTar(t *testing.T, e *toolsEnv) {
 // re-run copies nothing; a changed byte in a big file is found.
 func toolsRsync(t *testing.T, e *toolsEnv) {
 	requireTools(t, "rsync", "diff")
-	src, m, local := e.src, e.m, e.local
+	m, local := e.m, e.local
+	// Its own source tree: it changes a file in it below, while other
+	// cases read the shared one.
+	src := filepath.Join(local, "src")
+	e.gen(t, src)
 	dst := m.path("rsync") + "/"
 	tool(t, "", nil, "rsync", "-aHX", src+"/", dst)
 	diffR(t, src, dst)
@@ -597,22 +656,29 @@ SELECT count(*) FROM t;
 SELECT count(*) FROM t WHERE v LIKE '% updated';
 SELECT sum(length(b)) FROM t;
 `
+	// 10000 rows and a VACUUM in the long run; the default run makes
+	// 2000 rows (the same statements), and VACUUM, which rewrites the
+	// database, only without -race.
+	rows, vacuum := 2000, !raceEnabled
+	if longRun(t) {
+		rows, vacuum = 10000, true
+	}
 	blobBytes := 0
-	for x := 1; x <= 10000; x++ {
+	for x := 1; x <= rows; x++ {
 		blobBytes += 100 + x%300
 	}
-	want := fmt.Sprintf("ok\n10000\n3333\n%d\n", blobBytes)
+	want := fmt.Sprintf("ok\n%d\n%d\n%d\n", rows, rows/3, blobBytes)
 	for _, mode := range []string{"delete", "wal"} {
 		db := dbPath(e.m, mode)
 		out := sql(db, fmt.Sprintf(`PRAGMA journal_mode=%s;
 CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL, b BLOB);
 BEGIN;
-WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 10000)
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < %d)
 INSERT INTO t SELECT x, 'row ' || x, zeroblob(100 + x %% 300) FROM c;
 COMMIT;
 CREATE INDEX t_v ON t(v);
 UPDATE t SET v = v || ' updated' WHERE id %% 3 = 0;
-`, mode))
+`, mode, rows))
 		if strings.TrimSpace(out) != mode {
 			t.Errorf("journal_mode=%s: %q", mode, out)
 		}
@@ -622,8 +688,8 @@ UPDATE t SET v = v || ' updated' WHERE id %% 3 = 0;
 		if mode == "wal" {
 			sql(db, "PRAGMA wal_checkpoint(TRUNCATE);")
 		}
-		if raceEnabled {
-			continue // VACUUM rewrites the database: slow under -race, covered without
+		if !vacuum {
+			continue
 		}
 		sql(db, "VACUUM;")
 		if got := sql(db, check); got != want {

@@ -20,6 +20,7 @@ import (
 // mounts. A change made on purpose is accepted once with --trust-config,
 // and from then on mounts without it.
 func TestMountRefusesChangedConfig(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	var calls atomic.Int64
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -120,6 +121,7 @@ func TestMountRefusesChangedConfig(t *testing.T) {
 // naming its keys, and its config is trusted from then on, compared by
 // meaning: a change of spacing is no change.
 func TestFirstMountTrustsConfig(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	v := newVolume(t, nil)
 	trusted := trustedDir(v)

@@ -92,6 +92,7 @@ func frozenContents() map[string][]byte {
 }
 
 func TestFrozenVolume(t *testing.T) {
+	t.Parallel()
 	for _, fv := range frozenVolumes {
 		t.Run(fv.name, func(t *testing.T) {
 			if *updateVolume == fv.name {

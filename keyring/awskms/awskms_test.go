@@ -391,33 +391,41 @@ func TestAWSKMSUnreachable(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
 	ec := kmstest.FileContext("0000000000000000000000000000000e")
-	const callTimeout = 600 * time.Millisecond
-	const bound = callTimeout + time.Second // slack for a loaded machine under -race
+	// Each attempt gets a third of the call's budget. Faults that are
+	// answered at once get a budget they never reach (10 s an attempt):
+	// their claim is the attempt count, and a short attempt timeout on a
+	// loaded machine would cut attempts off before the proxy counts
+	// them. Faults that never answer (a black hole, an hour of latency)
+	// end by the budget, 3 s: the claim is that it is spent on more than
+	// one attempt, and that the call ends then, not when the fault does;
+	// the time bound is 10 times the budget, far inside the fault.
+	const answered, silent = 30 * time.Second, 3 * time.Second
 
 	// A port nobody listens on: connections are refused at once, so the
 	// retries are quick.
 	closedPort := kmstest.ClosedEndpoint(t)
 
 	for _, tc := range []struct {
-		name  string
-		fault kmstest.Fault
+		name   string
+		fault  kmstest.Fault
+		budget time.Duration
 		// attempts the proxy must see; -1: a closed port, no proxy.
 		minCount, maxCount int
 	}{
-		{name: "closed port", minCount: -1, maxCount: -1},
+		{name: "closed port", budget: answered, minCount: -1, maxCount: -1},
 		// Each attempt times out after CallTimeout/MaxAttempts.
-		{name: "black hole", fault: kmstest.Fault{Blackhole: true}, minCount: 2, maxCount: 3},
-		{name: "dropped connections", fault: kmstest.Fault{Drop: true}, minCount: 3, maxCount: 3},
-		{name: "outage", fault: kmstest.Fault{Outage: true}, minCount: 0, maxCount: 0},
-		{name: "HTTP 503", fault: kmstest.Fault{Status: 503}, minCount: 3, maxCount: 3},
-		{name: "KMSInternalException", fault: kmstest.Fault{ErrorCode: "KMSInternalException", Status: 500}, minCount: 3, maxCount: 3},
-		{name: "DependencyTimeoutException", fault: kmstest.Fault{ErrorCode: "DependencyTimeoutException", Status: 503}, minCount: 3, maxCount: 3},
-		{name: "latency beyond the budget", fault: kmstest.Fault{Latency: time.Minute}, minCount: 2, maxCount: 3},
+		{name: "black hole", fault: kmstest.Fault{Blackhole: true}, budget: silent, minCount: 2, maxCount: 3},
+		{name: "dropped connections", fault: kmstest.Fault{Drop: true}, budget: answered, minCount: 3, maxCount: 3},
+		{name: "outage", fault: kmstest.Fault{Outage: true}, budget: answered, minCount: 0, maxCount: 0},
+		{name: "HTTP 503", fault: kmstest.Fault{Status: 503}, budget: answered, minCount: 3, maxCount: 3},
+		{name: "KMSInternalException", fault: kmstest.Fault{ErrorCode: "KMSInternalException", Status: 500}, budget: answered, minCount: 3, maxCount: 3},
+		{name: "DependencyTimeoutException", fault: kmstest.Fault{ErrorCode: "DependencyTimeoutException", Status: 503}, budget: answered, minCount: 3, maxCount: 3},
+		{name: "latency beyond the budget", fault: kmstest.Fault{Latency: time.Hour}, budget: silent, minCount: 2, maxCount: 3},
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
 			t.Parallel()
 			cfg := srv.Config(kmstest.KeyAARN)
-			cfg.CallTimeout = callTimeout
+			cfg.CallTimeout = tc.budget
 			var p *kmstest.Proxy
 			if tc.minCount < 0 {
 				cfg.Endpoint = closedPort
@@ -434,8 +442,8 @@ func TestAWSKMSUnreachable(t *testing.T) {
 			if !errors.Is(err, keyring.ErrUnreachable) {
 				t.Fatalf("GenerateDataKey: %v, want ErrUnreachable", err)
 			}
-			if elapsed > bound {
-				t.Errorf("failed after %v, want < %v", elapsed, bound)
+			if bound := 10 * tc.budget; elapsed > bound {
+				t.Errorf("failed after %v, want within the call budget %v, surely under %v", elapsed, tc.budget, bound)
 			}
 			if p != nil {
 				if n := p.Count("GenerateDataKey"); n < tc.minCount || n > tc.maxCount {
@@ -591,12 +599,14 @@ func TestAWSKMSCanceled(t *testing.T) {
 }
 
 // The caller's context cannot extend the call budget: a background context
-// still fails at CallTimeout.
+// still fails at CallTimeout, not when the hour-long fault would end. The
+// bound is 10 times the budget: it must hold on a loaded machine under
+// -race, and it is still far from the hour the call would otherwise wait.
 func TestAWSKMSCallTimeout(t *testing.T) {
 	t.Parallel()
 	srv := kmstest.Start(t)
 	p := kmstest.NewProxy(t, srv.Endpoint())
-	p.SetFault(kmstest.Fault{Latency: time.Minute})
+	p.SetFault(kmstest.Fault{Latency: time.Hour})
 	cfg := srv.Config(kmstest.KeyAARN)
 	cfg.Endpoint = p.Endpoint()
 	cfg.CallTimeout = 300 * time.Millisecond
@@ -607,7 +617,7 @@ func TestAWSKMSCallTimeout(t *testing.T) {
 	if !errors.Is(err, keyring.ErrUnreachable) {
 		t.Errorf("GenerateDataKey: %v, want ErrUnreachable", err)
 	}
-	if d := time.Since(start); d > cfg.CallTimeout+time.Second {
+	if d := time.Since(start); d > 10*cfg.CallTimeout {
 		t.Errorf("failed after %v, want about %v", d, cfg.CallTimeout)
 	}
 }

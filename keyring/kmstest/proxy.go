@@ -37,10 +37,12 @@ type Proxy struct {
 	rp       *httputil.ReverseProxy
 	closed   chan struct{} // closed when the proxy shuts down
 
-	mu     sync.Mutex
-	counts map[string]int        // guarded by mu; requests per operation
-	fault  Fault                 // guarded by mu
-	conns  map[net.Conn]struct{} // guarded by mu; open client connections
+	mu       sync.Mutex
+	counts   map[string]int        // guarded by mu; requests per operation
+	inFlight map[string]int        // guarded by mu; requests per operation not yet answered
+	maxIn    map[string]int        // guarded by mu; the most of inFlight at once since the last Reset
+	fault    Fault                 // guarded by mu
+	conns    map[net.Conn]struct{} // guarded by mu; open client connections
 }
 
 // Fault says how the proxy misbehaves. The zero Fault passes every request
@@ -88,6 +90,8 @@ func NewProxy(t testing.TB, target string) *Proxy {
 		endpoint: "http://" + ln.Addr().String(),
 		closed:   make(chan struct{}),
 		counts:   map[string]int{},
+		inFlight: map[string]int{},
+		maxIn:    map[string]int{},
 		conns:    map[net.Conn]struct{}{},
 	}
 	transport := &http.Transport{}
@@ -139,11 +143,27 @@ func (p *Proxy) Total() int {
 	return n
 }
 
-// Reset sets every count to zero.
+// MaxInFlight returns the most requests for op that the proxy held at
+// once (received, not yet answered) since the start or the last Reset. It
+// shows concurrency by counting rather than by timing: with a Latency
+// fault, requests that a client sends one after another never overlap, so
+// a MaxInFlight of 2 or more proves the client sent them in parallel.
+func (p *Proxy) MaxInFlight(op string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.maxIn[op]
+}
+
+// Reset sets every count to zero. Requests in flight then count towards
+// MaxInFlight again.
 func (p *Proxy) Reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	clear(p.counts)
+	clear(p.maxIn)
+	for op, n := range p.inFlight {
+		p.maxIn[op] = n
+	}
 }
 
 // SetFault replaces the current fault. Requests already waiting out a
@@ -171,8 +191,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	op := operation(r)
 	p.mu.Lock()
 	p.counts[op]++
+	p.inFlight[op]++
+	p.maxIn[op] = max(p.maxIn[op], p.inFlight[op])
 	f := p.fault
 	p.mu.Unlock()
+	defer func() { // also when abort panics
+		p.mu.Lock()
+		p.inFlight[op]--
+		p.mu.Unlock()
+	}()
 	if f.Op != "" && f.Op != op {
 		f = Fault{}
 	}

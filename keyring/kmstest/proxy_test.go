@@ -194,3 +194,45 @@ func TestProxyTargetDown(t *testing.T) {
 		t.Errorf("Count(DescribeKey) = %d, want 1", got)
 	}
 }
+
+// MaxInFlight counts the requests held at once: one after another never
+// overlap; requests held by a black hole all do.
+func TestProxyMaxInFlight(t *testing.T) {
+	t.Parallel()
+	srv := kmstest.Start(t)
+	p := kmstest.NewProxy(t, srv.Endpoint())
+	c := proxiedClient(t, p)
+	for range 3 {
+		if err := describe(c, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := p.MaxInFlight("DescribeKey"); got != 1 {
+		t.Errorf("MaxInFlight after 3 calls in a row = %d, want 1", got)
+	}
+	p.Reset()
+	if got := p.MaxInFlight("DescribeKey"); got != 0 {
+		t.Errorf("MaxInFlight after Reset = %d, want 0", got)
+	}
+
+	const n = 4
+	p.SetFault(kmstest.Fault{Blackhole: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { c.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(kmstest.KeyAID)}) })
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Count("DescribeKey") < n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := p.MaxInFlight("DescribeKey")
+	cancel()
+	wg.Wait()
+	if got != n {
+		t.Errorf("MaxInFlight with %d calls held by a black hole = %d, want %d", n, got, n)
+	}
+	if got := p.MaxInFlight("GenerateDataKey"); got != 0 {
+		t.Errorf("MaxInFlight(GenerateDataKey) = %d, want 0", got)
+	}
+}
