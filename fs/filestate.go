@@ -44,6 +44,10 @@ type fileKey struct {
 	dk   *keyring.DataKey
 	c    *blockcipher.Cipher
 	live *atomic.Int64
+	// made: this mount gave the file its header (h) and key: outage.go
+	// may keep the key past the last close.
+	made bool
+	h    *blockcipher.Header
 }
 
 // openFileKey checks h against dk (key commitment, header MAC) and returns
@@ -183,6 +187,9 @@ func (n *node) release(st *fileState) {
 	n.mu.Unlock()
 	if last {
 		st.content.Lock()
+		if k := st.key; k != nil && k.made {
+			n.r.outage.keep(k, k.h)
+		}
 		st.key.wipe()
 		st.key = nil
 		st.content.Unlock()

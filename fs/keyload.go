@@ -44,6 +44,13 @@ func (r *Root) openHeader(h *blockcipher.Header) (*fileKey, error) {
 	defer cancel()
 	r.stats.decrypts.Add(1)
 	dk, err := r.keyring.Decrypt(ctx, volume.Entries(h), r.vol.FileContext(h.FileID))
+	r.outage.noteResult(err)
+	if err != nil && unavailable(err) {
+		if kept := r.outage.take(h); kept != nil {
+			// A file this mount wrote while the key service is down.
+			dk, err = kept, nil
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("unwrap data key: %w", err)
 	}
@@ -75,6 +82,7 @@ func (r *Root) sealNewHeader(k *pooledKey) ([]byte, *fileKey, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("seal header: %w", err)
 	}
+	fk.made, fk.h = true, h
 	return slot, fk, nil
 }
 

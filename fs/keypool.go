@@ -23,6 +23,7 @@ func (r *Root) generateKey(ctx context.Context) (*pooledKey, error) {
 	id := blockcipher.NewID()
 	r.stats.generates.Add(1)
 	dk, wrapped, err := r.keyring.GenerateDataKey(ctx, r.vol.FileContext(id))
+	r.outage.noteResult(err)
 	if err != nil {
 		return nil, err
 	}

@@ -55,6 +55,7 @@ type Root struct {
 	root    *node
 	stats   stats
 	warned  warnLimiter
+	outage  outageKeys
 }
 
 // keyringTimeout bounds one keyring call made for a file operation (the
@@ -131,6 +132,7 @@ func (r *Root) Close() error {
 	if r.ahead != nil {
 		r.ahead.Close()
 	}
+	r.outage.wipe()
 	return unix.Close(r.rootFd)
 }
 

@@ -15,6 +15,7 @@ type Stats struct {
 	Generates, Decrypts int64
 	LiveKeys            int64 // data keys held by open files
 	Prefetched          int64 // data keys unwrapped ahead of an open, not yet taken
+	KeptForOutage       int64 // keys of files this mount wrote, kept past their close (outage.go)
 }
 
 // Stats returns the current counters.
@@ -27,5 +28,6 @@ func (r *Root) Stats() Stats {
 	if r.ahead != nil {
 		s.Prefetched = int64(r.ahead.Len())
 	}
+	s.KeptForOutage = int64(r.outage.len())
 	return s
 }

@@ -518,3 +518,44 @@ func TestFaultCreateStallsItsDirectory(t *testing.T) {
 	}
 	env.proxy.Heal()
 }
+
+// TestFaultOutageReadBack: a file written while KMS is unreachable (its
+// key from the pool, made before) reads back through the same mount: its
+// key is kept past the close while the outage lasts, and wiped once a
+// KMS call succeeds again. A file closed before the outage still needs
+// KMS to open, as always.
+func TestFaultOutageReadBack(t *testing.T) {
+	t.Parallel()
+	env := newKMSEnv(t)
+	k := env.mount(t, "--key-pool", "4")
+	k.AllowWarnings = true
+	writeFile(t, k.path("before"), patterned(1, 5000))
+	pollUntil(t, 30*time.Second, "the key pool to fill", func() bool { return k.scrape(t)[liveSeries] >= 4 })
+	k.idle(t)
+
+	env.proxy.SetFault(kmstest.Fault{Outage: true})
+	written := patterned(2, 7000)
+	writeFile(t, k.path("during"), written)
+	k.idle(t)
+	if got, err := os.ReadFile(k.path("during")); err != nil || !bytes.Equal(got, written) {
+		t.Fatalf("reading back a file written during the outage: %v", err)
+	}
+	if _, err := os.ReadFile(k.path("before")); errnoFrom(err) != syscall.EIO {
+		t.Errorf("a file closed before the outage: %v, want EIO", err)
+	}
+
+	env.proxy.Heal()
+	if got := readFile(t, k.path("before")); !bytes.Equal(got, patterned(1, 5000)) {
+		t.Fatal("before: differs after the outage")
+	}
+	k.idle(t)
+	// The successful call ended the outage: the kept key is gone, so the
+	// next open of "during" asks KMS again.
+	env.proxy.Reset()
+	if got := readFile(t, k.path("during")); !bytes.Equal(got, written) {
+		t.Fatal("during: differs after the outage")
+	}
+	if d := env.proxy.Count("Decrypt"); d != 1 {
+		t.Errorf("an open after the outage: %d Decrypt, want 1 (the kept key wiped)", d)
+	}
+}

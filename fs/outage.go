@@ -1,0 +1,163 @@
+package fs
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// Writing through a key service outage. A new file's key comes from the
+// key pool, generated before the outage, so the file can be written while
+// the key service is unreachable; but its key was wiped on its last close,
+// and reading the file back needed the key service. A user who just wrote
+// a file expects to read it.
+//
+// So the key of a file this mount gave its header is not wiped on its
+// last close but kept here, in locked memory, and an open whose unwrap
+// fails for want of the key service takes it from here. A kept key is
+// wiped as soon as a keyring call succeeds (with the service up, that is
+// the key pool's next refill: at once), after outageGrace if no call
+// failed for want of the service in the meantime, after outageKeep in
+// any case, when more than outageMax are kept (the oldest first), and at
+// unmount. Only keys this mount made are kept: the documented lifetime of
+// every other key is unchanged (docs/THREAT_MODEL.md).
+const (
+	outageGrace = 10 * time.Second
+	outageKeep  = time.Hour
+	outageMax   = 4096
+)
+
+// outageKeys holds the keys of files this mount wrote during an outage.
+// Safe for concurrent use.
+type outageKeys struct {
+	mu    sync.Mutex
+	down  bool                                  // guarded by mu: the last keyring call failed for want of the service
+	keys  map[[blockcipher.IDSize]byte]*heldKey // guarded by mu; by file ID
+	timer *time.Timer                           // guarded by mu: runs expire after outageGrace
+}
+
+type heldKey struct {
+	dk   *keyring.DataKey
+	h    *blockcipher.Header
+	kept time.Time
+}
+
+// unavailable reports whether err says the key service could not answer.
+func unavailable(err error) bool {
+	return errors.Is(err, keyring.ErrUnreachable) || errors.Is(err, keyring.ErrThrottled)
+}
+
+// noteResult records how a keyring call went: a success ends an outage
+// and wipes what it kept.
+func (o *outageKeys) noteResult(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case err == nil:
+		o.down = false
+		o.wipeLocked()
+	case unavailable(err):
+		o.down = true
+	}
+}
+
+// keep takes over the key of a file this mount wrote, at its last close,
+// if the key service is down; it reports whether it did (else the caller
+// wipes the key).
+func (o *outageKeys) keep(k *fileKey, h *blockcipher.Header) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if h == nil {
+		return false
+	}
+	if !o.down && o.timer == nil {
+		o.timer = time.AfterFunc(outageGrace, o.expire)
+	}
+	if o.keys == nil {
+		o.keys = map[[blockcipher.IDSize]byte]*heldKey{}
+	}
+	now := time.Now()
+	for id, hk := range o.keys {
+		if now.Sub(hk.kept) > outageKeep {
+			hk.dk.Wipe()
+			delete(o.keys, id)
+		}
+	}
+	for len(o.keys) >= outageMax {
+		var oldest [blockcipher.IDSize]byte
+		var at time.Time
+		for id, hk := range o.keys {
+			if at.IsZero() || hk.kept.Before(at) {
+				oldest, at = id, hk.kept
+			}
+		}
+		o.keys[oldest].dk.Wipe()
+		delete(o.keys, oldest)
+	}
+	if old := o.keys[h.FileID]; old != nil {
+		old.dk.Wipe()
+	}
+	o.keys[h.FileID] = &heldKey{dk: k.dk.Clone(), h: h, kept: now}
+	return true
+}
+
+// expire wipes the keys kept longer than outageGrace, unless the key
+// service is down.
+func (o *outageKeys) expire() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.timer = nil
+	if o.down {
+		return
+	}
+	now := time.Now()
+	for id, hk := range o.keys {
+		if now.Sub(hk.kept) >= outageGrace {
+			hk.dk.Wipe()
+			delete(o.keys, id)
+		}
+	}
+	if len(o.keys) > 0 {
+		o.timer = time.AfterFunc(outageGrace, o.expire)
+	}
+}
+
+// take returns a clone of the key kept for h, if h is the very header it
+// was kept with; nil otherwise.
+func (o *outageKeys) take(h *blockcipher.Header) *keyring.DataKey {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	hk := o.keys[h.FileID]
+	if hk == nil || hk.h.MAC != h.MAC || time.Since(hk.kept) > outageKeep {
+		return nil
+	}
+	return hk.dk.Clone()
+}
+
+// wipe wipes every kept key.
+func (o *outageKeys) wipe() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.wipeLocked()
+}
+
+func (o *outageKeys) wipeLocked() {
+	for id, hk := range o.keys {
+		hk.dk.Wipe()
+		delete(o.keys, id)
+	}
+	if o.timer != nil {
+		o.timer.Stop()
+		o.timer = nil
+	}
+}
+
+// len returns the number of kept keys.
+func (o *outageKeys) len() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.keys)
+}
