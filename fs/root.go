@@ -94,15 +94,16 @@ func NewRoot(opts Options) (*Root, error) {
 		log:     opts.Logger,
 	}
 	r.root = &node{r: r}
-	if opts.KeyPool > 0 && !opts.ReadOnly {
-		r.pool = newKeyPool(r, opts.KeyPool)
-	}
 	if opts.PrefetchKeys || opts.KeyReadahead {
 		r.ahead = newAhead(opts.Keyring)
 		r.keyring = r.ahead
 	}
 	if opts.KeyReadahead && !opts.PrefetchKeys {
 		r.ra = &readahead{r: r}
+	}
+	// Last: the pool's workers start calling r.keyring at once.
+	if opts.KeyPool > 0 && !opts.ReadOnly {
+		r.pool = newKeyPool(r, opts.KeyPool)
 	}
 	return r, nil
 }
