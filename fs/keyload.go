@@ -43,6 +43,7 @@ func (r *Root) openHeader(h *blockcipher.Header) (*fileKey, error) {
 	ctx, cancel := keyCtx()
 	defer cancel()
 	r.stats.decrypts.Add(1)
+	r.outage.noteCall()
 	dk, err := r.keyring.Decrypt(ctx, volume.Entries(h), r.vol.FileContext(h.FileID))
 	r.outage.noteResult(err)
 	if err != nil && unavailable(err) {

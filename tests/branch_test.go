@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -131,8 +132,10 @@ func TestBranchKeysRotationAndTTL(t *testing.T) {
 	env.proxy.Reset()
 	writeFile(t, k.path("new"), []byte("new"))
 	newID := branchIDOf(t, filepath.Join(env.vol.Dir, "new"))
-	if newID == oldID || len(branchKeyFiles(t, env.vol)) != 2 {
-		t.Fatalf("after the rotation period: new file under %s, old under %s, %d key files", newID, oldID, len(branchKeyFiles(t, env.vol)))
+	// (init made one; the mount may have made another if init was more
+	// than the period before it, on a slow machine.)
+	if keys := branchKeyFiles(t, env.vol); newID == oldID || !slices.Contains(keys, oldID) || !slices.Contains(keys, newID) {
+		t.Fatalf("after the rotation period: new file under %s, old under %s, key files %v", newID, oldID, keys)
 	}
 	if g := env.proxy.Count("GenerateDataKey"); g != 1 {
 		t.Errorf("rotation made %d GenerateDataKey, want 1", g)

@@ -124,11 +124,16 @@ const (
 	openSeries = `kmsfs_open_file_keys`
 )
 
-// idle waits until no open file holds a data key: every handle the test
-// closed has been released (the kernel sends RELEASE after close returns).
+// idle waits until no open file holds a data key (every handle the test
+// closed has been released: the kernel sends RELEASE after close returns)
+// and no key of a file the mount wrote is kept for an outage (fs/outage.go:
+// the next open of such a file then needs KMS, as the tests expect).
 func (k *kmsMount) idle(t testing.TB) {
 	t.Helper()
 	k.waitLiveKeys(t, 0)
+	pollUntil(t, 10*time.Second, "kmsfs_outage_keys to be 0", func() bool {
+		return k.scrape(t)["kmsfs_outage_keys"] == 0
+	})
 }
 
 // waitLiveKeys waits until open files hold exactly n data keys.

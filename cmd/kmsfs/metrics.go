@@ -40,7 +40,11 @@ func serveMetrics(addr string, keys *mountKeys, root *kfs.Root, log *slog.Logger
 		fmt.Fprintf(w, "kmsfs_live_keys %d\n", keyring.LiveKeys())
 		fmt.Fprintln(w, "# HELP kmsfs_open_file_keys Data keys held by open files (of kmsfs_live_keys).")
 		fmt.Fprintln(w, "# TYPE kmsfs_open_file_keys gauge")
-		fmt.Fprintf(w, "kmsfs_open_file_keys %d\n", root.Stats().LiveKeys)
+		st := root.Stats()
+		fmt.Fprintf(w, "kmsfs_open_file_keys %d\n", st.LiveKeys)
+		fmt.Fprintln(w, "# HELP kmsfs_outage_keys Keys of files this mount wrote, kept past their close while the key service may be down (of kmsfs_live_keys).")
+		fmt.Fprintln(w, "# TYPE kmsfs_outage_keys gauge")
+		fmt.Fprintf(w, "kmsfs_outage_keys %d\n", st.KeptForOutage)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
