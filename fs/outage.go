@@ -37,8 +37,8 @@ type outageKeys struct {
 	mu       sync.Mutex
 	down     bool                                  // guarded by mu: the last keyring call failed for want of the service
 	inflight int                                   // guarded by mu: keyring calls under way
-	keys  map[[blockcipher.IDSize]byte]*heldKey // guarded by mu; by file ID
-	timer *time.Timer                           // guarded by mu: runs expire after outageGrace
+	keys     map[[blockcipher.IDSize]byte]*heldKey // guarded by mu; by file ID
+	timer    *time.Timer                           // guarded by mu: runs expire after outageGrace
 }
 
 type heldKey struct {
