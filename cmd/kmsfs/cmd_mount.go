@@ -23,7 +23,7 @@ type mountFlags struct {
 	readOnly, allowOther, daemon, debugFUSE bool
 	trustConfig, nonempty                   bool
 	endpoint, region, localKey, logLevel    string
-	keyCacheTTL, branchKeyTTL               time.Duration
+	keyCacheTTL, branchKeyTTL, releaseIdle  time.Duration
 	keyPool                                 int
 	prefetchKeys, keyReadahead              bool
 	metricsAddr, logFile                    string
@@ -49,6 +49,7 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
 	fl.StringVar(&m.trace, "debug-trace", "", "debugging aid: write an execution trace of the mount process to `FILE` until it unmounts (go tool trace)")
+	fl.DurationVar(&m.releaseIdle, "release-memory-after", 30*time.Second, "return memory a burst of work left behind to the system once the mount has been idle this long (0: leave it to the Go runtime)")
 	fl.BoolVar(&m.nonempty, "nonempty", false, "mount over a mountpoint that is not empty, hiding its files")
 	fl.BoolVar(&m.trustConfig, "trust-config", false, "trust CIPHERDIR/kmsfs.json as it is now, though it differs from the copy this machine trusts (after you changed it yourself)")
 }
@@ -60,6 +61,9 @@ func (m *mountFlags) check() error {
 	}
 	if m.keyPool < 0 {
 		return fail(exitUsage, "--key-pool %d: want 0 (off) or a positive number of keys", m.keyPool)
+	}
+	if m.releaseIdle < 0 {
+		return fail(exitUsage, "--release-memory-after %v: want 0 (off) or a positive duration", m.releaseIdle)
 	}
 	if m.branchKeyTTL <= 0 {
 		return fail(exitUsage, "--branch-key-ttl %v: want a positive duration", m.branchKeyTTL)
@@ -248,7 +252,8 @@ func startAids(m mountFlags, keys *mountKeys, root *kfs.Root, log *slog.Logger) 
 		stopMetrics()
 		return nil, err
 	}
-	return func() { stopProfiles(); stopMetrics() }, nil
+	stopRelease := releaseWhenIdle(m.releaseIdle, log)
+	return func() { stopRelease(); stopProfiles(); stopMetrics() }, nil
 }
 
 // serve mounts root at mountpoint, calls mounted once the kernel has the
