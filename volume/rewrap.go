@@ -30,7 +30,8 @@ type Rewrap struct {
 type RewrapOutcome int
 
 const (
-	RewrapNone     RewrapOutcome = iota // no header (an empty file), or Done: nothing read beyond it
+	RewrapNone     RewrapOutcome = iota // Done already: nothing read beyond the header
+	RewrapEmpty                         // no header: an empty file
 	RewrapSame                          // unwrapped, and the new entries are the old ones
 	RewrapRewrote                       // a new header was written
 	RewrapFinished                      // an interrupted rewrite was finished from its record
@@ -67,7 +68,7 @@ func (v *Volume) RewrapFile(root int, rel string, rw Rewrap) (RewrapOutcome, err
 		return RewrapNone, err
 	}
 	if st.Size() == 0 {
-		return RewrapNone, nil
+		return RewrapEmpty, nil
 	}
 	if h, err := v.ReadHeader(f, st.Size()); err == nil && rw.Done(Entries(h)) && !v.hasRecord(h.FileID) {
 		return RewrapNone, nil
