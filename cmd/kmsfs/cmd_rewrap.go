@@ -172,7 +172,7 @@ func rewrap(ctx context.Context, vol *volume.Volume, f *rewrapFlags, id *agekey.
 		// The volume's own keyrings, once this machine trusts its config.
 		// Any that cannot be loaded is left out: the others, or the new
 		// keyrings, or the identity may unwrap.
-		ov := keyOverrides{skipUnavailable: true, log: log}
+		ov := keyOverrides{skipUnavailable: true, identityGiven: id != nil, log: log}
 		if _, old, err = trustedKeyrings(ctx, vol, f.trustCfg, ov, log); err != nil {
 			return err
 		}

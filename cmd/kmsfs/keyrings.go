@@ -28,7 +28,10 @@ type keyOverrides struct {
 	// mount or an offline command, which only unwrap. A writable mount
 	// needs every keyring, since each new file is wrapped under all.
 	skipUnavailable bool
-	log             *slog.Logger // for skipUnavailable's warnings
+	// identityGiven says an age identity unwraps too (--identity of an
+	// offline command): the volume's keyrings may all be unavailable.
+	identityGiven bool
+	log           *slog.Logger // for skipUnavailable's warnings
 }
 
 // buildKeyring makes the keyring a volume config names: one provider, or
@@ -70,10 +73,13 @@ func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (key
 		}
 		members = append(members, k)
 	}
-	if unwrapping == 0 {
+	if unwrapping == 0 && !ov.identityGiven {
 		return nil, nil, fail(exitKey, "none of the volume's keyrings %s can be loaded to unwrap with", keyringList(cfg.Keyrings))
 	}
-	if len(members) == 1 {
+	switch len(members) {
+	case 0:
+		return nil, nil, nil
+	case 1:
 		return members[0], members, nil
 	}
 	m, err := keyring.NewMulti(members...)
