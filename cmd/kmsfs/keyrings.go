@@ -42,6 +42,7 @@ func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (key
 		return nil, nil, err
 	}
 	var members []keyring.Keyring
+	var skipped []skippedKeyring
 	unwrapping := 0
 	for _, spec := range cfg.Keyrings {
 		var k keyring.Keyring
@@ -59,10 +60,8 @@ func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (key
 		default:
 			err = fail(exitVolume, "unknown keyring kind %q", spec.Kind)
 		}
-		if err != nil && ov.skipUnavailable && spec.Kind != keyring.KindAge {
-			if ov.log != nil {
-				ov.log.Warn("leaving out a keyring that cannot be loaded: the files are read with the others", "keyring", keyringList([]volume.KeyringSpec{spec}), "err", err.Error())
-			}
+		if err != nil && ov.skipUnavailable && isKeyFailure(err) {
+			skipped = append(skipped, skippedKeyring{spec, err})
 			continue
 		}
 		if err != nil {
@@ -74,7 +73,15 @@ func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (key
 		members = append(members, k)
 	}
 	if unwrapping == 0 && !ov.identityGiven {
-		return nil, nil, fail(exitKey, "none of the volume's keyrings %s can be loaded to unwrap with", keyringList(cfg.Keyrings))
+		if len(skipped) > 0 {
+			return nil, nil, skipped[0].err // what a mount without skipping says
+		}
+		return nil, nil, fail(exitKey, "none of the volume's keyrings %s can unwrap", keyringList(cfg.Keyrings))
+	}
+	for _, s := range skipped {
+		if ov.log != nil {
+			ov.log.Warn("leaving out a keyring that cannot be loaded: the files are read with the others", "keyring", keyringList([]volume.KeyringSpec{s.spec}), "err", s.err.Error())
+		}
 	}
 	switch len(members) {
 	case 0:
@@ -87,6 +94,20 @@ func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (key
 		return nil, nil, fail(exitKey, "%v", err)
 	}
 	return m, members, nil
+}
+
+// isKeyFailure reports whether err says a key cannot be loaded (exit
+// code 11): what skipUnavailable may leave out. A refusal of the config
+// itself (an endpoint this machine does not trust) is never skipped.
+func isKeyFailure(err error) bool {
+	var ce *cliError
+	return errors.As(err, &ce) && ce.code == exitKey
+}
+
+// skippedKeyring is a keyring buildKeyring left out, and why.
+type skippedKeyring struct {
+	spec volume.KeyringSpec
+	err  error
 }
 
 // kmsNames are the names a KMS keyring of the config goes by, for a
