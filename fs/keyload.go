@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -24,22 +25,38 @@ func (r *Root) readHeader(fd int) (*blockcipher.Header, error) {
 // loadKey reads the header of the file open at fd, unwraps its data key
 // with one keyring call and checks the header against it. A file without
 // a header yields (nil, nil). before, if not nil, runs once a header is
-// found, before the keyring call.
+// found, before the keyring call. A header that a kmsfs rewrap left torn
+// is read from its rewrite record (volume.OpenHeader), at the cost of a
+// second keyring call if the torn slot's was made.
 func (r *Root) loadKey(fd int, before func()) (*fileKey, error) {
-	h, err := r.readHeader(fd)
+	size, err := fdStore(fd).size()
+	if err != nil || size == 0 {
+		return nil, err
+	}
+	defer noatime(fd)()
+	unwrap := r.unwrap
+	if before != nil {
+		unwrap = func(h *blockcipher.Header) (*keyring.DataKey, error) {
+			if before != nil {
+				before()
+				before = nil
+			}
+			return r.unwrap(h)
+		}
+	}
+	h, dk, fromRecord, err := r.vol.OpenHeader(fdStore(fd), size, unwrap)
 	if err != nil || h == nil {
 		return nil, err
 	}
-	if before != nil {
-		before()
+	if fromRecord {
+		r.log.Info("reading a header through the record of an interrupted kmsfs rewrap: run kmsfs rewrap again to finish it", "file_id", fmt.Sprintf("%x", h.FileID))
 	}
-	return r.openHeader(h)
+	return openFileKey(h, dk, &r.stats.liveKeys)
 }
 
-// openHeader unwraps the data key of h with one keyring call (which a
-// prefetch may have made already) and checks h against it: commitment,
-// MAC.
-func (r *Root) openHeader(h *blockcipher.Header) (*fileKey, error) {
+// unwrap unwraps the data key of h with one keyring call (which a
+// prefetch may have made already).
+func (r *Root) unwrap(h *blockcipher.Header) (*keyring.DataKey, error) {
 	ctx, cancel := keyCtx()
 	defer cancel()
 	r.stats.decrypts.Add(1)
@@ -55,7 +72,7 @@ func (r *Root) openHeader(h *blockcipher.Header) (*fileKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unwrap data key: %w", err)
 	}
-	return openFileKey(h, dk, &r.stats.liveKeys)
+	return dk, nil
 }
 
 // newFileKey returns a data key for a new file: from the pool when one is
@@ -104,15 +121,11 @@ func (f *file) ensureHeader() error {
 		return err
 	}
 	defer unix.Flock(f.fd, unix.LOCK_UN)
-	h, err := r.readHeader(f.fd)
+	k, err := r.loadKey(f.fd, nil)
 	if err != nil {
 		return err
 	}
-	if h != nil {
-		k, err := r.openHeader(h)
-		if err != nil {
-			return err
-		}
+	if k != nil {
 		st.key = k
 		return nil
 	}
@@ -120,7 +133,7 @@ func (f *file) ensureHeader() error {
 	if err != nil {
 		return err
 	}
-	slot, k, err := r.sealNewHeader(pk)
+	slot, nk, err := r.sealNewHeader(pk)
 	if err != nil {
 		return err
 	}
@@ -129,12 +142,12 @@ func (f *file) ensureHeader() error {
 	// also cost a block allocation per new file, before delayed
 	// allocation could place the file's blocks together.
 	if err := (fdStore(f.fd)).writeFull(slot, 0); err != nil {
-		k.wipe()
+		nk.wipe()
 		// Leave no partial header behind.
 		unix.Ftruncate(f.fd, 0)
 		return err
 	}
-	st.key = k
+	st.key = nk
 	return nil
 }
 

@@ -38,6 +38,9 @@ type Kind string
 const (
 	KindAWSKMS Kind = "aws-kms"
 	KindLocal  Kind = "local"
+	// KindAge names entries wrapped to an age X25519 recipient (package
+	// keyring/agekey): anyone can wrap, only the identity's holder unwraps.
+	KindAge Kind = "age"
 )
 
 // DataKeySize is the size of every data key in bytes (AES-256).

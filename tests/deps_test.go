@@ -66,7 +66,7 @@ func imports(t *testing.T) map[string]directImports {
 		}
 		out[parts[0]] = directImports{code: strings.Fields(parts[1]), tests: strings.Fields(parts[2])}
 	}
-	for _, p := range []string{"blockcipher", "blockfile", "volume", "keyring", "keyring/awskms", "keyring/kmstest", "fs", "cmd/kmsfs"} {
+	for _, p := range []string{"blockcipher", "blockfile", "volume", "keyring", "keyring/agekey", "keyring/awskms", "keyring/kmstest", "fs", "cmd/kmsfs"} {
 		if _, ok := out[module+"/"+p]; !ok {
 			t.Fatalf("package %s/%s is missing from go list: update this test", module, p)
 		}
@@ -112,7 +112,7 @@ func TestDeps(t *testing.T) {
 	})
 
 	t.Run("keyring knows nothing of FUSE, files or blocks", func(t *testing.T) {
-		for _, pkg := range []string{module + "/keyring", module + "/keyring/awskms", module + "/keyring/kmstest"} {
+		for _, pkg := range []string{module + "/keyring", module + "/keyring/agekey", module + "/keyring/awskms", module + "/keyring/kmstest"} {
 			for dep := range deps(t, pkg) {
 				if isGoFUSE(dep) || dep == module+"/fs" || dep == module+"/volume" || dep == module+"/blockfile" ||
 					dep == module+"/blockcipher" || strings.HasPrefix(dep, module+"/cmd/") {

@@ -166,13 +166,20 @@ func (v *Volume) WriteBranch(id [blockcipher.IDSize]byte, slot []byte) error {
 // openStore opens the branch key store as a directory, beneath CIPHERDIR
 // and following no symlink; with create it makes the store first.
 func (v *Volume) openStore(create bool) (int, error) {
+	return v.openStoreDir(BranchStore, create)
+}
+
+// openStoreDir opens dir, a directory of kmsfs's own store (StoreName or
+// below it), beneath CIPHERDIR and following no symlink; with create it
+// makes it (and StoreName) first.
+func (v *Volume) openStoreDir(dir string, create bool) (int, error) {
 	root, err := unix.Open(v.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}
 	defer unix.Close(root)
 	if create {
-		for _, d := range []string{StoreName, BranchStore} {
+		for _, d := range []string{StoreName, dir} {
 			if err := unix.Mkdirat(root, d, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 				return -1, err
 			}
@@ -182,5 +189,5 @@ func (v *Volume) openStore(create bool) (int, error) {
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	}
-	return unix.Openat2(root, BranchStore, &how)
+	return unix.Openat2(root, dir, &how)
 }

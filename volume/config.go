@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -197,10 +198,33 @@ func (k KeyringSpec) validate() error {
 		if k.KeyARN != "" || k.Region != "" || k.Endpoint != "" {
 			return errors.New("local keyring has aws-kms fields")
 		}
+	case keyring.KindAge:
+		if !validRecipient(k.KeyID) {
+			return errors.New("age keyring key_id must be an age X25519 recipient (age1...)")
+		}
+		if k.KeyARN != "" || k.Region != "" || k.Endpoint != "" || k.KeyFile != "" {
+			return errors.New("age keyring has fields other than kind and key_id")
+		}
 	default:
 		return fmt.Errorf("unknown keyring kind %q", k.Kind)
 	}
 	return nil
+}
+
+// validRecipient checks the shape of an age X25519 recipient: "age1" and
+// 58 characters of lowercase Bech32 (the key is parsed in full where it is
+// used, keyring/agekey).
+func validRecipient(s string) bool {
+	const bech32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+	if len(s) != 62 || !strings.HasPrefix(s, "age1") {
+		return false
+	}
+	for _, c := range s[4:] {
+		if !strings.ContainsRune(bech32, c) {
+			return false
+		}
+	}
+	return true
 }
 
 // VolumeIDBytes returns the decoded volume ID.
@@ -282,6 +306,17 @@ func ConfigBytes(c *Config) ([]byte, error) {
 // file in the same directory, fsync, rename, fsync of the directory. It
 // refuses to replace an existing config.
 func WriteConfig(cipherDir string, c *Config) error {
+	return writeConfig(cipherDir, c, false)
+}
+
+// ReplaceConfig writes c over CIPHERDIR/kmsfs.json atomically, as
+// WriteConfig does, replacing the config there (kmsfs rewrap): a reader
+// sees the old config or the new one, never a mix.
+func ReplaceConfig(cipherDir string, c *Config) error {
+	return writeConfig(cipherDir, c, true)
+}
+
+func writeConfig(cipherDir string, c *Config, replace bool) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
@@ -309,8 +344,14 @@ func WriteConfig(cipherDir string, c *Config) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	// link(2) fails if the name exists, where rename would replace it.
 	final := filepath.Join(cipherDir, ConfigName)
+	if replace {
+		if err := os.Rename(tmp.Name(), final); err != nil {
+			return err
+		}
+		return syncDir(cipherDir)
+	}
+	// link(2) fails if the name exists, where rename would replace it.
 	if err := os.Link(tmp.Name(), final); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("%s is already a kmsfs volume", cipherDir)

@@ -17,6 +17,7 @@ var kindCodes = map[keyring.Kind]uint8{
 	keyring.KindAWSKMS: 1,
 	keyring.KindLocal:  2,
 	keyring.KindBranch: 3,
+	keyring.KindAge:    4,
 }
 
 // KindOf returns the keyring kind stored as code.
@@ -66,6 +67,16 @@ func setEntries(h *blockcipher.Header, wrapped []keyring.WrappedKey) error {
 		h.Keys = append(h.Keys, blockcipher.KeyEntry{Kind: code, KeyID: w.KeyID, Blob: w.Blob})
 	}
 	return nil
+}
+
+// HeaderUsedSize is the number of bytes a header with these wrapped keys
+// uses before its padding: what must fit a volume's header_size.
+func HeaderUsedSize(wrapped []keyring.WrappedKey) (int, error) {
+	var h blockcipher.Header
+	if err := setEntries(&h, wrapped); err != nil {
+		return 0, err
+	}
+	return h.UsedSize(), nil
 }
 
 // HeaderSizeFor sizes a volume's header slot from real wrapped keys (what

@@ -22,7 +22,8 @@ import (
 type mountFlags struct {
 	readOnly, allowOther, daemon, debugFUSE bool
 	trustConfig, nonempty                   bool
-	endpoint, region, localKey, logLevel    string
+	localKey, logLevel                      string
+	endpoint, region                        keyedValue
 	keyCacheTTL, branchKeyTTL, releaseIdle  time.Duration
 	keyPool                                 int
 	prefetchKeys, keyReadahead              bool
@@ -33,8 +34,8 @@ type mountFlags struct {
 func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.BoolVar(&m.readOnly, "read-only", false, "mount read-only")
 	fl.BoolVar(&m.allowOther, "allow-other", false, "let other users use the mount; the kernel checks permissions (default_permissions)")
-	fl.StringVar(&m.endpoint, "kms-endpoint", "", "KMS endpoint `URL`, replacing the volume's")
-	fl.StringVar(&m.region, "region", "", "AWS `region`, replacing the volume's")
+	fl.Var(&m.endpoint, "kms-endpoint", "KMS endpoint `URL`, replacing the volume's; KEY=URL for one of several KMS keys (repeat)")
+	fl.Var(&m.region, "region", "AWS `region`, replacing the volume's; KEY=REGION for one of several KMS keys (repeat)")
 	fl.StringVar(&m.localKey, "local-key", "", "local key `FILE`, replacing the volume's key file path")
 	fl.DurationVar(&m.keyCacheTTL, "key-cache-ttl", 0, "keep unwrapped data keys this long after the last close (0: wipe on last close)")
 	fl.StringVar(&m.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
@@ -132,8 +133,15 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 	}
 	// Only once this machine trusts the config: see trust.go.
 	ctx := context.Background()
-	kr, err := trustedKeyring(ctx, vol, m.trustConfig, keyOverrides{region: m.region, endpoint: m.endpoint, localKey: m.localKey}, log)
+	if pending, _ := vol.PendingRewrap(); pending {
+		return fail(exitVolume, "a kmsfs rewrap of %s was interrupted: its files are wrapped under the old keyrings or the new ones. Finish it first: run the same kmsfs rewrap command again", cipherDir)
+	}
+	ov := keyOverrides{region: m.region, endpoint: m.endpoint, localKey: m.localKey, skipUnavailable: m.readOnly, log: log}
+	kr, err := trustedKeyring(ctx, vol, m.trustConfig, ov, log)
 	if err != nil {
+		if !m.readOnly {
+			err = readOnlyHint(err, cfg)
+		}
 		return err
 	}
 	if cfg.Branch() {
@@ -151,7 +159,7 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		// A wrong or unusable key fails the mount now, in one line,
 		// rather than every later create.
 		if err := keys.prove(ctx, vol); err != nil {
-			return err
+			return readOnlyHint(err, cfg)
 		}
 	}
 	root, err := kfs.NewRoot(kfs.Options{
@@ -235,6 +243,24 @@ func (k *mountKeys) prove(ctx context.Context, vol *volume.Volume) error {
 	}
 	dk.Wipe()
 	return nil
+}
+
+// readOnlyHint adds to a writable mount's key failure that a read-only
+// mount would do without the failing key, when the volume has another
+// keyring to read with: a writable mount needs every keyring, since each
+// new file is wrapped under all.
+func readOnlyHint(err error, cfg *volume.Config) error {
+	unwrapping := 0
+	for _, s := range cfg.Keyrings {
+		if s.Kind != keyring.KindAge {
+			unwrapping++
+		}
+	}
+	var ce *cliError
+	if unwrapping < 2 || !errors.As(err, &ce) {
+		return err
+	}
+	return fail(ce.code, "%s. A writable mount needs every key of the volume (new files are wrapped under all); to read with the others, mount with --read-only", ce.msg)
 }
 
 // startAids starts the metrics server and the debugging aids that were

@@ -6,6 +6,7 @@
 //	kmsfs mount [flags] CIPHERDIR MNT     mount it (foreground; -d to detach)
 //	kmsfs unmount MNT                     unmount it
 //	kmsfs inspect CIPHERFILE              print a file's header as JSON
+//	kmsfs rewrap [flags] CIPHERDIR        replace a volume's keyrings
 package main
 
 import (
@@ -22,10 +23,11 @@ var version = "dev"
 const usage = `kmsfs: a directory encrypted at rest under AWS KMS data keys, mounted with FUSE
 
 usage:
-  kmsfs init [--kms-key KEY]... [--region R] [--kms-endpoint URL] [--local-key FILE] [--block-size N] CIPHERDIR
+  kmsfs init [--kms-key KEY]... [--region R] [--kms-endpoint URL] [--local-key FILE] [--recipient AGE]... [--block-size N] CIPHERDIR
   kmsfs mount [--read-only] [--allow-other] [--key-cache-ttl D] [--log-level L] [-d|--daemon] CIPHERDIR MOUNTPOINT
   kmsfs unmount MOUNTPOINT
   kmsfs inspect CIPHERFILE
+  kmsfs rewrap [--kms-key KEY]... [--local-key FILE] [--recipient AGE]... [--identity FILE] [--dry-run] [--json] CIPHERDIR
   kmsfs version
 
 Run "kmsfs COMMAND -h" for a command's flags.
@@ -62,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdUnmount(args[1:], stdout, stderr)
 	case "inspect":
 		err = cmdInspect(args[1:], stdout, stderr)
+	case "rewrap":
+		err = cmdRewrap(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "kmsfs", version)
 	case "help", "-h", "--help":

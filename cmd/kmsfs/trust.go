@@ -107,15 +107,22 @@ func keepTrusted(paths []string, raw []byte) error {
 // every keyring it names (attest). A changed config is refused before any
 // key service is contacted; so is a first use the files do not attest.
 func trustedKeyring(ctx context.Context, vol *volume.Volume, accept bool, ov keyOverrides, log *slog.Logger) (keyring.Keyring, error) {
+	kr, _, err := trustedKeyrings(ctx, vol, accept, ov, log)
+	return kr, err
+}
+
+// trustedKeyrings is trustedKeyring that also returns the members, in
+// config order.
+func trustedKeyrings(ctx context.Context, vol *volume.Volume, accept bool, ov keyOverrides, log *slog.Logger) (keyring.Keyring, []keyring.Keyring, error) {
 	name := filepath.Join(vol.Dir, volume.ConfigName)
 	t, err := lookupTrust(vol, accept)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ov.configEndpoint = t.same || accept
 	kr, members, err := buildKeyring(ctx, vol.Config, ov)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if t.same {
 		if t.missing {
@@ -125,12 +132,12 @@ func trustedKeyring(ctx context.Context, vol *volume.Volume, accept bool, ov key
 				keepTrusted(t.paths, canon)
 			}
 		}
-		return kr, nil
+		return kr, members, nil
 	}
 	attestedBy := ""
 	if !accept {
 		if attestedBy, err = attest(ctx, vol, members); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	canon, err := volume.ConfigBytes(vol.Config)
@@ -138,14 +145,14 @@ func trustedKeyring(ctx context.Context, vol *volume.Volume, accept bool, ov key
 		err = keepTrusted(t.paths, canon)
 	}
 	if err != nil {
-		return nil, fail(exitVolume, "keep a trusted copy of %s: %v", name, err)
+		return nil, nil, fail(exitVolume, "keep a trusted copy of %s: %v", name, err)
 	}
 	if accept {
 		log.Warn("trusting the changed volume config (--trust-config)", "config", name, "copies", strings.Join(t.paths, " "), "keyrings", keyringList(vol.Config.Keyrings))
 	} else {
 		log.Warn("first mount of this volume here: trusting its config from now on, and refusing a changed one; check that these are your keys", "config", name, "keyrings", keyringList(vol.Config.Keyrings), "attested_by", attestedBy, "copies", strings.Join(t.paths, " "))
 	}
-	return kr, nil
+	return kr, members, nil
 }
 
 // trust is what lookupTrust found.
