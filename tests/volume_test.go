@@ -103,8 +103,14 @@ func TestFrozenVolume(t *testing.T) {
 		t.Errorf("cipher file of never-written: %v, want 0 bytes", err)
 	}
 
+	// A machine that has never seen the volume: its files attest its
+	// config, which the mount says at WARN.
 	v := &volume{Dir: cipher, Env: []string{"XDG_CONFIG_HOME=" + t.TempDir()}}
 	m := mountVolume(t, v, "--local-key", keyFile)
+	m.AllowWarnings = true
+	if w := warnLine.FindAllString(m.log.String(), -1); len(w) != 1 || !strings.Contains(w[0], "first mount of this volume here") {
+		t.Errorf("warnings: %q, want the first-use one alone", w)
+	}
 
 	// The tree is exactly the manifest, the directory and the symlink.
 	var got []string
