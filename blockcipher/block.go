@@ -7,10 +7,11 @@ import (
 )
 
 // Cipher seals and opens the blocks of one file. It holds the file's
-// derived content key (inside an AES-GCM AEAD) and file ID. It is safe for
-// concurrent use; it never retains the slices passed to it.
+// derived content key (inside an AES-GCM AEAD) and record MAC key until
+// Wipe, and its file ID. It is safe for concurrent use, but for Wipe; it
+// never retains the slices passed to it.
 type Cipher struct {
-	aead      cipher.AEAD
+	aead      cipher.AEAD // nil after Wipe
 	fileID    [IDSize]byte
 	layout    Layout
 	recordKey [32]byte // the journal record MAC key (RecordMAC)

@@ -18,7 +18,12 @@
 //     key with HKDF-SHA256 (salt = file ID, one label each); the raw data key
 //     never keys AES directly. The commitment is compared in constant time
 //     before any block is opened.
+//   - No copy of the data key or of a derived key is left behind: the
+//     derivation and every MAC run in package secret, whose buffers are
+//     cleared; a Cipher's keys (AES-GCM state, record MAC key) live until
+//     Cipher.Wipe zeroes them.
 //
 // The package is pure: bytes in, bytes or error out. It knows nothing of
-// FUSE, KMS or paths, and never logs. A Cipher is safe for concurrent use.
+// FUSE, KMS or paths, and never logs. A Cipher is safe for concurrent use
+// (but for Wipe).
 package blockcipher

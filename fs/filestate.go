@@ -80,7 +80,10 @@ func sealFileKey(h *blockcipher.Header, dk *keyring.DataKey, live *atomic.Int64)
 // before they are wiped, to check afterwards that they were zeroed.
 var testOnlyBeforeWipe func(b []byte)
 
-// wipe zeroes the data key and drops the cipher. Safe on nil.
+// wipe zeroes the data key and the keys derived from it that the cipher
+// holds (its AES-GCM state, its record MAC key), and drops both. Caller
+// holds the file's content lock for writing, or is the key's only user.
+// Safe on nil.
 func (k *fileKey) wipe() {
 	if k == nil || k.dk == nil {
 		return
@@ -89,6 +92,7 @@ func (k *fileKey) wipe() {
 		testOnlyBeforeWipe(k.dk.Bytes())
 	}
 	k.dk.Wipe()
+	k.c.Wipe()
 	k.dk, k.c = nil, nil
 	k.live.Add(-1)
 }

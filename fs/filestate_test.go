@@ -129,7 +129,6 @@ type storedFile struct {
 	path   string // in CIPHERDIR
 	key    []byte // copy of its data key
 	fileID [blockcipher.IDSize]byte
-	cipher *blockcipher.Cipher // the cipher it was written with
 }
 
 const keysTestPlain = "hello, kmsfs"
@@ -147,9 +146,9 @@ func createStored(t *testing.T, r *Root, name string) storedFile {
 	if err != nil {
 		t.Fatalf("sealNewHeader: %v", err)
 	}
+	defer fk.wipe() // which wipes fk.c: use it before
 	c := fk.c
-	f := storedFile{name: name, path: filepath.Join(r.vol.Dir, name), key: key, fileID: k.fileID, cipher: c}
-	fk.wipe()
+	f := storedFile{name: name, path: filepath.Join(r.vol.Dir, name), key: key, fileID: k.fileID}
 	fd, err := r.createEmpty(context.Background(), r.rootFd, name, 0o600)
 	if err != nil {
 		t.Fatalf("createEmpty: %v", err)

@@ -18,7 +18,9 @@
 //     (ErrNoUsableKey) instead of being sent to that key.
 //   - Plaintext key bytes live only in a *DataKey: in locked memory where the
 //     kernel allows, never printed (String, Format and LogValue redact them),
-//     zeroed by Wipe. Errors never contain key bytes.
+//     zeroed by Wipe. Errors never contain key bytes. LiveKeys counts every
+//     DataKey not yet wiped. (Local's key-encryption key is the one other
+//     key: in locked memory too, for the keyring's life, not counted.)
 //
 // The package knows nothing about files or FUSE: a file ID is an opaque value
 // in the encryption context.
