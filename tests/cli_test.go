@@ -31,6 +31,7 @@ import (
 // tests spell them out rather than import them.
 const (
 	cliExitOK      = 0
+	cliExitError   = 1
 	cliExitUsage   = 2
 	cliExitVolume  = 10
 	cliExitKey     = 11
