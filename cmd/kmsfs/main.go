@@ -6,6 +6,7 @@
 //	kmsfs mount [flags] CIPHERDIR MNT     mount it (foreground; -d to detach)
 //	kmsfs unmount MNT                     unmount it
 //	kmsfs inspect CIPHERFILE              print a file's header as JSON
+//	kmsfs info CIPHERDIR                  print a volume's settings as JSON
 package main
 
 import (
@@ -17,8 +18,6 @@ import (
 	"strings"
 )
 
-var version = "dev"
-
 const usage = `kmsfs: a directory encrypted at rest under AWS KMS data keys, mounted with FUSE
 
 usage:
@@ -26,6 +25,7 @@ usage:
   kmsfs mount [--read-only] [--allow-other] [--key-cache-ttl D] [--log-level L] [-d|--daemon] CIPHERDIR MOUNTPOINT
   kmsfs unmount MOUNTPOINT
   kmsfs inspect CIPHERFILE
+  kmsfs info CIPHERDIR
   kmsfs version
 
 Run "kmsfs COMMAND -h" for a command's flags.
@@ -62,8 +62,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdUnmount(args[1:], stdout, stderr)
 	case "inspect":
 		err = cmdInspect(args[1:], stdout, stderr)
+	case "info":
+		err = cmdInfo(args[1:], stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "kmsfs", version)
+		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -89,6 +91,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 // positional arguments (kmsfs mount CIPHERDIR MNT --read-only), and checks
 // the number of positional arguments.
 func parseArgs(fs *flag.FlagSet, args []string, names ...string) ([]string, error) {
+	pos, err := parsePositional(fs, args)
+	if err == nil && len(pos) != len(names) {
+		err = fail(exitUsage, "%s needs %s (see kmsfs %s -h)", fs.Name(), strings.Join(names, " and "), fs.Name())
+	}
+	return pos, err
+}
+
+// parsePositional parses flags wherever they are, as parseArgs does, and
+// returns the positional arguments, however many.
+func parsePositional(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -108,9 +120,6 @@ func parseArgs(fs *flag.FlagSet, args []string, names ...string) ([]string, erro
 		}
 		pos = append(pos, args[0])
 		args = args[1:]
-	}
-	if len(pos) != len(names) {
-		return nil, fail(exitUsage, "%s needs %s (see kmsfs %s -h)", fs.Name(), strings.Join(names, " and "), fs.Name())
 	}
 	return pos, nil
 }

@@ -181,10 +181,8 @@ func lookupTrust(vol *volume.Volume, accept bool) (trust, error) {
 		if err != nil {
 			return trust{}, fail(exitVolume, "read the trusted copy of %s: %v", name, err)
 		}
-		if prev, err := volume.ParseConfig(old); err == nil {
-			if canon, err := volume.ConfigBytes(prev); err == nil && bytes.Equal(canon, now) {
-				continue
-			}
+		if sameConfig(old, now) {
+			continue
 		}
 		differs = true
 		if !accept {
@@ -193,6 +191,59 @@ func lookupTrust(vol *volume.Volume, accept bool) (trust, error) {
 	}
 	t.same = found && !differs
 	return t, nil
+}
+
+// sameConfig reports whether old, a trusted copy, means the config whose
+// canonical bytes (volume.ConfigBytes) are now.
+func sameConfig(old, now []byte) bool {
+	prev, err := volume.ParseConfig(old)
+	if err != nil {
+		return false
+	}
+	canon, err := volume.ConfigBytes(prev)
+	return err == nil && bytes.Equal(canon, now)
+}
+
+// trustState is how a volume's config compares with the copies this
+// machine trusts (kmsfs info prints it; the offline commands act on it).
+type trustState string
+
+const (
+	trustTrusted trustState = "trusted" // a copy exists, and every copy there is means this config
+	trustDiffers trustState = "differs" // a copy means another config
+	trustNone    trustState = "none"    // no copy: this machine never trusted it
+)
+
+// configTrust compares vol's config with the trusted copies, by meaning,
+// without changing them. For trustDiffers it also returns the copy that
+// differs. Unlike a mount, which wants every copy (and makes the missing
+// ones), one matching copy is trust enough: the volume was reached by a
+// new path, or its path copy was removed, but this machine has trusted
+// exactly this config before.
+func configTrust(vol *volume.Volume) (trustState, string, error) {
+	paths, err := trustedCopies(vol.Config.VolumeID, vol.Dir)
+	if err != nil {
+		return "", "", err
+	}
+	now, err := volume.ConfigBytes(vol.Config)
+	if err != nil {
+		return "", "", err
+	}
+	state := trustNone
+	for _, p := range paths {
+		old, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return "", "", err
+		}
+		if !sameConfig(old, now) {
+			return trustDiffers, p, nil
+		}
+		state = trustTrusted
+	}
+	return state, "", nil
 }
 
 // configChange says how cfg differs from old, the trusted bytes.
