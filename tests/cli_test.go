@@ -37,6 +37,7 @@ const (
 	cliExitKey     = 11
 	cliExitMount   = 12
 	cliExitInspect = 13
+	cliExitDamage  = 15
 )
 
 // cliConfig is kmsfs.json as docs/FORMAT.md ("Volume config") specifies

@@ -7,6 +7,7 @@
 //	kmsfs unmount MNT                     unmount it
 //	kmsfs inspect CIPHERFILE              print a file's header as JSON
 //	kmsfs info CIPHERDIR                  print a volume's settings as JSON
+//	kmsfs fsck CIPHERDIR                  check every header and block
 package main
 
 import (
@@ -26,6 +27,7 @@ usage:
   kmsfs unmount MOUNTPOINT
   kmsfs inspect CIPHERFILE
   kmsfs info CIPHERDIR
+  kmsfs fsck [--json] [--repair] CIPHERDIR
   kmsfs version
 
 Run "kmsfs COMMAND -h" for a command's flags.
@@ -62,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdUnmount(args[1:], stdout, stderr)
 	case "inspect":
 		err = cmdInspect(args[1:], stdout, stderr)
+	case "fsck":
+		err = cmdFsck(args[1:], stdout, stderr)
 	case "info":
 		err = cmdInfo(args[1:], stdout, stderr)
 	case "version", "--version":
