@@ -409,7 +409,8 @@ func TestFsckRepair(t *testing.T) {
 	v := newVolume(t, nil)
 	g := geometryOf(t, v)
 	m := mountVolume(t, v)
-	writeFile(t, m.path("f"), patterned(7, 3*g.BlockSize))
+	want := patterned(7, 3*g.BlockSize)
+	writeFile(t, m.path("f"), want)
 	if err := m.unmount(); err != nil {
 		t.Fatal(err)
 	}
@@ -427,5 +428,9 @@ func TestFsckRepair(t *testing.T) {
 	}
 	if r, code, _ := fsck(t, v); code != cliExitOK || len(r.Problems) != 0 {
 		t.Errorf("after --repair: exit %d, %+v", code, r.Problems)
+	}
+	out, _, code = run(t, v.Env, "cat", filepath.Join(v.Dir, "f"))
+	if code != 0 || out != string(want) {
+		t.Errorf("cat after --repair: exit %d, %d bytes", code, len(out))
 	}
 }

@@ -8,6 +8,8 @@
 //	kmsfs inspect CIPHERFILE              print a file's header as JSON
 //	kmsfs info CIPHERDIR                  print a volume's settings as JSON
 //	kmsfs fsck CIPHERDIR                  check every header and block
+//	kmsfs cat FILE...                     decrypt stored files to stdout
+//	kmsfs export CIPHERDIR DEST           decrypt a whole volume into DEST
 package main
 
 import (
@@ -28,6 +30,8 @@ usage:
   kmsfs inspect CIPHERFILE
   kmsfs info CIPHERDIR
   kmsfs fsck [--json] [--repair] CIPHERDIR
+  kmsfs cat [-C CIPHERDIR] [--keep-going] FILE...
+  kmsfs export [--keep-going] CIPHERDIR DEST
   kmsfs version
 
 Run "kmsfs COMMAND -h" for a command's flags.
@@ -66,6 +70,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdInspect(args[1:], stdout, stderr)
 	case "fsck":
 		err = cmdFsck(args[1:], stdout, stderr)
+	case "cat":
+		err = cmdCat(args[1:], stdout, stderr)
+	case "export":
+		err = cmdExport(args[1:], stdout, stderr)
 	case "info":
 		err = cmdInfo(args[1:], stdout, stderr)
 	case "version", "--version":
