@@ -162,6 +162,7 @@ type exportResult struct {
 	notKept int
 	fatal   error
 	link    [2]string // for kind "link": the first path, and the new one
+	regular bool      // for kind "link": to a regular file (progress counts it)
 }
 
 func (e *exportRun) run(ctx context.Context, cancel func()) error {
@@ -223,6 +224,9 @@ func (e *exportRun) consume(r exportResult) {
 	case "fifo":
 		e.count.fifos++
 	case "link":
+		if r.regular {
+			e.prog.file(r.stored)
+		}
 		e.count.links++
 	}
 	if r.notKept < 0 {
@@ -254,7 +258,7 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
 		id := [2]uint64{st.Dev, st.Ino}
 		if first, ok := e.links[id]; ok {
-			done(exportResult{kind: "link", link: [2]string{first, target}})
+			done(exportResult{kind: "link", link: [2]string{first, target}, stored: st.Size, regular: st.Mode&unix.S_IFMT == unix.S_IFREG})
 			return nil
 		}
 		e.links[id] = target
