@@ -58,11 +58,11 @@ func cmdInfo(args []string, stdout, stderr io.Writer) error {
 		n := len(ids)
 		out.KeyMode, out.BranchKeyRotation, out.BranchKeys = volume.KeyModeBranch, c.Rotation().String(), &n
 	}
-	state, _, err := configTrust(vol)
+	t, err := configTrust(vol)
 	if err != nil {
-		return fail(exitVolume, "compare %s with its trusted copy: %v", volume.ConfigName, err)
+		return fail(exitVolume, "%s: %v", volume.ConfigName, err)
 	}
-	out.TrustedCopy = string(state)
+	out.TrustedCopy = string(t.state)
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(out)

@@ -76,13 +76,14 @@ func (k *offlineKeys) close() {
 // added here, for all of them.
 func unwrapKeyring(ctx context.Context, vol *volume.Volume, o offlineFlags, stderr io.Writer) (*offlineKeys, error) {
 	name := filepath.Join(vol.Dir, volume.ConfigName)
-	state, differing, err := configTrust(vol)
+	t, err := configTrust(vol)
 	if err != nil {
-		return nil, fail(exitVolume, "compare %s with its trusted copy: %v", name, err)
+		return nil, fail(exitVolume, "%s: %v", name, err)
 	}
+	state := t.state
 	if state == trustDiffers && !o.trustConfig {
-		old, _ := os.ReadFile(differing)
-		return nil, fail(exitVolume, "%s differs from the copy of it this machine trusts (%s): %s. Whoever can write CIPHERDIR can add keys of their own to it, so kmsfs does not read the volume with it. If you changed it yourself, pass --trust-config", name, differing, configChange(old, vol.Config))
+		old, _ := os.ReadFile(t.differing)
+		return nil, fail(exitVolume, "%s differs from the copy of it this machine trusts (%s): %s. Whoever can write CIPHERDIR can add keys of their own to it, so kmsfs does not read the volume with it. If you changed it yourself, pass --trust-config", name, t.differing, configChange(old, vol.Config))
 	}
 	ov := keyOverrides{region: o.region, endpoint: o.endpoint, localKey: o.localKey, configEndpoint: state == trustTrusted || o.trustConfig}
 	inner, _, err := buildKeyring(ctx, vol.Config, ov)
