@@ -76,6 +76,7 @@ func treeVolume(t *testing.T, v *volume) map[string][]byte {
 // block stops it, naming the file and offset, and --keep-going writes
 // zeros for it.
 func TestCatLocal(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	files := treeVolume(t, v)
 	for name, want := range files {
@@ -129,6 +130,7 @@ func TestCatLocal(t *testing.T) {
 // CIPHERDIR or one that is not empty; stops at damage, or with
 // --keep-going exports zeros for it and lists it.
 func TestExportLocal(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	files := treeVolume(t, v)
 	g := geometryOf(t, v)
@@ -232,6 +234,7 @@ func TestExportLocal(t *testing.T) {
 // differs from this machine's trusted copy is refused unless
 // --trust-config, which leaves the copy alone.
 func TestExportKMSNewMachine(t *testing.T) {
+	t.Parallel()
 	env := newKMSEnv(t)
 	k := env.mount(t, "--key-pool", "0")
 	const n = 10

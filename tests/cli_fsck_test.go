@@ -108,6 +108,7 @@ func kinds(ps []fsckProblem) []string {
 // header. Leftover temporary files and unknown names in the key store
 // are reported as strays, and --repair leaves them alone.
 func TestFsckCleanAndStray(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	g := geometryOf(t, v)
 	m := mountVolume(t, v)
@@ -190,6 +191,7 @@ func TestFsckCleanAndStray(t *testing.T) {
 // blocks (header cases as "header"); no good block and no untouched
 // file is reported.
 func TestFsckTamper(t *testing.T) {
+	t.Parallel()
 	vol, _, cases, _ := tamperedVolume(t)
 	r, code, _ := fsck(t, vol)
 	if code != cliExitDamage || r.Clean || !r.Complete {
@@ -250,6 +252,7 @@ func TestFsckTamper(t *testing.T) {
 // fsck and read through a read-only mount: every copy that reads with
 // EIO is reported, and no copy that reads back true has a bad block.
 func TestFsckOwnBytes(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	g := geometryOf(t, v)
 	m := mountVolume(t, v)
@@ -299,6 +302,7 @@ func TestFsckOwnBytes(t *testing.T) {
 // and so is every file under them, at no key service call each; names in
 // the store that are not branch keys are strays.
 func TestFsckBranchTamper(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil, "--branch-keys")
 	other := newVolume(t, nil, "--branch-keys")
 	m := mountVolume(t, v)
@@ -345,6 +349,7 @@ func TestFsckBranchTamper(t *testing.T) {
 // in a branch-key volume, one per branch key, however many files. With
 // KMS down it stops with exit 11 and says why.
 func TestFsckKMS(t *testing.T) {
+	t.Parallel()
 	env := newKMSEnv(t)
 	k := env.mount(t, "--key-pool", "0")
 	const n = 20
@@ -406,6 +411,7 @@ func TestFsckKMS(t *testing.T) {
 // (TestTamperOwnBytes's re-armed record) is reported as a journal
 // problem that --repair erases, saying so; the file then checks clean.
 func TestFsckRepair(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	g := geometryOf(t, v)
 	m := mountVolume(t, v)

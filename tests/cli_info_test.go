@@ -42,6 +42,7 @@ func readInfo(t *testing.T, v *volume, info *infoJSON, env ...string) {
 // TestInfo: info prints the config's settings and this machine's trust
 // in it, with no key service call.
 func TestInfo(t *testing.T) {
+	t.Parallel()
 	env := newBranchEnv(t, "--kms-key", kmstest.KeyBARN)
 	env.proxy.Reset()
 	var info infoJSON
@@ -75,6 +76,7 @@ func TestInfo(t *testing.T) {
 
 // TestVersion: one line, the module version and VCS revision or "dev".
 func TestVersion(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{{"version"}, {"--version"}} {
 		out, errOut, code := run(t, nil, args...)
 		if code != 0 || errOut != "" || !regexp.MustCompile(`^kmsfs \S+ \(revision ([0-9a-f]{40}(-modified)?|dev), go[0-9.]+\S*\)\n$`).MatchString(out) {

@@ -427,6 +427,7 @@ func TestInitKMSFlagsWithoutKMSKey(t *testing.T) {
 // TestInitUnknownAWSProfile: an AWS_PROFILE the SDK does not know is a
 // key problem (exit 11), not a usage error; mount says the same.
 func TestInitUnknownAWSProfile(t *testing.T) {
+	t.Parallel()
 	srv := kmstest.Start(t)
 	env := append(srv.Env(), "AWS_PROFILE=kmsfs-no-such-profile", "XDG_CONFIG_HOME="+t.TempDir())
 	dir := filepath.Join(t.TempDir(), "cipher")
