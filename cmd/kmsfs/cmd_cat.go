@@ -24,7 +24,7 @@ func cmdCat(args []string, stdout, stderr io.Writer) error {
 	o.define(fl)
 	var cipherDir string
 	fl.StringVar(&cipherDir, "C", "", "the volume's `CIPHERDIR`; a relative FILE is a path inside it (default: each FILE's path, its volume the nearest directory above it with a kmsfs.json)")
-	fl.StringVar(&cipherDir, "cipherdir", "", "same as -C")
+	fl.StringVar(&cipherDir, "cipherdir", "", "the volume's `CIPHERDIR`, as -C")
 	keepGoing := fl.Bool("keep-going", false, "write a damaged block as zeros, list it on stderr and go on; skip a file that cannot be decrypted")
 	files, err := parsePositional(fl, args)
 	if err != nil {
