@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -262,6 +263,11 @@ func mountVolumeWith(t testing.TB, bin string, v *volume, flags ...string) *moun
 		m.cmd.Process.Kill()
 		t.Fatalf("kmsfs mount not ready after %v:\n%s", readyTimeout, m.log.String())
 	}
+	// Every line logged before the ready line on stdout (the INFO
+	// "mounted" line is the last of them) is in m.log before a test looks.
+	if !slices.Contains(flags, "--log-file") && !slices.Contains(flags, "--log-level") {
+		m.waitLog("msg=mounted")
+	}
 	m.baseFDs = m.openFDs()
 	t.Cleanup(m.cleanup)
 	return m
@@ -370,6 +376,21 @@ func (m *mount) cleanup() {
 	if m.t.Failed() {
 		m.t.Logf("kmsfs log:\n%s", tail(m.log.String(), 8000))
 	}
+}
+
+// waitLog waits (at most 30 s) until the mount's log contains s, and
+// reports whether it does. The log is the child's stderr, copied by its
+// own goroutine, so a line logged before the ready line on stdout may
+// still be on its way when mountVolume returns.
+func (m *mount) waitLog(s string) bool {
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(m.log.String(), s) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 func (m *mount) killed() bool {

@@ -132,6 +132,7 @@ func frozenCheck(t *testing.T, fv frozenVolume) {
 	v := &volume{Dir: cipher, Env: []string{"XDG_CONFIG_HOME=" + t.TempDir()}}
 	m := mountVolume(t, v, "--local-key", keyFile)
 	m.AllowWarnings = true
+	m.waitLog("first mount of this volume here")
 	if w := warnLine.FindAllString(m.log.String(), -1); len(w) != 1 || !strings.Contains(w[0], "first mount of this volume here") {
 		t.Errorf("warnings: %q, want the first-use one alone", w)
 	}
