@@ -13,7 +13,7 @@ require (
 	github.com/moby/sys/mountinfo v0.7.2
 	github.com/schollz/progressbar/v3 v3.19.1
 	golang.org/x/sys v0.50.0
-	golang.org/x/term v0.45.0
+	golang.org/x/term v0.48.0
 )
 
 require (

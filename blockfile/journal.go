@@ -116,33 +116,44 @@ func (f File) clearJournal(recs []journalRec) error {
 // counting record. It needs the stored size only to skip files too short
 // to have a journal.
 func (f File) readJournal(storedSize int64) (recs []journalRec, ignored int, err error) {
+	err = f.scanJournal(storedSize, func(_ int, r journalRec, ok bool) {
+		if ok {
+			recs = append(recs, r)
+		} else {
+			ignored++
+		}
+	})
+	return recs, ignored, err
+}
+
+// scanJournal calls visit for every slot whose record header holds a
+// non-zero byte, with the record and whether it authenticates (a header
+// cut short by the end of the file does not).
+func (f File) scanJournal(storedSize int64, visit func(slot int, r journalRec, ok bool)) error {
 	l := f.C.Layout()
 	if storedSize <= l.HeaderSize {
-		return nil, 0, nil
+		return nil
 	}
 	for s := 0; s < blockcipher.JournalSlots; s++ {
 		var h [recHeaderSize]byte
 		n, err := f.S.ReadAt(h[:], f.journalOff(s))
-		if n < len(h) {
-			if err == nil || errors.Is(err, io.EOF) {
-				continue
-			}
-			return nil, 0, err
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
 		}
-		if isZero(h[:]) {
+		if isZero(h[:n]) {
+			continue
+		}
+		if n < len(h) {
+			visit(s, journalRec{}, false)
 			continue
 		}
 		r, ok, err := f.parseRecord(s, h)
 		if err != nil {
-			return nil, 0, err
+			return err
 		}
-		if !ok {
-			ignored++
-			continue
-		}
-		recs = append(recs, r)
+		visit(s, r, ok)
 	}
-	return recs, ignored, nil
+	return nil
 }
 
 // parseRecord checks the record of slot s, whose header is h, and reads
@@ -213,25 +224,56 @@ func (f File) putInPlace(r journalRec, storedSize int64) error {
 
 // JournalPending reports whether the journal holds anything: a file not
 // closed cleanly, which Settle must see to before it is changed. It reads
-// the record headers only.
+// the record headers only, and counts any byte in them, as Settle and
+// Journal do.
 func (f File) JournalPending(storedSize int64) (bool, error) {
 	if storedSize <= f.C.Layout().HeaderSize {
 		return false, nil
 	}
 	for s := 0; s < blockcipher.JournalSlots; s++ {
-		var h [8]byte
+		var h [recHeaderSize]byte
 		n, err := f.S.ReadAt(h[:], f.journalOff(s))
-		if n < len(h) {
-			if err == nil || errors.Is(err, io.EOF) {
-				continue
-			}
+		if err != nil && !errors.Is(err, io.EOF) {
 			return false, err
 		}
-		if binary.BigEndian.Uint64(h[:]) != 0 {
+		if !isZero(h[:n]) {
 			return true, nil
 		}
 	}
 	return false, nil
+}
+
+// JournalSlot is what one slot of the journal holds (File.Journal).
+type JournalSlot struct {
+	Slot int
+	// Valid: the record authenticates (its MAC, and its block at its
+	// index): a block rewrite kmsfs began. Otherwise the slot holds
+	// bytes no read uses: a record torn on its way in, damage, or a
+	// forgery. Settle erases both kinds.
+	Valid bool
+	Block uint64 // the block a Valid record rewrites
+	// Torn: the Valid record's block does not read back in place, so the
+	// rewrite was cut short; reads use the record until Settle puts it
+	// in place. Otherwise the rewrite finished and the record is left
+	// over.
+	Torn bool
+}
+
+// Journal describes every journal slot that holds something, without
+// changing anything: what Settle would finish or erase. A file closed
+// cleanly has none.
+func (f File) Journal(storedSize int64) ([]JournalSlot, error) {
+	size, _ := f.C.Layout().PlainSize(storedSize)
+	var out []JournalSlot
+	err := f.scanJournal(storedSize, func(s int, r journalRec, ok bool) {
+		js := JournalSlot{Slot: s, Valid: ok}
+		if ok {
+			js.Block = r.idx
+			js.Torn = !f.inPlaceOK(r.idx, size)
+		}
+		out = append(out, js)
+	})
+	return out, err
 }
 
 // SettleResult says what Settle did.

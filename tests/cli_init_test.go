@@ -426,3 +426,19 @@ func TestInitKMSFlagsWithoutKMSKey(t *testing.T) {
 		})
 	}
 }
+
+// TestInitUnknownAWSProfile: an AWS_PROFILE the SDK does not know is a
+// key problem (exit 11), not a usage error; mount says the same.
+func TestInitUnknownAWSProfile(t *testing.T) {
+	t.Parallel()
+	srv := kmstest.Start(t)
+	env := append(srv.Env(), "AWS_PROFILE=kmsfs-no-such-profile", "XDG_CONFIG_HOME="+t.TempDir())
+	dir := filepath.Join(t.TempDir(), "cipher")
+	out, errOut, code := run(t, env, "init", "--kms-key", kmstest.KeyAARN, "--kms-endpoint", srv.Endpoint(), dir)
+	cliWantFail(t, "init with an unknown AWS_PROFILE", out, errOut, code, cliExitKey, "kmsfs-no-such-profile", "AWS_PROFILE")
+
+	v := newVolume(t, srv.Env(), "--kms-key", kmstest.KeyAARN, "--kms-endpoint", srv.Endpoint())
+	mnt := t.TempDir()
+	out, errOut, code = cliRunBounded(t, time.Minute, append(v.Env, "AWS_PROFILE=kmsfs-no-such-profile"), "mount", v.Dir, mnt)
+	cliWantFail(t, "mount with an unknown AWS_PROFILE", out, errOut, code, cliExitKey, "kmsfs-no-such-profile")
+}

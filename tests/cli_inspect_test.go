@@ -327,8 +327,10 @@ func TestInspectRejects(t *testing.T) {
 		out, errOut, code := run(t, nil, "inspect", dir)
 		cliWantFail(t, "inspect of a directory", out, errOut, code, cliExitInspect)
 	})
+	// A missing file is not "not a kmsfs file" (exit 13): there is no
+	// file at all, an error like any other.
 	t.Run("missing", func(t *testing.T) {
 		out, errOut, code := run(t, nil, "inspect", filepath.Join(dir, "nope"))
-		cliWantFail(t, "inspect of a missing file", out, errOut, code, cliExitInspect)
+		cliWantFail(t, "inspect of a missing file", out, errOut, code, cliExitError, "no such file", filepath.Join(dir, "nope"))
 	})
 }

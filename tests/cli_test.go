@@ -31,11 +31,13 @@ import (
 // tests spell them out rather than import them.
 const (
 	cliExitOK      = 0
+	cliExitError   = 1
 	cliExitUsage   = 2
 	cliExitVolume  = 10
 	cliExitKey     = 11
 	cliExitMount   = 12
 	cliExitInspect = 13
+	cliExitDamage  = 15
 )
 
 // cliConfig is kmsfs.json as docs/FORMAT.md ("Volume config") specifies

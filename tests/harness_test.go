@@ -46,6 +46,33 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+var plainBin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// plainBinary returns a kmsfs binary built without the race detector,
+// whose memory use is the one users see: kmsfsBin, or under -race a
+// second build (the race runtime's shadow memory alone is about 100 MB).
+func plainBinary(t testing.TB) string {
+	t.Helper()
+	if !raceEnabled {
+		return kmsfsBin
+	}
+	plainBin.once.Do(func() {
+		plainBin.path = kmsfsBin + "-norace"
+		out, err := exec.Command("go", "build", "-o", plainBin.path, "../cmd/kmsfs").CombinedOutput()
+		if err != nil {
+			plainBin.err = fmt.Errorf("build kmsfs without -race: %v\n%s", err, out)
+		}
+	})
+	if plainBin.err != nil {
+		t.Fatal(plainBin.err)
+	}
+	return plainBin.path
+}
+
 // requireFUSE skips without /dev/fuse, or fails when CI demands FUSE.
 func requireFUSE(t testing.TB) {
 	t.Helper()
@@ -185,13 +212,19 @@ const readyTimeout = 60 * time.Second
 // and checks its log and descriptors.
 func mountVolume(t testing.TB, v *volume, flags ...string) *mount {
 	t.Helper()
+	return mountVolumeWith(t, kmsfsBin, v, flags...)
+}
+
+// mountVolumeWith is mountVolume with the kmsfs binary bin.
+func mountVolumeWith(t testing.TB, bin string, v *volume, flags ...string) *mount {
+	t.Helper()
 	requireFUSE(t)
 	m := &mount{t: t, vol: v, Dir: filepath.Join(t.TempDir(), "mnt"), log: &syncBuffer{}, done: make(chan struct{})}
 	if err := os.Mkdir(m.Dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	args := append(append([]string{"mount", "--log-level", "debug"}, flags...), v.Dir, m.Dir)
-	m.cmd = exec.Command(kmsfsBin, args...)
+	m.cmd = exec.Command(bin, args...)
 	m.cmd.Env = append(os.Environ(), v.Env...)
 	m.cmd.Stderr = m.log
 	stdout, err := m.cmd.StdoutPipe()

@@ -19,7 +19,7 @@ import (
 func TestIdleMemory(t *testing.T) {
 	t.Parallel()
 	v := newVolume(t, nil)
-	m := mountVolume(t, v, "--release-memory-after", "1s")
+	m := mountVolumeWith(t, plainBinary(t), v, "--release-memory-after", "1s")
 	const (
 		workers  = 8
 		fileSize = 16 << 20

@@ -298,6 +298,22 @@ func TestRecipientRecovery(t *testing.T) {
 	if _, errOut, code := run(t, v.Env, "mount", "--read-only", v.Dir, mnt); code != cliExitKey {
 		t.Errorf("read-only mount without any key: exit %d, %s; want %d", code, errOut, cliExitKey)
 	}
+	// The offline commands read the backup with the identity alone.
+	if out, errOut, code := run(t, v.Env, "cat", "--identity", identity, filepath.Join(v.Dir, "f3")); code != cliExitOK || out != string(patterned(3, 100+3*37)) {
+		t.Errorf("cat --identity without the main key: exit %d, %d bytes, %s", code, len(out), errOut)
+	}
+	if out, errOut, code := run(t, v.Env, "fsck", "--identity", identity, v.Dir); code != cliExitOK {
+		t.Errorf("fsck --identity without the main key: exit %d\n%s%s", code, out, errOut)
+	}
+	dest := filepath.Join(t.TempDir(), "export")
+	if out, errOut, code := run(t, v.Env, "export", "--identity", identity, v.Dir, dest); code != cliExitOK {
+		t.Errorf("export --identity without the main key: exit %d\n%s%s", code, out, errOut)
+	} else if got := readFile(t, filepath.Join(dest, "d", "f1")); !bytes.Equal(got, patterned(1, 100+37)) {
+		t.Error("export --identity: d/f1 differs")
+	}
+	if _, _, code := run(t, v.Env, "cat", filepath.Join(v.Dir, "f3")); code == cliExitOK {
+		t.Error("cat without the main key or the identity succeeded")
+	}
 	// Without the identity rewrap has nothing to unwrap with.
 	newKey := filepath.Join(base, "new.key")
 	if _, errOut, code := run(t, v.Env, "rewrap", "--local-key", newKey, "--recipient", recipient, v.Dir); code == cliExitOK {

@@ -221,6 +221,36 @@ type tamperCase struct {
 
 func TestTamper(t *testing.T) {
 	t.Parallel()
+	vol, g, cases, orig := tamperedVolume(t)
+	cipher := func(name string) cipherFile { return cipherFile{t: t, path: filepath.Join(vol.Dir, name)} }
+	m := mountVolume(t, vol)
+	m.AllowWarnings = true
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			checkTampered(t, m, g, tc, orig[tc.name], cipher(tc.name))
+		})
+	}
+	t.Run("untouched files", func(t *testing.T) {
+		for _, name := range []string{"bystander", "donor"} {
+			if got := readFile(t, m.path(name)); !bytes.Equal(got, orig[name]) {
+				t.Errorf("%s: reads back different bytes", name)
+			}
+		}
+		flushMountLog(t, m)
+		for _, name := range []string{"bystander", "donor"} {
+			if w := warnLinesFor(m, name); len(w) != 0 {
+				t.Errorf("WARN lines name the untouched file %s:\n%s", name, strings.Join(w, "\n"))
+			}
+		}
+	})
+}
+
+// tamperedVolume writes the tamper cases' files (and two untouched ones,
+// "bystander" and "donor") through a mount, damages them while nothing
+// is mounted, and returns the volume, its geometry, the cases and every
+// file's original plaintext. TestTamper reads them through a mount,
+// TestFsckTamper checks them offline.
+func tamperedVolume(t *testing.T) (*volume, volumeGeometry, []tamperCase, map[string][]byte) {
 	vol := newVolume(t, nil)
 	g := geometryOf(t, vol)
 	if len(g.Keyrings) != 1 || g.Keyrings[0].KeyFile == "" {
@@ -355,26 +385,7 @@ func TestTamper(t *testing.T) {
 	replaceHeader(a, hb)
 	replaceHeader(b, ha)
 
-	m = mountVolume(t, vol)
-	m.AllowWarnings = true
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			checkTampered(t, m, g, tc, orig[tc.name], cipher(tc.name))
-		})
-	}
-	t.Run("untouched files", func(t *testing.T) {
-		for _, name := range []string{"bystander", "donor"} {
-			if got := readFile(t, m.path(name)); !bytes.Equal(got, orig[name]) {
-				t.Errorf("%s: reads back different bytes", name)
-			}
-		}
-		flushMountLog(t, m)
-		for _, name := range []string{"bystander", "donor"} {
-			if w := warnLinesFor(m, name); len(w) != 0 {
-				t.Errorf("WARN lines name the untouched file %s:\n%s", name, strings.Join(w, "\n"))
-			}
-		}
-	})
+	return vol, g, cases, orig
 }
 
 // checkTampered reads a damaged file through m: the header cases fail

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -192,4 +193,18 @@ func readFull(r io.ReaderAt, b []byte) error {
 		return fmt.Errorf("header: %w (%d of %d bytes)", blockcipher.ErrTruncated, n, len(b))
 	}
 	return err
+}
+
+// Unwrap unwraps the data key of h, a header of v (ReadHeader), with kr
+// (one keyring call), checks h against it (key commitment, MAC), and
+// returns the Cipher of the file's blocks. The key itself is wiped before
+// Unwrap returns. A keyring failure wraps the keyring's sentinel error; a
+// header its key does not verify wraps blockcipher.ErrHeaderAuth.
+func (v *Volume) Unwrap(ctx context.Context, kr keyring.Keyring, h *blockcipher.Header) (*blockcipher.Cipher, error) {
+	dk, err := kr.Decrypt(ctx, Entries(h), v.FileContext(h.FileID))
+	if err != nil {
+		return nil, fmt.Errorf("unwrap data key: %w", err)
+	}
+	defer dk.Wipe()
+	return h.Open(dk.Bytes())
 }

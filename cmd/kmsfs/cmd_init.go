@@ -154,6 +154,11 @@ func (kf *keyringFlags) build(ctx context.Context, volumeHex string, o buildOpti
 	keys := &volumeKeys{}
 	for _, id := range kf.kmsKeys {
 		k, err := awskms.New(ctx, awskms.Config{KeyID: id, Region: kf.region.forKey(id), Endpoint: kf.endpoint.forKey(id), Bulk: o.bulk})
+		if errors.Is(err, awskms.ErrSDKConfig) {
+			// An unknown AWS_PROFILE, a broken ~/.aws/config: the
+			// environment's credentials, not the command line.
+			return nil, fail(exitKey, "--kms-key %s: %v: check AWS_PROFILE and the AWS config files", id, err)
+		}
 		if err != nil {
 			return nil, fail(exitUsage, "--kms-key %s: %v", id, err)
 		}

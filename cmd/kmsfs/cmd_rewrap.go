@@ -395,7 +395,7 @@ func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) err
 	}
 	defer unix.Close(root)
 	rw := r.rewrapFor(ctx, func(h *blockcipher.Header) keyring.EncryptionContext { return r.vol.FileContext(h.FileID) })
-	prog := newProgress(stderr, len(files))
+	prog := newProgress(stderr, "rewrap", len(files), 0)
 	work := make(chan string)
 	var wg sync.WaitGroup
 	for range parallel {
@@ -403,7 +403,7 @@ func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) err
 			for rel := range work {
 				out, err := r.vol.RewrapFile(root, rel, rw)
 				r.record(rel, out, err)
-				prog.add()
+				prog.file(0)
 			}
 		})
 	}
@@ -412,7 +412,7 @@ func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) err
 	}
 	close(work)
 	wg.Wait()
-	prog.finish()
+	prog.done()
 	return nil
 }
 

@@ -108,8 +108,15 @@ var (
 	_ keyring.Describer = (*Keyring)(nil)
 )
 
+// ErrSDKConfig: the AWS SDK's own configuration (AWS_PROFILE, the
+// shared config and credentials files, the environment) could not be
+// loaded, as opposed to a Config field that is wrong. New wraps it.
+var ErrSDKConfig = errors.New("aws-kms keyring: load AWS config")
+
 // New builds the KMS client. It makes no KMS call: a wrong key or
-// missing permissions show on the first GenerateDataKey or Decrypt.
+// missing permissions show on the first GenerateDataKey or Decrypt. An
+// SDK configuration that does not load (an unknown AWS_PROFILE) wraps
+// ErrSDKConfig.
 func New(ctx context.Context, cfg Config) (*Keyring, error) {
 	endpoint, err := cfg.normalize()
 	if err != nil {
@@ -236,7 +243,7 @@ func loadAWSConfig(ctx context.Context, cfg Config) (aws.Config, error) {
 	}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
-		return aws.Config{}, fmt.Errorf("aws-kms keyring: load AWS config: %w", err)
+		return aws.Config{}, fmt.Errorf("%w: %w", ErrSDKConfig, err)
 	}
 	if awsCfg.Region == "" {
 		return aws.Config{}, errors.New("aws-kms keyring: no AWS region: pass --region, set AWS_REGION, or name the key by its ARN")
