@@ -161,15 +161,43 @@ func scrapeLiveKeys(t *testing.T, m *mount) int {
 	return 0
 }
 
+// waitScrapedLiveKeys waits for kmsfs_live_keys to reach want (the kernel
+// sends RELEASE after close(2) returns, and a key a file this mount wrote
+// is kept a second past its close, fs/outage.go): at most 30 s, a bound
+// for a loaded CI machine, not a measure.
 func waitScrapedLiveKeys(t *testing.T, m *mount, want int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for scrapeLiveKeys(t, m) != want {
 		if time.Now().After(deadline) {
-			t.Fatalf("kmsfs_live_keys is %d 10s after the files were closed, want %d", scrapeLiveKeys(t, m), want)
+			t.Fatalf("kmsfs_live_keys is %d 30s after the files were closed, want %d; the mount's key metrics:\n%s",
+				scrapeLiveKeys(t, m), want, keyMetrics(t, m))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// keyMetrics is the mount's kmsfs_ metrics of keys and files, for a
+// failure message.
+func keyMetrics(t *testing.T, m *mount) string {
+	t.Helper()
+	match := secretsMetricsLine.FindStringSubmatch(m.log.String())
+	if match == nil {
+		return "(no metrics address)"
+	}
+	resp, err := http.Get("http://" + match[1] + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "kmsfs_") && (strings.Contains(line, "key") || strings.Contains(line, "open") || strings.Contains(line, "outage")) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // memRegion is one mapping of a process.
