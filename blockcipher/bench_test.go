@@ -28,7 +28,7 @@ func BenchmarkSealRun(b *testing.B) {
 	for _, n := range benchSizes {
 		b.Run(fmt.Sprintf("%dKiB", n>>10), func(b *testing.B) {
 			plain := randBytes(n)
-			dst := make([]byte, 0, n+n/4096*Overhead+Overhead)
+			dst := make([]byte, 0, n+n/4096*Overhead2+Overhead2)
 			b.SetBytes(int64(n))
 			b.ReportAllocs()
 			for b.Loop() {
@@ -106,7 +106,7 @@ func BenchmarkHeaderOpen(b *testing.B) {
 }
 
 func BenchmarkLayoutSpan(b *testing.B) {
-	l, _ := NewLayout(512, 4096)
+	l, _ := NewLayout(512, 4096, Version2)
 	var sink uint64
 	for i := 0; b.Loop(); i++ {
 		first, n := l.Span(int64(i)*777, 128<<10)

@@ -106,9 +106,10 @@ func headerMAC(kdf *secret.KDF, body []byte) [MACSize]byte {
 	return mac
 }
 
-// newCipher builds the file's Cipher: AES-256-GCM under the content key,
-// and the journal record MAC key. The content key exists outside the
-// AES-GCM state only in kdf's memory, until kdf is wiped.
+// newCipher builds the file's Cipher: AES-256-GCM under the content key
+// (Version1) or XAES-256-GCM under it (Version2), and the journal record
+// MAC key. The content key exists outside the AES state only in kdf's
+// memory, until kdf is wiped.
 func newCipher(kdf *secret.KDF, h *Header) (*Cipher, error) {
 	layout, err := h.Layout()
 	if err != nil {
@@ -118,14 +119,19 @@ func newCipher(kdf *secret.KDF, h *Header) (*Cipher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blockcipher: %v", err)
 	}
+	c := &Cipher{fileID: h.FileID, layout: layout}
+	kdf.Expand(c.recordKey[:], labelRecordMAC)
+	if layout.Version == Version2 {
+		c.x = newXAES(block)
+		return c, nil
+	}
 	// NewGCM copies the key schedule; the copy in block is wiped at once.
 	aead, err := cipher.NewGCM(block)
 	secret.Wipe(block)
 	if err != nil {
 		return nil, fmt.Errorf("blockcipher: %v", err)
 	}
-	c := &Cipher{aead: aead, fileID: h.FileID, layout: layout}
-	kdf.Expand(c.recordKey[:], labelRecordMAC)
+	c.aead = aead
 	return c, nil
 }
 
@@ -138,7 +144,7 @@ const RecordMACSize = 16
 // bytes. Whoever cannot unwrap the data key cannot make one. It panics
 // after Wipe.
 func (c *Cipher) RecordMAC(parts ...[]byte) [RecordMACSize]byte {
-	if c.aead == nil {
+	if c.wiped {
 		panic("blockcipher: internal error: RecordMAC of a wiped Cipher")
 	}
 	var mac [32]byte
@@ -147,14 +153,21 @@ func (c *Cipher) RecordMAC(parts ...[]byte) [RecordMACSize]byte {
 }
 
 // Wipe zeroes the keys c holds: the AES-GCM state of the content key (its
-// key schedule and GHASH table, in the Go heap) and the journal record
-// MAC key. Sealing, opening and RecordMAC panic afterwards. Safe to call
-// twice; not safe while another method of c runs.
+// key schedule and GHASH table, in the Go heap), or for Version2 its AES
+// state, the XAES subkey and every derived key's AES-GCM state; and the
+// journal record MAC key. Sealing, opening and RecordMAC panic
+// afterwards. Safe to call twice; not safe while another method of c
+// runs.
 func (c *Cipher) Wipe() {
-	if c == nil || c.aead == nil {
+	if c == nil || c.wiped {
 		return
 	}
-	secret.Wipe(c.aead)
-	c.aead = nil
+	c.wiped = true
+	if c.x != nil {
+		c.x.wipe()
+	} else {
+		secret.Wipe(c.aead)
+		c.aead = nil
+	}
 	clear(c.recordKey[:])
 }

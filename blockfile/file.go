@@ -95,9 +95,9 @@ func (f File) readBlock(dst []byte, idx uint64, size int64) ([]byte, error) {
 	if plen == 0 {
 		return dst, nil
 	}
-	sb := getBuf(int(plen + blockcipher.Overhead))
+	sb := getBuf(int(plen + l.Overhead()))
 	defer putBuf(sb)
-	stored := (*sb)[:plen+blockcipher.Overhead]
+	stored := (*sb)[:plen+l.Overhead()]
 	if err := f.readStored(stored, l.BlockToCipherOff(idx), idx); err != nil {
 		return dst, err
 	}
@@ -178,7 +178,7 @@ func (f File) patchFromJournal(stored []byte, first, idx uint64, size int64) boo
 	if !ok {
 		return false
 	}
-	want := int(l.BlockPlainLen(idx, size) + blockcipher.Overhead)
+	want := int(l.BlockPlainLen(idx, size) + l.Overhead())
 	at := int(idx-first) * int(l.StoredBlockSize())
 	switch {
 	case len(r.stored) == want:

@@ -151,9 +151,13 @@ func TestHolesStaySparse(t *testing.T) {
 // TestRandomOps checks thousands of seeded random writes, truncates and
 // reads against the model.
 func TestRandomOps(t *testing.T) {
-	for _, bs := range []int{512, 4096} {
+	for _, tc := range []struct {
+		bs int
+		v  uint16
+	}{{512, blockcipher.Version1}, {4096, blockcipher.Version1}, {512, blockcipher.Version2}, {4096, blockcipher.Version2}} {
+		bs := tc.bs
 		rng := rand.New(rand.NewPCG(uint64(bs), 42))
-		f, m := newTestFile(t, bs)
+		f, m := newTestFileV(t, tc.v, bs)
 		var want model
 		for op := 0; op < 3000; op++ {
 			size := int64(len(want))
@@ -685,7 +689,7 @@ func TestCutInsideBlockWithOldRecord(t *testing.T) {
 	l := f.C.Layout()
 	var h [24]byte
 	binary.BigEndian.PutUint64(h[:], 1+1)
-	binary.BigEndian.PutUint32(h[8:], 400+blockcipher.Overhead)
+	binary.BigEndian.PutUint32(h[8:], uint32(400+l.Overhead()))
 	h[16] = 1
 	m.WriteAt(h[:], l.HeaderSize)
 	if err := m.Truncate(l.CipherSize(bs + 57)); err != nil {

@@ -12,7 +12,8 @@ import (
 // The journal makes a rewrite of a block that keeps older bytes atomic.
 //
 // A pwrite is not atomic: a SIGKILL (or a full disk) can stop it at any
-// page boundary, and a stored block (B+28 bytes) always spans two pages.
+// page boundary, and a stored block (B+28 or B+40 bytes) always spans two
+// pages.
 // A block torn that way fails its tag, and with it every byte it held,
 // including bytes the write did not touch and that may have been fsynced
 // long before. So before kmsfs rewrites such a block in place it writes
@@ -46,10 +47,9 @@ const (
 	recMACOff     = 17
 )
 
-// The record header must fit the slot the layout reserves for it: the
-// layout sizes a slot as a 24-byte header plus a stored block, rounded up
-// to 16 bytes, which leaves at least 36 bytes before the block.
-const _ = uint(blockcipher.JournalRecordHeader + 12 - recHeaderSize)
+// The record header must fit the slot the layout reserves for it
+// (blockcipher.Layout.JournalSlotSize; TestJournalSlotsHoldRecords).
+const _ = uint(blockcipher.JournalRecordHeader - recHeaderSize)
 
 // journalRec is one record: the new stored form of block idx.
 type journalRec struct {
@@ -77,10 +77,11 @@ func (f File) encodeRecord(b []byte, r journalRec) {
 }
 
 // recordMAC authenticates a record's fields and, through the block's
-// nonce and GCM tag (which bind its ciphertext), its block.
+// nonces (12 bytes in a Version1 block, 24 in a Version2 one) and GCM
+// tag (which bind its ciphertext), its block.
 func (f File) recordMAC(fields, stored []byte) [blockcipher.RecordMACSize]byte {
 	return f.C.RecordMAC([]byte("kmsfs journal record v2\x00"), fields,
-		stored[:blockcipher.NonceSize], stored[len(stored)-blockcipher.TagSize:])
+		stored[:f.C.Layout().Overhead()-blockcipher.TagSize], stored[len(stored)-blockcipher.TagSize:])
 }
 
 // writeJournal writes recs to slots 0.. in one write.
@@ -163,7 +164,7 @@ func (f File) parseRecord(s int, h [recHeaderSize]byte) (r journalRec, ok bool, 
 	size := int64(binary.BigEndian.Uint32(h[8:]))
 	padTo := int(binary.BigEndian.Uint32(h[12:]))
 	flags := h[16]
-	if idx1 == 0 || flags&^recLastFlag != recVersion2 || size <= blockcipher.Overhead || size > l.StoredBlockSize() ||
+	if idx1 == 0 || flags&^recLastFlag != recVersion2 || size <= l.Overhead() || size > l.StoredBlockSize() ||
 		padTo > int(l.StoredBlockSize()) || idx1-1 > uint64(blockcipher.MaxPlainSize/l.BlockSize) {
 		return r, false, nil
 	}
@@ -189,7 +190,7 @@ func (f File) parseRecord(s int, h [recHeaderSize]byte) (r journalRec, ok bool, 
 // survive, by plain sealed with last, padded with zeros to padTo stored
 // bytes: journal record, block in place, journal erased.
 func (f File) rewrite(idx uint64, plain []byte, last bool, padTo int) error {
-	sb := getBuf(max(len(plain)+blockcipher.Overhead, padTo))
+	sb := getBuf(max(len(plain)+int(f.C.Layout().Overhead()), padTo))
 	defer putBuf(sb)
 	stored := f.C.SealBlock(*sb, plain, idx, last)
 	*sb = stored

@@ -18,7 +18,7 @@ import (
 // true bytes, fails (EIO), or is empty: on a read-only mount (reads
 // consult the journal) and on a writable one (Settle first).
 //
-// Chunks are B bytes aligned to B: a stored block is B+28 bytes, so no
+// Chunks are B bytes aligned to B: a stored block is B+40 bytes, so no
 // one chunk can zero a whole stored block, which would read as a hole
 // (docs/THREAT_MODEL.md says so).
 func TestOwnBytesGiveTruthOrError(t *testing.T) {

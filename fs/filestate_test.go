@@ -105,7 +105,8 @@ func keysTestRoot(t *testing.T, dir string, kr keyring.Keyring, vol [blockcipher
 		dir = t.TempDir()
 	}
 	cfg := &volume.Config{
-		FormatVersion: volume.ConfigVersion1,
+		FormatVersion: volume.ConfigVersion3,
+		KeyMode:       volume.KeyModePerFile,
 		VolumeID:      hex.EncodeToString(vol[:]),
 		BlockSize:     blockSize,
 		HeaderSize:    headerSize,
@@ -178,7 +179,7 @@ func openStored(t *testing.T, path string) int {
 // readBlock0 opens the file's first block with c.
 func readBlock0(t *testing.T, r *Root, fd int, c *blockcipher.Cipher) string {
 	t.Helper()
-	stored := make([]byte, len(keysTestPlain)+blockcipher.Overhead)
+	stored := make([]byte, int64(len(keysTestPlain))+r.layout.Overhead())
 	if _, err := unix.Pread(fd, stored, r.layout.BlockToCipherOff(0)); err != nil {
 		t.Fatal(err)
 	}

@@ -48,7 +48,7 @@ func TestInfo(t *testing.T) {
 	var info infoJSON
 	readInfo(t, env.vol, &info)
 	c := cliReadConfig(t, env.vol.Dir)
-	if info.CipherDir != env.vol.Dir || info.VolumeID != c.VolumeID || info.FormatVersion != 2 || info.BlockSize != c.BlockSize ||
+	if info.CipherDir != env.vol.Dir || info.VolumeID != c.VolumeID || info.FormatVersion != 3 || info.BlockSize != c.BlockSize ||
 		info.HeaderSize != c.HeaderSize || info.KeyMode != "branch" || info.BranchKeyRotation != "24h0m0s" ||
 		info.BranchKeys == nil || *info.BranchKeys != 1 || info.TrustedCopy != "trusted" {
 		t.Errorf("info of a branch-key volume: %+v", info)
@@ -67,7 +67,7 @@ func TestInfo(t *testing.T) {
 	v := newVolume(t, nil)
 	info = infoJSON{}
 	readInfo(t, v, &info)
-	if info.KeyMode != "per-file" || info.FormatVersion != 1 || info.BranchKeys != nil || info.BranchKeyRotation != "" || len(info.Keyrings) != 1 || info.Keyrings[0].Kind != "local" || info.Keyrings[0].KeyFile == "" {
+	if info.KeyMode != "per-file" || info.FormatVersion != 3 || info.BranchKeys != nil || info.BranchKeyRotation != "" || len(info.Keyrings) != 1 || info.Keyrings[0].Kind != "local" || info.Keyrings[0].KeyFile == "" {
 		t.Errorf("info of a local-key volume: %+v", info)
 	}
 	out, errOut, code := run(t, nil, "info", t.TempDir())

@@ -35,6 +35,9 @@ func TestInitDefaultLocalKey(t *testing.T) {
 	if c.BlockSize != 4096 {
 		t.Errorf("block_size = %d, want the default 4096", c.BlockSize)
 	}
+	if c.FormatVersion != 3 || c.KeyMode != "per-file" {
+		t.Errorf("format_version %d, key_mode %q: a new volume has version 3, per-file by default", c.FormatVersion, c.KeyMode)
+	}
 	if len(c.Keyrings) != 1 {
 		t.Fatalf("keyrings = %+v, want one local keyring", c.Keyrings)
 	}

@@ -96,8 +96,8 @@ func cliInspect(t *testing.T, cipherFile string) cliInspectOut {
 	if err := dec.Decode(&res); err != nil {
 		t.Fatalf("decode inspect JSON: %v\n%s", err, out)
 	}
-	if res.FormatVersion != 1 || !cliHex32.MatchString(res.FileID) {
-		t.Errorf("inspect: format_version %d, file_id %q; want 1 and 32 hex digits", res.FormatVersion, res.FileID)
+	if res.FormatVersion != 2 || !cliHex32.MatchString(res.FileID) {
+		t.Errorf("inspect: format_version %d, file_id %q; want 2 (a new file's header version) and 32 hex digits", res.FormatVersion, res.FileID)
 	}
 	if len(res.WrappedKeys) == 0 {
 		t.Errorf("inspect: no wrapped keys")

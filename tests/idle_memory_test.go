@@ -44,21 +44,21 @@ func TestIdleMemory(t *testing.T) {
 	const limit = 64 << 10 // KiB
 	deadline := time.Now().Add(60 * time.Second)
 	for {
+		// The release first (the scavenger alone may bring a lighter
+		// run under the limit), then the memory it gave back.
+		released := strings.Contains(m.log.String(), "idle: returned memory")
 		rss := procStatusKB(t, pid, "VmRSS")
-		if rss < limit {
+		if released && rss < limit {
 			t.Logf("resident: peak %d MB, %d MB once idle", peak>>10, rss>>10)
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("an idle mount holds %d MB resident (peak %d MB); want under %d MB", rss>>10, peak>>10, limit>>10)
+			t.Fatalf("an idle mount holds %d MB resident (peak %d MB; release logged: %v); want under %d MB", rss>>10, peak>>10, released, limit>>10)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if peak < limit {
 		t.Logf("the run peaked at %d MB only: the check above proved little", peak>>10)
-	}
-	if !strings.Contains(m.log.String(), "idle: returned memory") {
-		t.Errorf("no release logged:\n%s", tail(m.log.String(), 2000))
 	}
 }
 

@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -24,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
 	kvolume "github.com/kmsfs/kmsfs/volume"
 )
@@ -67,6 +71,9 @@ func fileSecrets(t *testing.T, keyFile, name string, stored io.Reader) map[strin
 			t.Fatal(err)
 		}
 		out[what+" of "+name] = k
+	}
+	if h.Version == 2 {
+		maps.Copy(out, xaesKeys(t, name, h, b, out["content key of "+name]))
 	}
 	// The header MAC key is right if it gives the header's MAC.
 	slot, err := h.Marshal()
@@ -438,6 +445,21 @@ func TestSecretsInMemory(t *testing.T) {
 			// the file's cipher. (fileSecrets checked the header MAC key
 			// against the header.)
 			found := findInProcess(t, pid, secrets)
+			xaes, xaesFound := 0, 0
+			for name := range secrets {
+				if strings.HasPrefix(name, "XAES key") {
+					xaes++
+					if len(found[name]) > 0 {
+						xaesFound++
+					}
+				}
+			}
+			// A file's derived XAES keys (format version 3) are held
+			// while it is open only as its reads and writes need them.
+			if xaes > 0 && xaesFound == 0 {
+				t.Errorf("none of the %d XAES-256-GCM keys of the open files is in the mount's memory: is the test's derivation wrong?", xaes)
+			}
+			t.Logf("%d XAES-256-GCM derived keys, %d of them in memory while their files are open", xaes, xaesFound)
 			for name := range secrets {
 				switch {
 				case strings.HasPrefix(name, "data key"):
@@ -486,4 +508,67 @@ func TestSecretsInMemory(t *testing.T) {
 			}
 		}
 	}
+}
+
+// xaesKeys derives the XAES-256-GCM key of every key nonce among the
+// stored blocks of a header version 2 file (docs/FORMAT.md, "Stored
+// blocks"), checking each by opening a block with it.
+func xaesKeys(t *testing.T, name string, h *blockcipher.Header, file, contentKey []byte) map[string][]byte {
+	t.Helper()
+	l, err := h.Layout()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]byte{}
+	for i, off := uint64(0), l.DataOff(); off < int64(len(file)); i, off = i+1, off+l.StoredBlockSize() {
+		blk := file[off:min(off+l.StoredBlockSize(), int64(len(file)))]
+		if len(blk) <= 40 || bytes.Equal(blk[:24], make([]byte, 24)) {
+			continue // a hole
+		}
+		what := fmt.Sprintf("XAES key %x of %s", blk[:12], name)
+		if out[what] != nil {
+			continue
+		}
+		kx := xaesDerive(t, contentKey, blk[:12])
+		block, _ := aes.NewCipher(kx)
+		gcm, _ := cipher.NewGCM(block)
+		aad := binary.BigEndian.AppendUint64(bytes.Clone(h.FileID[:]), i)
+		_, err0 := gcm.Open(nil, blk[12:24], blk[24:], append(bytes.Clone(aad), 0))
+		_, err1 := gcm.Open(nil, blk[12:24], blk[24:], append(aad, 1))
+		if err0 != nil && err1 != nil {
+			continue // torn or shortened: its key is the one of another block, or none
+		}
+		out[what] = kx
+	}
+	return out
+}
+
+// xaesDerive is C2SP XAES-256-GCM's key derivation, written out again
+// from the spec: K1 = AES_K(0) doubled in GF(2^128); Kx = AES_K(M1 xor K1)
+// || AES_K(M2 xor K1), Mi = 0x00 || i || "X" || 0x00 || n.
+func xaesDerive(t *testing.T, key, n []byte) []byte {
+	t.Helper()
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1 := make([]byte, 16)
+	b.Encrypt(k1, k1)
+	carry := k1[0] >> 7
+	for i := range 15 {
+		k1[i] = k1[i]<<1 | k1[i+1]>>7
+	}
+	k1[15] <<= 1
+	if carry == 1 {
+		k1[15] ^= 0x87
+	}
+	kx := make([]byte, 32)
+	for i := range 2 {
+		m := append([]byte{0, byte(i + 1), 'X', 0}, n...)
+		for j := range m {
+			m[j] ^= k1[j]
+		}
+		b.Encrypt(kx[16*i:], m)
+	}
+	return kx
 }

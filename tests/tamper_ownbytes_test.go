@@ -132,7 +132,8 @@ func ownBytesManipulations(g volumeGeometry, stored []byte) [][]byte {
 	rng := rand.New(rand.NewPCG(9, 9))
 	cuts := map[int64]bool{0: true, int64(g.HeaderSize): true, g.dataOff(): true}
 	for i := 0; g.blockOff(i) < int64(len(stored)); i++ {
-		for _, d := range []int64{-29, -28, -1, 0, 1, 28, 29} {
+		ov := g.overhead()
+		for _, d := range []int64{-ov - 1, -ov, -1, 0, 1, ov, ov + 1} {
 			cuts[g.blockOff(i)+d] = true
 		}
 	}

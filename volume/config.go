@@ -22,13 +22,12 @@ import (
 // hidden from the plaintext view.
 const ConfigName = "kmsfs.json"
 
-// Volume format versions (docs/FORMAT.md). This kmsfs reads both and
-// writes the oldest that can say what a volume needs: version 1 for a
-// per-file volume, so older kmsfs still mount it; version 2 for branch
-// keys.
+// Volume format versions (docs/FORMAT.md). This kmsfs reads all three
+// and makes version 3 volumes; it never changes a volume's version.
 const (
 	ConfigVersion1 = 1
 	ConfigVersion2 = 2 // adds key_mode and branch_key_rotation
+	ConfigVersion3 = 3 // as 2; files have header version 2 (XAES-256-GCM blocks)
 )
 
 // Key modes (docs/FORMAT.md, "Key modes").
@@ -100,8 +99,8 @@ func ParseConfig(b []byte) (*Config, error) {
 	if v.FormatVersion == nil {
 		return nil, fmt.Errorf("%s has no format_version", ConfigName)
 	}
-	if *v.FormatVersion != ConfigVersion1 && *v.FormatVersion != ConfigVersion2 {
-		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 and 2)", *v.FormatVersion)
+	if *v.FormatVersion < ConfigVersion1 || *v.FormatVersion > ConfigVersion3 {
+		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 to 3)", *v.FormatVersion)
 	}
 	// encoding/json matches field names case-insensitively and lets a
 	// duplicate key win silently; a config is stricter than that.
@@ -131,7 +130,7 @@ func (c *Config) Validate() error {
 	if _, err := c.VolumeIDBytes(); err != nil {
 		return err
 	}
-	if _, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize); err != nil {
+	if _, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize, c.FileVersion()); err != nil {
 		return fmt.Errorf("%s: %v", ConfigName, err)
 	}
 	if len(c.Keyrings) == 0 {
@@ -156,12 +155,12 @@ func (c *Config) validateMode() error {
 	switch c.FormatVersion {
 	case ConfigVersion1:
 		if c.KeyMode != "" || c.BranchKeyRotation != "" {
-			return fmt.Errorf("%s: key_mode and branch_key_rotation need format_version 2", ConfigName)
+			return fmt.Errorf("%s: key_mode and branch_key_rotation need format_version 2 or 3", ConfigName)
 		}
 		return nil
-	case ConfigVersion2:
+	case ConfigVersion2, ConfigVersion3:
 	default:
-		return fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 and 2)", c.FormatVersion)
+		return fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 to 3)", c.FormatVersion)
 	}
 	switch c.KeyMode {
 	case KeyModePerFile:
@@ -238,9 +237,19 @@ func (c *Config) VolumeIDBytes() ([blockcipher.IDSize]byte, error) {
 	return id, nil
 }
 
+// FileVersion is the header version of the volume's files, which says how
+// their blocks are sealed: blockcipher.Version2 in a version 3 volume,
+// blockcipher.Version1 before.
+func (c *Config) FileVersion() uint16 {
+	if c.FormatVersion >= ConfigVersion3 {
+		return blockcipher.Version2
+	}
+	return blockcipher.Version1
+}
+
 // Layout returns the volume geometry.
 func (c *Config) Layout() blockcipher.Layout {
-	l, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize)
+	l, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize, c.FileVersion())
 	if err != nil {
 		panic("volume: internal error: Layout of an unvalidated config")
 	}

@@ -46,7 +46,7 @@ func Entries(h *blockcipher.Header) []keyring.WrappedKey {
 // given file ID and wrapped copies of its data key.
 func (v *Volume) NewHeader(fileID [blockcipher.IDSize]byte, wrapped []keyring.WrappedKey) (*blockcipher.Header, error) {
 	h := &blockcipher.Header{
-		Version:    blockcipher.Version,
+		Version:    v.Layout.Version,
 		HeaderSize: int(v.Layout.HeaderSize),
 		BlockSize:  int(v.Layout.BlockSize),
 		VolumeID:   v.ID,
@@ -128,6 +128,9 @@ func (v *Volume) readHeader(r io.ReaderAt, storedSize int64, branchKey bool) (*b
 		return nil, fmt.Errorf("header declares block size %d and header size %d, the volume %d and %d: %w",
 			h.BlockSize, h.HeaderSize, v.Layout.BlockSize, v.Layout.HeaderSize, blockcipher.ErrHeaderAuth)
 	}
+	if h.Version != v.Layout.Version {
+		return nil, fmt.Errorf("header has version %d, the volume's files version %d: %w", h.Version, v.Layout.Version, blockcipher.ErrHeaderAuth)
+	}
 	if branchKey != (h.Flags == blockcipher.FlagBranchKey) {
 		return nil, fmt.Errorf("header flags %#04x where a %s was expected: %w", h.Flags, map[bool]string{true: "branch key", false: "file"}[branchKey], blockcipher.ErrHeaderAuth)
 	}
@@ -150,10 +153,11 @@ func ReadAnyHeader(r io.ReaderAt, storedSize int64) (*blockcipher.Header, error)
 	if err := readFull(r, prefix); err != nil {
 		return nil, err
 	}
-	hs, _, err := blockcipher.ParsePrefix(prefix)
+	l, err := blockcipher.ParsePrefix(prefix)
 	if err != nil {
 		return nil, err
 	}
+	hs := int(l.HeaderSize)
 	if storedSize < int64(hs) {
 		return nil, fmt.Errorf("header truncated: %d of %d bytes: %w", storedSize, hs, blockcipher.ErrTruncated)
 	}

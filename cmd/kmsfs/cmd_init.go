@@ -35,19 +35,19 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	if err := kf.check(); err != nil {
 		return err
 	}
-	if _, err := blockcipher.NewLayout(blockcipher.MinHeaderSize, *blockSize); err != nil {
+	if _, err := blockcipher.NewLayout(blockcipher.MinHeaderSize, *blockSize, blockcipher.Version2); err != nil {
 		return fail(exitUsage, "--block-size %d: must be a power of two from 512 to 1048576", *blockSize)
 	}
 	if err := checkInitDir(dir); err != nil {
 		return err
 	}
 	volumeID := blockcipher.NewID()
-	cfg := &volume.Config{FormatVersion: volume.ConfigVersion1, VolumeID: hex.EncodeToString(volumeID[:]), BlockSize: *blockSize, Features: []string{}}
+	cfg := &volume.Config{FormatVersion: volume.ConfigVersion3, KeyMode: volume.KeyModePerFile, VolumeID: hex.EncodeToString(volumeID[:]), BlockSize: *blockSize, Features: []string{}}
 	if *branchKeys {
 		if *rotation < volume.MinBranchRotation || *rotation > volume.MaxBranchRotation {
 			return fail(exitUsage, "--branch-key-rotation %v: want %v to %v", *rotation, volume.MinBranchRotation, volume.MaxBranchRotation)
 		}
-		cfg.FormatVersion, cfg.KeyMode, cfg.BranchKeyRotation = volume.ConfigVersion2, volume.KeyModeBranch, rotation.String()
+		cfg.KeyMode, cfg.BranchKeyRotation = volume.KeyModeBranch, rotation.String()
 	} else if flagSet(fl, "branch-key-rotation") {
 		return fail(exitUsage, "--branch-key-rotation applies to --branch-keys")
 	}
