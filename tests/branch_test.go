@@ -71,6 +71,7 @@ func branchKeyFiles(t testing.TB, v *volume) []string {
 // all one. The branch key file names the KMS key and context, so the
 // chain from a file to KMS can be checked independently.
 func TestBranchKeysCalls(t *testing.T) {
+	t.Parallel()
 	env := newBranchEnv(t)
 	if n := len(branchKeyFiles(t, env.vol)); n != 1 {
 		t.Fatalf("init left %d branch key files, want 1", n)
@@ -124,6 +125,7 @@ func TestBranchKeysCalls(t *testing.T) {
 // new branch key (one GenerateDataKey) and older files still read; past
 // the TTL a branch key is unwrapped again, once per expiry.
 func TestBranchKeysRotationAndTTL(t *testing.T) {
+	t.Parallel()
 	env := newBranchEnv(t, "--branch-key-rotation", "1s")
 	k := env.mount(t, "--branch-key-ttl", "1s")
 	writeFile(t, k.path("old"), []byte("old"))
@@ -160,6 +162,7 @@ func TestBranchKeysRotationAndTTL(t *testing.T) {
 // working, and so do new opens while the branch key is held; once its TTL
 // has passed new opens fail with EACCES.
 func TestBranchKeysDisabledKey(t *testing.T) {
+	t.Parallel()
 	env := newBranchEnv(t)
 	k := env.mount(t, "--branch-key-ttl", "2s")
 	k.AllowWarnings = true
@@ -195,6 +198,7 @@ func TestBranchKeysDisabledKey(t *testing.T) {
 // fails the reads of its files with EIO and a warning; other volumes'
 // branch key files cannot stand in for it.
 func TestBranchKeysTamper(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil, "--branch-keys")
 	other := newVolume(t, nil, "--branch-keys")
 	m := mountVolume(t, v)
@@ -236,6 +240,7 @@ func TestBranchKeysTamper(t *testing.T) {
 // TestBranchKeysMulti: a branch key wrapped under two KMS keys opens with
 // either: with key A disabled, a read-only mount reads through key B.
 func TestBranchKeysMulti(t *testing.T) {
+	t.Parallel()
 	env := newBranchEnv(t, "--kms-key", kmstest.KeyBARN)
 	k := env.mount(t)
 	writeFile(t, k.path("f"), []byte("two keys"))

@@ -26,6 +26,15 @@ import (
 var kmsfsBin string // built once by TestMain
 
 func TestMain(m *testing.M) {
+	// A binary built with -race sleeps a second before it exits (the race
+	// runtime's atexit_sleep_ms, 1000 by default, gives other goroutines
+	// time to race with the exit). Every kmsfs init, inspect and unmount
+	// these tests run, and every mount's exit, would wait it out: about
+	// a second per child, minutes of the package's wall time. A race
+	// report before the exit still fails the child (exit 66).
+	if raceEnabled && !strings.Contains(os.Getenv("GORACE"), "atexit_sleep_ms") {
+		os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	}
 	dir, err := os.MkdirTemp("", "kmsfs-tests-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

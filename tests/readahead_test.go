@@ -16,6 +16,7 @@ import (
 // per file read plus one window of keys it did not use (64); a tree
 // listed twice before it is read (as restic does) no more.
 func TestKeyReadahead(t *testing.T) {
+	t.Parallel()
 	env := newKMSEnv(t)
 	const n = 150
 	k := env.mount(t)
@@ -119,6 +120,7 @@ func checkReadahead(t *testing.T, p *kmstest.Proxy, what string, files, window i
 // TestPrefetchKeysOnce: with --prefetch-keys, listing a directory twice
 // unwraps each key once.
 func TestPrefetchKeysOnce(t *testing.T) {
+	t.Parallel()
 	env := newKMSEnv(t)
 	const n = 100
 	k := env.mount(t)

@@ -116,6 +116,7 @@ func keyIDs(t *testing.T, path string) []string {
 // trip; B then unwraps every file and A none of its new entries; the new
 // config is trusted on this machine; a second run costs no file a call.
 func TestRewrapKMS(t *testing.T) {
+	t.Parallel()
 	n := 40
 	if s := os.Getenv("KMSFS_REWRAP_FILES"); s != "" {
 		n, _ = strconv.Atoi(s)
@@ -183,6 +184,7 @@ func TestRewrapKMS(t *testing.T) {
 // mix), mounts refuse the volume until the job is done, and a second run
 // finishes only what was left.
 func TestRewrapKilled(t *testing.T) {
+	t.Parallel()
 	const n = 30
 	env := newKMSEnv(t)
 	fillVolume(t, env.vol, n, "--key-pool", "0")
@@ -241,6 +243,7 @@ func TestRewrapKilled(t *testing.T) {
 
 // TestRewrapRefusesMounted: rewrap works on an unmounted volume only.
 func TestRewrapRefusesMounted(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	m := mountVolume(t, v)
 	writeFile(t, m.path("f"), []byte("x"))
@@ -274,6 +277,7 @@ func newAgeIdentity(t *testing.T) (string, string) {
 // recipient too; after the local key is lost, rewrap with --identity
 // moves the volume to a new key, and it mounts again.
 func TestRecipientRecovery(t *testing.T) {
+	t.Parallel()
 	const n = 6
 	identity, recipient := newAgeIdentity(t)
 	base := t.TempDir()
@@ -330,6 +334,7 @@ func TestRecipientRecovery(t *testing.T) {
 // TestRewrapBranchKeys: in a branch-key volume rewrap rewraps the branch
 // key files and leaves every file's header as it is.
 func TestRewrapBranchKeys(t *testing.T) {
+	t.Parallel()
 	const n = 5
 	base := t.TempDir()
 	v := newVolumeIn(t, base, nil, "--branch-keys", "--local-key", filepath.Join(base, "old.key"))
@@ -349,6 +354,7 @@ func TestRewrapBranchKeys(t *testing.T) {
 // TestMountWithoutRecoveryKey: a local recovery key moved away no longer
 // stops a read-only mount; a writable mount says why it needs it.
 func TestMountWithoutRecoveryKey(t *testing.T) {
+	t.Parallel()
 	srv := kmstest.Start(t)
 	base := t.TempDir()
 	key := filepath.Join(base, "recovery.key")
@@ -376,6 +382,7 @@ func TestMountWithoutRecoveryKey(t *testing.T) {
 // --read-only. Per-key --kms-endpoint KEY=URL is accepted, the plain form
 // refused as ambiguous.
 func TestMultiKMSKeyDown(t *testing.T) {
+	t.Parallel()
 	srv := kmstest.Start(t)
 	pa := kmstest.NewProxy(t, srv.Endpoint())
 	pb := kmstest.NewProxy(t, srv.Endpoint())

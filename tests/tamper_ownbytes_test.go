@@ -21,6 +21,7 @@ import (
 // on open) must read each copy as its true bytes, fail with EIO, or find
 // it empty. Never other bytes.
 func TestTamperOwnBytes(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	g := geometryOf(t, v)
 	m := mountVolume(t, v)

@@ -174,6 +174,7 @@ func TestFirstMountTrustsConfig(t *testing.T) {
 // KMS keyring of theirs, gets no request at their endpoint; nor does a
 // volume with no file yet mount without --trust-config.
 func TestFirstUseNeedsAttestation(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	var calls atomic.Int64
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -231,6 +232,7 @@ func TestFirstUseNeedsAttestation(t *testing.T) {
 // not trust yet is not used unless the host names it too (the flag, or
 // AWS_ENDPOINT_URL_KMS).
 func TestFirstUseEndpoint(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	env := newKMSEnv(t)
 	m := env.mount(t)
