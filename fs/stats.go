@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
 )
 
 // stats are counters for tests and the metrics endpoint.
@@ -27,6 +28,9 @@ type Stats struct {
 	KeptForOutage       int64 // keys of files this mount wrote, kept past their close (outage.go)
 	Pooled              int64 // data keys for new files waiting in the key pool
 	Integrity           IntegrityStats
+	// Prefetch counts the keys unwrapped ahead of their opens (key
+	// readahead or --prefetch-keys) and handed to them; zero without.
+	Prefetch keyring.AheadStats
 }
 
 // IntegrityStats counts what CIPHERDIR held that did not authenticate.
@@ -58,6 +62,7 @@ func (r *Root) Stats() Stats {
 	}
 	if r.ahead != nil {
 		s.Prefetched = int64(r.ahead.Len())
+		s.Prefetch = r.ahead.Stats()
 	}
 	s.KeptForOutage = int64(r.outage.len())
 	if r.pool != nil {

@@ -191,22 +191,35 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 }
 
 // mountKeys is the keyring chain of a mount, from the file system down:
-// the key cache (if asked for), the branch keyring (a branch-key volume),
-// the metrics, and the volume's own keyrings.
+// the request metrics, the key cache (if asked for), the branch keyring
+// (a branch-key volume), and the volume's own keyrings, each behind its
+// metrics. Every layer keeps plain counters that metrics.go exports.
 type mountKeys struct {
-	kr      keyring.Keyring       // what the file system calls
-	metrics *keyring.Metrics      // counts the calls that reach the key service
-	branch  *volume.BranchKeyring // nil for a per-file volume
-	inner   keyring.Keyring       // the volume's keyrings
-	stops   []func()
+	kr       keyring.Keyring       // what the file system calls
+	requests *keyring.Metrics      // counts what the file system asks of the chain
+	services []serviceMetrics      // count the calls that reach each of the volume's keyrings
+	cache    *keyring.Cache        // nil without --key-cache-ttl
+	branch   *volume.BranchKeyring // nil for a per-file volume
+	inner    keyring.Keyring       // the volume's keyrings, without metrics
+	stops    []func()
+}
+
+// serviceMetrics are the metrics of one of the volume's keyrings, named
+// for the metrics' keyring label.
+type serviceMetrics struct {
+	name string
+	m    *keyring.Metrics
 }
 
 // assembleKeyring builds the chain over inner, the volume's keyrings.
 func assembleKeyring(vol *volume.Volume, inner keyring.Keyring, m mountFlags) (*mountKeys, error) {
-	k := &mountKeys{inner: inner, metrics: keyring.NewMetrics(inner)}
-	k.kr = k.metrics
+	k := &mountKeys{inner: inner}
+	var err error
+	if k.kr, k.services, err = instrument(vol.Config, inner); err != nil {
+		return nil, err
+	}
 	if vol.Config.Branch() {
-		bk, err := volume.NewBranchKeyring(vol, k.metrics, m.branchKeyTTL)
+		bk, err := volume.NewBranchKeyring(vol, k.kr, m.branchKeyTTL)
 		if err != nil {
 			return nil, err
 		}
@@ -214,11 +227,52 @@ func assembleKeyring(vol *volume.Volume, inner keyring.Keyring, m mountFlags) (*
 		k.stops = append(k.stops, bk.Close)
 	}
 	if m.keyCacheTTL > 0 {
-		cache := keyring.NewCache(k.kr, m.keyCacheTTL)
-		k.kr = cache
-		k.stops = append(k.stops, cache.Close)
+		k.cache = keyring.NewCache(k.kr, m.keyCacheTTL)
+		k.kr = k.cache
+		k.stops = append(k.stops, k.cache.Close)
 	}
+	k.requests = keyring.NewMetrics(k.kr)
+	k.kr = k.requests
 	return k, nil
+}
+
+// instrument puts metrics in front of each of the volume's keyrings: inner
+// itself, or each member of the Multi that buildKeyring made of several,
+// in config order.
+func instrument(cfg *volume.Config, inner keyring.Keyring) (keyring.Keyring, []serviceMetrics, error) {
+	members := []keyring.Keyring{inner}
+	multi, isMulti := inner.(*keyring.Multi)
+	if isMulti {
+		members = multi.Members()
+	}
+	if len(members) != len(cfg.Keyrings) {
+		return nil, nil, fmt.Errorf("internal error: %d keyrings for the %d the config names", len(members), len(cfg.Keyrings))
+	}
+	var services []serviceMetrics
+	wrapped := make([]keyring.Keyring, len(members))
+	for i, mem := range members {
+		mm := keyring.NewMetrics(mem)
+		services = append(services, serviceMetrics{name: keyringLabel(cfg.Keyrings[i]), m: mm})
+		wrapped[i] = mm
+	}
+	if !isMulti {
+		return wrapped[0], services, nil
+	}
+	kr, err := keyring.NewMulti(wrapped...)
+	if err != nil {
+		return nil, nil, fail(exitKey, "%v", err)
+	}
+	return kr, services, nil
+}
+
+// keyringLabel names a keyring of the volume config in metrics: its kind
+// and its key (a KMS key's ARN, a local key's ID).
+func keyringLabel(spec volume.KeyringSpec) string {
+	key := spec.KeyARN
+	if key == "" {
+		key = spec.KeyID
+	}
+	return string(spec.Kind) + ":" + key
 }
 
 // stop wipes what the chain holds.
