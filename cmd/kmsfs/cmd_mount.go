@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,6 +26,7 @@ type mountFlags struct {
 	localKey, logLevel                      string
 	endpoint, region                        keyedValue
 	keyCacheTTL, branchKeyTTL, releaseIdle  time.Duration
+	idle                                    time.Duration
 	keyPool                                 int
 	prefetchKeys, keyReadahead              bool
 	metricsAddr, logFile                    string
@@ -51,6 +53,7 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
 	fl.StringVar(&m.trace, "debug-trace", "", "debugging aid: write an execution trace of the mount process to `FILE` until it unmounts (go tool trace)")
 	fl.DurationVar(&m.releaseIdle, "release-memory-after", 30*time.Second, "return memory a burst of work left behind to the system once the mount has been idle this long (0: leave it to the Go runtime)")
+	fl.DurationVar(&m.idle, "idle", 0, "unmount after this long with no request and no open file (0: never)")
 	fl.BoolVar(&m.nonempty, "nonempty", false, "mount over a mountpoint that is not empty, hiding its files")
 	fl.BoolVar(&m.trustConfig, "trust-config", false, "trust CIPHERDIR/kmsfs.json as it is now, though it differs from the copy this machine trusts (after you changed it yourself)")
 }
@@ -68,6 +71,9 @@ func (m *mountFlags) check() error {
 	}
 	if m.branchKeyTTL <= 0 {
 		return fail(exitUsage, "--branch-key-ttl %v: want a positive duration", m.branchKeyTTL)
+	}
+	if m.idle < 0 {
+		return fail(exitUsage, "--idle %v: want 0 (never) or a positive duration", m.idle)
 	}
 	return nil
 }
@@ -185,6 +191,9 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		fmt.Fprintf(stdout, "kmsfs: mounted %s on %s\n", cipherDir, mountpoint)
 		if f, ok := stdout.(*os.File); ok {
 			f.Sync()
+		}
+		if err := sdNotify("READY=1\nSTATUS=Mounted " + cipherDir + " on " + mountpoint); err != nil {
+			log.Warn("could not tell the service manager that the mount is ready", "err", err.Error())
 		}
 		return daemonReady(logOut, m.logFile)
 	})
@@ -336,9 +345,10 @@ func startAids(m mountFlags, keys *mountKeys, root *kfs.Root, log *slog.Logger) 
 	return func() { stopRelease(); stopProfiles(); stopMetrics() }, nil
 }
 
-// serve mounts root at mountpoint, calls mounted once the kernel has the
-// mount, and answers requests until it is unmounted (kmsfs unmount, umount,
-// or SIGINT/SIGTERM, which unmount it); then it calls what mounted returned.
+// serve mounts root at mountpoint, calls mounted once the mount answers,
+// and serves it until it is unmounted (kmsfs unmount, umount, SIGINT or
+// SIGTERM, or --idle); then it calls what mounted returned. It tells a
+// service manager STOPPING=1 as the unmount begins.
 func serve(root *kfs.Root, mountpoint string, m mountFlags, log *slog.Logger, mounted func() (unmounted func())) error {
 	srv, err := kfs.Mount(mountpoint, root, kfs.MountOptions{AllowOther: m.allowOther, Debug: m.debugFUSE})
 	if err != nil {
@@ -348,17 +358,29 @@ func serve(root *kfs.Root, mountpoint string, m mountFlags, log *slog.Logger, mo
 		srv.Unmount()
 		return mountError(mountpoint, err)
 	}
+	stopping := sync.OnceFunc(func() {
+		if err := sdNotify("STOPPING=1\nSTATUS=Unmounting " + mountpoint); err != nil {
+			log.Warn("could not tell the service manager that the mount is stopping", "err", err.Error())
+		}
+	})
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		for sig := range sigs {
 			log.Info("unmounting", "signal", sig.String(), "mountpoint", mountpoint)
+			stopping()
 			unmountRetry(srv.Unmount, mountpoint, log)
 		}
 	}()
 	unmounted := mounted()
 	defer unmounted()
+	done := make(chan struct{})
+	if m.idle > 0 {
+		go watchIdle(root, m.idle, srv.Unmount, log, done)
+	}
 	srv.Wait()
+	close(done)
+	stopping()
 	signal.Stop(sigs)
 	close(sigs)
 	log.Info("unmounted", "mountpoint", mountpoint)
