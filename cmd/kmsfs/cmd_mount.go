@@ -94,7 +94,7 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if m.daemon && os.Getenv(readyEnv) == "" {
-		return daemonize(stdout, m.logFile, pos[1])
+		return daemonize(append([]string{"mount"}, args...), stdout, m.logFile, pos[1])
 	}
 	out := &swapWriter{w: stderr}
 	if m.logFile != "" {
