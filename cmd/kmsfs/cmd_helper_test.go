@@ -19,6 +19,7 @@ func TestMountOptionFlags(t *testing.T) {
 		{"allow_other,ro,key_cache_ttl=30s", []string{"--allow-other=true", "--read-only=true", "--key-cache-ttl=30s"}, ""},
 		{"read_only,nonempty,idle=10m,release_memory_after=1m,log_level=warn,log_file=/var/log/kmsfs.log", []string{"--read-only=true", "--nonempty=true", "--idle=10m", "--release-memory-after=1m", "--log-level=warn", "--log-file=/var/log/kmsfs.log"}, ""},
 		{"kms_endpoint=https://kms.example:443/a=b,region=eu-west-2,local_key=/etc/k", []string{"--kms-endpoint=https://kms.example:443/a=b", "--region=eu-west-2", "--local-key=/etc/k"}, ""},
+		{"region=alias/a=eu-west-1,region=alias/b=us-east-1", []string{"--region=alias/a=eu-west-1", "--region=alias/b=us-east-1"}, ""},
 		{"metrics_addr=127.0.0.1:9310,branch_key_ttl=5m,key_pool=8,key_readahead=false,prefetch_keys", []string{"--metrics-addr=127.0.0.1:9310", "--branch-key-ttl=5m", "--key-pool=8", "--key-readahead=false", "--prefetch-keys=true"}, ""},
 		{"defaults,rw,nofail,noauto,auto,_netdev,user,nosuid,nodev,noexec,exec,suid,dev,noatime,relatime,sync,async,default_permissions,x-systemd.automount,x-systemd.requires=a.service,x-gvfs-show,comment=systemd.automount", []string{}, ""},
 		{"allow-other", []string{"--allow-other=true"}, ""},

@@ -224,7 +224,7 @@ type serviceMetrics struct {
 func assembleKeyring(vol *volume.Volume, inner keyring.Keyring, m mountFlags) (*mountKeys, error) {
 	k := &mountKeys{inner: inner}
 	var err error
-	if k.kr, k.services, err = instrument(vol.Config, inner); err != nil {
+	if k.kr, k.services, err = instrument(inner); err != nil {
 		return nil, err
 	}
 	if vol.Config.Branch() {
@@ -246,22 +246,19 @@ func assembleKeyring(vol *volume.Volume, inner keyring.Keyring, m mountFlags) (*
 }
 
 // instrument puts metrics in front of each of the volume's keyrings: inner
-// itself, or each member of the Multi that buildKeyring made of several,
-// in config order.
-func instrument(cfg *volume.Config, inner keyring.Keyring) (keyring.Keyring, []serviceMetrics, error) {
+// itself, or each member of the Multi that buildKeyring made of several
+// (those it loaded: a read-only mount may leave some out).
+func instrument(inner keyring.Keyring) (keyring.Keyring, []serviceMetrics, error) {
 	members := []keyring.Keyring{inner}
 	multi, isMulti := inner.(*keyring.Multi)
 	if isMulti {
 		members = multi.Members()
 	}
-	if len(members) != len(cfg.Keyrings) {
-		return nil, nil, fmt.Errorf("internal error: %d keyrings for the %d the config names", len(members), len(cfg.Keyrings))
-	}
 	var services []serviceMetrics
 	wrapped := make([]keyring.Keyring, len(members))
 	for i, mem := range members {
 		mm := keyring.NewMetrics(mem)
-		services = append(services, serviceMetrics{name: keyringLabel(cfg.Keyrings[i]), m: mm})
+		services = append(services, serviceMetrics{name: keyringLabel(mem), m: mm})
 		wrapped[i] = mm
 	}
 	if !isMulti {
@@ -272,16 +269,6 @@ func instrument(cfg *volume.Config, inner keyring.Keyring) (keyring.Keyring, []s
 		return nil, nil, fail(exitKey, "%v", err)
 	}
 	return kr, services, nil
-}
-
-// keyringLabel names a keyring of the volume config in metrics: its kind
-// and its key (a KMS key's ARN, a local key's ID).
-func keyringLabel(spec volume.KeyringSpec) string {
-	key := spec.KeyARN
-	if key == "" {
-		key = spec.KeyID
-	}
-	return string(spec.Kind) + ":" + key
 }
 
 // stop wipes what the chain holds.

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +15,8 @@ import (
 
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/agekey"
+	"github.com/kmsfs/kmsfs/keyring/awskms"
 )
 
 // The metrics endpoint (--metrics-addr). keyring and fs keep plain
@@ -57,6 +61,28 @@ func serveMetrics(addr string, keys *mountKeys, root *kfs.Root, log *slog.Logger
 		defer cancel()
 		srv.Shutdown(ctx)
 	}, nil
+}
+
+// keyringLabel names one of the volume's keyrings for the keyring label:
+// its kind and its key, as kmsfs.json and kmsfs inspect spell them (a KMS
+// key's ARN, a local key's ID, an age recipient).
+func keyringLabel(k keyring.Keyring) string {
+	switch k := k.(type) {
+	case *awskms.Keyring:
+		if arn := k.KeyARN(); arn != "" {
+			return string(keyring.KindAWSKMS) + ":" + arn
+		}
+		// Configured by alias and not resolved yet (a volume's config
+		// records the ARN, so not at a mount): Describe starts with it.
+		if f := strings.Fields(k.Describe()); len(f) > 1 {
+			return string(keyring.KindAWSKMS) + ":" + f[1]
+		}
+	case *keyring.Local:
+		return string(keyring.KindLocal) + ":" + k.KeyID()
+	case *agekey.Recipient:
+		return string(keyring.KindAge) + ":" + k.KeyID()
+	}
+	return fmt.Sprintf("%T", k)
 }
 
 // mountCollector exports a mount's counters.
