@@ -56,6 +56,8 @@ type Root struct {
 	stats   stats
 	warned  warnLimiter
 	outage  outageKeys
+	// activity counts requests and handles (activity.go).
+	activity activity
 }
 
 // keyringTimeout bounds one keyring call made for a file operation (the

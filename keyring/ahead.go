@@ -3,6 +3,7 @@ package keyring
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,6 +32,9 @@ type Ahead struct {
 	entries map[[32]byte]*aheadEntry // guarded by mu
 	taken   map[[32]byte]time.Time   // guarded by mu: entries handed out, and when
 	closed  bool                     // guarded by mu
+
+	hits, misses    atomic.Int64 // Decrypt calls handed a prefetched key, and not
+	unwraps, unused atomic.Int64 // keys unwrapped ahead, and of those wiped untaken
 }
 
 type aheadJob struct {
@@ -118,6 +122,7 @@ func (a *Ahead) fetch(j aheadJob, timeout time.Duration) {
 	} else {
 		e.dk = dk
 		e.expires = time.Now().Add(a.ttl)
+		a.unwraps.Add(1)
 	}
 	close(e.done)
 	a.mu.Unlock()
@@ -153,8 +158,10 @@ func (a *Ahead) take(ctx context.Context, k [32]byte) *DataKey {
 func (a *Ahead) Decrypt(ctx context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
 	k := cacheKey(wrapped, ec)
 	if dk := a.take(ctx, k); dk != nil {
+		a.hits.Add(1)
 		return dk, nil
 	}
+	a.misses.Add(1)
 	a.mu.Lock()
 	mine := &aheadEntry{done: make(chan struct{})} // holds no key: a marker
 	if _, busy := a.entries[k]; !busy && !a.closed {
@@ -193,6 +200,7 @@ func (a *Ahead) janitor() {
 				if e.dk != nil && now.After(e.expires) {
 					e.dk.Wipe()
 					delete(a.entries, k)
+					a.unused.Add(1)
 				}
 			}
 			for k, at := range a.taken {
@@ -210,6 +218,28 @@ func (a *Ahead) Len() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.entries)
+}
+
+// AheadStats counts an Ahead's work, for the metrics endpoint.
+type AheadStats struct {
+	Hits    int64 // Decrypt calls handed a prefetched key
+	Misses  int64 // Decrypt calls that found none and called the inner keyring
+	Unwraps int64 // keys unwrapped ahead of their use
+	Unused  int64 // of those, wiped after the TTL without being taken
+	Held    int   // keys held now, waiting to be taken (unwraps in flight hold none)
+}
+
+// Stats returns the counts.
+func (a *Ahead) Stats() AheadStats {
+	s := AheadStats{Hits: a.hits.Load(), Misses: a.misses.Load(), Unwraps: a.unwraps.Load(), Unused: a.unused.Load()}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range a.entries {
+		if e.dk != nil {
+			s.Held++
+		}
+	}
+	return s
 }
 
 // Close stops the workers and wipes every key held. Idempotent.

@@ -177,6 +177,21 @@ func TestDeps(t *testing.T) {
 		}
 	})
 
+	// keyring and fs keep plain counters; cmd/kmsfs exports them
+	// (metrics.go), so a metrics library stays out of the libraries.
+	t.Run("only cmd/kmsfs imports Prometheus", func(t *testing.T) {
+		for pkg, imps := range imports(t) {
+			if pkg == module+"/cmd/kmsfs" {
+				continue
+			}
+			for _, imp := range imps.code {
+				if strings.HasPrefix(imp, "github.com/prometheus/") {
+					t.Errorf("%s imports %s", pkg, imp)
+				}
+			}
+		}
+	})
+
 	t.Run("fs does not reach the AWS SDK", func(t *testing.T) {
 		pkg := module + "/fs"
 		for dep := range deps(t, pkg) {

@@ -365,6 +365,21 @@ func (m *mount) unmount() error {
 	}
 }
 
+// logEventually reports whether the mount's log satisfies ok within 10 s:
+// the child's stderr is copied into m.log by a goroutine of its own, so a
+// line the child wrote before an operation returned may land a moment
+// after it.
+func logEventually(m *mount, ok func(log string) bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok(m.log.String()) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 var warnLine = regexp.MustCompile(`(?m)^.*level=(WARN|ERROR).*$`)
 
 func (m *mount) cleanup() {

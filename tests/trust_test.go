@@ -143,7 +143,10 @@ func TestFirstMountTrustsConfig(t *testing.T) {
 	}
 	m = mountVolume(t, v)
 	m.AllowWarnings = true
-	if !regexp.MustCompile(`level=WARN msg="first mount of this volume here.*keyrings="\[local [0-9a-f]{32}`).MatchString(m.log.String()) {
+	// The child's stderr reaches m.log through a pipe of its own, read
+	// apart from the stdout that said it was mounted: wait for it.
+	firstUse := regexp.MustCompile(`level=WARN msg="first mount of this volume here.*keyrings="\[local [0-9a-f]{32}`)
+	if !logEventually(m, firstUse.MatchString) {
 		t.Errorf("the mount log does not warn that it trusts the config on first use, naming its keys:\n%s", m.log.String())
 	}
 	if err := m.unmount(); err != nil {

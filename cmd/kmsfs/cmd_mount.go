@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,6 +26,7 @@ type mountFlags struct {
 	localKey, logLevel                      string
 	endpoint, region                        keyedValue
 	keyCacheTTL, branchKeyTTL, releaseIdle  time.Duration
+	idle                                    time.Duration
 	keyPool                                 int
 	prefetchKeys, keyReadahead              bool
 	metricsAddr, logFile                    string
@@ -51,6 +53,7 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
 	fl.StringVar(&m.trace, "debug-trace", "", "debugging aid: write an execution trace of the mount process to `FILE` until it unmounts (go tool trace)")
 	fl.DurationVar(&m.releaseIdle, "release-memory-after", 30*time.Second, "return memory a burst of work left behind to the system once the mount has been idle this long (0: leave it to the Go runtime)")
+	fl.DurationVar(&m.idle, "idle", 0, "unmount after this long with no request and no open file (0: never)")
 	fl.BoolVar(&m.nonempty, "nonempty", false, "mount over a mountpoint that is not empty, hiding its files")
 	fl.BoolVar(&m.trustConfig, "trust-config", false, "trust CIPHERDIR/kmsfs.json as it is now, though it differs from the copy this machine trusts (after you changed it yourself)")
 }
@@ -68,6 +71,9 @@ func (m *mountFlags) check() error {
 	}
 	if m.branchKeyTTL <= 0 {
 		return fail(exitUsage, "--branch-key-ttl %v: want a positive duration", m.branchKeyTTL)
+	}
+	if m.idle < 0 {
+		return fail(exitUsage, "--idle %v: want 0 (never) or a positive duration", m.idle)
 	}
 	return nil
 }
@@ -88,7 +94,7 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if m.daemon && os.Getenv(readyEnv) == "" {
-		return daemonize(stdout, m.logFile, pos[1])
+		return daemonize(append([]string{"mount"}, args...), stdout, m.logFile, pos[1])
 	}
 	out := &swapWriter{w: stderr}
 	if m.logFile != "" {
@@ -186,27 +192,43 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		if f, ok := stdout.(*os.File); ok {
 			f.Sync()
 		}
+		if err := sdNotify("READY=1\nSTATUS=Mounted " + cipherDir + " on " + mountpoint); err != nil {
+			log.Warn("could not tell the service manager that the mount is ready", "err", err.Error())
+		}
 		return daemonReady(logOut, m.logFile)
 	})
 }
 
 // mountKeys is the keyring chain of a mount, from the file system down:
-// the key cache (if asked for), the branch keyring (a branch-key volume),
-// the metrics, and the volume's own keyrings.
+// the request metrics, the key cache (if asked for), the branch keyring
+// (a branch-key volume), and the volume's own keyrings, each behind its
+// metrics. Every layer keeps plain counters that metrics.go exports.
 type mountKeys struct {
-	kr      keyring.Keyring       // what the file system calls
-	metrics *keyring.Metrics      // counts the calls that reach the key service
-	branch  *volume.BranchKeyring // nil for a per-file volume
-	inner   keyring.Keyring       // the volume's keyrings
-	stops   []func()
+	kr       keyring.Keyring       // what the file system calls
+	requests *keyring.Metrics      // counts what the file system asks of the chain
+	services []serviceMetrics      // count the calls that reach each of the volume's keyrings
+	cache    *keyring.Cache        // nil without --key-cache-ttl
+	branch   *volume.BranchKeyring // nil for a per-file volume
+	inner    keyring.Keyring       // the volume's keyrings, without metrics
+	stops    []func()
+}
+
+// serviceMetrics are the metrics of one of the volume's keyrings, named
+// for the metrics' keyring label.
+type serviceMetrics struct {
+	name string
+	m    *keyring.Metrics
 }
 
 // assembleKeyring builds the chain over inner, the volume's keyrings.
 func assembleKeyring(vol *volume.Volume, inner keyring.Keyring, m mountFlags) (*mountKeys, error) {
-	k := &mountKeys{inner: inner, metrics: keyring.NewMetrics(inner)}
-	k.kr = k.metrics
+	k := &mountKeys{inner: inner}
+	var err error
+	if k.kr, k.services, err = instrument(inner); err != nil {
+		return nil, err
+	}
 	if vol.Config.Branch() {
-		bk, err := volume.NewBranchKeyring(vol, k.metrics, m.branchKeyTTL)
+		bk, err := volume.NewBranchKeyring(vol, k.kr, m.branchKeyTTL)
 		if err != nil {
 			return nil, err
 		}
@@ -214,11 +236,39 @@ func assembleKeyring(vol *volume.Volume, inner keyring.Keyring, m mountFlags) (*
 		k.stops = append(k.stops, bk.Close)
 	}
 	if m.keyCacheTTL > 0 {
-		cache := keyring.NewCache(k.kr, m.keyCacheTTL)
-		k.kr = cache
-		k.stops = append(k.stops, cache.Close)
+		k.cache = keyring.NewCache(k.kr, m.keyCacheTTL)
+		k.kr = k.cache
+		k.stops = append(k.stops, k.cache.Close)
 	}
+	k.requests = keyring.NewMetrics(k.kr)
+	k.kr = k.requests
 	return k, nil
+}
+
+// instrument puts metrics in front of each of the volume's keyrings: inner
+// itself, or each member of the Multi that buildKeyring made of several
+// (those it loaded: a read-only mount may leave some out).
+func instrument(inner keyring.Keyring) (keyring.Keyring, []serviceMetrics, error) {
+	members := []keyring.Keyring{inner}
+	multi, isMulti := inner.(*keyring.Multi)
+	if isMulti {
+		members = multi.Members()
+	}
+	var services []serviceMetrics
+	wrapped := make([]keyring.Keyring, len(members))
+	for i, mem := range members {
+		mm := keyring.NewMetrics(mem)
+		services = append(services, serviceMetrics{name: keyringLabel(mem), m: mm})
+		wrapped[i] = mm
+	}
+	if !isMulti {
+		return wrapped[0], services, nil
+	}
+	kr, err := keyring.NewMulti(wrapped...)
+	if err != nil {
+		return nil, nil, fail(exitKey, "%v", err)
+	}
+	return kr, services, nil
 }
 
 // stop wipes what the chain holds.
@@ -282,9 +332,10 @@ func startAids(m mountFlags, keys *mountKeys, root *kfs.Root, log *slog.Logger) 
 	return func() { stopRelease(); stopProfiles(); stopMetrics() }, nil
 }
 
-// serve mounts root at mountpoint, calls mounted once the kernel has the
-// mount, and answers requests until it is unmounted (kmsfs unmount, umount,
-// or SIGINT/SIGTERM, which unmount it); then it calls what mounted returned.
+// serve mounts root at mountpoint, calls mounted once the mount answers,
+// and serves it until it is unmounted (kmsfs unmount, umount, SIGINT or
+// SIGTERM, or --idle); then it calls what mounted returned. It tells a
+// service manager STOPPING=1 as the unmount begins.
 func serve(root *kfs.Root, mountpoint string, m mountFlags, log *slog.Logger, mounted func() (unmounted func())) error {
 	srv, err := kfs.Mount(mountpoint, root, kfs.MountOptions{AllowOther: m.allowOther, Debug: m.debugFUSE})
 	if err != nil {
@@ -294,17 +345,29 @@ func serve(root *kfs.Root, mountpoint string, m mountFlags, log *slog.Logger, mo
 		srv.Unmount()
 		return mountError(mountpoint, err)
 	}
+	stopping := sync.OnceFunc(func() {
+		if err := sdNotify("STOPPING=1\nSTATUS=Unmounting " + mountpoint); err != nil {
+			log.Warn("could not tell the service manager that the mount is stopping", "err", err.Error())
+		}
+	})
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		for sig := range sigs {
 			log.Info("unmounting", "signal", sig.String(), "mountpoint", mountpoint)
+			stopping()
 			unmountRetry(srv.Unmount, mountpoint, log)
 		}
 	}()
 	unmounted := mounted()
 	defer unmounted()
+	done := make(chan struct{})
+	if m.idle > 0 {
+		go watchIdle(root, m.idle, srv.Unmount, log, done)
+	}
 	srv.Wait()
+	close(done)
+	stopping()
 	signal.Stop(sigs)
 	close(sigs)
 	log.Info("unmounted", "mountpoint", mountpoint)

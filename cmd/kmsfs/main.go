@@ -85,8 +85,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
-		fmt.Fprintf(stderr, "kmsfs: unknown command %q\n%s", args[0], usage)
-		return exitUsage
+		if !isMountHelperCall(args) {
+			fmt.Fprintf(stderr, "kmsfs: unknown command %q\n%s", args[0], usage)
+			return exitUsage
+		}
+		// mount(8) and fstab: kmsfs CIPHERDIR MOUNTPOINT -o OPTIONS.
+		err = cmdMountHelper(args, stdout, stderr)
 	}
 	if err == nil {
 		return exitOK
