@@ -58,6 +58,25 @@ type syscallCount struct {
 	files      map[string]float64 // calls on stored files and directories, by name
 	runtime    float64
 	transport  float64 // replies, and pipe and dup calls around /dev/fuse
+	cpu        float64 // the daemon's CPU seconds, measured without strace
+}
+
+// cpuTime is the CPU time all threads of pid have used so far
+// (schedstat: nanoseconds, not clock ticks).
+func cpuTime(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var t time.Duration
+	for _, p := range tasks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			t += time.Duration(ns)
+		}
+	}
+	return t
 }
 
 func (c syscallCount) total() float64 {
@@ -90,6 +109,7 @@ func countSyscalls(e *env, cfg config, work string, files int) []syscallCount {
 			continue
 		}
 		pid := m.pid()
+		first := len(out)
 		for i, op := range syscallOps {
 			if i == 1 {
 				dropCaches()
@@ -101,8 +121,24 @@ func countSyscalls(e *env, cfg config, work string, files int) []syscallCount {
 			}
 			c.op, c.system = op.name, sys.name
 			c.scale(1 / float64(files))
-			log.Printf("syscalls %-10s %-50s %5.1f on files, %4.1f FUSE requests", sys.name, op.name, c.total(), c.requests)
 			out = append(out, c)
+		}
+		// Again without strace, for the daemon's CPU time per file.
+		for i, op := range syscallOps {
+			if i == 1 {
+				dropCaches()
+			}
+			before := cpuTime(pid)
+			if err := op.run(e, filepath.Join(m.dir, "sc"), files); err != nil {
+				log.Printf("syscall step %s %s: %v", sys.name, op.name, err)
+				continue
+			}
+			for j := first; j < len(out); j++ {
+				if out[j].op == op.name {
+					out[j].cpu = (cpuTime(pid) - before).Seconds() / float64(files)
+					log.Printf("syscalls %-10s %-50s %5.1f on files, %4.1f FUSE requests, %4.0f µs CPU", sys.name, op.name, out[j].total(), out[j].requests, out[j].cpu*1e6)
+				}
+			}
 		}
 		if err := m.stop(); err != nil {
 			log.Printf("%s: %v", sys.name, err)
@@ -199,8 +235,8 @@ func renderSyscalls(w func(string, ...any), counts []syscallCount, files int) {
 		return
 	}
 	w("## System calls per file (tmpfs)\n\n")
-	w("Counted by `strace -f -y` attached to each daemon while one process works on %d files of 5000 B in one directory (bench/runner/syscalls.go), divided by %d. \"On files\" are the calls a daemon makes on stored files and directories, by name; FUSE requests are reads of `/dev/fuse`; the rest (replies, the Go runtime's and libc's own calls) is listed apart.\n\n", files, files)
-	w("| operation | system | FUSE requests | on files | of which | replies and transport | runtime |\n|---|---|---|---|---|---|---|\n")
+	w("Counted by `strace -f -y` attached to each daemon while one process works on %d files of 5000 B in one directory (bench/runner/syscalls.go), divided by %d. \"On files\" are the calls a daemon makes on stored files and directories, by name; FUSE requests are reads of `/dev/fuse`; the rest (replies, the Go runtime's and libc's own calls) is listed apart. CPU is the daemon's, all threads, per file, in a second pass without strace (its own scheduler statistics; it varies with the machine's load less than wall-clock time does, but does vary).\n\n", files, files)
+	w("| operation | system | FUSE requests | on files | of which | replies and transport | runtime | daemon CPU µs |\n|---|---|---|---|---|---|---|---|\n")
 	for _, c := range counts {
 		type kv struct {
 			k string
@@ -222,7 +258,7 @@ func renderSyscalls(w func(string, ...any), counts []syscallCount, files int) {
 		for _, p := range parts {
 			s = append(s, fmt.Sprintf("%s %s", p.k, num(p.v)))
 		}
-		w("| %s | %s | %s | **%s** | %s | %s | %s |\n", c.op, c.system, num(c.requests), num(c.total()), strings.Join(s, ", "), num(c.transport), num(c.runtime))
+		w("| %s | %s | %s | **%s** | %s | %s | %s | %.0f |\n", c.op, c.system, num(c.requests), num(c.total()), strings.Join(s, ", "), num(c.transport), num(c.runtime), c.cpu*1e6)
 	}
 	w("\n")
 }
