@@ -109,6 +109,14 @@ type keyLoad struct {
 // reads the header through fd and calls the keyring; concurrent users wait
 // for that one call and share its result or error.
 func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
+	return n.acquireAt(fd, wantKey, -1)
+}
+
+// acquireAt is acquire of a descriptor openBacking opened, stored bytes
+// long then (-1: unknown, as from any other opener). The first user
+// then reads the header and the journal's record heads in one read
+// (readHead) and settles the journal only when it holds something.
+func (n *node) acquireAt(fd int, wantKey bool, stored int64) (*fileState, error) {
 	n.mu.Lock()
 	st := n.st
 	if st == nil {
@@ -130,8 +138,15 @@ func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
 		l := &keyLoad{done: make(chan struct{})}
 		st.loading = l
 		n.mu.Unlock()
-		k, err := n.r.loadKey(fd, n.readaheadHint)
-		if err == nil && k != nil {
+		var k *fileKey
+		var err error
+		pending := true // unknown: settle reads the journal
+		if stored >= 0 {
+			k, pending, err = n.r.loadKeyHead(fd, stored, n.readaheadHint)
+		} else {
+			k, err = n.r.loadKey(fd, n.readaheadHint)
+		}
+		if err == nil && k != nil && pending {
 			n.settleOnOpen(st, fd, k.c)
 		}
 		n.mu.Lock()

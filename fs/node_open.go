@@ -53,16 +53,21 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if n.r.opts.ReadOnly && (writable(flags) || flags&unix.O_TRUNC != 0) {
 		return nil, 0, syscall.EROFS
 	}
-	fd, err := n.openBacking(backingFlags(flags))
+	b, err := n.openBacking(backingFlags(flags))
 	if err != nil {
 		return nil, 0, n.r.errno(err, "open", n.relPath())
 	}
-	st, err := n.acquire(fd, true)
+	st, err := n.acquireAt(b.fd, true, b.stored)
+	if err == nil {
+		if err = b.ready(); err != nil {
+			n.release(st)
+		}
+	}
 	if err != nil {
-		unix.Close(fd)
+		unix.Close(b.fd)
 		return nil, 0, n.r.errno(err, "open", n.relPath())
 	}
-	f := &file{n: n, st: st, fd: fd, flags: flags}
+	f := &file{n: n, st: st, fd: b.fd, flags: flags}
 	if flags&unix.O_TRUNC != 0 {
 		if err := f.truncate(0); err != nil {
 			f.close()
@@ -72,6 +77,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	return f, openFlags, 0
 }
 
+// backingFd is a stored file openBacking opened, until ready: still
+// non-blocking and, where the daemon may, with O_NOATIME.
+type backingFd struct {
+	fd     int
+	stored int64 // its size when opened, from checkSame's statx
+	setfl  int   // the status flags ready sets; -1: none to change
+}
+
 // openBacking opens n's stored file. A write-only file cannot be opened
 // for reading and writing by its unprivileged owner: like gocryptfs, add
 // the owner's read bit for the open and take it away again.
@@ -79,24 +92,43 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 // The open does not block: a FIFO put where the file was (by another
 // mount, or whoever can write CIPHERDIR) would otherwise hang the open,
 // and the reader with it, in an uninterruptible sleep. checkSame then
-// refuses anything but n's own regular file, and O_NONBLOCK is cleared
-// again unless the caller asked for it.
-func (n *node) openBacking(flags int) (int, error) {
-	fd, err := n.openBackingAny(flags | unix.O_NONBLOCK)
+// refuses anything but n's own regular file, and ready clears O_NONBLOCK
+// again unless the caller asked for it. The open also asks for O_NOATIME
+// (ownership or CAP_FOWNER, as root): reading the header and the journal
+// is kmsfs's business, not an access the user made, and must not move the
+// file's atime; ready clears it too. Doing both in the one fcntl of ready
+// saves four per cold open over setting and restoring O_NOATIME around
+// each read.
+func (n *node) openBacking(flags int) (backingFd, error) {
+	extra := unix.O_NONBLOCK | unix.O_NOATIME
+	fd, err := n.openBackingAny(flags | extra)
+	if err == unix.EPERM && flags&unix.O_NOATIME == 0 {
+		// Neither the owner nor CAP_FOWNER: the atime may move.
+		extra = unix.O_NONBLOCK
+		fd, err = n.openBackingAny(flags | extra)
+	}
 	if err != nil {
-		return -1, err
+		return backingFd{fd: -1}, err
 	}
-	if err := n.checkSame(fd, ""); err != nil {
+	var stx unix.Statx_t
+	if err := n.checkSameStatx(fd, "", &stx); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return backingFd{fd: -1}, err
 	}
-	if flags&unix.O_NONBLOCK == 0 {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^(unix.O_ACCMODE|unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY|unix.O_TRUNC|unix.O_CLOEXEC)); err != nil {
-			unix.Close(fd)
-			return -1, err
-		}
+	b := backingFd{fd: fd, stored: int64(stx.Size), setfl: -1}
+	if extra&^flags != 0 {
+		b.setfl = flags &^ (unix.O_ACCMODE | unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_TRUNC | unix.O_CLOEXEC)
 	}
-	return fd, nil
+	return b, nil
+}
+
+// ready gives the descriptor the status flags its opener asked for.
+func (b backingFd) ready() error {
+	if b.setfl < 0 {
+		return nil
+	}
+	_, err := unix.FcntlInt(uintptr(b.fd), unix.F_SETFL, b.setfl)
+	return err
 }
 
 // checkSame checks that the object name leads to in dirfd (name "": the
@@ -108,21 +140,27 @@ func (n *node) openBacking(flags int) (int, error) {
 // the kernel look the name up again (or fails a use of an old
 // descriptor).
 func (n *node) checkSame(dirfd int, name string) error {
+	var stx unix.Statx_t
+	return n.checkSameStatx(dirfd, name, &stx)
+}
+
+// checkSameStatx is checkSame, leaving the object's statx in stx (not
+// filled for the root).
+func (n *node) checkSameStatx(dirfd int, name string, stx *unix.Statx_t) error {
 	if n.isRoot() {
 		return nil
 	}
-	var stx unix.Statx_t
 	flags := unix.AT_SYMLINK_NOFOLLOW
 	if name == "" {
 		flags |= unix.AT_EMPTY_PATH
 	}
 	err := retryEINTR(func() error {
-		return unix.Statx(dirfd, name, flags, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
+		return unix.Statx(dirfd, name, flags, unix.STATX_BASIC_STATS|unix.STATX_BTIME, stx)
 	})
 	if err != nil {
 		return err
 	}
-	id := n.r.idFromStat(unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino, genFromStatx(&stx), uint32(stx.Mode))
+	id := n.r.idFromStat(unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino, genFromStatx(stx), uint32(stx.Mode))
 	if sa := n.StableAttr(); id.Ino != sa.Ino || id.Gen != sa.Gen || id.Mode != sa.Mode {
 		n.r.stats.stale.Add(1)
 		return syscall.ESTALE

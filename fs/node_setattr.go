@@ -220,16 +220,21 @@ func (n *node) truncate(f *file, size int64) error {
 	if f != nil {
 		return f.truncate(size)
 	}
-	fd, err := n.openBacking(unix.O_RDWR | unix.O_NOFOLLOW)
+	b, err := n.openBacking(unix.O_RDWR | unix.O_NOFOLLOW)
 	if err != nil {
 		return err
 	}
-	st, err := n.acquire(fd, size != 0)
+	st, err := n.acquireAt(b.fd, size != 0, b.stored)
+	if err == nil {
+		if err = b.ready(); err != nil {
+			n.release(st)
+		}
+	}
 	if err != nil {
-		unix.Close(fd)
+		unix.Close(b.fd)
 		return err
 	}
-	tmp := &file{n: n, st: st, fd: fd, flags: unix.O_RDWR}
+	tmp := &file{n: n, st: st, fd: b.fd, flags: unix.O_RDWR}
 	defer tmp.close()
 	return tmp.truncate(size)
 }
