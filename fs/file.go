@@ -58,7 +58,8 @@ var errNeedKey = errors.New("file was given a header by another mount while open
 // journal first, as an open would, rather than overwrite that record.
 // Caller holds st.content for writing.
 func (f *file) change(fn func(bf blockfile.File, size int64) error) error {
-	if err := f.ensureHeader(); err != nil {
+	stored, err := f.ensureHeader()
+	if err != nil {
 		return err
 	}
 	if f.st.unsettled {
@@ -67,7 +68,14 @@ func (f *file) change(fn func(bf blockfile.File, size int64) error) error {
 		}
 		f.st.unsettled = false
 	}
-	bf, size, err := f.blocks()
+	var bf blockfile.File
+	var size int64
+	if stored >= 0 {
+		// Just given its header: no need to ask the size.
+		bf, size, err = f.blocksOf(stored)
+	} else {
+		bf, size, err = f.blocks()
+	}
 	if err != nil {
 		return err
 	}
@@ -103,6 +111,11 @@ func (f *file) blocks() (blockfile.File, int64, error) {
 	if err != nil {
 		return blockfile.File{}, 0, err
 	}
+	return f.blocksOf(stored)
+}
+
+// blocksOf is blocks of a stored file of stored bytes.
+func (f *file) blocksOf(stored int64) (blockfile.File, int64, error) {
 	if stored == 0 {
 		return blockfile.File{}, 0, nil
 	}

@@ -112,6 +112,20 @@ func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
 	return n.acquireAt(fd, wantKey, -1)
 }
 
+// acquireNew registers the first user of a file this mount has just
+// created: it is empty, so there is no header to read.
+func (n *node) acquireNew(fd int) (*fileState, error) {
+	n.mu.Lock()
+	if n.st == nil {
+		st := &fileState{users: 1, loaded: true}
+		n.st = st
+		n.mu.Unlock()
+		return st, nil
+	}
+	n.mu.Unlock()
+	return n.acquire(fd, true) // a state already there: join it
+}
+
 // acquireAt is acquire of a descriptor openBacking opened, stored bytes
 // long then (-1: unknown, as from any other opener). The first user
 // then reads the header and the journal's record heads in one read

@@ -162,32 +162,33 @@ func (r *Root) sealNewHeader(k *pooledKey) ([]byte, *fileKey, error) {
 // in between leaves a header-only file, a valid empty file. An exclusive
 // flock on the stored file keeps two mounts of one CIPHERDIR from both
 // writing a header; the one that finds a header already there takes its
-// key instead.
-func (f *file) ensureHeader() error {
+// key instead. It returns the stored size when it wrote the header (the
+// header's), and -1 otherwise.
+func (f *file) ensureHeader() (int64, error) {
 	st := f.st
 	if st.key != nil {
-		return nil
+		return -1, nil
 	}
 	r := f.n.r
 	if err := retryEINTR(func() error { return unix.Flock(f.fd, unix.LOCK_EX) }); err != nil && !errors.Is(err, unix.ENOLCK) {
-		return err
+		return -1, err
 	}
 	defer unix.Flock(f.fd, unix.LOCK_UN)
 	k, err := r.loadKey(f.fd, nil)
 	if err != nil {
-		return err
+		return -1, err
 	}
 	if k != nil {
 		st.key = k
-		return nil
+		return -1, nil
 	}
 	pk, err := r.newFileKey()
 	if err != nil {
-		return err
+		return -1, err
 	}
 	slot, nk, err := r.sealNewHeader(pk)
 	if err != nil {
-		return err
+		return -1, err
 	}
 	// No fallocate first: a header cut short by a full disk is cut off
 	// again, leaving the empty file this was. On ext4 a fallocate here
@@ -197,10 +198,10 @@ func (f *file) ensureHeader() error {
 		nk.wipe()
 		// Leave no partial header behind.
 		unix.Ftruncate(f.fd, 0)
-		return err
+		return -1, err
 	}
 	st.key = nk
-	return nil
+	return int64(len(slot)), nil
 }
 
 // ensureKey loads the key of a file that was empty when this mount opened

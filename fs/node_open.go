@@ -205,8 +205,9 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	dirfd, err := n.dirFd()
 	fd := -1
+	var stx unix.Statx_t
 	if err == nil {
-		fd, err = n.r.createEmpty(ctx, dirfd, name, mode)
+		fd, err = n.r.createEmpty(ctx, dirfd, name, mode, &stx)
 	}
 	if errors.Is(err, unix.EEXIST) && flags&unix.O_EXCL == 0 {
 		// Someone else (another mount) created it first: open theirs.
@@ -215,24 +216,17 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, n.r.errno(err, "create", join(n.relPath(), name))
 	}
-	return n.newOpenChild(ctx, fd, flags, out, "create")
+	return n.newOpenChild(ctx, fd, &stx, flags, out, "create")
 }
 
 // newOpenChild makes the inode of a file just created at fd (empty, no
-// header) and its handle.
-func (n *node) newOpenChild(ctx context.Context, fd int, flags uint32, out *fuse.EntryOut, op string) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
-	var stx unix.Statx_t
-	if err := retryEINTR(func() error {
-		return unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
-	}); err != nil {
-		unix.Close(fd)
-		return nil, nil, 0, n.r.errno(err, op, n.relPath())
-	}
-	n.r.fillAttr(&stx, &out.Attr)
-	child := n.newChild(ctx, &stx)
+// header), whose statx finishNew took, and its handle.
+func (n *node) newOpenChild(ctx context.Context, fd int, stx *unix.Statx_t, flags uint32, out *fuse.EntryOut, op string) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	n.r.fillAttr(stx, &out.Attr)
+	child := n.newChild(ctx, stx)
 	cn := child.Operations().(*node)
-	cn.noCaps.Store(true)           // a new file has no xattrs
-	st, err := cn.acquire(fd, true) // an empty file: no keyring call
+	cn.noCaps.Store(true) // a new file has no xattrs
+	st, err := cn.acquireNew(fd)
 	if err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, n.r.errno(err, op, n.relPath())
@@ -258,14 +252,15 @@ func (n *node) openExisting(ctx context.Context, name string, flags uint32, out 
 }
 
 // createEmpty creates name in dirfd (O_EXCL), owned by the caller, with
-// exactly the mode asked for, and returns a read-write descriptor of it.
-func (r *Root) createEmpty(ctx context.Context, dirfd int, name string, mode uint32) (int, error) {
+// exactly the mode asked for, and returns a read-write descriptor of it
+// and its statx.
+func (r *Root) createEmpty(ctx context.Context, dirfd int, name string, mode uint32, stx *unix.Statx_t) (int, error) {
 	perm := mode & 0o7777
 	fd, err := openat(dirfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW, perm)
 	if err != nil {
 		return -1, err
 	}
-	if err := r.finishNew(ctx, dirfd, fd, perm); err != nil {
+	if err := r.finishNew(ctx, dirfd, fd, perm, stx); err != nil {
 		unix.Close(fd)
 		unix.Unlinkat(dirfd, name, 0)
 		return -1, err
@@ -273,20 +268,34 @@ func (r *Root) createEmpty(ctx context.Context, dirfd int, name string, mode uin
 	return fd, nil
 }
 
-// finishNew gives a new file its owner and its exact mode: the process
-// umask, or a chown clearing set-id bits, may have changed it.
-func (r *Root) finishNew(ctx context.Context, dirfd, fd int, perm uint32) error {
+// finishNew gives a new file its owner and its exact mode (the process
+// umask, or a chown clearing set-id bits, may have changed it), and
+// returns its statx in stx.
+func (r *Root) finishNew(ctx context.Context, dirfd, fd int, perm uint32, stx *unix.Statx_t) error {
 	if err := r.chownNew(ctx, dirfd, fd, ""); err != nil {
 		return err
 	}
 	// Usually the mode is already exact (the mount runs with umask 0):
-	// a stat is cheaper than a chmod, which on ext4 is a journalled
-	// inode update per created file.
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err == nil && st.Mode&0o7777 == perm {
+	// the statx the new inode needs anyway is cheaper than a chmod,
+	// which on ext4 is a journalled inode update per created file.
+	if err := statxFd(fd, stx); err != nil {
+		return err
+	}
+	if uint32(stx.Mode)&0o7777 == perm {
 		return nil
 	}
-	return retryEINTR(func() error { return unix.Fchmod(fd, perm) })
+	if err := retryEINTR(func() error { return unix.Fchmod(fd, perm) }); err != nil {
+		return err
+	}
+	return statxFd(fd, stx)
+}
+
+// statxFd stats the object open at fd, with the birth time that tells
+// reused inode numbers apart.
+func statxFd(fd int, stx *unix.Statx_t) error {
+	return retryEINTR(func() error {
+		return unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, stx)
+	})
 }
 
 // chownNew gives a new object the caller's owner when kmsfs runs as root
@@ -299,6 +308,12 @@ func (r *Root) chownNew(ctx context.Context, dirfd, fd int, name string) error {
 	}
 	caller, ok := fuse.FromContext(ctx)
 	if !ok {
+		return nil
+	}
+	if caller.Uid == 0 && caller.Gid == processGID() {
+		// The kernel made the object as it would for the caller: owned
+		// by root, in the group of a set-gid parent or else the
+		// daemon's own, which is the caller's.
 		return nil
 	}
 	uid, gid := int(caller.Uid), int(caller.Gid)
@@ -329,7 +344,8 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if err != nil {
 		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
-	if err := n.r.finishNew(ctx, dirfd, fd, mode&0o7777); err != nil {
+	var stx unix.Statx_t
+	if err := n.r.finishNew(ctx, dirfd, fd, mode&0o7777, &stx); err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
@@ -339,7 +355,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		unix.Close(fd)
 		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
-	child, fh, fl, errno := n.newOpenChild(ctx, fd, flags, out, "tmpfile")
+	child, fh, fl, errno := n.newOpenChild(ctx, fd, &stx, flags, out, "tmpfile")
 	if errno != 0 {
 		unix.Close(pathFd)
 		return nil, nil, 0, errno

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -152,4 +153,9 @@ func (r *Root) idFromStat(dev, ino, gen uint64, mode uint32) fusefs.StableAttr {
 	return fusefs.StableAttr{Mode: mode & unix.S_IFMT, Gen: gen, Ino: (swapped ^ swappedRoot) ^ ino}
 }
 
-func processUID() uint32 { return uint32(os.Geteuid()) }
+// processUID and processGID are the daemon's effective IDs, read once:
+// each is a syscall, and a create asks for them.
+var (
+	processUID = sync.OnceValue(func() uint32 { return uint32(os.Geteuid()) })
+	processGID = sync.OnceValue(func() uint32 { return uint32(os.Getegid()) })
+)
