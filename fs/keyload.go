@@ -55,7 +55,7 @@ func (r *Root) loadKeyHead(fd int, stored int64, before func()) (k *fileKey, pen
 		*bp = make([]byte, n)
 	}
 	head := (*bp)[:n]
-	got, err := fdStore(fd).ReadAt(head, 0)
+	got, err := r.store(fd).ReadAt(head, 0)
 	if err != nil && err != io.EOF {
 		return nil, false, err
 	}
