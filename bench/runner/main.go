@@ -59,7 +59,7 @@ func main() {
 	out := flag.String("out", "bench/RESULTS.md", "Markdown report")
 	raw := flag.String("json", "bench/results.json", "raw results (read back as the previous run, then rewritten)")
 	only := flag.String("only", "", "comma-separated systems to run (default all)")
-	diskDir := flag.String("disk-dir", "/var/tmp/kmsfs-bench", "directory on a disk filesystem")
+	diskDir := flag.String("disk-dir", "/var/tmp/kmsfs-bench", "directory on a disk filesystem, for the image file of the disk backing (16 GiB, sparse)")
 	onlyWl := flag.String("workloads", "", "semicolon-separated workload names to run (default all; for trials; names contain commas)")
 	kmsfsArgs := flag.String("kmsfs-args", "", "space-separated flags added to every kmsfs mount (for trials; the report does not show them)")
 	kmsfsAlt := flag.String("kmsfs-alt", "", "a second kmsfs binary, run as system kmsfs-alt beside this tree's in every round (for A/B trials)")
@@ -198,15 +198,51 @@ func backingDir(kind, diskDir, work string) (string, func()) {
 		}
 		return d, func() { syscall.Unmount(d, syscall.MNT_DETACH) }
 	case "disk":
-		d := filepath.Join(diskDir, "run")
-		os.RemoveAll(d)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			log.Fatal(err)
-		}
-		return d, func() { os.RemoveAll(d) }
+		return diskBacking(diskDir, work)
 	}
 	log.Fatalf("unknown backing %q", kind)
 	return "", nil
+}
+
+// diskBacking makes a fresh ext4 filesystem in an image file in diskDir,
+// on a loop device with direct I/O (no second page cache), and mounts it.
+// Its own filesystem keeps the syncfs of the small-file workloads to what
+// the system under test stored: a syncfs of the disk's root filesystem
+// would also write back whatever other processes on this shared machine
+// left dirty.
+func diskBacking(diskDir, work string) (string, func()) {
+	if err := os.MkdirAll(diskDir, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	img := filepath.Join(diskDir, "kmsfs-bench.img")
+	os.Remove(img)
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		log.Fatal(err)
+	}
+	if err := os.Truncate(img, 16<<30); err != nil {
+		log.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
+		log.Fatalf("mkfs.ext4: %v %s", err, out)
+	}
+	out, err := exec.Command("losetup", "--direct-io=on", "--find", "--show", img).Output()
+	if err != nil {
+		log.Fatalf("losetup: %v", err)
+	}
+	loop := strings.TrimSpace(string(out))
+	d := filepath.Join(work, "disk")
+	os.MkdirAll(d, 0o755)
+	if out, err := exec.Command("mount", loop, d).CombinedOutput(); err != nil {
+		exec.Command("losetup", "-d", loop).Run()
+		log.Fatalf("mount %s: %v %s", loop, err, out)
+	}
+	return d, func() {
+		if err := syscall.Unmount(d, 0); err != nil {
+			syscall.Unmount(d, syscall.MNT_DETACH)
+		}
+		exec.Command("losetup", "-d", loop).Run()
+		os.Remove(img)
+	}
 }
 
 // build compiles kmsfs, the passthrough-free loopback, fsops and kmsproxy.
