@@ -24,6 +24,9 @@ type file struct {
 	flags uint32
 
 	closeOnce sync.Once
+	// fdMu keeps fd open while a borrower (node.borrowFd) uses it: close
+	// takes it for writing.
+	fdMu sync.RWMutex
 }
 
 var (
@@ -41,7 +44,10 @@ func (f *file) path() string { return f.n.relPath() }
 
 func (f *file) close() {
 	f.closeOnce.Do(func() {
+		f.n.unlistHandle(f)
+		f.fdMu.Lock()
 		unix.Close(f.fd)
+		f.fdMu.Unlock()
 		f.n.release(f.st)
 	})
 }

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -18,6 +19,7 @@ type fileState struct {
 
 	// Guarded by node.mu:
 	users   int      // handles plus handle-less operations using the state
+	handles []*file  // the open handles, which borrowFd lends
 	loaded  bool     // key is final (nil: no header yet)
 	loading *keyLoad // the unwrap in flight, shared by concurrent openers
 	key     *fileKey
@@ -206,6 +208,37 @@ func (n *node) settleOnOpen(st *fileState, fd int, c *blockcipher.Cipher) {
 		n.r.log.Warn("could not finish an interrupted write: reads use its journal record, the next change retries", "path", n.relPath(), "err", err)
 		st.unsettled = true
 	}
+}
+
+// listHandle makes f, a new open handle of n, one borrowFd may lend.
+func (n *node) listHandle(f *file) {
+	n.mu.Lock()
+	f.st.handles = append(f.st.handles, f)
+	n.mu.Unlock()
+}
+
+// unlistHandle takes f off the list; close then waits for any borrower.
+func (n *node) unlistHandle(f *file) {
+	n.mu.Lock()
+	f.st.handles = slices.DeleteFunc(f.st.handles, func(h *file) bool { return h == f })
+	n.mu.Unlock()
+}
+
+// borrowFd lends the descriptor of one of n's open handles, for a change
+// of mode, owner or times that the kernel sent without a handle (fchmod,
+// fchown and futimens of an open file arrive so): it is n's own object,
+// checked when it was opened, so no O_PATH open, identity check and close
+// are needed. done returns it; until then the handle's close waits. ok is
+// false when n has no open handle.
+func (n *node) borrowFd() (fd int, done func(), ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st == nil || len(n.st.handles) == 0 {
+		return -1, nil, false
+	}
+	f := n.st.handles[0]
+	f.fdMu.RLock()
+	return f.fd, f.fdMu.RUnlock, true
 }
 
 // release drops one user; the last one wipes the data key.

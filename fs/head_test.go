@@ -5,7 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
@@ -182,5 +184,66 @@ func TestOpenKeepsAtime(t *testing.T) {
 	}
 	if a := atime(); a == old.Sec {
 		t.Error("a read did not move the stored file's atime")
+	}
+}
+
+// TestSetattrOfOpenFile: fchmod, fchown and futimens of an open file reach
+// the daemon without a handle (tar and cp -p make them); they change the
+// file through one of its open handles, also while handles close
+// concurrently.
+func TestSetattrOfOpenFile(t *testing.T) {
+	mnt, root := mountInProcess(t, Options{})
+	p := filepath.Join(mnt, "f")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stored := filepath.Join(root.vol.Dir, "f")
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				f, err := os.OpenFile(p, os.O_RDONLY, 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mode := os.FileMode(0o600 | (g+i)%2*0o040)
+				if err := f.Chmod(mode); err != nil {
+					t.Error(err)
+				}
+				mt := time.Unix(int64(1e9+g*1000+i), 0)
+				if err := os.Chtimes(p, mt, mt); err != nil {
+					t.Error(err)
+				}
+				if err := f.Chown(0, 0); err != nil {
+					t.Error(err)
+				}
+				f.Close()
+			}
+		})
+	}
+	wg.Wait()
+	f, err := os.OpenFile(p, os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Chmod(0o604); err != nil {
+		t.Fatal(err)
+	}
+	mt := time.Unix(1234567890, 0)
+	if err := os.Chtimes(p, mt, mt); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o604 || !st.ModTime().Equal(mt) {
+		t.Errorf("stored file: mode %v, mtime %v; want 0604, %v", st.Mode().Perm(), st.ModTime(), mt)
+	}
+	fi, err := f.Stat()
+	if err != nil || fi.Mode().Perm() != 0o604 || !fi.ModTime().Equal(mt) {
+		t.Errorf("plaintext view: %v, %v; want 0604, %v", fi.Mode().Perm(), fi.ModTime(), err)
 	}
 }

@@ -68,6 +68,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 		return nil, 0, n.r.errno(err, "open", n.relPath())
 	}
 	f := &file{n: n, st: st, fd: b.fd, flags: flags}
+	n.listHandle(f)
 	if flags&unix.O_TRUNC != 0 {
 		if err := f.truncate(0); err != nil {
 			f.close()
@@ -231,7 +232,9 @@ func (n *node) newOpenChild(ctx context.Context, fd int, stx *unix.Statx_t, flag
 		unix.Close(fd)
 		return nil, nil, 0, n.r.errno(err, op, n.relPath())
 	}
-	return child, &file{n: cn, st: st, fd: fd, flags: flags}, openFlags, 0
+	f := &file{n: cn, st: st, fd: fd, flags: flags}
+	cn.listHandle(f)
+	return child, f, openFlags, 0
 }
 
 // openExisting opens name after a create lost the race to another creator.
