@@ -359,7 +359,8 @@ func makeTree(work string, files int) (string, string) {
 // makeSmallTree writes a tarball of files small files of 1 to 16 KiB
 // (uniform, fixed seed) in 100 directories: a tree whose cost is per file.
 func makeSmallTree(work string, files int) string {
-	src := filepath.Join(work, "small-src")
+	name := fmt.Sprintf("small%d", files)
+	src := filepath.Join(work, name+"-src")
 	rng := rand.New(rand.NewPCG(3, 4))
 	buf := make([]byte, 16<<10)
 	for i := 0; i < files; i++ {
@@ -375,7 +376,7 @@ func makeSmallTree(work string, files int) string {
 			log.Fatal(err)
 		}
 	}
-	tarball := filepath.Join(work, "small.tar")
+	tarball := filepath.Join(work, name+".tar")
 	if out, err := exec.Command("tar", "cf", tarball, "-C", src, ".").CombinedOutput(); err != nil {
 		log.Fatalf("tar: %v %s", err, out)
 	}

@@ -15,27 +15,35 @@ import (
 )
 
 // The syscall step counts, with strace on each FUSE daemon, the system
-// calls it makes for three operations on small files: create and write,
-// cold open and read, unlink. Counts do not depend on how loaded the
-// machine is, which wall-clock figures on a shared machine do.
+// calls it makes for operations on small files: create and write, cold
+// open and read, unlink, and tar x. Counts do not depend on how loaded
+// the machine is, which wall-clock figures on a shared machine do.
 const syscallStep = "syscalls"
 
 // syscallOps run in this order on syscallFiles files of 5000 B in one
-// directory.
+// directory, and then tar x of as many files of 1-16 KiB in 100
+// directories (small: its tarball).
 var syscallOps = []struct {
 	name string
-	run  func(e *env, dir string, files int) error
+	run  func(e *env, dir, small string, files int) error
 }{
-	{"create + write 5000 B (fsops create)", func(e *env, dir string, files int) error {
+	{"create + write 5000 B (fsops create)", func(e *env, dir, small string, files int) error {
 		_, err := run(nil, e.path("fsops"), "create", dir, strconv.Itoa(files), "5000")
 		return err
 	}},
-	{"cold open + read (find -exec cat {} +, caches dropped)", func(e *env, dir string, files int) error {
+	{"cold open + read (find -exec cat {} +, caches dropped)", func(e *env, dir, small string, files int) error {
 		_, err := run(nil, "sh", "-c", "find "+dir+" -type f -exec cat {} + > /dev/null")
 		return err
 	}},
-	{"unlink (rm -rf)", func(e *env, dir string, files int) error {
+	{"unlink (rm -rf)", func(e *env, dir, small string, files int) error {
 		_, err := run(nil, "rm", "-rf", dir)
+		return err
+	}},
+	{"tar x, 1–16 KiB files in 100 dirs (create, 1–3 writes, 3 setattrs each)", func(e *env, dir, small string, files int) error {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+		_, err := run(nil, "tar", "xf", small, "-C", dir)
 		return err
 	}},
 }
@@ -61,22 +69,24 @@ type syscallCount struct {
 	cpu        float64 // the daemon's CPU seconds, measured without strace
 }
 
-// cpuTime is the CPU time all threads of pid have used so far
-// (schedstat: nanoseconds, not clock ticks).
+// cpuTime is the CPU time pid has used so far, user and system, its
+// exited threads included (securefs's come and go): /proc/PID/stat, in
+// clock ticks of 10 ms, 5 us per file of 2000.
 func cpuTime(pid int) time.Duration {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
-	var t time.Duration
-	for _, p := range tasks {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			ns, _ := strconv.ParseInt(f[0], 10, 64)
-			t += time.Duration(ns)
-		}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
 	}
-	return t
+	// Fields after the command name, which is in parentheses: state is
+	// field 3, utime 14, stime 15.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 func (c syscallCount) total() float64 {
@@ -94,6 +104,7 @@ func countSyscalls(e *env, cfg config, work string, files int) []syscallCount {
 		log.Printf("syscall step skipped: %v (apt-get install strace)", err)
 		return nil
 	}
+	small := makeSmallTree(work, files)
 	base, cleanup := backingDir("tmpfs", "", work)
 	defer cleanup()
 	var out []syscallCount
@@ -114,7 +125,7 @@ func countSyscalls(e *env, cfg config, work string, files int) []syscallCount {
 			if i == 1 {
 				dropCaches()
 			}
-			c, err := traceOp(pid, func() error { return op.run(e, filepath.Join(m.dir, "sc"), files) })
+			c, err := traceOp(pid, func() error { return op.run(e, filepath.Join(m.dir, "sc"), small, files) })
 			if err != nil {
 				log.Printf("syscall step %s %s: %v", sys.name, op.name, err)
 				continue
@@ -124,12 +135,13 @@ func countSyscalls(e *env, cfg config, work string, files int) []syscallCount {
 			out = append(out, c)
 		}
 		// Again without strace, for the daemon's CPU time per file.
+		os.RemoveAll(filepath.Join(m.dir, "sc"))
 		for i, op := range syscallOps {
 			if i == 1 {
 				dropCaches()
 			}
 			before := cpuTime(pid)
-			if err := op.run(e, filepath.Join(m.dir, "sc"), files); err != nil {
+			if err := op.run(e, filepath.Join(m.dir, "sc"), small, files); err != nil {
 				log.Printf("syscall step %s %s: %v", sys.name, op.name, err)
 				continue
 			}
@@ -235,7 +247,7 @@ func renderSyscalls(w func(string, ...any), counts []syscallCount, files int) {
 		return
 	}
 	w("## System calls per file (tmpfs)\n\n")
-	w("Counted by `strace -f -y` attached to each daemon while one process works on %d files of 5000 B in one directory (bench/runner/syscalls.go), divided by %d. \"On files\" are the calls a daemon makes on stored files and directories, by name; FUSE requests are reads of `/dev/fuse`; the rest (replies, the Go runtime's and libc's own calls) is listed apart. CPU is the daemon's, all threads, per file, in a second pass without strace (its own scheduler statistics; it varies with the machine's load less than wall-clock time does, but does vary).\n\n", files, files)
+	w("Counted by `strace -f -y` attached to each daemon while one process works on %d files of 5000 B in one directory, then extracts %d files of 1–16 KiB (bench/runner/syscalls.go); counts are divided by the number of files. \"On files\" are the calls a daemon makes on stored files and directories, by name; FUSE requests are reads of `/dev/fuse`; the rest (replies, the Go runtime's and libc's own calls) is listed apart. CPU is the daemon's (user and system, all threads), per file, in a second pass without strace, from /proc/PID/stat in 10 ms ticks; it varies with the machine's load less than wall-clock time does, but does vary.\n\n", files, files)
 	w("| operation | system | FUSE requests | on files | of which | replies and transport | runtime | daemon CPU µs |\n|---|---|---|---|---|---|---|---|\n")
 	for _, c := range counts {
 		type kv struct {
