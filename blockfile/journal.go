@@ -276,6 +276,27 @@ func (f File) Journal(storedSize int64) ([]JournalSlot, error) {
 	return out, err
 }
 
+// HeadLen is how many bytes at the start of a stored file hold its header
+// slot and the headers of its journal records: an open that reads them in
+// one read learns its header and, with PendingInHead, whether the journal
+// holds anything.
+func HeadLen(l blockcipher.Layout) int64 {
+	return l.HeaderSize + int64(blockcipher.JournalSlots-1)*l.JournalSlotSize() + recHeaderSize
+}
+
+// PendingInHead is JournalPending answered from head, the first
+// min(HeadLen, stored size) bytes of the stored file.
+func PendingInHead(l blockcipher.Layout, head []byte) bool {
+	for s := 0; s < blockcipher.JournalSlots; s++ {
+		off := min(l.HeaderSize+int64(s)*l.JournalSlotSize(), int64(len(head)))
+		end := min(off+recHeaderSize, int64(len(head)))
+		if !isZero(head[off:end]) {
+			return true
+		}
+	}
+	return false
+}
+
 // SettleResult says what Settle did.
 type SettleResult struct {
 	// Repaired lists the blocks put back from their records: their

@@ -150,7 +150,7 @@ func createStored(t *testing.T, r *Root, name string) storedFile {
 	defer fk.wipe() // which wipes fk.c: use it before
 	c := fk.c
 	f := storedFile{name: name, path: filepath.Join(r.vol.Dir, name), key: key, fileID: k.fileID}
-	fd, err := r.createEmpty(context.Background(), r.rootFd, name, 0o600)
+	fd, err := r.createEmpty(context.Background(), r.rootFd, name, 0o600, new(unix.Statx_t))
 	if err != nil {
 		t.Fatalf("createEmpty: %v", err)
 	}

@@ -44,7 +44,12 @@ func newAhead(inner keyring.Keyring) *keyring.Ahead {
 // CIPHERDIR), listed just now. It never blocks.
 func (r *Root) prefetch(path string) {
 	r.ahead.Prefetch(func() ([]keyring.WrappedKey, keyring.EncryptionContext, error) {
-		fd, err := openBeneath(r.rootFd, path, unix.O_RDONLY|unix.O_NONBLOCK)
+		// O_NOATIME where the daemon may (see openBacking): no fcntl
+		// around the header read.
+		fd, err := openBeneath(r.rootFd, path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOATIME)
+		if err == unix.EPERM {
+			fd, err = openBeneath(r.rootFd, path, unix.O_RDONLY|unix.O_NONBLOCK)
+		}
 		if err != nil {
 			return nil, nil, err
 		}
@@ -53,7 +58,7 @@ func (r *Root) prefetch(path string) {
 		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			return nil, nil, errNothingToPrefetch
 		}
-		h, err := r.readHeader(fd)
+		h, err := r.vol.ReadHeader(fdStore(fd), st.Size)
 		if err != nil || h == nil {
 			return nil, nil, errNothingToPrefetch
 		}

@@ -47,7 +47,7 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.IntVar(&m.keyPool, "key-pool", 64, "data keys for new files generated ahead in the background (0: generate on create); not used with branch keys")
 	fl.DurationVar(&m.branchKeyTTL, "branch-key-ttl", 15*time.Minute, "with branch keys: wipe an unwrapped branch key this long after its unwrap, and unwrap it again when next needed")
 	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files as it is listed, ahead of their opens (eager, for backup tools; keys unused for 30s are wiped)")
-	fl.BoolVar(&m.keyReadahead, "key-readahead", true, "when files of a directory are opened one after the other, unwrap the next ones' keys ahead (--key-readahead=false: off)")
+	fl.BoolVar(&m.keyReadahead, "key-readahead", true, "when files of a directory are opened one after the other, unwrap the next ones' keys ahead (--key-readahead=false: off; off by default when every keyring is a local key)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
@@ -155,6 +155,12 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		m.keyPool, m.prefetchKeys, m.keyReadahead = 0, false, false
 	} else if flagSet(fl, "branch-key-ttl") {
 		return fail(exitUsage, "--branch-key-ttl: this volume has no branch keys")
+	}
+	if localOnly(cfg) && !flagSet(fl, "key-readahead") {
+		// An unwrap is a local AES-GCM open, no round trip to hide:
+		// readahead would only read each header twice (an open, an
+		// fstat, a read and a close more per file of a scan).
+		m.keyReadahead = false
 	}
 	keys, err := assembleKeyring(vol, kr, m)
 	if err != nil {
@@ -395,4 +401,14 @@ func loadVolume(cipherDir string) (*volume.Volume, error) {
 		return nil, fail(exitVolume, "%s: %v", cipherDir, err)
 	}
 	return vol, nil
+}
+
+// localOnly reports whether every keyring of the volume is a local key.
+func localOnly(cfg *volume.Config) bool {
+	for _, k := range cfg.Keyrings {
+		if k.Kind != keyring.KindLocal {
+			return false
+		}
+	}
+	return len(cfg.Keyrings) > 0
 }
