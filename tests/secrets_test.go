@@ -385,7 +385,7 @@ func TestSecretsInMemory(t *testing.T) {
 			var open []*os.File
 			secrets := map[string][]byte{}
 			for i := range 2 {
-				fd, err := unix.Open(m.Dir, unix.O_TMPFILE|unix.O_RDWR, 0o600)
+				fd, err := unix.Open(m.Dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
 				if err != nil {
 					t.Fatalf("O_TMPFILE: %v", err)
 				}

@@ -1035,7 +1035,7 @@ func semOpenUnlinked(t *testing.T, e *semEnv) {
 // name with linkat (the atomic-create pattern), as ext4 allows.
 func semTmpfileLink(t *testing.T, e *semEnv) {
 	for _, dir := range []string{t.TempDir(), e.dir} {
-		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR, 0o640)
+		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o640)
 		if err != nil {
 			t.Fatalf("%s: O_TMPFILE: %v", dir, err)
 		}

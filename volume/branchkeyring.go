@@ -212,7 +212,9 @@ func (k *BranchKeyring) create(ctx context.Context) (*heldBranch, error) {
 	h, err := k.vol.NewBranchHeader(id, wrapped)
 	if err == nil {
 		var slot []byte
-		if slot, _, err = h.Seal(dk.Bytes()); err == nil {
+		var c *blockcipher.Cipher
+		if slot, c, err = h.Seal(dk.Bytes()); err == nil {
+			c.Wipe() // a branch key file has no blocks
 			err = k.vol.WriteBranch(id, slot)
 		}
 	}

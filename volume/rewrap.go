@@ -106,10 +106,11 @@ func (v *Volume) resealed(h *blockcipher.Header, dk *keyring.DataKey, rw Rewrap)
 	if err := setEntries(&nh, wrapped); err != nil {
 		return nil, nil, err
 	}
-	slot, _, err := nh.Seal(dk.Bytes())
+	slot, c, err := nh.Seal(dk.Bytes())
 	if err != nil {
 		return nil, nil, fmt.Errorf("seal the new header: %w", err)
 	}
+	c.Wipe() // only the header changes; the blocks are not read here
 	return &nh, slot, nil
 }
 

@@ -113,6 +113,7 @@ func (c *catRun) cat(name string) error {
 	case err != nil:
 		return fail(exitError, "%s: %v", name, err)
 	}
+	defer pf.wipe()
 	damaged := false
 	err = pf.read(func(_ int64, p []byte) error {
 		_, err := c.stdout.Write(p)

@@ -355,6 +355,7 @@ func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *
 	case err != nil:
 		return e.unreadable(rel, err)
 	}
+	defer pf.wipe()
 	out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return e.failed(rel, err)

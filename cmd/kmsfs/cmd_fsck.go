@@ -344,6 +344,7 @@ func (r *fsckRun) checkFile(ctx context.Context, rel string, f *os.File) (c file
 		add(fsckProblem{Kind: problemUnreadable, Message: err.Error()})
 		return c
 	}
+	defer pf.wipe()
 	c.plain = pf.size
 	if pf.stored == 0 {
 		return c

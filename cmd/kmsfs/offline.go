@@ -142,6 +142,14 @@ type plainFile struct {
 	sizeErr error // the stored size is one no writer produces
 }
 
+// wipe zeroes the file's keys (its cipher's). Safe on nil and on an empty
+// file, which has none.
+func (pf *plainFile) wipe() {
+	if pf != nil && pf.bf.C != nil {
+		pf.bf.C.Wipe()
+	}
+}
+
 // headerError is a header that cannot be read or does not verify.
 type headerError struct{ err error }
 
