@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+
+	"github.com/kmsfs/kmsfs/internal/secret"
 )
 
 // live counts the DataKeys that exist and are not wiped, wherever they
@@ -41,7 +43,7 @@ func NewDataKey(src []byte) (*DataKey, error) {
 		return nil, fmt.Errorf("data key has %d bytes, want %d", len(src), DataKeySize)
 	}
 	k := newDataKey()
-	copy(k.b[:], src)
+	secret.Copy(k.b[:], src) // not copy: see secret.Copy
 	clear(src)
 	return k, nil
 }
@@ -77,7 +79,7 @@ func (k *DataKey) Clone() *DataKey {
 		panic("keyring: internal error: Clone of a wiped DataKey")
 	}
 	c := newDataKey()
-	*c.b = *k.b
+	secret.Copy(c.b[:], k.b[:]) // not an array assignment: see secret.Copy
 	c.id = k.id
 	return c
 }

@@ -19,6 +19,10 @@
 //     cannot carry a copy away. The work area is zeroed before it returns
 //     to its pool. What a computation leaves on a stack is at most spilled
 //     32-bit working variables of SHA-256's rounds.
+//   - Secret bytes move a byte at a time through general-purpose
+//     registers (Copy), never through the vector registers of copy or of
+//     an array or struct assignment, which keep them after the copy and
+//     which every signal the thread takes saves in memory.
 //   - Outputs are bit-identical to crypto/hmac and crypto/hkdf with
 //     crypto/sha256 (tested against them and RFC 5869's vectors).
 //

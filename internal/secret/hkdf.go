@@ -38,7 +38,7 @@ func (k *KDF) Expand(out []byte, info string) {
 		wk.d.writeString(&wk.w, info)
 		wk.d.write(&wk.w, []byte{byte(i)})
 		wk.macEnd(&wk.prk, &wk.t) // T(i)
-		out = out[copy(out, wk.t[:]):]
+		out = out[Copy(out, wk.t[:]):]
 	}
 	clear(wk.t[:])
 }

@@ -43,9 +43,9 @@ func (wk *work) setKey(m *hmacKey, key []byte) {
 		wk.d.reset()
 		wk.d.write(&wk.w, key)
 		wk.d.sum(&wk.w, &wk.t)
-		copy(wk.pad[:], wk.t[:])
+		Copy(wk.pad[:], wk.t[:])
 	} else {
-		copy(wk.pad[:], key)
+		Copy(wk.pad[:], key)
 	}
 	for i := range wk.pad {
 		wk.pad[i] ^= 0x36
@@ -62,13 +62,13 @@ func (wk *work) setKey(m *hmacKey, key []byte) {
 
 // macBegin starts an HMAC under m in wk.d: write the message to wk.d,
 // then call macEnd.
-func (wk *work) macBegin(m *hmacKey) { wk.d = m.inner }
+func (wk *work) macBegin(m *hmacKey) { wk.d.set(&m.inner) }
 
 // macEnd finishes the HMAC begun by macBegin and writes it to out, which
 // may be &wk.t.
 func (wk *work) macEnd(m *hmacKey, out *[size]byte) {
 	wk.d.sum(&wk.w, &wk.t)
-	wk.d = m.outer
+	wk.d.set(&m.outer)
 	wk.d.write(&wk.w, wk.t[:])
 	wk.d.sum(&wk.w, out)
 }

@@ -50,7 +50,7 @@ func (d *digest) reset() {
 func (d *digest) write(w *[64]uint32, p []byte) {
 	d.len += uint64(len(p))
 	if d.nx > 0 {
-		n := copy(d.x[d.nx:], p)
+		n := Copy(d.x[d.nx:], p)
 		d.nx += n
 		p = p[n:]
 		if d.nx < blockSize {
@@ -63,13 +63,13 @@ func (d *digest) write(w *[64]uint32, p []byte) {
 		compress(&d.h, w, p[:blockSize])
 		p = p[blockSize:]
 	}
-	d.nx = copy(d.x[:], p)
+	d.nx = Copy(d.x[:], p)
 }
 
 // writeString is write of a string, without converting it.
 func (d *digest) writeString(w *[64]uint32, s string) {
 	for len(s) > 0 {
-		n := copy(d.x[d.nx:], s)
+		n := copyString(d.x[d.nx:], s)
 		d.nx += n
 		d.len += uint64(n)
 		s = s[n:]
