@@ -21,8 +21,8 @@ import (
 )
 
 // The KMS calls' own cost on the client side (SDK, signing, HTTP): b.N
-// calls from 16 goroutines per P against bench/fastkms, the benchmark-only
-// KMS endpoint, with no added latency. fastkms runs as a child process,
+// calls against bench/fastkms, the benchmark-only KMS endpoint, with no
+// added latency and with 10 ms (benchLatencies). fastkms runs as a child process,
 // so a CPU profile of this benchmark shows only kmsfs's side of a call;
 // cpu-µs/op is that side's CPU time (user and system) per call, and
 // srv-cpu-µs/op the endpoint's. Run with -cpu 1 for the steadiest
@@ -33,46 +33,61 @@ import (
 // (The tests use local-kms; fastkms is for benchmarks only.)
 
 func BenchmarkAWSKMSGenerateDataKey(b *testing.B) {
-	k, srvCPU := fastKMSKeyring(b)
-	ec := keyring.EncryptionContext{"kmsfs:volume": "bench", "kmsfs:file": "f"}
-	b.SetParallelism(16)
-	b.ReportAllocs()
-	defer reportCPU(b, srvCPU)()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			dk, _, err := k.GenerateDataKey(context.Background(), ec)
-			if err != nil {
-				b.Error(err)
-				return
+	benchLatencies(b, func(b *testing.B, k *awskms.Keyring) {
+		ec := keyring.EncryptionContext{"kmsfs:volume": "bench", "kmsfs:file": "f"}
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				dk, _, err := k.GenerateDataKey(context.Background(), ec)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				dk.Wipe()
 			}
-			dk.Wipe()
-		}
+		})
 	})
 }
 
 func BenchmarkAWSKMSDecrypt(b *testing.B) {
-	k, srvCPU := fastKMSKeyring(b)
-	ec := keyring.EncryptionContext{"kmsfs:volume": "bench", "kmsfs:file": "f"}
-	dk, wrapped, err := k.GenerateDataKey(context.Background(), ec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	dk.Wipe()
-	b.SetParallelism(16)
-	b.ReportAllocs()
-	defer reportCPU(b, srvCPU)()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			dk, err := k.Decrypt(context.Background(), wrapped, ec)
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			dk.Wipe()
+	benchLatencies(b, func(b *testing.B, k *awskms.Keyring) {
+		ec := keyring.EncryptionContext{"kmsfs:volume": "bench", "kmsfs:file": "f"}
+		dk, wrapped, err := k.GenerateDataKey(context.Background(), ec)
+		if err != nil {
+			b.Fatal(err)
 		}
+		dk.Wipe()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				dk, err := k.Decrypt(context.Background(), wrapped, ec)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				dk.Wipe()
+			}
+		})
 	})
+}
+
+// benchLatencies runs f against fastkms answering at once (16 callers per
+// P), and after 10 ms (64 callers per P: what the key pool and key
+// readahead keep in flight in a mount). The second adds what waiting
+// costs: each answer finds the process idle and wakes it.
+func benchLatencies(b *testing.B, f func(*testing.B, *awskms.Keyring)) {
+	for _, c := range []struct {
+		latency time.Duration
+		callers int
+	}{{0, 16}, {10 * time.Millisecond, 64}} {
+		b.Run("latency="+c.latency.String(), func(b *testing.B) {
+			k, srvCPU := fastKMSKeyring(b, c.latency)
+			b.SetParallelism(c.callers)
+			b.ReportAllocs()
+			defer reportCPU(b, srvCPU)()
+			b.ResetTimer()
+			f(b, k)
+		})
+	}
 }
 
 // reportCPU reports this process's CPU time per operation, and the
@@ -96,10 +111,10 @@ func cpuTime() int64 {
 // fastKMSKeyring starts bench/fastkms serving kmstest's key A (its key
 // material is its own) and returns a keyring of it, with the settings
 // kmsfs mounts with, and a function reading the endpoint's CPU time.
-func fastKMSKeyring(b *testing.B) (*awskms.Keyring, func() int64) {
+func fastKMSKeyring(b *testing.B, latency time.Duration) (*awskms.Keyring, func() int64) {
 	b.Helper()
 	bin := fastKMSBinary(b)
-	cmd := exec.Command(bin, "-key-id", kmstest.KeyAID, "-alias", kmstest.AliasName,
+	cmd := exec.Command(bin, "-latency", latency.String(), "-key-id", kmstest.KeyAID, "-alias", kmstest.AliasName,
 		"-region", kmstest.Region, "-account", kmstest.AccountID)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
