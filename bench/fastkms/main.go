@@ -31,6 +31,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
@@ -52,6 +53,13 @@ func main() {
 	// Requests allocate little and live briefly: collect less often,
 	// which is part of the endpoint's CPU per call.
 	debug.SetGCPercent(400)
+	// One P: a goroutine made ready while another runs then waits for it
+	// instead of waking a second thread to run it. 22.6-26.6 µs per call
+	// against 27.8-34.1 µs with two (4 interleaved pairs, 32 callers, 10
+	// ms); one P serves some 40,000 calls a second.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Fatal(err)
