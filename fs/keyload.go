@@ -24,14 +24,14 @@ func (r *Root) readHeader(fd int) (*blockcipher.Header, error) {
 // loadKey reads the header of the file open at fd, unwraps its data key
 // with one keyring call and checks the header against it. A file without
 // a header yields (nil, nil). before, if not nil, runs once a header is
-// found, before the keyring call.
-func (r *Root) loadKey(fd int, before func()) (*fileKey, error) {
+// found, before the keyring call; the function it returns runs after it.
+func (r *Root) loadKey(fd int, before func() (after func())) (*fileKey, error) {
 	h, err := r.readHeader(fd)
 	if err != nil || h == nil {
 		return nil, err
 	}
 	if before != nil {
-		before()
+		defer before()()
 	}
 	return r.openHeader(h)
 }
