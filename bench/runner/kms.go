@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The KMS part of the benchmark: kmsfs with the aws-kms keyring against
+// bench/fastkms, a KMS endpoint whose own CPU per call is small (it shares
+// the two cores with the workload) and which adds its latency on a timer.
+// Every KMS workload records the Decrypt and GenerateDataKey calls the
+// endpoint answered during it, and the mount's CPU time, beside its time.
+
+// kmsLatency is the latency of the KMS-latency systems: an in-region
+// round trip.
+const kmsLatency = 10 * time.Millisecond
+
+// kmsSystems run the KMS-bound workloads (kmsWorkloads) against fastkms
+// with kmsLatency.
+var kmsSystems = []system{
+	// The default mount: key pool for creates, key readahead for scans.
+	{name: "kmsfs-kms10ms", kms: true, setup: func(e *env, base string) (*mounted, error) {
+		return kmsfsSetup(e, base, "kmsfs-kms10ms", kmsInit(e.kmsSlow), nil)
+	}},
+	// Eager prefetch for backup tools: helps readers of a listing, not
+	// md5sum (no listing), so the tree workloads are not repeated.
+	{name: "kmsfs-kms10ms-prefetch", kms: true, skip: map[string]bool{"untar": true, "md5sum -c": true},
+		setup: func(e *env, base string) (*mounted, error) {
+			return kmsfsSetup(e, base, "kmsfs-kms10ms-prefetch", kmsInit(e.kmsSlow), []string{"--prefetch-keys"})
+		}},
+	// Branch keys: one KMS call per branch key and mount.
+	{name: "kmsfs-branch10ms", kms: true, setup: func(e *env, base string) (*mounted, error) {
+		return kmsfsSetup(e, base, "kmsfs-branch10ms", append(kmsInit(e.kmsSlow), "--branch-keys"), nil)
+	}},
+}
+
+func kmsInit(endpoint string) []string {
+	return []string{"--kms-key", "alias/kmsfs-bench", "--kms-endpoint", endpoint}
+}
+
+// kmsAlsoRun are workloads of the main table that the KMS systems run
+// besides those marked kms: the 30k-file tree, for md5sum -c.
+var kmsAlsoRun = map[string]bool{"untar": true, "md5sum -c": true}
+
+// kmsExtra are workloads only kmsfs runs, with its local key and on the
+// KMS systems: a tree of 3000 files in 210 directories, written, read
+// serially by find -exec cat, and backed up by restic.
+var kmsExtra = []workload{
+	{name: "untar 3k files", unit: "s", kms: true, run: func(w *wctx) (float64, error) {
+		d := filepath.Join(w.dir, "t3k")
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return 0, err
+		}
+		return timed(func() error { _, err := run(nil, "tar", "xf", kmsTree.tarball, "-C", d); return err })
+	}},
+	{name: "find -exec cat, 3k files", unit: "s", kms: true, run: func(w *wctx) (float64, error) {
+		dropCaches()
+		return timed(func() error {
+			_, err := run(nil, "sh", "-c", "find "+filepath.Join(w.dir, "t3k")+" -type f -exec cat {} + > /dev/null")
+			return err
+		})
+	}},
+	{name: "restic backup, 3k files", unit: "s", kms: true, run: func(w *wctx) (float64, error) {
+		repo := filepath.Join(filepath.Dir(w.dir), "restic-repo")
+		os.RemoveAll(repo)
+		defer os.RemoveAll(repo)
+		env := []string{"RESTIC_PASSWORD=kmsfs-bench", "RESTIC_REPOSITORY=" + repo}
+		if _, err := run(env, "restic", "init", "-q"); err != nil {
+			return 0, err
+		}
+		dropCaches()
+		return timed(func() error {
+			_, err := run(env, "restic", "backup", "-q", "--no-cache", filepath.Join(w.dir, "t3k"))
+			return err
+		})
+	}},
+}
+
+// systemWorkloads returns what sys runs, in order.
+func systemWorkloads(sys system, kmsOnly bool) []workload {
+	var out []workload
+	for _, wl := range workloads {
+		if !kmsOnly || wl.kms || kmsAlsoRun[wl.name] {
+			out = append(out, wl)
+		}
+	}
+	if kmsOnly || sys.name == "kmsfs" {
+		out = append(out, kmsExtra...)
+	}
+	return out
+}
+
+// kmsTree is the 3000-file tree of kmsExtra.
+var kmsTree struct {
+	tarball string
+	files   int
+	dirs    int
+}
+
+// makeKMSTree writes the tree: 14 directories of 14 subdirectories each
+// (210 with the top level), files spread over all of them at random
+// (fixed seed), sized like makeTree's.
+func makeKMSTree(work string) {
+	src := filepath.Join(work, "t3k-src")
+	rng := rand.New(rand.NewPCG(3, 4))
+	var dirs []string
+	for a := range 14 {
+		dirs = append(dirs, fmt.Sprintf("a%02d", a))
+		for b := range 14 {
+			dirs = append(dirs, fmt.Sprintf("a%02d/b%02d", a, b))
+		}
+	}
+	const files = 3000
+	for i := range files {
+		size := int(rng.ExpFloat64() * 6000)
+		b := make([]byte, size)
+		for j := range b {
+			b[j] = byte('a' + rng.IntN(26))
+		}
+		p := filepath.Join(src, dirs[rng.IntN(len(dirs))], fmt.Sprintf("f%04d.txt", i))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+	for _, d := range dirs {
+		os.MkdirAll(filepath.Join(src, d), 0o755)
+	}
+	kmsTree.tarball = filepath.Join(work, "t3k.tar")
+	kmsTree.files, kmsTree.dirs = files, len(dirs)
+	if out, err := exec.Command("tar", "cf", kmsTree.tarball, "-C", src, ".").CombinedOutput(); err != nil {
+		log.Fatalf("tar: %v %s", err, out)
+	}
+	os.RemoveAll(src)
+}
+
+// fastKMS is a running bench/fastkms.
+type fastKMS struct {
+	url     string
+	cmd     *exec.Cmd
+	latency time.Duration
+}
+
+// startKMS runs two fastkms endpoints: one with no added latency
+// (e.kmsEndpoint, for the main table's kmsfs-kms) and one with kmsLatency
+// (e.kmsSlow, for kmsSystems).
+func startKMS(e *env) func() {
+	e.awsEnv = []string{"AWS_ACCESS_KEY_ID=bench", "AWS_SECRET_ACCESS_KEY=bench", "AWS_REGION=eu-west-2",
+		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true"}
+	var stops []func()
+	for _, latency := range []time.Duration{0, kmsLatency} {
+		cmd, url, err := startReady(nil, "http://", e.path("fastkms"), "-latency", latency.String())
+		if err != nil {
+			log.Fatalf("fastkms: %v", err)
+		}
+		f := &fastKMS{url: url, cmd: cmd, latency: latency}
+		kmsEndpoints[url] = f
+		if latency == 0 {
+			e.kmsEndpoint = url
+		} else {
+			e.kmsSlow = url
+		}
+		stops = append(stops, func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	}
+	return func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+}
+
+var kmsEndpoints = map[string]*fastKMS{}
+
+// kmsStats is what fastkms's GET /stats answers.
+type kmsStats struct {
+	Calls  map[string]int64 `json:"calls"`
+	Failed int64            `json:"failed"`
+	CPUNs  int64            `json:"cpu_ns"`
+}
+
+func (s kmsStats) total() int64 {
+	var n int64
+	for _, v := range s.Calls {
+		n += v
+	}
+	return n
+}
+
+func endpointStats(url string) (kmsStats, error) {
+	var st kmsStats
+	resp, err := http.Get(url + "/stats")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// kmsRun is the endpoints' work over the whole run: calls and CPU time.
+var kmsRun struct {
+	start, end map[string]kmsStats
+}
+
+func snapshotKMS() map[string]kmsStats {
+	out := map[string]kmsStats{}
+	for url := range kmsEndpoints {
+		if st, err := endpointStats(url); err == nil {
+			out[url] = st
+		}
+	}
+	return out
+}
+
+// Metrics recorded per workload beside its value, under metricKey.
+const (
+	metDecrypt  = "Decrypt calls"
+	metGenerate = "GenerateDataKey calls"
+	metOther    = "other KMS calls"
+	metMountCPU = "mount CPU s"
+	metKMSCPU   = "endpoint CPU s"
+)
+
+func metricKey(wl, metric string) string { return wl + " · " + metric }
+
+// probe measures one workload of a kmsfs system: the endpoint's calls and
+// the mount process's CPU time.
+type probe struct {
+	url string
+	st  kmsStats
+	pid int
+	cpu float64
+}
+
+func startProbe(e *env, sys system, m *mounted) *probe {
+	if !strings.HasPrefix(sys.name, "kmsfs") {
+		return nil
+	}
+	p := &probe{pid: mountPID(m.dir)}
+	p.cpu = processCPU(p.pid)
+	switch {
+	case sys.name == "kmsfs-kms":
+		p.url = e.kmsEndpoint
+	case sys.kms:
+		p.url = e.kmsSlow
+	}
+	if p.url != "" {
+		p.st, _ = endpointStats(p.url)
+	}
+	return p
+}
+
+func (p *probe) record(res result, backing, sys, wl string) {
+	if p == nil {
+		return
+	}
+	if p.pid > 0 {
+		res.add(backing, sys, metricKey(wl, metMountCPU), processCPU(p.pid)-p.cpu)
+	}
+	if p.url == "" {
+		return
+	}
+	st, err := endpointStats(p.url)
+	if err != nil {
+		return
+	}
+	dec := st.Calls["Decrypt"] - p.st.Calls["Decrypt"]
+	gen := st.Calls["GenerateDataKey"] - p.st.Calls["GenerateDataKey"]
+	res.add(backing, sys, metricKey(wl, metDecrypt), float64(dec))
+	res.add(backing, sys, metricKey(wl, metGenerate), float64(gen))
+	res.add(backing, sys, metricKey(wl, metOther), float64(st.total()-p.st.total()-dec-gen))
+	res.add(backing, sys, metricKey(wl, metKMSCPU), float64(st.CPUNs-p.st.CPUNs)/1e9)
+}
+
+// mountPID finds the kmsfs process serving mountpoint, or 0.
+func mountPID(mountpoint string) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := bytes.Split(bytes.TrimRight(b, "\x00"), []byte{0})
+		if len(args) > 2 && filepath.Base(string(args[0])) == "kmsfs" && string(args[1]) == "mount" &&
+			string(args[len(args)-1]) == mountpoint {
+			return pid
+		}
+	}
+	return 0
+}
+
+// processCPU is a process's user and system CPU time in seconds (0 if it
+// is gone).
+func processCPU(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // clock ticks (USER_HZ)
+}
