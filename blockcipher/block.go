@@ -7,10 +7,14 @@ import (
 )
 
 // Cipher seals and opens the blocks of one file. It holds the file's
-// derived content key (inside an AES-GCM AEAD) and file ID. It is safe for
-// concurrent use; it never retains the slices passed to it.
+// derived content key (inside an AES-GCM AEAD for Version1 blocks, an
+// XAES-256-GCM state for Version2) and record MAC key until Wipe, and its
+// file ID. It is safe for concurrent use, but for Wipe; it never retains
+// the slices passed to it.
 type Cipher struct {
-	aead      cipher.AEAD
+	aead      cipher.AEAD // Version1; nil after Wipe
+	x         *xaes       // Version2
+	wiped     bool
 	fileID    [IDSize]byte
 	layout    Layout
 	recordKey [32]byte // the journal record MAC key (RecordMAC)
@@ -36,7 +40,7 @@ func (c *Cipher) fillAAD(aad []byte, blockIdx uint64, last bool) []byte {
 	return aad
 }
 
-// SealBlock appends the stored form of one block (nonce ‖ ciphertext ‖
+// SealBlock appends the stored form of one block (nonces ‖ ciphertext ‖
 // tag) to dst. plain must hold 1 to BlockSize bytes; last says whether the
 // block is the file's final block.
 func (c *Cipher) SealBlock(dst, plain []byte, blockIdx uint64, last bool) []byte {
@@ -48,11 +52,31 @@ func (c *Cipher) SealBlock(dst, plain []byte, blockIdx uint64, last bool) []byte
 	return c.sealOne(dst, plain, blockIdx, last, nonce[:], make([]byte, aadSize))
 }
 
-// sealOne seals with the given nonce; aad is scratch space of aadSize
-// bytes (passed in so that a run allocates it once, not per block).
+// sealOne seals with the given (random) AES-GCM nonce; aad is scratch
+// space of aadSize bytes (passed in so that a run allocates it once, not
+// per block).
 func (c *Cipher) sealOne(dst, plain []byte, blockIdx uint64, last bool, nonce, aad []byte) []byte {
+	aad = c.fillAAD(aad, blockIdx, last)
+	if c.x != nil {
+		return c.x.seal(dst, nonce, plain, aad)
+	}
+	if c.wiped {
+		panic("blockcipher: internal error: seal with a wiped Cipher")
+	}
 	dst = append(dst, nonce...)
-	return c.aead.Seal(dst, nonce, plain, c.fillAAD(aad, blockIdx, last))
+	return c.aead.Seal(dst, nonce, plain, aad)
+}
+
+// open authenticates and decrypts one stored block of more than
+// Overhead() bytes under the given additional data.
+func (c *Cipher) open(dst, stored, aad []byte) ([]byte, error) {
+	if c.x != nil {
+		return c.x.open(dst, stored, aad)
+	}
+	if c.wiped {
+		panic("blockcipher: internal error: open with a wiped Cipher")
+	}
+	return c.aead.Open(dst, stored[:NonceSize], stored[NonceSize:], aad)
 }
 
 // OpenBlock appends the plaintext of one stored block to dst. A full-size
@@ -65,19 +89,18 @@ func (c *Cipher) OpenBlock(dst, stored []byte, blockIdx uint64, last bool) ([]by
 }
 
 func (c *Cipher) openOne(dst, stored []byte, blockIdx uint64, last bool, aad []byte) ([]byte, error) {
-	if len(stored) <= Overhead || int64(len(stored)) > c.layout.StoredBlockSize() {
+	if int64(len(stored)) <= c.layout.Overhead() || int64(len(stored)) > c.layout.StoredBlockSize() {
 		return dst, &BlockError{Block: blockIdx, Err: ErrAuth}
 	}
-	nonce := stored[:NonceSize]
-	if isZero(nonce) {
-		// A random nonce is all zeros with probability 2^-96: this is a
-		// hole, or damage.
+	if isZero(stored[:c.layout.Overhead()-TagSize]) {
+		// Random nonces are all zeros with probability 2^-96 or less:
+		// this is a hole, or damage.
 		if !last && int64(len(stored)) == c.layout.StoredBlockSize() && isZero(stored) {
 			return append(dst, zeros[:c.layout.BlockSize]...), nil
 		}
 		return dst, &BlockError{Block: blockIdx, Err: ErrAuth}
 	}
-	out, err := c.aead.Open(dst, nonce, stored[NonceSize:], c.fillAAD(aad, blockIdx, last))
+	out, err := c.open(dst, stored, c.fillAAD(aad, blockIdx, last))
 	if err == nil {
 		return out, nil
 	}
@@ -87,7 +110,7 @@ func (c *Cipher) openOne(dst, stored []byte, blockIdx uint64, last bool, aad []b
 		// between leaves a middle block sealed as final. It is authentic,
 		// so accept it (this cannot make a truncated file look whole:
 		// the final block is always checked with last = true).
-		if out, err = c.aead.Open(dst, nonce, stored[NonceSize:], c.fillAAD(aad, blockIdx, true)); err == nil {
+		if out, err = c.open(dst, stored, c.fillAAD(aad, blockIdx, true)); err == nil {
 			return out, nil
 		}
 	}
@@ -98,11 +121,11 @@ func (c *Cipher) openOne(dst, stored []byte, blockIdx uint64, last bool, aad []b
 // leniency for a crash's leftovers, no hole (journal records are checked
 // this way). Errors as OpenBlock.
 func (c *Cipher) OpenBlockExact(dst, stored []byte, blockIdx uint64, last bool) ([]byte, error) {
-	if len(stored) <= Overhead || int64(len(stored)) > c.layout.StoredBlockSize() {
+	if int64(len(stored)) <= c.layout.Overhead() || int64(len(stored)) > c.layout.StoredBlockSize() {
 		return dst, &BlockError{Block: blockIdx, Err: ErrAuth}
 	}
 	aad := c.fillAAD(make([]byte, aadSize), blockIdx, last)
-	out, err := c.aead.Open(dst, stored[:NonceSize], stored[NonceSize:], aad)
+	out, err := c.open(dst, stored, aad)
 	if err != nil {
 		return dst, &BlockError{Block: blockIdx, Err: ErrAuth}
 	}
@@ -127,8 +150,8 @@ func (c *Cipher) openShortened(dst, stored []byte, blockIdx uint64, aad []byte) 
 	aad = c.fillAAD(aad, blockIdx, true)
 	// The sealed prefix ends at or after z; its tag may end in zero bytes,
 	// so try a few lengths past z (2^-8 per extra byte).
-	for n := max(z, Overhead+1); n <= min(z+8, len(stored)-1); n++ {
-		out, err := c.aead.Open(dst, stored[:NonceSize], stored[NonceSize:n], aad)
+	for n := max(z, int(c.layout.Overhead())+1); n <= min(z+8, len(stored)-1); n++ {
+		out, err := c.open(dst, stored[:n], aad)
 		if err == nil {
 			return append(out, zeros[:len(stored)-n]...), nil
 		}
@@ -165,9 +188,10 @@ func (c *Cipher) SealRun(dst, plain []byte, firstIdx uint64, endsFile bool) []by
 	bs := int(c.layout.BlockSize)
 	n := (len(plain) + bs - 1) / bs
 	start := len(dst)
-	dst = grow(dst, len(plain)+n*Overhead)
+	ov := int(c.layout.Overhead())
+	dst = grow(dst, len(plain)+n*ov)
 	out := dst[start:]
-	stored := bs + Overhead
+	stored := bs + ov
 	// One random read for the whole run instead of one per block.
 	nonces := make([]byte, n*NonceSize)
 	rand.Read(nonces)
@@ -191,10 +215,10 @@ func (c *Cipher) OpenRun(dst, stored []byte, firstIdx uint64, endsFile bool) ([]
 	bs := int(c.layout.BlockSize)
 	n := (len(stored) + sbs - 1) / sbs
 	tail := len(stored) - (n-1)*sbs
-	if tail <= Overhead {
+	if tail <= int(c.layout.Overhead()) {
 		return dst, &BlockError{Block: firstIdx + uint64(n-1), Err: formatErr("block", ErrTruncated, "last block has %d bytes", tail)}
 	}
-	plainLen := len(stored) - n*Overhead
+	plainLen := len(stored) - n*int(c.layout.Overhead())
 	start := len(dst)
 	dst = grow(dst, plainLen)
 	out := dst[start:]

@@ -10,8 +10,11 @@ import (
 
 // Format constants (docs/FORMAT.md, "File header").
 const (
-	// Version is the file format version this package writes and reads.
-	Version = 1
+	// Header versions, which are also the framing of the file's blocks
+	// (Layout): this package reads and writes both. A volume's config
+	// says which its new files get.
+	Version1 = 1 // blocks under the content key, 12-byte nonces
+	Version2 = 2 // blocks under XAES-256-GCM keys derived from it
 
 	Magic = "KMSFS\x00"
 
@@ -72,7 +75,7 @@ func NewID() [IDSize]byte {
 }
 
 // Layout returns the volume geometry the header declares.
-func (h *Header) Layout() (Layout, error) { return NewLayout(h.HeaderSize, h.BlockSize) }
+func (h *Header) Layout() (Layout, error) { return NewLayout(h.HeaderSize, h.BlockSize, h.Version) }
 
 // UsedSize is the number of header bytes before the zero padding.
 func (h *Header) UsedSize() int {
@@ -113,10 +116,7 @@ func (h *Header) Marshal() ([]byte, error) {
 }
 
 func (h *Header) validate() error {
-	if h.Version != Version {
-		return formatErr("version", ErrUnsupportedVersion, "%d", h.Version)
-	}
-	if _, err := NewLayout(h.HeaderSize, h.BlockSize); err != nil {
+	if _, err := NewLayout(h.HeaderSize, h.BlockSize, h.Version); err != nil {
 		return err
 	}
 	if h.Flags&^FlagBranchKey != 0 {
@@ -153,28 +153,23 @@ func entryField(i int, name string) string {
 	return "wrapped key " + strconv.Itoa(i+1) + " " + name
 }
 
-// ParsePrefix reads the header and block size from the first PrefixSize
-// bytes of a file, so a reader without the volume config (kmsfs inspect)
-// knows how many bytes the whole header has.
-func ParsePrefix(b []byte) (headerSize, blockSize int, err error) {
+// ParsePrefix reads the layout (version, header and block size) from the
+// first PrefixSize bytes of a file, so a reader without the volume config
+// (kmsfs inspect) knows how many bytes the whole header has.
+func ParsePrefix(b []byte) (Layout, error) {
 	if len(b) < len(Magic) || string(b[:len(Magic)]) != Magic {
 		if len(b) < len(Magic) && string(b) == Magic[:len(b)] {
-			return 0, 0, formatErr("magic", ErrTruncated, "%d bytes", len(b))
+			return Layout{}, formatErr("magic", ErrTruncated, "%d bytes", len(b))
 		}
-		return 0, 0, formatErr("magic", ErrBadMagic, "")
+		return Layout{}, formatErr("magic", ErrBadMagic, "")
 	}
 	if len(b) < PrefixSize {
-		return 0, 0, formatErr("prefix", ErrTruncated, "%d bytes", len(b))
+		return Layout{}, formatErr("prefix", ErrTruncated, "%d bytes", len(b))
 	}
-	if v := binary.BigEndian.Uint16(b[6:]); v != Version {
-		return 0, 0, formatErr("version", ErrUnsupportedVersion, "file has version %d, this kmsfs reads version %d", v, Version)
-	}
+	v := binary.BigEndian.Uint16(b[6:])
 	hs := binary.BigEndian.Uint32(b[8:])
 	bs := binary.BigEndian.Uint32(b[12:])
-	if _, err := NewLayout(int(hs), int(bs)); err != nil {
-		return 0, 0, err
-	}
-	return int(hs), int(bs), nil
+	return NewLayout(int(hs), int(bs), v)
 }
 
 // ParseHeader decodes a complete header slot. It checks structure only:
@@ -182,17 +177,18 @@ func ParsePrefix(b []byte) (headerSize, blockSize int, err error) {
 // the declared header size. Authenticity is checked by Open once the data
 // key is known. It never panics; every rejection is a *FormatError.
 func ParseHeader(b []byte) (*Header, error) {
-	hs, bs, err := ParsePrefix(b)
+	l, err := ParsePrefix(b)
 	if err != nil {
 		return nil, err
 	}
+	hs, bs := int(l.HeaderSize), int(l.BlockSize)
 	if len(b) < hs {
 		return nil, formatErr("slot", ErrTruncated, "%d of %d bytes", len(b), hs)
 	}
 	if len(b) > hs {
 		return nil, formatErr("slot", ErrMalformed, "%d bytes of trailing data", len(b)-hs)
 	}
-	h := &Header{Version: Version, HeaderSize: hs, BlockSize: bs}
+	h := &Header{Version: l.Version, HeaderSize: hs, BlockSize: bs}
 	copy(h.VolumeID[:], b[16:32])
 	copy(h.FileID[:], b[32:48])
 	copy(h.Commitment[:], b[48:80])

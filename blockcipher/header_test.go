@@ -33,9 +33,9 @@ func TestHeaderRoundTrip(t *testing.T) {
 	if _, err := got.Open(randomKey()); !errors.Is(err, ErrHeaderAuth) {
 		t.Fatalf("Open with another key: %v, want ErrHeaderAuth", err)
 	}
-	hs, bs, err := ParsePrefix(slot[:PrefixSize])
-	if err != nil || hs != 1024 || bs != 4096 {
-		t.Fatalf("ParsePrefix = %d, %d, %v", hs, bs, err)
+	l, err := ParsePrefix(slot[:PrefixSize])
+	if err != nil || l.HeaderSize != 1024 || l.BlockSize != 4096 || l.Version != Version2 {
+		t.Fatalf("ParsePrefix = %+v, %v", l, err)
 	}
 }
 
@@ -92,7 +92,7 @@ func TestParseHeaderRejects(t *testing.T) {
 		{"short magic", slot[:3], ErrTruncated},
 		{"bad magic", mut(func(b []byte) []byte { b[0] = 'X'; return b }), ErrBadMagic},
 		{"all zero", make([]byte, 512), ErrBadMagic},
-		{"version 2", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[6:], 2); return b }), ErrUnsupportedVersion},
+		{"version 3", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[6:], 3); return b }), ErrUnsupportedVersion},
 		{"version 0", mut(func(b []byte) []byte { binary.BigEndian.PutUint16(b[6:], 0); return b }), ErrUnsupportedVersion},
 		{"prefix only", slot[:PrefixSize], ErrTruncated},
 		{"truncated slot", slot[:511], ErrTruncated},

@@ -3,11 +3,10 @@ package blockcipher
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+
+	"github.com/kmsfs/kmsfs/internal/secret"
 )
 
 // HKDF labels, one per derived key (docs/FORMAT.md, "Key derivation").
@@ -21,32 +20,33 @@ const (
 // DataKeySize is the size of a data key: AES-256.
 const DataKeySize = 32
 
-func derive(dataKey []byte, fileID [IDSize]byte, label string, n int) []byte {
+// newKDF runs HKDF-Extract on the data key with the file ID as salt; each
+// derived key is one Expand of it. The derivation runs in package
+// secret, whose buffers are cleared, because crypto/hkdf leaves the data
+// key and every derived key in memory it never clears
+// (docs/THREAT_MODEL.md, "Limits"). The caller wipes the KDF.
+func newKDF(dataKey []byte, fileID [IDSize]byte) *secret.KDF {
 	if len(dataKey) != DataKeySize {
 		panic("blockcipher: internal error: data key of wrong size")
 	}
-	k, err := hkdf.Key(sha256.New, dataKey, fileID[:], label, n)
-	if err != nil {
-		panic("blockcipher: internal error: hkdf: " + err.Error())
-	}
-	return k
+	return secret.NewKDF(dataKey, fileID[:])
 }
 
 // Seal computes the key commitment and the header MAC of h from dataKey,
 // stores them in h, and returns the encoded header slot and the Cipher for
-// the file's blocks. dataKey is not retained.
+// the file's blocks. dataKey is not retained, nor copied.
 func (h *Header) Seal(dataKey []byte) ([]byte, *Cipher, error) {
-	commitment := derive(dataKey, h.FileID, labelCommitment, CommitmentSize)
-	copy(h.Commitment[:], commitment)
+	kdf := newKDF(dataKey, h.FileID)
+	defer kdf.Wipe()
+	kdf.Expand(h.Commitment[:], labelCommitment)
 	h.MAC = [MACSize]byte{}
 	slot, err := h.Marshal()
 	if err != nil {
 		return nil, nil, err
 	}
-	mac := headerMAC(dataKey, h.FileID, slot[:len(slot)-MACSize])
-	copy(h.MAC[:], mac)
-	copy(slot[len(slot)-MACSize:], mac)
-	c, err := newCipher(dataKey, h)
+	h.MAC = headerMAC(kdf, slot[:len(slot)-MACSize])
+	copy(slot[len(slot)-MACSize:], h.MAC[:])
+	c, err := newCipher(kdf, h)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -54,62 +54,84 @@ func (h *Header) Seal(dataKey []byte) ([]byte, *Cipher, error) {
 }
 
 // Open checks h against dataKey, the key unwrapped from one of its entries
-// (Verify), and returns the Cipher for the file's blocks; otherwise an
-// error wrapping ErrHeaderAuth. dataKey is not retained.
+// (as Verify does), and returns the Cipher for the file's blocks;
+// otherwise an error wrapping ErrHeaderAuth. dataKey is not retained, nor
+// copied.
 func (h *Header) Open(dataKey []byte) (*Cipher, error) {
-	if err := h.Verify(dataKey); err != nil {
+	if len(dataKey) != DataKeySize {
+		return nil, fmt.Errorf("%w: data key has %d bytes", ErrHeaderAuth, len(dataKey))
+	}
+	kdf := newKDF(dataKey, h.FileID)
+	defer kdf.Wipe()
+	if err := h.verify(kdf); err != nil {
 		return nil, err
 	}
-	return newCipher(dataKey, h)
+	return newCipher(kdf, h)
 }
 
 // Verify checks h against dataKey: first the key commitment (constant
 // time), then the header MAC over the slot. It returns nil or an error
-// wrapping ErrHeaderAuth. dataKey is not retained.
+// wrapping ErrHeaderAuth. dataKey is not retained, nor copied.
 func (h *Header) Verify(dataKey []byte) error {
 	if len(dataKey) != DataKeySize {
 		return fmt.Errorf("%w: data key has %d bytes", ErrHeaderAuth, len(dataKey))
 	}
-	commitment := derive(dataKey, h.FileID, labelCommitment, CommitmentSize)
-	if subtle.ConstantTimeCompare(commitment, h.Commitment[:]) != 1 {
+	kdf := newKDF(dataKey, h.FileID)
+	defer kdf.Wipe()
+	return h.verify(kdf)
+}
+
+func (h *Header) verify(kdf *secret.KDF) error {
+	var commitment [CommitmentSize]byte // public: it is stored in the header
+	kdf.Expand(commitment[:], labelCommitment)
+	if subtle.ConstantTimeCompare(commitment[:], h.Commitment[:]) != 1 {
 		return fmt.Errorf("%w: key commitment does not match the unwrapped key", ErrHeaderAuth)
 	}
 	slot, err := h.Marshal()
 	if err != nil {
 		return err
 	}
-	mac := headerMAC(dataKey, h.FileID, slot[:len(slot)-MACSize])
-	if !hmac.Equal(mac, h.MAC[:]) {
+	mac := headerMAC(kdf, slot[:len(slot)-MACSize])
+	if subtle.ConstantTimeCompare(mac[:], h.MAC[:]) != 1 {
 		return fmt.Errorf("%w: header MAC mismatch", ErrHeaderAuth)
 	}
 	return nil
 }
 
-func headerMAC(dataKey []byte, fileID [IDSize]byte, body []byte) []byte {
-	key := derive(dataKey, fileID, labelHeaderMAC, 32)
-	defer clear(key)
-	m := hmac.New(sha256.New, key)
-	m.Write(body)
-	return m.Sum(nil)
+// headerMAC is HMAC-SHA256 over body under the header MAC key, which
+// never leaves kdf.
+func headerMAC(kdf *secret.KDF, body []byte) [MACSize]byte {
+	var mac [MACSize]byte
+	kdf.MAC(&mac, labelHeaderMAC, body)
+	return mac
 }
 
-func newCipher(dataKey []byte, h *Header) (*Cipher, error) {
+// newCipher builds the file's Cipher: AES-256-GCM under the content key
+// (Version1) or XAES-256-GCM under it (Version2), and the journal record
+// MAC key. The content key exists outside the AES state only in kdf's
+// memory, until kdf is wiped.
+func newCipher(kdf *secret.KDF, h *Header) (*Cipher, error) {
 	layout, err := h.Layout()
 	if err != nil {
 		return nil, err
 	}
-	key := derive(dataKey, h.FileID, labelContent, 32)
-	defer clear(key)
-	block, err := aes.NewCipher(key)
+	block, err := aes.NewCipher(kdf.Key(labelContent))
 	if err != nil {
 		return nil, fmt.Errorf("blockcipher: %v", err)
 	}
+	c := &Cipher{fileID: h.FileID, layout: layout}
+	kdf.Expand(c.recordKey[:], labelRecordMAC)
+	if layout.Version == Version2 {
+		c.x = newXAES(block)
+		return c, nil
+	}
+	// NewGCM copies the key schedule; the copy in block is wiped at once.
 	aead, err := cipher.NewGCM(block)
+	secret.Wipe(block)
 	if err != nil {
 		return nil, fmt.Errorf("blockcipher: %v", err)
 	}
-	c := &Cipher{aead: aead, fileID: h.FileID, layout: layout}
-	copy(c.recordKey[:], derive(dataKey, h.FileID, labelRecordMAC, 32))
+	c.aead = aead
 	return c, nil
 }
 
@@ -119,13 +141,33 @@ const RecordMACSize = 16
 // RecordMAC returns the MAC that authenticates a journal record of this
 // file (docs/FORMAT.md, "Journal"): HMAC-SHA256 under a key derived from
 // the data key, over the concatenation of parts, cut to RecordMACSize
-// bytes. Whoever cannot unwrap the data key cannot make one.
+// bytes. Whoever cannot unwrap the data key cannot make one. It panics
+// after Wipe.
 func (c *Cipher) RecordMAC(parts ...[]byte) [RecordMACSize]byte {
-	m := hmac.New(sha256.New, c.recordKey[:])
-	for _, p := range parts {
-		m.Write(p)
+	if c.wiped {
+		panic("blockcipher: internal error: RecordMAC of a wiped Cipher")
 	}
-	var out [RecordMACSize]byte
-	copy(out[:], m.Sum(nil))
-	return out
+	var mac [32]byte
+	secret.HMAC(&mac, c.recordKey[:], parts...)
+	return [RecordMACSize]byte(mac[:RecordMACSize])
+}
+
+// Wipe zeroes the keys c holds: the AES-GCM state of the content key (its
+// key schedule and GHASH table, in the Go heap), or for Version2 its AES
+// state, the XAES subkey and every derived key's AES-GCM state; and the
+// journal record MAC key. Sealing, opening and RecordMAC panic
+// afterwards. Safe to call twice; not safe while another method of c
+// runs.
+func (c *Cipher) Wipe() {
+	if c == nil || c.wiped {
+		return
+	}
+	c.wiped = true
+	if c.x != nil {
+		c.x.wipe()
+	} else {
+		secret.Wipe(c.aead)
+		c.aead = nil
+	}
+	clear(c.recordKey[:])
 }

@@ -2,11 +2,23 @@ package blockcipher
 
 import "math/bits"
 
-// Block framing: nonce ‖ AES-256-GCM ciphertext ‖ tag.
+// Block framing (docs/FORMAT.md, "Stored blocks"). A file's header
+// version says which framing its blocks have:
+//
+//   - Version1: nonce (12) ‖ AES-256-GCM ciphertext ‖ tag (16), under the
+//     file's content key.
+//   - Version2: key nonce (12) ‖ nonce (12) ‖ ciphertext ‖ tag (16): the
+//     block is sealed with AES-256-GCM under the key XAES-256-GCM derives
+//     from the content key and the key nonce (C2SP XAES-256-GCM), so one
+//     content key is good for far more writes (FORMAT.md, "Usage limits").
 const (
-	NonceSize = 12
-	TagSize   = 16
-	Overhead  = NonceSize + TagSize
+	NonceSize    = 12 // the AES-GCM nonce; also the key nonce of Version2
+	TagSize      = 16
+	Overhead1    = NonceSize + TagSize
+	Overhead2    = 2*NonceSize + TagSize
+	MaxOverhead  = Overhead2
+	minOverhead  = Overhead1
+	xNonceOffset = NonceSize // where a Version2 block's AES-GCM nonce starts
 )
 
 // Layout is a volume's geometry: the header slot size and the plaintext
@@ -16,11 +28,20 @@ const (
 //
 // A stored file is either empty (no header: plaintext size 0) or a header
 // slot of HeaderSize bytes, a journal area of JournalSize() bytes (sparse
-// unless a rewrite is in flight), and blocks of BlockSize+Overhead bytes,
-// the last of which may be shorter (at least 1 plaintext byte).
+// unless a rewrite is in flight), and blocks of BlockSize+Overhead()
+// bytes, the last of which may be shorter (at least 1 plaintext byte).
 type Layout struct {
 	HeaderSize int64
 	BlockSize  int64
+	Version    uint16 // the block framing: Version1 or Version2
+}
+
+// Overhead is what a stored block adds to its plaintext: nonces and tag.
+func (l Layout) Overhead() int64 {
+	if l.Version == Version1 {
+		return Overhead1
+	}
+	return Overhead2
 }
 
 // JournalSlots is the number of block records the journal area holds: a
@@ -28,12 +49,20 @@ type Layout struct {
 // its last).
 const JournalSlots = 2
 
-// JournalRecordHeader is the fixed part of a journal record.
-const JournalRecordHeader = 24
+// JournalRecordHeader is the most a journal record puts before its block
+// (blockfile's record header).
+const JournalRecordHeader = 33
 
-// JournalSlotSize is the size of one journal record slot.
+// JournalSlotSize is the size of one journal record slot: a record header
+// and a stored block, rounded up to 16 bytes. Version1 slots were sized
+// for a 24-byte header, B+64 bytes, which leaves the 33 of today's header
+// before a block of B+28; Version2 slots are B+80 bytes.
 func (l Layout) JournalSlotSize() int64 {
-	return (JournalRecordHeader + l.BlockSize + Overhead + 15) / 16 * 16
+	head := int64(JournalRecordHeader)
+	if l.Version == Version1 {
+		head = 24
+	}
+	return (head + l.BlockSize + l.Overhead() + 15) / 16 * 16
 }
 
 // JournalSize is the size of the journal area after the header slot.
@@ -48,19 +77,22 @@ const MaxPlainSize = 1 << 60
 
 // NewLayout checks the geometry: block size a power of two from
 // MinBlockSize to MaxBlockSize, header size from MinHeaderSize to
-// MaxHeaderSize.
-func NewLayout(headerSize, blockSize int) (Layout, error) {
+// MaxHeaderSize, version Version1 or Version2.
+func NewLayout(headerSize, blockSize int, version uint16) (Layout, error) {
+	if version != Version1 && version != Version2 {
+		return Layout{}, formatErr("version", ErrUnsupportedVersion, "%d, this kmsfs reads versions %d and %d", version, Version1, Version2)
+	}
 	if blockSize < MinBlockSize || blockSize > MaxBlockSize || bits.OnesCount(uint(blockSize)) != 1 {
 		return Layout{}, formatErr("block size", ErrMalformed, "%d, want a power of two from %d to %d", blockSize, MinBlockSize, MaxBlockSize)
 	}
 	if headerSize < MinHeaderSize || headerSize > MaxHeaderSize {
 		return Layout{}, formatErr("header size", ErrMalformed, "%d, want %d to %d", headerSize, MinHeaderSize, MaxHeaderSize)
 	}
-	return Layout{HeaderSize: int64(headerSize), BlockSize: int64(blockSize)}, nil
+	return Layout{HeaderSize: int64(headerSize), BlockSize: int64(blockSize), Version: version}, nil
 }
 
 // StoredBlockSize is the stored size of a full block.
-func (l Layout) StoredBlockSize() int64 { return l.BlockSize + Overhead }
+func (l Layout) StoredBlockSize() int64 { return l.BlockSize + l.Overhead() }
 
 // PlainSize returns the plaintext size of a stored file of cipherSize bytes.
 // It needs no read and no key. A size that no writer produces (a partial
@@ -83,10 +115,10 @@ func (l Layout) PlainSize(cipherSize int64) (int64, error) {
 	switch {
 	case rem == 0:
 		return plain, nil
-	case rem <= Overhead:
+	case rem <= l.Overhead():
 		return plain, &BlockError{Block: uint64(full), Err: formatErr("block", ErrTruncated, "last block has %d bytes", rem)}
 	default:
-		return plain + rem - Overhead, nil
+		return plain + rem - l.Overhead(), nil
 	}
 }
 
@@ -99,7 +131,7 @@ func (l Layout) CipherSize(plainSize int64) int64 {
 	full, rem := plainSize/l.BlockSize, plainSize%l.BlockSize
 	c := l.DataOff() + full*l.StoredBlockSize()
 	if rem > 0 {
-		c += rem + Overhead
+		c += rem + l.Overhead()
 	}
 	return c
 }

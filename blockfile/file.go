@@ -95,9 +95,9 @@ func (f File) readBlock(dst []byte, idx uint64, size int64) ([]byte, error) {
 	if plen == 0 {
 		return dst, nil
 	}
-	sb := getBuf(int(plen + blockcipher.Overhead))
+	sb := getBuf(int(plen + l.Overhead()))
 	defer putBuf(sb)
-	stored := (*sb)[:plen+blockcipher.Overhead]
+	stored := (*sb)[:plen+l.Overhead()]
 	if err := f.readStored(stored, l.BlockToCipherOff(idx), idx); err != nil {
 		return dst, err
 	}
@@ -132,6 +132,78 @@ func (f File) ReadAt(p []byte, off, size int64) (int, error) {
 	if err := f.readStored(stored, cipherOff, first); err != nil {
 		return 0, err
 	}
+	return f.openRun(p[:n], off, size, first, last, stored, len(p))
+}
+
+// ErrSizeUnknown: ReadAtProbe read nothing (the read starts at or past
+// the end of the stored file), so it cannot tell the size: call ReadAt
+// with the size instead.
+var ErrSizeUnknown = errors.New("blockfile: read past the stored file; its size is needed")
+
+// probeLen is how many stored bytes past the blocks ReadAtProbe asks for:
+// a block of at least Overhead()+1 bytes holds plaintext, so the blocks
+// before it are whole middle blocks. (One byte would not do: a file cut at
+// a block boundary and padded with 1 to Overhead() bytes would pass for an
+// intact one.)
+func probeLen(l blockcipher.Layout) int64 { return l.Overhead() + 1 }
+
+// ReadAtProbe is ReadAt for a caller that does not know the size: in the
+// same one read of the stored blocks under [off, off+len(p)) it asks for
+// probeLen bytes more. If they are there, the blocks it read are middle
+// blocks, whole; if the read ends early, the stored file ends there, and
+// its size follows. The result is ReadAt's for that size: the same bytes,
+// io.EOF at or past the end, and for a stored size no writer produces
+// (its last 1 to Overhead() bytes), reads inside the readable part served and
+// those at or past its end failed. A read that finds no stored byte at
+// all returns ErrSizeUnknown. Like ReadAt, it must not run concurrently
+// with a change of the file.
+func (f File) ReadAtProbe(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("blockfile: read at %d: %w", off, ErrOutOfRange)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	l := f.C.Layout()
+	first, count := l.Span(off, int64(len(p)))
+	last := first + count - 1
+	cipherOff := l.BlockToCipherOff(first)
+	want := l.BlockToCipherOff(last+1) - cipherOff + probeLen(l)
+	sb := getBuf(int(want))
+	defer putBuf(sb)
+	buf := (*sb)[:want]
+	got, err := f.S.ReadAt(buf, cipherOff)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	if int64(got) == want {
+		// Plaintext follows block last: a size past it serves.
+		return f.openRun(p, off, l.BlockToPlainOff(last+1)+1, first, last, buf[:want-probeLen(l)], len(p))
+	}
+	if got == 0 {
+		return 0, ErrSizeUnknown
+	}
+	size, serr := l.PlainSize(cipherOff + int64(got))
+	if off >= size {
+		if serr != nil {
+			return 0, serr
+		}
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(p)), size-off))
+	first, count = l.Span(off, int64(n))
+	last = first + count - 1
+	cipherEnd := min(l.BlockToCipherOff(last+1), l.CipherSize(size))
+	return f.openRun(p[:n], off, size, first, last, buf[:cipherEnd-cipherOff], len(p))
+}
+
+// openRun decrypts stored, the stored blocks first..last of a file of
+// size plaintext bytes, into p (n bytes at off; asked is the length the
+// caller asked for, for io.EOF), patching a block that fails from its
+// journal record where one fits.
+func (f File) openRun(p []byte, off, size int64, first, last uint64, stored []byte, asked int) (int, error) {
+	l := f.C.Layout()
+	n := len(p)
 	endsFile := int64(last) == f.lastBlock(size)
 	runStart := l.BlockToPlainOff(first)
 	aligned := runStart == off && (n%int(l.BlockSize) == 0 || off+int64(n) == size)
@@ -161,7 +233,7 @@ func (f File) ReadAt(p []byte, off, size int64) (int, error) {
 	if !aligned {
 		copy(p[:n], plain[off-runStart:])
 	}
-	if n < len(p) {
+	if n < asked {
 		return n, io.EOF
 	}
 	return n, nil
@@ -178,7 +250,7 @@ func (f File) patchFromJournal(stored []byte, first, idx uint64, size int64) boo
 	if !ok {
 		return false
 	}
-	want := int(l.BlockPlainLen(idx, size) + blockcipher.Overhead)
+	want := int(l.BlockPlainLen(idx, size) + l.Overhead())
 	at := int(idx-first) * int(l.StoredBlockSize())
 	switch {
 	case len(r.stored) == want:

@@ -151,9 +151,13 @@ func TestHolesStaySparse(t *testing.T) {
 // TestRandomOps checks thousands of seeded random writes, truncates and
 // reads against the model.
 func TestRandomOps(t *testing.T) {
-	for _, bs := range []int{512, 4096} {
+	for _, tc := range []struct {
+		bs int
+		v  uint16
+	}{{512, blockcipher.Version1}, {4096, blockcipher.Version1}, {512, blockcipher.Version2}, {4096, blockcipher.Version2}} {
+		bs := tc.bs
 		rng := rand.New(rand.NewPCG(uint64(bs), 42))
-		f, m := newTestFile(t, bs)
+		f, m := newTestFileV(t, tc.v, bs)
 		var want model
 		for op := 0; op < 3000; op++ {
 			size := int64(len(want))
@@ -685,7 +689,7 @@ func TestCutInsideBlockWithOldRecord(t *testing.T) {
 	l := f.C.Layout()
 	var h [24]byte
 	binary.BigEndian.PutUint64(h[:], 1+1)
-	binary.BigEndian.PutUint32(h[8:], 400+blockcipher.Overhead)
+	binary.BigEndian.PutUint32(h[8:], uint32(400+l.Overhead()))
 	h[16] = 1
 	m.WriteAt(h[:], l.HeaderSize)
 	if err := m.Truncate(l.CipherSize(bs + 57)); err != nil {
@@ -694,5 +698,47 @@ func TestCutInsideBlockWithOldRecord(t *testing.T) {
 	size, _ := l.PlainSize(m.Size())
 	if _, err := f.ReadAt(make([]byte, size), 0, size); err == nil {
 		t.Errorf("a cut inside the final block, to %d bytes, read without error", size)
+	}
+}
+
+// TestPendingInHead: what an open learns from one read of the file's
+// head is what JournalPending reads record by record, for a byte set
+// anywhere in either record header or none, in files cut anywhere around
+// the record headers.
+func TestPendingInHead(t *testing.T) {
+	f, m := newTestFile(t, 4096)
+	if _, err := f.WriteAt(randBytes(3*4096), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	full := m.Bytes()
+	l := f.C.Layout()
+	s0, s1 := l.HeaderSize, l.HeaderSize+l.JournalSlotSize()
+	if HeadLen(l) != s1+recHeaderSize {
+		t.Fatalf("HeadLen %d, want %d", HeadLen(l), s1+recHeaderSize)
+	}
+	var set []int64
+	for _, s := range []int64{s0, s1} {
+		set = append(set, s, s+7, s+16, s+recHeaderSize-1)
+	}
+	sizes := []int64{0, 1, l.HeaderSize, int64(len(full))}
+	for _, s := range []int64{s0, s1} {
+		sizes = append(sizes, s+1, s+7, s+8, s+16, s+recHeaderSize-1, s+recHeaderSize, s+recHeaderSize+1)
+	}
+	for _, at := range append(set, -1) {
+		for _, size := range sizes {
+			b := append([]byte(nil), full[:size]...)
+			if at >= 0 && at < size {
+				b[at] = 1
+			}
+			sf := File{C: f.C, S: NewMemStore(b)}
+			want, err := sf.JournalPending(size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head := b[:min(size, HeadLen(l))]
+			if got := PendingInHead(l, head); got != want {
+				t.Errorf("byte %d set, file of %d bytes: PendingInHead %v, JournalPending %v", at, size, got, want)
+			}
+		}
 	}
 }

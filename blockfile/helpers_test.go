@@ -8,11 +8,18 @@ import (
 	"github.com/kmsfs/kmsfs/blockcipher"
 )
 
-// testHeader returns a header for a fresh file with one fake wrapped key.
+// testHeader returns a header for a fresh Version2 file with one fake
+// wrapped key.
 func testHeader(t testing.TB, headerSize, blockSize int) *blockcipher.Header {
 	t.Helper()
+	return testHeaderV(t, blockcipher.Version2, headerSize, blockSize)
+}
+
+// testHeaderV is testHeader for a given version.
+func testHeaderV(t testing.TB, version uint16, headerSize, blockSize int) *blockcipher.Header {
+	t.Helper()
 	return &blockcipher.Header{
-		Version:    blockcipher.Version,
+		Version:    version,
 		HeaderSize: headerSize,
 		BlockSize:  blockSize,
 		VolumeID:   blockcipher.NewID(),
@@ -31,10 +38,17 @@ func randomKey() []byte {
 	return k
 }
 
-// newTestFile returns a File over a MemStore holding only a header.
+// newTestFile returns a Version2 File over a MemStore holding only a
+// header.
 func newTestFile(t testing.TB, blockSize int) (File, *MemStore) {
 	t.Helper()
-	h := testHeader(t, 512, blockSize)
+	return newTestFileV(t, blockcipher.Version2, blockSize)
+}
+
+// newTestFileV is newTestFile for a given version.
+func newTestFileV(t testing.TB, version uint16, blockSize int) (File, *MemStore) {
+	t.Helper()
+	h := testHeaderV(t, version, 512, blockSize)
 	slot, c, err := h.Seal(randomKey())
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,8 @@ import (
 // The journal makes a rewrite of a block that keeps older bytes atomic.
 //
 // A pwrite is not atomic: a SIGKILL (or a full disk) can stop it at any
-// page boundary, and a stored block (B+28 bytes) always spans two pages.
+// page boundary, and a stored block (B+28 or B+40 bytes) always spans two
+// pages.
 // A block torn that way fails its tag, and with it every byte it held,
 // including bytes the write did not touch and that may have been fsynced
 // long before. So before kmsfs rewrites such a block in place it writes
@@ -46,10 +47,9 @@ const (
 	recMACOff     = 17
 )
 
-// The record header must fit the slot the layout reserves for it: the
-// layout sizes a slot as a 24-byte header plus a stored block, rounded up
-// to 16 bytes, which leaves at least 36 bytes before the block.
-const _ = uint(blockcipher.JournalRecordHeader + 12 - recHeaderSize)
+// The record header must fit the slot the layout reserves for it
+// (blockcipher.Layout.JournalSlotSize; TestJournalSlotsHoldRecords).
+const _ = uint(blockcipher.JournalRecordHeader - recHeaderSize)
 
 // journalRec is one record: the new stored form of block idx.
 type journalRec struct {
@@ -77,10 +77,11 @@ func (f File) encodeRecord(b []byte, r journalRec) {
 }
 
 // recordMAC authenticates a record's fields and, through the block's
-// nonce and GCM tag (which bind its ciphertext), its block.
+// nonces (12 bytes in a Version1 block, 24 in a Version2 one) and GCM
+// tag (which bind its ciphertext), its block.
 func (f File) recordMAC(fields, stored []byte) [blockcipher.RecordMACSize]byte {
 	return f.C.RecordMAC([]byte("kmsfs journal record v2\x00"), fields,
-		stored[:blockcipher.NonceSize], stored[len(stored)-blockcipher.TagSize:])
+		stored[:f.C.Layout().Overhead()-blockcipher.TagSize], stored[len(stored)-blockcipher.TagSize:])
 }
 
 // writeJournal writes recs to slots 0.. in one write.
@@ -115,33 +116,44 @@ func (f File) clearJournal(recs []journalRec) error {
 // counting record. It needs the stored size only to skip files too short
 // to have a journal.
 func (f File) readJournal(storedSize int64) (recs []journalRec, ignored int, err error) {
+	err = f.scanJournal(storedSize, func(_ int, r journalRec, ok bool) {
+		if ok {
+			recs = append(recs, r)
+		} else {
+			ignored++
+		}
+	})
+	return recs, ignored, err
+}
+
+// scanJournal calls visit for every slot whose record header holds a
+// non-zero byte, with the record and whether it authenticates (a header
+// cut short by the end of the file does not).
+func (f File) scanJournal(storedSize int64, visit func(slot int, r journalRec, ok bool)) error {
 	l := f.C.Layout()
 	if storedSize <= l.HeaderSize {
-		return nil, 0, nil
+		return nil
 	}
 	for s := 0; s < blockcipher.JournalSlots; s++ {
 		var h [recHeaderSize]byte
 		n, err := f.S.ReadAt(h[:], f.journalOff(s))
-		if n < len(h) {
-			if err == nil || errors.Is(err, io.EOF) {
-				continue
-			}
-			return nil, 0, err
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
 		}
-		if isZero(h[:]) {
+		if isZero(h[:n]) {
+			continue
+		}
+		if n < len(h) {
+			visit(s, journalRec{}, false)
 			continue
 		}
 		r, ok, err := f.parseRecord(s, h)
 		if err != nil {
-			return nil, 0, err
+			return err
 		}
-		if !ok {
-			ignored++
-			continue
-		}
-		recs = append(recs, r)
+		visit(s, r, ok)
 	}
-	return recs, ignored, nil
+	return nil
 }
 
 // parseRecord checks the record of slot s, whose header is h, and reads
@@ -152,7 +164,7 @@ func (f File) parseRecord(s int, h [recHeaderSize]byte) (r journalRec, ok bool, 
 	size := int64(binary.BigEndian.Uint32(h[8:]))
 	padTo := int(binary.BigEndian.Uint32(h[12:]))
 	flags := h[16]
-	if idx1 == 0 || flags&^recLastFlag != recVersion2 || size <= blockcipher.Overhead || size > l.StoredBlockSize() ||
+	if idx1 == 0 || flags&^recLastFlag != recVersion2 || size <= l.Overhead() || size > l.StoredBlockSize() ||
 		padTo > int(l.StoredBlockSize()) || idx1-1 > uint64(blockcipher.MaxPlainSize/l.BlockSize) {
 		return r, false, nil
 	}
@@ -178,7 +190,7 @@ func (f File) parseRecord(s int, h [recHeaderSize]byte) (r journalRec, ok bool, 
 // survive, by plain sealed with last, padded with zeros to padTo stored
 // bytes: journal record, block in place, journal erased.
 func (f File) rewrite(idx uint64, plain []byte, last bool, padTo int) error {
-	sb := getBuf(max(len(plain)+blockcipher.Overhead, padTo))
+	sb := getBuf(max(len(plain)+int(f.C.Layout().Overhead()), padTo))
 	defer putBuf(sb)
 	stored := f.C.SealBlock(*sb, plain, idx, last)
 	*sb = stored
@@ -212,25 +224,77 @@ func (f File) putInPlace(r journalRec, storedSize int64) error {
 
 // JournalPending reports whether the journal holds anything: a file not
 // closed cleanly, which Settle must see to before it is changed. It reads
-// the record headers only.
+// the record headers only, and counts any byte in them, as Settle and
+// Journal do.
 func (f File) JournalPending(storedSize int64) (bool, error) {
 	if storedSize <= f.C.Layout().HeaderSize {
 		return false, nil
 	}
 	for s := 0; s < blockcipher.JournalSlots; s++ {
-		var h [8]byte
+		var h [recHeaderSize]byte
 		n, err := f.S.ReadAt(h[:], f.journalOff(s))
-		if n < len(h) {
-			if err == nil || errors.Is(err, io.EOF) {
-				continue
-			}
+		if err != nil && !errors.Is(err, io.EOF) {
 			return false, err
 		}
-		if binary.BigEndian.Uint64(h[:]) != 0 {
+		if !isZero(h[:n]) {
 			return true, nil
 		}
 	}
 	return false, nil
+}
+
+// JournalSlot is what one slot of the journal holds (File.Journal).
+type JournalSlot struct {
+	Slot int
+	// Valid: the record authenticates (its MAC, and its block at its
+	// index): a block rewrite kmsfs began. Otherwise the slot holds
+	// bytes no read uses: a record torn on its way in, damage, or a
+	// forgery. Settle erases both kinds.
+	Valid bool
+	Block uint64 // the block a Valid record rewrites
+	// Torn: the Valid record's block does not read back in place, so the
+	// rewrite was cut short; reads use the record until Settle puts it
+	// in place. Otherwise the rewrite finished and the record is left
+	// over.
+	Torn bool
+}
+
+// Journal describes every journal slot that holds something, without
+// changing anything: what Settle would finish or erase. A file closed
+// cleanly has none.
+func (f File) Journal(storedSize int64) ([]JournalSlot, error) {
+	size, _ := f.C.Layout().PlainSize(storedSize)
+	var out []JournalSlot
+	err := f.scanJournal(storedSize, func(s int, r journalRec, ok bool) {
+		js := JournalSlot{Slot: s, Valid: ok}
+		if ok {
+			js.Block = r.idx
+			js.Torn = !f.inPlaceOK(r.idx, size)
+		}
+		out = append(out, js)
+	})
+	return out, err
+}
+
+// HeadLen is how many bytes at the start of a stored file hold its header
+// slot and the headers of its journal records: an open that reads them in
+// one read learns its header and, with PendingInHead, whether the journal
+// holds anything.
+func HeadLen(l blockcipher.Layout) int64 {
+	return l.HeaderSize + int64(blockcipher.JournalSlots-1)*l.JournalSlotSize() + recHeaderSize
+}
+
+// PendingInHead is JournalPending answered from head, the first
+// min(HeadLen, stored size) bytes of the stored file.
+func PendingInHead(l blockcipher.Layout, head []byte) bool {
+	for s := 0; s < blockcipher.JournalSlots; s++ {
+		off := min(l.HeaderSize+int64(s)*l.JournalSlotSize(), int64(len(head)))
+		end := min(off+recHeaderSize, int64(len(head)))
+		if !isZero(head[off:end]) {
+			return true
+		}
+	}
+	return false
 }
 
 // SettleResult says what Settle did.

@@ -28,17 +28,26 @@ import (
 //	plaintext sha256: <hex>               (of the file when it reads ok)
 //	comment: <free text>
 //
-// They are frozen with the format. Regenerate only with a format change:
+// They are frozen with the format: testdata/journal holds files of
+// header version 1 and is never regenerated; testdata/journal-v2 holds
+// version 2 files. Regenerate those only with a format change:
 // go test ./blockfile -run TestJournalVectors -update-journal-vectors
-var updateJournalVectors = flag.Bool("update-journal-vectors", false, "rewrite blockfile/testdata/journal")
+var updateJournalVectors = flag.Bool("update-journal-vectors", false, "rewrite blockfile/testdata/journal-v2")
 
-const journalVectorDir = "testdata/journal"
+// journalVectorDirs are the vector directories by header version.
+var journalVectorDirs = map[uint16]string{blockcipher.Version1: "testdata/journal", blockcipher.Version2: "testdata/journal-v2"}
 
 func TestJournalVectors(t *testing.T) {
 	if *updateJournalVectors {
-		writeJournalVectors(t)
+		writeJournalVectors(t, blockcipher.Version2)
 	}
-	files, _ := filepath.Glob(filepath.Join(journalVectorDir, "*"))
+	for _, v := range []uint16{blockcipher.Version1, blockcipher.Version2} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) { testJournalVectors(t, journalVectorDirs[v]) })
+	}
+}
+
+func testJournalVectors(t *testing.T, dir string) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*"))
 	if len(files) < 6 {
 		t.Fatalf("found %d journal vectors, want at least 6", len(files))
 	}
@@ -111,7 +120,8 @@ func splitVector(t testing.TB, b []byte) (map[string]string, []byte) {
 
 // writeJournalVectors makes each case from a file of three blocks whose
 // block 1 is rewritten through the journal and torn in place.
-func writeJournalVectors(t *testing.T) {
+func writeJournalVectors(t *testing.T, version uint16) {
+	journalVectorDir := journalVectorDirs[version]
 	os.RemoveAll(journalVectorDir)
 	if err := os.MkdirAll(journalVectorDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -124,7 +134,7 @@ func writeJournalVectors(t *testing.T) {
 	// block 1 (100 new bytes at its offset 50) in slot 0, and block 1
 	// torn in place: what a crash during that rewrite leaves.
 	file := func(fileID byte) ([]byte, []byte, *blockcipher.Cipher) {
-		h := testHeader(t, 512, bs)
+		h := testHeaderV(t, version, 512, bs)
 		h.FileID = [blockcipher.IDSize]byte{fileID}
 		h.VolumeID = [blockcipher.IDSize]byte{0x76}
 		slot, c, err := h.Seal(key)
@@ -148,7 +158,7 @@ func writeJournalVectors(t *testing.T) {
 		copy(b[at:at+2000], stored[:2000]) // torn after 2000 bytes
 		return b, after, c
 	}
-	l, _ := blockcipher.NewLayout(512, bs)
+	l, _ := blockcipher.NewLayout(512, bs, version)
 	rec := l.HeaderSize // slot 0
 	genuine, after, _ := file(1)
 	other, _, _ := file(2)

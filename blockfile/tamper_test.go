@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"testing"
 
@@ -18,7 +19,7 @@ import (
 // true bytes, fails (EIO), or is empty: on a read-only mount (reads
 // consult the journal) and on a writable one (Settle first).
 //
-// Chunks are B bytes aligned to B: a stored block is B+28 bytes, so no
+// Chunks are B bytes aligned to B: a stored block is B+40 bytes, so no
 // one chunk can zero a whole stored block, which would read as a hole
 // (docs/THREAT_MODEL.md says so).
 func TestOwnBytesGiveTruthOrError(t *testing.T) {
@@ -56,7 +57,11 @@ func TestOwnBytesGiveTruthOrError(t *testing.T) {
 // fileWithHistory writes a file through a random history of changes and
 // returns it with its true plaintext.
 func fileWithHistory(t *testing.T, rng *rand.Rand, bs int64) (File, *MemStore, []byte) {
-	f, m := newTestFile(t, int(bs))
+	return fileWithHistoryV(t, rng, blockcipher.Version2, bs)
+}
+
+func fileWithHistoryV(t *testing.T, rng *rand.Rand, version uint16, bs int64) (File, *MemStore, []byte) {
+	f, m := newTestFileV(t, version, int(bs))
 	var want model
 	size := int64(0)
 	for range 12 {
@@ -169,5 +174,85 @@ func checkTruthOrError(t *testing.T, c *blockcipher.Cipher, tampered, want []byt
 			continue
 		}
 		t.Fatalf("%s (settled %v): read %d bytes without an error, but not the true %d bytes", what, settle, size, len(want))
+	}
+}
+
+// TestReadAtProbeIsReadAt: a read that learns the size from where the
+// stored file ends gives what a read told the size gives (the same bytes,
+// io.EOF, or an error), on intact files, files cut anywhere, padded with
+// 1 to 30 bytes, with a block tampered with, and with re-armed journal
+// records. Where it read nothing it says so, and the caller reads with
+// the size.
+func TestReadAtProbeIsReadAt(t *testing.T) {
+	const bs = 512
+	rng := rand.New(rand.NewPCG(17, 19))
+	cases := 0
+	for i := range 4 {
+		version := []uint16{blockcipher.Version1, blockcipher.Version2}[i%2]
+		f, m, _ := fileWithHistoryV(t, rng, version, bs)
+		stored := m.Bytes()
+		var variants [][]byte
+		variants = append(variants, stored)
+		for c := 0; c < len(stored); c += 1 + rng.IntN(40) {
+			variants = append(variants, stored[:c])
+		}
+		for pad := 1; pad <= int(f.C.Layout().Overhead())+2; pad++ {
+			variants = append(variants, append(bytes.Clone(stored), randBytes(pad)...))
+			variants = append(variants, append(bytes.Clone(stored), make([]byte, pad)...))
+		}
+		for i := 0; i < 8; i++ {
+			b := bytes.Clone(stored)
+			b[f.C.Layout().DataOff()+rng.Int64N(int64(len(b))-f.C.Layout().DataOff())] ^= 1
+			variants = append(variants, b)
+		}
+		variants = append(variants, rearmed(f.C.Layout(), stored)...)
+		for _, v := range variants {
+			size, _ := f.C.Layout().PlainSize(int64(len(v)))
+			offs := []int64{0, 1, bs - 1, bs, bs + 1, size - bs - 1, size - bs, size - 1, size, size + 1, size + bs, rng.Int64N(size + 1)}
+			lens := []int{1, bs - 1, bs, bs + 1, 3*bs + 7, 128 << 10}
+			for _, off := range offs {
+				if off < 0 {
+					continue
+				}
+				for _, n := range lens {
+					cases++
+					checkProbe(t, File{C: f.C, S: NewMemStore(v)}, int64(len(v)), off, n)
+				}
+			}
+		}
+	}
+	t.Logf("%d reads compared", cases)
+}
+
+func checkProbe(t *testing.T, f File, stored, off int64, n int) {
+	t.Helper()
+	sized := func(p []byte) (int, error) {
+		size, err := f.C.Layout().PlainSize(stored)
+		if err != nil && off >= size {
+			return 0, err
+		}
+		return f.ReadAt(p, off, size)
+	}
+	want := make([]byte, n)
+	wn, werr := sized(want)
+	got := make([]byte, n)
+	gn, gerr := f.ReadAtProbe(got, off)
+	if gerr == ErrSizeUnknown {
+		if s, _ := f.C.Layout().PlainSize(stored); off < s {
+			t.Fatalf("stored %d, read %d at %d: ErrSizeUnknown inside the file", stored, n, off)
+		}
+		gn, gerr = sized(got)
+	}
+	class := func(err error) string {
+		switch {
+		case err == nil:
+			return "nil"
+		case err == io.EOF:
+			return "EOF"
+		}
+		return "error"
+	}
+	if gn != wn || class(gerr) != class(werr) || !bytes.Equal(got[:gn], want[:wn]) {
+		t.Fatalf("stored %d, read %d at %d: probe %d bytes, %v; sized %d bytes, %v", stored, n, off, gn, gerr, wn, werr)
 	}
 }

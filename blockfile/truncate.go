@@ -35,7 +35,7 @@ func (f File) Truncate(size, newSize int64) error {
 	}
 	*pb = b
 	b = b[:l.BlockPlainLen(newLast, newSize)]
-	oldExtent := int(l.BlockPlainLen(newLast, size) + blockcipher.Overhead)
+	oldExtent := int(l.BlockPlainLen(newLast, size) + l.Overhead())
 	if err := f.rewrite(newLast, b, true, oldExtent); err != nil {
 		return err
 	}

@@ -25,7 +25,7 @@ func (f File) reserve(size int64, journal bool, blocks ...[2]uint64) error {
 	for _, b := range blocks {
 		from, to := b[0], b[1] // inclusive
 		start := l.BlockToCipherOff(from)
-		end := l.BlockToCipherOff(to) + max(l.BlockPlainLen(to, size), 1) + blockcipher.Overhead
+		end := l.BlockToCipherOff(to) + max(l.BlockPlainLen(to, size), 1) + l.Overhead()
 		if to < l.BlockCount(size)-1 {
 			end = l.BlockToCipherOff(to + 1)
 		}
@@ -47,7 +47,7 @@ func (f File) writeStored(b []byte, off int64) error {
 // sealAt seals plain as block idx and writes it, padded with zeros to pad
 // stored bytes when pad is larger.
 func (f File) sealAt(plain []byte, idx uint64, last bool, pad int) error {
-	sb := getBuf(max(len(plain)+blockcipher.Overhead, pad))
+	sb := getBuf(max(len(plain)+int(f.C.Layout().Overhead()), pad))
 	defer putBuf(sb)
 	out := f.C.SealBlock(*sb, plain, idx, last)
 	if len(out) < pad {
@@ -202,13 +202,13 @@ func (f File) extend(p []byte, off, size int64) (int64, error) {
 			return size, err // cut back by writeRun
 		}
 	}
-	if fEnd := l.BlockToCipherOff(fi) + fLen + blockcipher.Overhead; fEnd > oldEnd {
+	if fEnd := l.BlockToCipherOff(fi) + fLen + l.Overhead(); fEnd > oldEnd {
 		if err := f.writeStored(zeros[:fEnd-oldEnd], oldEnd); err != nil {
 			return cut(err)
 		}
 	}
 
-	sb := getBuf(int(fLen) + blockcipher.Overhead)
+	sb := getBuf(int(fLen + l.Overhead()))
 	defer putBuf(sb)
 	rec := journalRec{idx: fi, last: last == fi, stored: f.C.SealBlock(*sb, b, fi, last == fi)}
 	*sb = rec.stored
@@ -240,7 +240,7 @@ func (f File) writeRun(p []byte, off int64, first, last uint64, size, newSize in
 	newLast := f.lastBlock(newSize)
 	runPlain := min(l.BlockToPlainOff(last+1), newSize) - l.BlockToPlainOff(first)
 	count := last - first + 1
-	sb := getBuf(int(runPlain) + int(count)*blockcipher.Overhead)
+	sb := getBuf(int(runPlain + int64(count)*l.Overhead()))
 	defer putBuf(sb)
 	stored := *sb
 	var recs []journalRec

@@ -70,6 +70,7 @@ func (r *Root) logErrno(err error, serious map[syscall.Errno]bool, op, path stri
 	if e == 0 {
 		return 0
 	}
+	r.stats.countIntegrity(err)
 	level := slog.LevelWarn
 	var plain syscall.Errno
 	if errors.As(err, &plain) && plain == e && !serious[e] || errors.Is(err, blockfile.ErrOutOfRange) {

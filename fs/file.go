@@ -24,6 +24,9 @@ type file struct {
 	flags uint32
 
 	closeOnce sync.Once
+	// fdMu keeps fd open while a borrower (node.borrowFd) uses it: close
+	// takes it for writing.
+	fdMu sync.RWMutex
 }
 
 var (
@@ -41,7 +44,10 @@ func (f *file) path() string { return f.n.relPath() }
 
 func (f *file) close() {
 	f.closeOnce.Do(func() {
+		f.n.unlistHandle(f)
+		f.fdMu.Lock()
 		unix.Close(f.fd)
+		f.fdMu.Unlock()
 		f.n.release(f.st)
 	})
 }
@@ -58,7 +64,8 @@ var errNeedKey = errors.New("file was given a header by another mount while open
 // journal first, as an open would, rather than overwrite that record.
 // Caller holds st.content for writing.
 func (f *file) change(fn func(bf blockfile.File, size int64) error) error {
-	if err := f.ensureHeader(); err != nil {
+	stored, err := f.ensureHeader()
+	if err != nil {
 		return err
 	}
 	if f.st.unsettled {
@@ -67,7 +74,14 @@ func (f *file) change(fn func(bf blockfile.File, size int64) error) error {
 		}
 		f.st.unsettled = false
 	}
-	bf, size, err := f.blocks()
+	var bf blockfile.File
+	var size int64
+	if stored >= 0 {
+		// Just given its header: no need to ask the size.
+		bf, size, err = f.blocksOf(stored)
+	} else {
+		bf, size, err = f.blocks()
+	}
 	if err != nil {
 		return err
 	}
@@ -103,6 +117,11 @@ func (f *file) blocks() (blockfile.File, int64, error) {
 	if err != nil {
 		return blockfile.File{}, 0, err
 	}
+	return f.blocksOf(stored)
+}
+
+// blocksOf is blocks of a stored file of stored bytes.
+func (f *file) blocksOf(stored int64) (blockfile.File, int64, error) {
 	if stored == 0 {
 		return blockfile.File{}, 0, nil
 	}
@@ -128,6 +147,18 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 		f.st.content.RUnlock()
 		f.settleNow()
 		f.st.content.RLock()
+	}
+	if c := f.st.cipher(); c != nil {
+		// No fstat for the size: the one read of the blocks reads a
+		// little past them and learns it where it matters.
+		n, err := blockfile.File{C: c, S: f.n.r.store(f.fd)}.ReadAtProbe(dest, off)
+		if err != blockfile.ErrSizeUnknown {
+			f.st.content.RUnlock()
+			if err != nil && err != io.EOF {
+				return nil, f.n.r.errno(err, "read", f.path(), blockAttrs(err, off)...)
+			}
+			return fuse.ReadResultData(dest[:n]), 0
+		}
 	}
 	bf, size, err := f.blocks()
 	if err == errNeedKey {

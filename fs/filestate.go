@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -18,6 +19,7 @@ type fileState struct {
 
 	// Guarded by node.mu:
 	users   int      // handles plus handle-less operations using the state
+	handles []*file  // the open handles, which borrowFd lends
 	loaded  bool     // key is final (nil: no header yet)
 	loading *keyLoad // the unwrap in flight, shared by concurrent openers
 	key     *fileKey
@@ -80,7 +82,10 @@ func sealFileKey(h *blockcipher.Header, dk *keyring.DataKey, live *atomic.Int64)
 // before they are wiped, to check afterwards that they were zeroed.
 var testOnlyBeforeWipe func(b []byte)
 
-// wipe zeroes the data key and drops the cipher. Safe on nil.
+// wipe zeroes the data key and the keys derived from it that the cipher
+// holds (its AES-GCM state, its record MAC key), and drops both. Caller
+// holds the file's content lock for writing, or is the key's only user.
+// Safe on nil.
 func (k *fileKey) wipe() {
 	if k == nil || k.dk == nil {
 		return
@@ -89,6 +94,7 @@ func (k *fileKey) wipe() {
 		testOnlyBeforeWipe(k.dk.Bytes())
 	}
 	k.dk.Wipe()
+	k.c.Wipe()
 	k.dk, k.c = nil, nil
 	k.live.Add(-1)
 }
@@ -105,6 +111,28 @@ type keyLoad struct {
 // reads the header through fd and calls the keyring; concurrent users wait
 // for that one call and share its result or error.
 func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
+	return n.acquireAt(fd, wantKey, -1)
+}
+
+// acquireNew registers the first user of a file this mount has just
+// created: it is empty, so there is no header to read.
+func (n *node) acquireNew(fd int) (*fileState, error) {
+	n.mu.Lock()
+	if n.st == nil {
+		st := &fileState{users: 1, loaded: true}
+		n.st = st
+		n.mu.Unlock()
+		return st, nil
+	}
+	n.mu.Unlock()
+	return n.acquire(fd, true) // a state already there: join it
+}
+
+// acquireAt is acquire of a descriptor openBacking opened, stored bytes
+// long then (-1: unknown, as from any other opener). The first user
+// then reads the header and the journal's record heads in one read
+// (readHead) and settles the journal only when it holds something.
+func (n *node) acquireAt(fd int, wantKey bool, stored int64) (*fileState, error) {
 	n.mu.Lock()
 	st := n.st
 	if st == nil {
@@ -126,8 +154,15 @@ func (n *node) acquire(fd int, wantKey bool) (*fileState, error) {
 		l := &keyLoad{done: make(chan struct{})}
 		st.loading = l
 		n.mu.Unlock()
-		k, err := n.r.loadKey(fd, n.readaheadHint)
-		if err == nil && k != nil {
+		var k *fileKey
+		var err error
+		pending := true // unknown: settle reads the journal
+		if stored >= 0 {
+			k, pending, err = n.r.loadKeyHead(fd, stored, n.readaheadHint)
+		} else {
+			k, err = n.r.loadKey(fd, n.readaheadHint)
+		}
+		if err == nil && k != nil && pending {
 			n.settleOnOpen(st, fd, k.c)
 		}
 		n.mu.Lock()
@@ -175,6 +210,37 @@ func (n *node) settleOnOpen(st *fileState, fd int, c *blockcipher.Cipher) {
 		n.r.log.Warn("could not finish an interrupted write: reads use its journal record, the next change retries", "path", n.relPath(), "err", err)
 		st.unsettled = true
 	}
+}
+
+// listHandle makes f, a new open handle of n, one borrowFd may lend.
+func (n *node) listHandle(f *file) {
+	n.mu.Lock()
+	f.st.handles = append(f.st.handles, f)
+	n.mu.Unlock()
+}
+
+// unlistHandle takes f off the list; close then waits for any borrower.
+func (n *node) unlistHandle(f *file) {
+	n.mu.Lock()
+	f.st.handles = slices.DeleteFunc(f.st.handles, func(h *file) bool { return h == f })
+	n.mu.Unlock()
+}
+
+// borrowFd lends the descriptor of one of n's open handles, for a change
+// of mode, owner or times that the kernel sent without a handle (fchmod,
+// fchown and futimens of an open file arrive so): it is n's own object,
+// checked when it was opened, so no O_PATH open, identity check and close
+// are needed. done returns it; until then the handle's close waits. ok is
+// false when n has no open handle.
+func (n *node) borrowFd() (fd int, done func(), ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st == nil || len(n.st.handles) == 0 {
+		return -1, nil, false
+	}
+	f := n.st.handles[0]
+	f.fdMu.RLock()
+	return f.fd, f.fdMu.RUnlock, true
 }
 
 // release drops one user; the last one wipes the data key.

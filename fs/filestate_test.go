@@ -105,7 +105,8 @@ func keysTestRoot(t *testing.T, dir string, kr keyring.Keyring, vol [blockcipher
 		dir = t.TempDir()
 	}
 	cfg := &volume.Config{
-		FormatVersion: volume.ConfigVersion1,
+		FormatVersion: volume.ConfigVersion3,
+		KeyMode:       volume.KeyModePerFile,
 		VolumeID:      hex.EncodeToString(vol[:]),
 		BlockSize:     blockSize,
 		HeaderSize:    headerSize,
@@ -129,7 +130,6 @@ type storedFile struct {
 	path   string // in CIPHERDIR
 	key    []byte // copy of its data key
 	fileID [blockcipher.IDSize]byte
-	cipher *blockcipher.Cipher // the cipher it was written with
 }
 
 const keysTestPlain = "hello, kmsfs"
@@ -147,10 +147,10 @@ func createStored(t *testing.T, r *Root, name string) storedFile {
 	if err != nil {
 		t.Fatalf("sealNewHeader: %v", err)
 	}
+	defer fk.wipe() // which wipes fk.c: use it before
 	c := fk.c
-	f := storedFile{name: name, path: filepath.Join(r.vol.Dir, name), key: key, fileID: k.fileID, cipher: c}
-	fk.wipe()
-	fd, err := r.createEmpty(context.Background(), r.rootFd, name, 0o600)
+	f := storedFile{name: name, path: filepath.Join(r.vol.Dir, name), key: key, fileID: k.fileID}
+	fd, err := r.createEmpty(context.Background(), r.rootFd, name, 0o600, new(unix.Statx_t))
 	if err != nil {
 		t.Fatalf("createEmpty: %v", err)
 	}
@@ -179,7 +179,7 @@ func openStored(t *testing.T, path string) int {
 // readBlock0 opens the file's first block with c.
 func readBlock0(t *testing.T, r *Root, fd int, c *blockcipher.Cipher) string {
 	t.Helper()
-	stored := make([]byte, len(keysTestPlain)+blockcipher.Overhead)
+	stored := make([]byte, int64(len(keysTestPlain))+r.layout.Overhead())
 	if _, err := unix.Pread(fd, stored, r.layout.BlockToCipherOff(0)); err != nil {
 		t.Fatal(err)
 	}

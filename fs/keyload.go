@@ -1,12 +1,17 @@
 package fs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/blockfile"
+	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -21,28 +26,95 @@ func (r *Root) readHeader(fd int) (*blockcipher.Header, error) {
 	return r.vol.ReadHeader(fdStore(fd), size)
 }
 
+// headMax bounds the one read of loadKeyHead: the header and both journal
+// record heads lie within it for blocks of up to 32 KiB.
+const headMax = 64 << 10
+
+var headBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// loadKeyHead is loadKey for a file openBacking opened, stored bytes long
+// then (0: no header, nothing read). One pread gives the header together
+// with the heads of the journal's records, where there were an fstat and
+// three preads (header, two record heads); pending reports whether the
+// journal may hold a record, for settle to look at (true when the record
+// heads lie too far out to be read with the header). fd must be
+// openBacking's, whose reads do not move the file's atime where the
+// daemon may say so.
+func (r *Root) loadKeyHead(fd int, stored int64, before func() (after func())) (k *fileKey, pending bool, err error) {
+	if stored == 0 {
+		return nil, false, nil
+	}
+	n := blockfile.HeadLen(r.layout)
+	if n > headMax {
+		k, err := r.loadKey(fd, before)
+		return k, true, err
+	}
+	bp := headBufs.Get().(*[]byte)
+	defer headBufs.Put(bp)
+	if int64(cap(*bp)) < n {
+		*bp = make([]byte, n)
+	}
+	head := (*bp)[:n]
+	got, err := r.store(fd).ReadAt(head, 0)
+	if err != nil && err != io.EOF {
+		return nil, false, err
+	}
+	// A file shorter than n is read whole; one that another mount
+	// changed since the open is read as it is now.
+	head = head[:got]
+	if k, err = r.openStored(bytes.NewReader(head), int64(got), before); err != nil || k == nil {
+		return nil, false, err
+	}
+	return k, blockfile.PendingInHead(r.layout, head), nil
+}
+
 // loadKey reads the header of the file open at fd, unwraps its data key
 // with one keyring call and checks the header against it. A file without
 // a header yields (nil, nil). before, if not nil, runs once a header is
 // found, before the keyring call; the function it returns runs after it.
+// A header that a kmsfs rewrap left torn
+// is read from its rewrite record (volume.OpenHeader), at the cost of a
+// second keyring call if the torn slot's was made.
 func (r *Root) loadKey(fd int, before func() (after func())) (*fileKey, error) {
-	h, err := r.readHeader(fd)
+	size, err := fdStore(fd).size()
+	if err != nil || size == 0 {
+		return nil, err
+	}
+	defer noatime(fd)()
+	return r.openStored(fdStore(fd), size, before)
+}
+
+// openStored is loadKey of the stored file read through ra, size bytes
+// long.
+func (r *Root) openStored(ra io.ReaderAt, size int64, before func() (after func())) (*fileKey, error) {
+	unwrap := r.unwrap
+	if before != nil {
+		unwrap = func(h *blockcipher.Header) (*keyring.DataKey, error) {
+			if before != nil {
+				after := before()
+				before = nil
+				defer after()
+			}
+			return r.unwrap(h)
+		}
+	}
+	h, dk, fromRecord, err := r.vol.OpenHeader(ra, size, unwrap)
 	if err != nil || h == nil {
 		return nil, err
 	}
-	if before != nil {
-		defer before()()
+	if fromRecord {
+		r.log.Info("reading a header through the record of an interrupted kmsfs rewrap: run kmsfs rewrap again to finish it", "file_id", fmt.Sprintf("%x", h.FileID))
 	}
-	return r.openHeader(h)
+	return openFileKey(h, dk, &r.stats.liveKeys)
 }
 
-// openHeader unwraps the data key of h with one keyring call (which a
-// prefetch may have made already) and checks h against it: commitment,
-// MAC.
-func (r *Root) openHeader(h *blockcipher.Header) (*fileKey, error) {
+// unwrap unwraps the data key of h with one keyring call (which a
+// prefetch may have made already).
+func (r *Root) unwrap(h *blockcipher.Header) (*keyring.DataKey, error) {
 	ctx, cancel := keyCtx()
 	defer cancel()
 	r.stats.decrypts.Add(1)
+	r.outage.noteCall()
 	dk, err := r.keyring.Decrypt(ctx, volume.Entries(h), r.vol.FileContext(h.FileID))
 	r.outage.noteResult(err)
 	if err != nil && unavailable(err) {
@@ -54,7 +126,7 @@ func (r *Root) openHeader(h *blockcipher.Header) (*fileKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unwrap data key: %w", err)
 	}
-	return openFileKey(h, dk, &r.stats.liveKeys)
+	return dk, nil
 }
 
 // newFileKey returns a data key for a new file: from the pool when one is
@@ -92,49 +164,46 @@ func (r *Root) sealNewHeader(k *pooledKey) ([]byte, *fileKey, error) {
 // in between leaves a header-only file, a valid empty file. An exclusive
 // flock on the stored file keeps two mounts of one CIPHERDIR from both
 // writing a header; the one that finds a header already there takes its
-// key instead.
-func (f *file) ensureHeader() error {
+// key instead. It returns the stored size when it wrote the header (the
+// header's), and -1 otherwise.
+func (f *file) ensureHeader() (int64, error) {
 	st := f.st
 	if st.key != nil {
-		return nil
+		return -1, nil
 	}
 	r := f.n.r
 	if err := retryEINTR(func() error { return unix.Flock(f.fd, unix.LOCK_EX) }); err != nil && !errors.Is(err, unix.ENOLCK) {
-		return err
+		return -1, err
 	}
 	defer unix.Flock(f.fd, unix.LOCK_UN)
-	h, err := r.readHeader(f.fd)
+	k, err := r.loadKey(f.fd, nil)
 	if err != nil {
-		return err
+		return -1, err
 	}
-	if h != nil {
-		k, err := r.openHeader(h)
-		if err != nil {
-			return err
-		}
+	if k != nil {
 		st.key = k
-		return nil
+		return -1, nil
 	}
 	pk, err := r.newFileKey()
 	if err != nil {
-		return err
+		return -1, err
 	}
-	slot, k, err := r.sealNewHeader(pk)
+	slot, nk, err := r.sealNewHeader(pk)
 	if err != nil {
-		return err
+		return -1, err
 	}
 	// No fallocate first: a header cut short by a full disk is cut off
 	// again, leaving the empty file this was. On ext4 a fallocate here
 	// also cost a block allocation per new file, before delayed
 	// allocation could place the file's blocks together.
 	if err := (fdStore(f.fd)).writeFull(slot, 0); err != nil {
-		k.wipe()
+		nk.wipe()
 		// Leave no partial header behind.
 		unix.Ftruncate(f.fd, 0)
-		return err
+		return -1, err
 	}
-	st.key = k
-	return nil
+	st.key = nk
+	return int64(len(slot)), nil
 }
 
 // ensureKey loads the key of a file that was empty when this mount opened

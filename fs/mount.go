@@ -111,7 +111,7 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 		},
 		Logger: logger,
 	}
-	srv, err := fuse.NewServer(killPrivFS{fusefs.NewNodeFS(r.Node(), o)}, mountpoint, &o.MountOptions)
+	srv, err := fuse.NewServer(activityFS{killPrivFS{fusefs.NewNodeFS(r.Node(), o)}, &r.activity}, mountpoint, &o.MountOptions)
 	if err != nil {
 		return nil, err
 	}

@@ -39,7 +39,8 @@ func testVolume(t testing.TB, blockSize int) (*volume.Volume, *keyring.Local) {
 	kr := testLocalKey(t)
 	vid := blockcipher.NewID()
 	cfg := &volume.Config{
-		FormatVersion: volume.ConfigVersion1,
+		FormatVersion: volume.ConfigVersion3,
+		KeyMode:       volume.KeyModePerFile,
 		VolumeID:      hex.EncodeToString(vid[:]),
 		BlockSize:     blockSize,
 		HeaderSize:    512,

@@ -53,16 +53,22 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if n.r.opts.ReadOnly && (writable(flags) || flags&unix.O_TRUNC != 0) {
 		return nil, 0, syscall.EROFS
 	}
-	fd, err := n.openBacking(backingFlags(flags))
+	b, err := n.openBacking(backingFlags(flags))
 	if err != nil {
 		return nil, 0, n.r.errno(err, "open", n.relPath())
 	}
-	st, err := n.acquire(fd, true)
+	st, err := n.acquireAt(b.fd, true, b.stored)
+	if err == nil {
+		if err = b.ready(); err != nil {
+			n.release(st)
+		}
+	}
 	if err != nil {
-		unix.Close(fd)
+		unix.Close(b.fd)
 		return nil, 0, n.r.errno(err, "open", n.relPath())
 	}
-	f := &file{n: n, st: st, fd: fd, flags: flags}
+	f := &file{n: n, st: st, fd: b.fd, flags: flags}
+	n.listHandle(f)
 	if flags&unix.O_TRUNC != 0 {
 		if err := f.truncate(0); err != nil {
 			f.close()
@@ -72,6 +78,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	return f, openFlags, 0
 }
 
+// backingFd is a stored file openBacking opened, until ready: still
+// non-blocking and, where the daemon may, with O_NOATIME.
+type backingFd struct {
+	fd     int
+	stored int64 // its size when opened, from checkSame's statx
+	setfl  int   // the status flags ready sets; -1: none to change
+}
+
 // openBacking opens n's stored file. A write-only file cannot be opened
 // for reading and writing by its unprivileged owner: like gocryptfs, add
 // the owner's read bit for the open and take it away again.
@@ -79,24 +93,43 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 // The open does not block: a FIFO put where the file was (by another
 // mount, or whoever can write CIPHERDIR) would otherwise hang the open,
 // and the reader with it, in an uninterruptible sleep. checkSame then
-// refuses anything but n's own regular file, and O_NONBLOCK is cleared
-// again unless the caller asked for it.
-func (n *node) openBacking(flags int) (int, error) {
-	fd, err := n.openBackingAny(flags | unix.O_NONBLOCK)
+// refuses anything but n's own regular file, and ready clears O_NONBLOCK
+// again unless the caller asked for it. The open also asks for O_NOATIME
+// (ownership or CAP_FOWNER, as root): reading the header and the journal
+// is kmsfs's business, not an access the user made, and must not move the
+// file's atime; ready clears it too. Doing both in the one fcntl of ready
+// saves four per cold open over setting and restoring O_NOATIME around
+// each read.
+func (n *node) openBacking(flags int) (backingFd, error) {
+	extra := unix.O_NONBLOCK | unix.O_NOATIME
+	fd, err := n.openBackingAny(flags | extra)
+	if err == unix.EPERM && flags&unix.O_NOATIME == 0 {
+		// Neither the owner nor CAP_FOWNER: the atime may move.
+		extra = unix.O_NONBLOCK
+		fd, err = n.openBackingAny(flags | extra)
+	}
 	if err != nil {
-		return -1, err
+		return backingFd{fd: -1}, err
 	}
-	if err := n.checkSame(fd, ""); err != nil {
+	var stx unix.Statx_t
+	if err := n.checkSameStatx(fd, "", &stx); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return backingFd{fd: -1}, err
 	}
-	if flags&unix.O_NONBLOCK == 0 {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^(unix.O_ACCMODE|unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY|unix.O_TRUNC|unix.O_CLOEXEC)); err != nil {
-			unix.Close(fd)
-			return -1, err
-		}
+	b := backingFd{fd: fd, stored: int64(stx.Size), setfl: -1}
+	if extra&^flags != 0 {
+		b.setfl = flags &^ (unix.O_ACCMODE | unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_TRUNC | unix.O_CLOEXEC)
 	}
-	return fd, nil
+	return b, nil
+}
+
+// ready gives the descriptor the status flags its opener asked for.
+func (b backingFd) ready() error {
+	if b.setfl < 0 {
+		return nil
+	}
+	_, err := unix.FcntlInt(uintptr(b.fd), unix.F_SETFL, b.setfl)
+	return err
 }
 
 // checkSame checks that the object name leads to in dirfd (name "": the
@@ -108,21 +141,27 @@ func (n *node) openBacking(flags int) (int, error) {
 // the kernel look the name up again (or fails a use of an old
 // descriptor).
 func (n *node) checkSame(dirfd int, name string) error {
+	var stx unix.Statx_t
+	return n.checkSameStatx(dirfd, name, &stx)
+}
+
+// checkSameStatx is checkSame, leaving the object's statx in stx (not
+// filled for the root).
+func (n *node) checkSameStatx(dirfd int, name string, stx *unix.Statx_t) error {
 	if n.isRoot() {
 		return nil
 	}
-	var stx unix.Statx_t
 	flags := unix.AT_SYMLINK_NOFOLLOW
 	if name == "" {
 		flags |= unix.AT_EMPTY_PATH
 	}
 	err := retryEINTR(func() error {
-		return unix.Statx(dirfd, name, flags, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
+		return unix.Statx(dirfd, name, flags, unix.STATX_BASIC_STATS|unix.STATX_BTIME, stx)
 	})
 	if err != nil {
 		return err
 	}
-	id := n.r.idFromStat(unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino, genFromStatx(&stx), uint32(stx.Mode))
+	id := n.r.idFromStat(unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino, genFromStatx(stx), uint32(stx.Mode))
 	if sa := n.StableAttr(); id.Ino != sa.Ino || id.Gen != sa.Gen || id.Mode != sa.Mode {
 		n.r.stats.stale.Add(1)
 		return syscall.ESTALE
@@ -167,8 +206,9 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	dirfd, err := n.dirFd()
 	fd := -1
+	var stx unix.Statx_t
 	if err == nil {
-		fd, err = n.r.createEmpty(ctx, dirfd, name, mode)
+		fd, err = n.r.createEmpty(ctx, dirfd, name, mode, &stx)
 	}
 	if errors.Is(err, unix.EEXIST) && flags&unix.O_EXCL == 0 {
 		// Someone else (another mount) created it first: open theirs.
@@ -177,29 +217,24 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, n.r.errno(err, "create", join(n.relPath(), name))
 	}
-	return n.newOpenChild(ctx, fd, flags, out, "create")
+	return n.newOpenChild(ctx, fd, &stx, flags, out, "create")
 }
 
 // newOpenChild makes the inode of a file just created at fd (empty, no
-// header) and its handle.
-func (n *node) newOpenChild(ctx context.Context, fd int, flags uint32, out *fuse.EntryOut, op string) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
-	var stx unix.Statx_t
-	if err := retryEINTR(func() error {
-		return unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
-	}); err != nil {
-		unix.Close(fd)
-		return nil, nil, 0, n.r.errno(err, op, n.relPath())
-	}
-	n.r.fillAttr(&stx, &out.Attr)
-	child := n.newChild(ctx, &stx)
+// header), whose statx finishNew took, and its handle.
+func (n *node) newOpenChild(ctx context.Context, fd int, stx *unix.Statx_t, flags uint32, out *fuse.EntryOut, op string) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	n.r.fillAttr(stx, &out.Attr)
+	child := n.newChild(ctx, stx)
 	cn := child.Operations().(*node)
-	cn.noCaps.Store(true)           // a new file has no xattrs
-	st, err := cn.acquire(fd, true) // an empty file: no keyring call
+	cn.noCaps.Store(true) // a new file has no xattrs
+	st, err := cn.acquireNew(fd)
 	if err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, n.r.errno(err, op, n.relPath())
 	}
-	return child, &file{n: cn, st: st, fd: fd, flags: flags}, openFlags, 0
+	f := &file{n: cn, st: st, fd: fd, flags: flags}
+	cn.listHandle(f)
+	return child, f, openFlags, 0
 }
 
 // openExisting opens name after a create lost the race to another creator.
@@ -220,14 +255,15 @@ func (n *node) openExisting(ctx context.Context, name string, flags uint32, out 
 }
 
 // createEmpty creates name in dirfd (O_EXCL), owned by the caller, with
-// exactly the mode asked for, and returns a read-write descriptor of it.
-func (r *Root) createEmpty(ctx context.Context, dirfd int, name string, mode uint32) (int, error) {
+// exactly the mode asked for, and returns a read-write descriptor of it
+// and its statx.
+func (r *Root) createEmpty(ctx context.Context, dirfd int, name string, mode uint32, stx *unix.Statx_t) (int, error) {
 	perm := mode & 0o7777
 	fd, err := openat(dirfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW, perm)
 	if err != nil {
 		return -1, err
 	}
-	if err := r.finishNew(ctx, dirfd, fd, perm); err != nil {
+	if err := r.finishNew(ctx, dirfd, fd, perm, stx); err != nil {
 		unix.Close(fd)
 		unix.Unlinkat(dirfd, name, 0)
 		return -1, err
@@ -235,20 +271,34 @@ func (r *Root) createEmpty(ctx context.Context, dirfd int, name string, mode uin
 	return fd, nil
 }
 
-// finishNew gives a new file its owner and its exact mode: the process
-// umask, or a chown clearing set-id bits, may have changed it.
-func (r *Root) finishNew(ctx context.Context, dirfd, fd int, perm uint32) error {
+// finishNew gives a new file its owner and its exact mode (the process
+// umask, or a chown clearing set-id bits, may have changed it), and
+// returns its statx in stx.
+func (r *Root) finishNew(ctx context.Context, dirfd, fd int, perm uint32, stx *unix.Statx_t) error {
 	if err := r.chownNew(ctx, dirfd, fd, ""); err != nil {
 		return err
 	}
 	// Usually the mode is already exact (the mount runs with umask 0):
-	// a stat is cheaper than a chmod, which on ext4 is a journalled
-	// inode update per created file.
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err == nil && st.Mode&0o7777 == perm {
+	// the statx the new inode needs anyway is cheaper than a chmod,
+	// which on ext4 is a journalled inode update per created file.
+	if err := statxFd(fd, stx); err != nil {
+		return err
+	}
+	if uint32(stx.Mode)&0o7777 == perm {
 		return nil
 	}
-	return retryEINTR(func() error { return unix.Fchmod(fd, perm) })
+	if err := retryEINTR(func() error { return unix.Fchmod(fd, perm) }); err != nil {
+		return err
+	}
+	return statxFd(fd, stx)
+}
+
+// statxFd stats the object open at fd, with the birth time that tells
+// reused inode numbers apart.
+func statxFd(fd int, stx *unix.Statx_t) error {
+	return retryEINTR(func() error {
+		return unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS|unix.STATX_BTIME, stx)
+	})
 }
 
 // chownNew gives a new object the caller's owner when kmsfs runs as root
@@ -261,6 +311,12 @@ func (r *Root) chownNew(ctx context.Context, dirfd, fd int, name string) error {
 	}
 	caller, ok := fuse.FromContext(ctx)
 	if !ok {
+		return nil
+	}
+	if caller.Uid == 0 && caller.Gid == processGID() {
+		// The kernel made the object as it would for the caller: owned
+		// by root, in the group of a set-gid parent or else the
+		// daemon's own, which is the caller's.
 		return nil
 	}
 	uid, gid := int(caller.Uid), int(caller.Gid)
@@ -291,7 +347,8 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if err != nil {
 		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
-	if err := n.r.finishNew(ctx, dirfd, fd, mode&0o7777); err != nil {
+	var stx unix.Statx_t
+	if err := n.r.finishNew(ctx, dirfd, fd, mode&0o7777, &stx); err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
@@ -301,7 +358,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		unix.Close(fd)
 		return nil, nil, 0, n.r.errno(err, "tmpfile", n.relPath())
 	}
-	child, fh, fl, errno := n.newOpenChild(ctx, fd, flags, out, "tmpfile")
+	child, fh, fl, errno := n.newOpenChild(ctx, fd, &stx, flags, out, "tmpfile")
 	if errno != 0 {
 		unix.Close(pathFd)
 		return nil, nil, 0, errno

@@ -23,9 +23,31 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
-	t := setattrTarget{n: n}
+	t := setattrTarget{n: n, hfd: -1}
 	t.f, _ = fh.(*file)
 	if t.f == nil {
+		// tar and cp -p change an open file's times, owner and mode
+		// (futimens, fchown, fchmod), which the kernel sends without a
+		// handle: use one of the inode's own, sparing an O_PATH open
+		// and its close. Its name must still lead to it, as for
+		// openChecked: a node whose name now names another object
+		// answers ESTALE, whatever it holds open. (A size change opens
+		// a descriptor of its own, writable, in truncate.)
+		if _, size := in.GetSize(); !size {
+			if fd, done, ok := n.borrowFd(); ok {
+				defer done()
+				pfd, name, err := n.parentAt()
+				if err == nil {
+					err = n.checkSame(pfd, name)
+				}
+				if err != nil {
+					return n.r.errno(err, "setattr", n.relPath())
+				}
+				t.hfd = fd
+			}
+		}
+	}
+	if t.f == nil && t.hfd < 0 {
 		ofd, err := n.openChecked()
 		if err != nil {
 			return n.r.errno(err, "setattr", n.relPath())
@@ -51,7 +73,18 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 	if t.f != nil {
 		return t.f.Getattr(ctx, out)
 	}
-	return n.Getattr(ctx, nil, out)
+	// The attributes of the object just changed, not of whatever has
+	// its name by now.
+	fd := t.hfd
+	if fd < 0 {
+		fd = t.ofd
+	}
+	var stx unix.Statx_t
+	if err := statxFd(fd, &stx); err != nil {
+		return n.r.errno(err, "setattr", n.relPath())
+	}
+	n.r.fillAttr(&stx, &out.Attr)
+	return 0
 }
 
 // openChecked holds n's backing object by an O_PATH descriptor checked to
@@ -75,21 +108,36 @@ func (n *node) openChecked() (int, error) {
 }
 
 // setattrTarget is the object a Setattr changes: an open handle's
-// descriptor (f), or else a checked O_PATH descriptor (ofd).
+// descriptor (f, or hfd lent by another handle of the inode), or else a
+// checked O_PATH descriptor (ofd).
 type setattrTarget struct {
 	n   *node
 	f   *file
+	hfd int // -1: none
 	ofd int
+}
+
+// fd returns the open descriptor of the object, if there is one (not an
+// O_PATH one).
+func (t setattrTarget) fd() (int, bool) {
+	switch {
+	case t.f != nil:
+		return t.f.fd, true
+	case t.hfd >= 0:
+		return t.hfd, true
+	}
+	return -1, false
 }
 
 func (t setattrTarget) setMode(in *fuse.SetAttrIn) error {
 	mode, ok := in.GetMode()
-	switch {
-	case !ok:
+	if !ok {
 		return nil
-	case t.f != nil:
-		return retryEINTR(func() error { return unix.Fchmod(t.f.fd, mode&0o7777) })
-	case t.n.StableAttr().Mode == unix.S_IFLNK:
+	}
+	if fd, ok := t.fd(); ok {
+		return retryEINTR(func() error { return unix.Fchmod(fd, mode&0o7777) })
+	}
+	if t.n.StableAttr().Mode == unix.S_IFLNK {
 		return syscall.EOPNOTSUPP // Linux symlinks have no mode
 	}
 	return chmodFd(t.ofd, mode&0o7777)
@@ -108,8 +156,8 @@ func (t setattrTarget) setOwner(in *fuse.SetAttrIn) error {
 	if gok {
 		sgid = int(gid)
 	}
-	if t.f != nil {
-		return retryEINTR(func() error { return unix.Fchown(t.f.fd, suid, sgid) })
+	if fd, ok := t.fd(); ok {
+		return retryEINTR(func() error { return unix.Fchown(fd, suid, sgid) })
 	}
 	return retryEINTR(func() error { return unix.Fchownat(t.ofd, "", suid, sgid, unix.AT_EMPTY_PATH) })
 }
@@ -131,7 +179,11 @@ func (t setattrTarget) killPriv(in *fuse.SetAttrIn) error {
 	if in.Valid&fuse.FATTR_KILL_SUIDGID == 0 || in.Valid&fuse.FATTR_MODE != 0 || t.n.StableAttr().Mode != unix.S_IFREG {
 		return nil
 	}
-	return killSUIDGID(t.f, t.ofd)
+	fd, ok := t.fd()
+	if !ok {
+		fd = -1
+	}
+	return killSUIDGID(fd, t.ofd)
 }
 
 func (t setattrTarget) setTimes(in *fuse.SetAttrIn) error {
@@ -147,8 +199,8 @@ func (t setattrTarget) setTimes(in *fuse.SetAttrIn) error {
 	if mok {
 		ts[1] = timespec(mtime, in.Valid&fuse.FATTR_MTIME_NOW != 0)
 	}
-	if t.f != nil {
-		return futimens(t.f.fd, ts)
+	if fd, ok := t.fd(); ok {
+		return futimens(fd, ts)
 	}
 	// The /proc link of an O_PATH descriptor leads to the object itself,
 	// a symlink included (not to its target).
@@ -160,12 +212,13 @@ func (t setattrTarget) setTimes(in *fuse.SetAttrIn) error {
 // killSUIDGID clears S_ISUID, and S_ISGID when the group may execute
 // (without group execute S_ISGID marks mandatory locking and stays), as
 // a write or truncate by an unprivileged user does on a local filesystem.
-// Without a handle, ofd is the object's O_PATH descriptor.
-func killSUIDGID(f *file, ofd int) error {
+// fd is an open descriptor of the object, or -1: then ofd is its O_PATH
+// descriptor.
+func killSUIDGID(fd, ofd int) error {
 	var st unix.Stat_t
-	fd := ofd
-	if f != nil {
-		fd = f.fd
+	open := fd >= 0
+	if !open {
+		fd = ofd
 	}
 	err := retryEINTR(func() error { return unix.Fstat(fd, &st) })
 	if err != nil {
@@ -179,8 +232,8 @@ func killSUIDGID(f *file, ofd int) error {
 	if kill == mode {
 		return nil
 	}
-	if f != nil {
-		return retryEINTR(func() error { return unix.Fchmod(f.fd, kill) })
+	if open {
+		return retryEINTR(func() error { return unix.Fchmod(fd, kill) })
 	}
 	return chmodFd(ofd, kill)
 }
@@ -220,16 +273,21 @@ func (n *node) truncate(f *file, size int64) error {
 	if f != nil {
 		return f.truncate(size)
 	}
-	fd, err := n.openBacking(unix.O_RDWR | unix.O_NOFOLLOW)
+	b, err := n.openBacking(unix.O_RDWR | unix.O_NOFOLLOW)
 	if err != nil {
 		return err
 	}
-	st, err := n.acquire(fd, size != 0)
+	st, err := n.acquireAt(b.fd, size != 0, b.stored)
+	if err == nil {
+		if err = b.ready(); err != nil {
+			n.release(st)
+		}
+	}
 	if err != nil {
-		unix.Close(fd)
+		unix.Close(b.fd)
 		return err
 	}
-	tmp := &file{n: n, st: st, fd: fd, flags: unix.O_RDWR}
+	tmp := &file{n: n, st: st, fd: b.fd, flags: unix.O_RDWR}
 	defer tmp.close()
 	return tmp.truncate(size)
 }

@@ -19,13 +19,14 @@ import (
 // last close but kept here, in locked memory, and an open whose unwrap
 // fails for want of the key service takes it from here. A kept key is
 // wiped as soon as a keyring call succeeds (with the service up, that is
-// the key pool's next refill: at once), after outageGrace if no call
-// failed for want of the service in the meantime, after outageKeep in
-// any case, when more than outageMax are kept (the oldest first), and at
-// unmount. Only keys this mount made are kept: the documented lifetime of
-// every other key is unchanged (docs/THREAT_MODEL.md).
+// the key pool's refill: at once); after outageGrace if no keyring call is
+// in flight and none has failed for want of the service (an outage can
+// take a call's whole timeout to show); after outageKeep in any case;
+// when more than outageMax are kept (the oldest first); and at unmount.
+// Only keys this mount made are kept: the documented lifetime of every
+// other key is unchanged (docs/THREAT_MODEL.md).
 const (
-	outageGrace = 10 * time.Second
+	outageGrace = time.Second
 	outageKeep  = time.Hour
 	outageMax   = 4096
 )
@@ -33,10 +34,11 @@ const (
 // outageKeys holds the keys of files this mount wrote during an outage.
 // Safe for concurrent use.
 type outageKeys struct {
-	mu    sync.Mutex
-	down  bool                                  // guarded by mu: the last keyring call failed for want of the service
-	keys  map[[blockcipher.IDSize]byte]*heldKey // guarded by mu; by file ID
-	timer *time.Timer                           // guarded by mu: runs expire after outageGrace
+	mu       sync.Mutex
+	down     bool                                  // guarded by mu: the last keyring call failed for want of the service
+	inflight int                                   // guarded by mu: keyring calls under way
+	keys     map[[blockcipher.IDSize]byte]*heldKey // guarded by mu; by file ID
+	timer    *time.Timer                           // guarded by mu: runs expire after outageGrace
 }
 
 type heldKey struct {
@@ -50,11 +52,19 @@ func unavailable(err error) bool {
 	return errors.Is(err, keyring.ErrUnreachable) || errors.Is(err, keyring.ErrThrottled)
 }
 
+// noteCall records that a keyring call starts; noteResult that it ended.
+func (o *outageKeys) noteCall() {
+	o.mu.Lock()
+	o.inflight++
+	o.mu.Unlock()
+}
+
 // noteResult records how a keyring call went: a success ends an outage
 // and wipes what it kept.
 func (o *outageKeys) noteResult(err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.inflight--
 	switch {
 	case err == nil:
 		o.down = false
@@ -110,7 +120,8 @@ func (o *outageKeys) expire() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.timer = nil
-	if o.down {
+	if o.down || o.inflight > 0 {
+		o.timer = time.AfterFunc(outageGrace, o.expire)
 		return
 	}
 	now := time.Now()

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/blockfile"
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/volume"
 )
@@ -47,15 +49,20 @@ type Root struct {
 	rootFd  int             // O_PATH descriptor of CIPHERDIR; every backing call is relative to it
 	dev     uint64
 	inPlace bool // the backing filesystem rewrites allocated bytes in place (see inPlaceFS)
-	layout  blockcipher.Layout
-	log     *slog.Logger
-	pool    *keyPool       // nil when Options.KeyPool is 0
-	ahead   *keyring.Ahead // nil unless Options.PrefetchKeys or KeyReadahead
-	ra      *readahead     // nil unless Options.KeyReadahead
-	root    *node
-	stats   stats
-	warned  warnLimiter
-	outage  outageKeys
+	// shortEOF: a short read of a stored file on the backing filesystem
+	// means the file ends there (see shortEOFFS).
+	shortEOF bool
+	layout   blockcipher.Layout
+	log      *slog.Logger
+	pool     *keyPool       // nil when Options.KeyPool is 0
+	ahead    *keyring.Ahead // nil unless Options.PrefetchKeys or KeyReadahead
+	ra       *readahead     // nil unless Options.KeyReadahead
+	root     *node
+	stats    stats
+	warned   warnLimiter
+	outage   outageKeys
+	// activity counts requests and handles (activity.go).
+	activity activity
 }
 
 // keyringTimeout bounds one keyring call made for a file operation (the
@@ -82,27 +89,31 @@ func NewRoot(opts Options) (*Root, error) {
 		return nil, fmt.Errorf("stat %s: %w", dir, err)
 	}
 	var sfs unix.Statfs_t
-	inPlace := unix.Fstatfs(fd, &sfs) == nil && inPlaceFS[int64(sfs.Type)]
+	statfsOK := unix.Fstatfs(fd, &sfs) == nil
+	inPlace := statfsOK && inPlaceFS[int64(sfs.Type)]
+	shortEOF := statfsOK && shortEOFFS[int64(sfs.Type)]
 	r := &Root{
-		opts:    opts,
-		vol:     opts.Volume,
-		keyring: opts.Keyring,
-		rootFd:  fd,
-		dev:     uint64(st.Dev),
-		inPlace: inPlace,
-		layout:  opts.Volume.Layout,
-		log:     opts.Logger,
+		opts:     opts,
+		vol:      opts.Volume,
+		keyring:  opts.Keyring,
+		rootFd:   fd,
+		dev:      uint64(st.Dev),
+		inPlace:  inPlace,
+		shortEOF: shortEOF,
+		layout:   opts.Volume.Layout,
+		log:      opts.Logger,
 	}
 	r.root = &node{r: r}
-	if opts.KeyPool > 0 && !opts.ReadOnly {
-		r.pool = newKeyPool(r, opts.KeyPool)
-	}
 	if opts.PrefetchKeys || opts.KeyReadahead {
 		r.ahead = newAhead(opts.Keyring)
 		r.keyring = r.ahead
 	}
 	if opts.KeyReadahead && !opts.PrefetchKeys {
 		r.ra = &readahead{r: r}
+	}
+	// Last: the pool's workers start calling r.keyring at once.
+	if opts.KeyPool > 0 && !opts.ReadOnly {
+		r.pool = newKeyPool(r, opts.KeyPool)
 	}
 	return r, nil
 }
@@ -118,6 +129,27 @@ var inPlaceFS = map[int64]bool{
 	unix.EXT4_SUPER_MAGIC: true, // also ext2 and ext3
 	unix.XFS_SUPER_MAGIC:  true,
 	unix.TMPFS_MAGIC:      true,
+}
+
+// shortEOFFS lists the backing filesystems (statfs f_type) whose reads of
+// a regular file opened without O_DIRECT return fewer bytes than asked
+// only at the end of the file (they read through the page cache, which
+// fills a read until its end or the file's). There one pread answers
+// where a file ends; elsewhere a second pread must see 0 bytes.
+var shortEOFFS = map[int64]bool{
+	unix.EXT4_SUPER_MAGIC:  true,
+	unix.XFS_SUPER_MAGIC:   true,
+	unix.TMPFS_MAGIC:       true,
+	unix.BTRFS_SUPER_MAGIC: true,
+}
+
+// store returns the blockfile.Store of the stored file open at fd, with
+// one pread per read where a short read means the end of the file.
+func (r *Root) store(fd int) blockfile.Store {
+	if r.shortEOF {
+		return eofStore{fdStore(fd)}
+	}
+	return fdStore(fd)
 }
 
 // Node returns the root node, to be mounted.
@@ -151,4 +183,9 @@ func (r *Root) idFromStat(dev, ino, gen uint64, mode uint32) fusefs.StableAttr {
 	return fusefs.StableAttr{Mode: mode & unix.S_IFMT, Gen: gen, Ino: (swapped ^ swappedRoot) ^ ino}
 }
 
-func processUID() uint32 { return uint32(os.Geteuid()) }
+// processUID and processGID are the daemon's effective IDs, read once:
+// each is a syscall, and a create asks for them.
+var (
+	processUID = sync.OnceValue(func() uint32 { return uint32(os.Geteuid()) })
+	processGID = sync.OnceValue(func() uint32 { return uint32(os.Getegid()) })
+)

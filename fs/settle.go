@@ -33,6 +33,8 @@ func (r *Root) settle(fd int, c *blockcipher.Cipher, path func() string) error {
 	if err != nil {
 		return fmt.Errorf("finish an interrupted write: %w", err)
 	}
+	r.stats.journalRepaired.Add(int64(len(res.Repaired)))
+	r.stats.journalIgnored.Add(int64(res.Ignored))
 	for _, b := range res.Repaired {
 		r.log.Warn("repaired a block from its journal record: a write to it was interrupted", "path", path(), "block", b)
 	}

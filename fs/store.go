@@ -35,6 +35,27 @@ func (s fdStore) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// eofStore is an fdStore on a backing filesystem whose short reads of a
+// regular file happen only at its end (shortEOFFS): one pread per read,
+// where fdStore makes a second to see the end.
+type eofStore struct{ fdStore }
+
+func (s eofStore) ReadAt(p []byte, off int64) (int, error) {
+	for {
+		m, err := unix.Pread(int(s.fdStore), p, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if m < len(p) {
+			return m, io.EOF
+		}
+		return m, nil
+	}
+}
+
 func (s fdStore) WriteAt(p []byte, off int64) (int, error) {
 	n := 0
 	for n < len(p) {

@@ -3,6 +3,7 @@ package keyring
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,6 +35,9 @@ type Ahead struct {
 	entries map[[32]byte]*aheadEntry // guarded by mu
 	taken   map[[32]byte]time.Time   // guarded by mu: entries handed out, and when
 	closed  bool                     // guarded by mu
+
+	hits, misses    atomic.Int64 // Decrypt calls handed a prefetched key, and not
+	unwraps, unused atomic.Int64 // keys unwrapped ahead, and of those wiped untaken
 }
 
 type aheadJob struct {
@@ -134,6 +138,7 @@ func (a *Ahead) fetch(j aheadJob, timeout time.Duration) {
 	} else {
 		e.dk = dk
 		e.expires = time.Now().Add(a.ttl)
+		a.unwraps.Add(1)
 	}
 	close(e.done)
 	a.mu.Unlock()
@@ -171,6 +176,7 @@ func (a *Ahead) Decrypt(ctx context.Context, wrapped []WrappedKey, ec Encryption
 	mine := &aheadEntry{done: make(chan struct{})} // holds no key: a marker
 	for again := true; ; again = false {
 		if dk := a.take(ctx, k); dk != nil {
+			a.hits.Add(1)
 			return dk, nil
 		}
 		a.mu.Lock()
@@ -187,7 +193,7 @@ func (a *Ahead) Decrypt(ctx context.Context, wrapped []WrappedKey, ec Encryption
 		a.mu.Unlock()
 		break
 	}
-
+	a.misses.Add(1)
 	dk, err := a.inner.Decrypt(ctx, wrapped, ec)
 	a.mu.Lock()
 	if a.entries[k] == mine {
@@ -220,6 +226,7 @@ func (a *Ahead) janitor() {
 				if e.dk != nil && now.After(e.expires) {
 					e.dk.Wipe()
 					delete(a.entries, k)
+					a.unused.Add(1)
 				}
 			}
 			for k, at := range a.taken {
@@ -237,6 +244,28 @@ func (a *Ahead) Len() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.entries)
+}
+
+// AheadStats counts an Ahead's work, for the metrics endpoint.
+type AheadStats struct {
+	Hits    int64 // Decrypt calls handed a prefetched key
+	Misses  int64 // Decrypt calls that found none and called the inner keyring
+	Unwraps int64 // keys unwrapped ahead of their use
+	Unused  int64 // of those, wiped after the TTL without being taken
+	Held    int   // keys held now, waiting to be taken (unwraps in flight hold none)
+}
+
+// Stats returns the counts.
+func (a *Ahead) Stats() AheadStats {
+	s := AheadStats{Hits: a.hits.Load(), Misses: a.misses.Load(), Unwraps: a.unwraps.Load(), Unused: a.unused.Load()}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range a.entries {
+		if e.dk != nil {
+			s.Held++
+		}
+	}
+	return s
 }
 
 // Close stops the workers and wipes every key held. Idempotent.

@@ -46,6 +46,9 @@ func TestAheadHandsOutOnce(t *testing.T) {
 		t.Fatalf("second Decrypt: %v, %d inner calls", err, c.decrypts.Load())
 	}
 	dk.Wipe()
+	if s := a.Stats(); s != (AheadStats{Hits: 1, Misses: 1, Unwraps: 1}) {
+		t.Errorf("Stats() = %+v, want 1 hit, 1 miss, 1 unwrap", s)
+	}
 }
 
 // Keys nobody takes are wiped after the TTL, and by Close.
@@ -66,6 +69,9 @@ func TestAheadWipesUnused(t *testing.T) {
 	waitFor(t, "the TTL", func() bool { return a.Len() == 0 })
 	if !held.Wiped() {
 		t.Fatal("an expired prefetched key was dropped but not wiped")
+	}
+	if s := a.Stats(); s.Unwraps != 1 || s.Unused != 1 || s.Hits != 0 {
+		t.Errorf("Stats() = %+v, want 1 unwrap, 1 unused, no hit", s)
 	}
 	w2, _ := wrapFile(t, c.inner, 2)
 	a.Prefetch(func() ([]WrappedKey, EncryptionContext, error) { return w2, testContext(2), nil })

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,6 +24,8 @@ type Cache struct {
 	closed  bool                     // guarded by mu
 	stop    chan struct{}
 	done    chan struct{}
+
+	hits, misses atomic.Int64 // Decrypt calls answered here, and passed on
 }
 
 type cacheEntry struct {
@@ -88,9 +91,11 @@ func (c *Cache) Decrypt(ctx context.Context, wrapped []WrappedKey, ec Encryption
 		e.expires = time.Now().Add(c.ttl)
 		dk := e.dk.Clone()
 		c.mu.Unlock()
+		c.hits.Add(1)
 		return dk, nil
 	}
 	c.mu.Unlock()
+	c.misses.Add(1)
 	dk, err := c.inner.Decrypt(ctx, wrapped, ec)
 	if err == nil {
 		c.put(k, dk)
@@ -151,6 +156,19 @@ func (c *Cache) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.entries)
+}
+
+// CacheStats counts a Cache's work, for the metrics endpoint.
+type CacheStats struct {
+	Hits   int64 // Decrypt calls answered from the cache
+	Misses int64 // Decrypt calls passed on to the inner keyring
+	Held   int   // keys cached now
+}
+
+// Stats returns the counts. GenerateDataKey calls pass through and are
+// counted by neither Hits nor Misses.
+func (c *Cache) Stats() CacheStats {
+	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Held: c.Len()}
 }
 
 // Close wipes every cached key and stops the janitor. Idempotent.

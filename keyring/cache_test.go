@@ -194,6 +194,11 @@ func TestCacheHit(t *testing.T) {
 	if c.Len() != 1 {
 		t.Errorf("Len() = %d, want 1: a failure was cached", c.Len())
 	}
+	// Three hits; the first Decrypt and the two under another context
+	// were misses.
+	if s := c.Stats(); s != (CacheStats{Hits: 2, Misses: 3, Held: 1}) {
+		t.Errorf("Stats() = %+v, want 2 hits, 3 misses, 1 held", s)
+	}
 }
 
 func TestCacheFailureNotCached(t *testing.T) {

@@ -2,7 +2,6 @@ package keyring
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -18,9 +17,10 @@ var live atomic.Int64
 func LiveKeys() int64 { return live.Load() }
 
 // DataKey holds the plaintext of one data key. Its bytes live in locked
-// memory where the kernel allows (see lockedSlot) and are zeroed by Wipe.
-// It never prints its bytes: String, Format and LogValue show a short
-// fingerprint only.
+// memory where the kernel allows (see lockedArena) and are zeroed by Wipe.
+// It never prints its bytes, nor anything computed from them: String,
+// Format and LogValue show a random ID that names the key in this process
+// (a clone keeps it), so that nothing ever hashes the key.
 //
 // A DataKey is owned by one holder at a time; Wipe is idempotent but must
 // not race with Bytes. Use Clone to hand a copy to another owner.
@@ -29,8 +29,8 @@ type DataKey struct {
 	// DataKey copied by value and printed by reflection shows an address,
 	// never the bytes). Guarded by the owner; nil after Wipe.
 	b      *[DataKeySize]byte
-	locked bool // b is a slot of the locked arena
-	fp     [4]byte
+	locked bool    // b is a slot of the locked arena
+	id     [4]byte // random, shared by clones; not derived from the key
 }
 
 // NewDataKey copies src into a new DataKey and zeroes src, so a buffer
@@ -43,7 +43,6 @@ func NewDataKey(src []byte) (*DataKey, error) {
 	k := newDataKey()
 	copy(k.b[:], src)
 	clear(src)
-	k.fp = fingerprint(k.b[:])
 	return k, nil
 }
 
@@ -51,23 +50,16 @@ func NewDataKey(src []byte) (*DataKey, error) {
 func randomDataKey() *DataKey {
 	k := newDataKey()
 	rand.Read(k.b[:]) // never fails since Go 1.24
-	k.fp = fingerprint(k.b[:])
 	return k
 }
 
+// newDataKey returns a zeroed key with a new ID, counted in LiveKeys.
 func newDataKey() *DataKey {
 	b, locked := arena.alloc()
 	live.Add(1)
-	return &DataKey{b: (*[DataKeySize]byte)(b), locked: locked}
-}
-
-func fingerprint(b []byte) [4]byte {
-	h := sha256.New()
-	h.Write([]byte("kmsfs data key fingerprint\x00"))
-	h.Write(b)
-	var fp [4]byte
-	copy(fp[:], h.Sum(nil))
-	return fp
+	k := &DataKey{b: (*[DataKeySize]byte)(b), locked: locked}
+	rand.Read(k.id[:])
+	return k
 }
 
 // Bytes returns the key bytes, or nil after Wipe. Callers must not keep
@@ -86,7 +78,7 @@ func (k *DataKey) Clone() *DataKey {
 	}
 	c := newDataKey()
 	*c.b = *k.b
-	c.fp = k.fp
+	c.id = k.id
 	return c
 }
 
@@ -109,12 +101,12 @@ func (k *DataKey) Wiped() bool { return k.b == nil }
 // Locked reports whether the key bytes are in mlocked memory.
 func (k *DataKey) Locked() bool { return k.locked }
 
-// String prints a fingerprint only, never key bytes.
+// String prints the key's random ID only, never key bytes.
 func (k *DataKey) String() string {
 	if k == nil {
 		return "DataKey(nil)"
 	}
-	return "DataKey(fp=" + hex.EncodeToString(k.fp[:]) + ")"
+	return "DataKey(id=" + hex.EncodeToString(k.id[:]) + ")"
 }
 
 // Format makes every fmt verb (%v, %x, %s, %#v...) print String().

@@ -18,7 +18,9 @@
 //     (ErrNoUsableKey) instead of being sent to that key.
 //   - Plaintext key bytes live only in a *DataKey: in locked memory where the
 //     kernel allows, never printed (String, Format and LogValue redact them),
-//     zeroed by Wipe. Errors never contain key bytes.
+//     zeroed by Wipe. Errors never contain key bytes. LiveKeys counts every
+//     DataKey not yet wiped. (Local's key-encryption key is the one other
+//     key: in locked memory too, for the keyring's life, not counted.)
 //
 // The package knows nothing about files or FUSE: a file ID is an opaque value
 // in the encryption context.
@@ -38,6 +40,9 @@ type Kind string
 const (
 	KindAWSKMS Kind = "aws-kms"
 	KindLocal  Kind = "local"
+	// KindAge names entries wrapped to an age X25519 recipient (package
+	// keyring/agekey): anyone can wrap, only the identity's holder unwraps.
+	KindAge Kind = "age"
 )
 
 // DataKeySize is the size of every data key in bytes (AES-256).

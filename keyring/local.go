@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,6 +12,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+
+	"github.com/kmsfs/kmsfs/internal/secret"
 )
 
 // LocalKeyFileSize is the size of a local key file: 32 raw random bytes.
@@ -29,10 +30,54 @@ const localBlobSize = 1 + 12 + DataKeySize + 16
 // file. The encryption context is the AES-GCM additional data, so a blob
 // opened under another context fails with ErrInvalidCiphertext, as with KMS.
 // It is the default for machines without AWS. Safe for concurrent use.
+//
+// The key-encryption key (KEK) is kept for the keyring's life in a slot of
+// the locked arena, like a data key but not counted in LiveKeys; the key
+// file's bytes are not kept. Each Wrap and Decrypt builds the AES-GCM
+// state of the KEK, in the Go heap, and zeroes it before returning.
 type Local struct {
 	path  string
-	keyID string      // hex fingerprint of the key file
-	kek   cipher.AEAD // derived from the key file; the file bytes are not kept
+	keyID string // hex fingerprint of the key file
+	kek   *localKEK
+}
+
+// localKEK is the slot of the KEK: the one place that holds it.
+type localKEK struct {
+	b      *[DataKeySize]byte
+	locked bool
+}
+
+// aead returns AES-256-GCM under the KEK and a func that zeroes its state
+// (key schedule, GHASH table), to be called as soon as the call is done.
+func (k *localKEK) aead() (cipher.AEAD, func()) {
+	block, err := aes.NewCipher(k.b[:])
+	if err != nil {
+		panic("keyring: internal error: " + err.Error())
+	}
+	aead, err := cipher.NewGCM(block)
+	secret.Wipe(block) // NewGCM made its own copy of the key schedule
+	if err != nil {
+		panic("keyring: internal error: " + err.Error())
+	}
+	return aead, func() { secret.Wipe(aead) }
+}
+
+// aead is l.kek.aead, with l kept alive (and so its KEK unwiped) until
+// the AES-GCM state has been built.
+func (l *Local) aead() (cipher.AEAD, func()) {
+	aead, wipe := l.kek.aead()
+	runtime.KeepAlive(l)
+	return aead, wipe
+}
+
+// wipe zeroes the KEK and gives its slot back. It runs when the Local is
+// garbage (runtime.AddCleanup), so it must not refer to the Local.
+func (k *localKEK) wipe() {
+	clear(k.b[:])
+	if k.locked {
+		arena.release(k.b[:])
+	}
+	k.b = nil
 }
 
 var (
@@ -91,16 +136,30 @@ func LoadLocal(path string) (*Local, error) {
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("key file %s has mode %04o, open to group or others: run chmod 600 %s", path, perm, path)
 	}
-	key := make([]byte, LocalKeyFileSize+1)
-	defer clear(key)
-	n, err := io.ReadFull(f, key)
+	// The key file's bytes go straight into a locked slot (read(2) into
+	// it, no copy), are used once to derive the KEK and the key ID, and
+	// are zeroed.
+	slot, locked := arena.alloc()
+	defer func() {
+		clear(slot)
+		if locked {
+			arena.release(slot)
+		}
+	}()
+	n, err := io.ReadFull(f, slot)
+	if err == nil {
+		var more [1]byte
+		if m, _ := f.Read(more[:]); m > 0 {
+			n++
+		}
+	}
 	if err != io.ErrUnexpectedEOF && err != nil && err != io.EOF {
 		return nil, fmt.Errorf("read key file %s: %w", path, err)
 	}
 	if n != LocalKeyFileSize {
 		return nil, fmt.Errorf("key file %s is not a kmsfs key file: it must hold exactly %d bytes", path, LocalKeyFileSize)
 	}
-	return newLocal(path, key[:LocalKeyFileSize])
+	return newLocal(path, slot)
 }
 
 // newLocalFromBytes builds a Local keyring from raw key bytes (tests).
@@ -112,25 +171,21 @@ func newLocalFromBytes(key []byte) (*Local, error) {
 	return newLocal("", key)
 }
 
+// newLocal derives the KEK and the key ID from key, the key file's bytes
+// (docs/FORMAT.md, "Local wrapped key blob"), with package secret's HKDF:
+// crypto/hkdf would leave the key file's bytes, the pseudorandom key and
+// the KEK in memory it never clears. It does not keep key.
 func newLocal(path string, key []byte) (*Local, error) {
-	kekBytes, err := hkdf.Key(sha256.New, key, nil, "kmsfs local key-encryption key v1", 32)
-	if err != nil {
-		return nil, fmt.Errorf("derive local key: %v", err)
-	}
-	defer clear(kekBytes)
-	idBytes, err := hkdf.Key(sha256.New, key, nil, "kmsfs local key id v1", 16)
-	if err != nil {
-		return nil, fmt.Errorf("derive local key id: %v", err)
-	}
-	block, err := aes.NewCipher(kekBytes)
-	if err != nil {
-		return nil, fmt.Errorf("local key: %v", err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("local key: %v", err)
-	}
-	return &Local{path: path, keyID: hex.EncodeToString(idBytes), kek: aead}, nil
+	kdf := secret.NewKDF(key, nil)
+	defer kdf.Wipe()
+	b, locked := arena.alloc()
+	kek := &localKEK{b: (*[DataKeySize]byte)(b), locked: locked}
+	kdf.Expand(kek.b[:], "kmsfs local key-encryption key v1")
+	var id [16]byte // public: stored in headers and the config
+	kdf.Expand(id[:], "kmsfs local key id v1")
+	l := &Local{path: path, keyID: hex.EncodeToString(id[:]), kek: kek}
+	runtime.AddCleanup(l, (*localKEK).wipe, kek)
+	return l, nil
 }
 
 // KeyID returns the key's fingerprint: a public value stored in headers and
@@ -169,7 +224,9 @@ func (l *Local) Wrap(_ context.Context, dk *DataKey, ec EncryptionContext) (Wrap
 	blob := make([]byte, 1+12, localBlobSize)
 	blob[0] = localBlobVersion
 	rand.Read(blob[1:13])
-	blob = l.kek.Seal(blob, blob[1:13], dk.Bytes(), l.aad(ec))
+	aead, wipe := l.aead()
+	defer wipe()
+	blob = aead.Seal(blob, blob[1:13], dk.Bytes(), l.aad(ec))
 	return WrappedKey{Kind: KindLocal, KeyID: l.keyID, Blob: blob}, nil
 }
 
@@ -178,6 +235,7 @@ func (l *Local) Wrap(_ context.Context, dk *DataKey, ec EncryptionContext) (Wrap
 // still open.
 func (l *Local) Decrypt(_ context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
 	var lastErr error
+	var aead cipher.AEAD
 	for _, w := range wrapped {
 		if w.Kind != KindLocal || w.KeyID != l.keyID {
 			continue
@@ -186,14 +244,18 @@ func (l *Local) Decrypt(_ context.Context, wrapped []WrappedKey, ec EncryptionCo
 			lastErr = fmt.Errorf("local key %s: %w (blob of %d bytes)", l.keyID, ErrInvalidCiphertext, len(w.Blob))
 			continue
 		}
+		if aead == nil {
+			var wipe func()
+			aead, wipe = l.aead()
+			defer wipe()
+		}
 		dk := newDataKey()
-		_, err := l.kek.Open(dk.b[:0], w.Blob[1:13], w.Blob[13:], l.aad(ec))
+		_, err := aead.Open(dk.b[:0], w.Blob[1:13], w.Blob[13:], l.aad(ec))
 		if err != nil {
 			dk.Wipe()
 			lastErr = fmt.Errorf("local key %s: %w", l.keyID, ErrInvalidCiphertext)
 			continue
 		}
-		dk.fp = fingerprint(dk.b[:])
 		return dk, nil
 	}
 	if lastErr != nil {

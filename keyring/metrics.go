@@ -4,15 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"sync"
 	"time"
 )
 
-// Metrics counts calls, errors and latency of the keyring it wraps, for
-// the Prometheus endpoint (kmsfs mount --metrics-addr). Safe for
-// concurrent use.
+// Metrics counts the calls, results and latency of the keyring it wraps.
+// It keeps plain counters: cmd/kmsfs exports a Snapshot to Prometheus, so
+// this package does not depend on a metrics library. Safe for concurrent
+// use.
 type Metrics struct {
 	inner Keyring
 
@@ -21,17 +21,30 @@ type Metrics struct {
 }
 
 type opMetrics struct {
-	calls   int64
-	errors  map[string]int64 // by error class
-	buckets []int64          // latency histogram, cumulative at render
+	results map[string]int64 // by result: "ok" or an error class
+	buckets []int64          // calls by latency bucket, not cumulative
+	count   int64
 	sum     time.Duration
 }
 
-// latencyBuckets are the histogram's upper bounds in seconds.
-var latencyBuckets = []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+// LatencyBuckets are the upper bounds, in seconds, of the latency
+// histogram in an OpStats.
+var LatencyBuckets = []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// Operation names in an OpStats.
+const (
+	OpGenerateDataKey = "generate_data_key"
+	OpDecrypt         = "decrypt"
+	OpWrap            = "wrap" // wrapping an existing key (a Multi's further members)
+)
+
+// ResultOK is the result of a call that succeeded; a failed one's is its
+// error class (ErrorClass).
+const ResultOK = "ok"
 
 var (
 	_ Keyring   = (*Metrics)(nil)
+	_ Wrapper   = (*Metrics)(nil)
 	_ Describer = (*Metrics)(nil)
 )
 
@@ -42,28 +55,32 @@ func NewMetrics(inner Keyring) *Metrics {
 
 func (m *Metrics) observe(op string, start time.Time, err error) {
 	d := time.Since(start)
+	result := ResultOK
+	if err != nil {
+		result = ErrorClass(err)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	o := m.ops[op]
 	if o == nil {
-		o = &opMetrics{errors: map[string]int64{}, buckets: make([]int64, len(latencyBuckets))}
+		o = &opMetrics{results: map[string]int64{}, buckets: make([]int64, len(LatencyBuckets))}
 		m.ops[op] = o
 	}
-	o.calls++
+	o.results[result]++
+	o.count++
 	o.sum += d
-	for i, b := range latencyBuckets {
+	for i, b := range LatencyBuckets {
 		if d.Seconds() <= b {
 			o.buckets[i]++
 			break
 		}
 	}
-	if err != nil {
-		o.errors[errorClass(err)]++
-	}
 }
 
-// errorClass names an error by its sentinel, for a metric label.
-func errorClass(err error) string {
+// ErrorClass names an error by its sentinel, for a metric label:
+// access_denied, key_disabled, key_not_found, invalid_ciphertext,
+// unreachable, throttled, no_usable_key, canceled, or other.
+func ErrorClass(err error) string {
 	for _, c := range []struct {
 		err  error
 		name string
@@ -82,15 +99,28 @@ func errorClass(err error) string {
 func (m *Metrics) GenerateDataKey(ctx context.Context, ec EncryptionContext) (*DataKey, []WrappedKey, error) {
 	start := time.Now()
 	dk, w, err := m.inner.GenerateDataKey(ctx, ec)
-	m.observe("generate_data_key", start, err)
+	m.observe(OpGenerateDataKey, start, err)
 	return dk, w, err
 }
 
 func (m *Metrics) Decrypt(ctx context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
 	start := time.Now()
 	dk, err := m.inner.Decrypt(ctx, wrapped, ec)
-	m.observe("decrypt", start, err)
+	m.observe(OpDecrypt, start, err)
 	return dk, err
+}
+
+// Wrap wraps dk with the inner keyring, which must be a Wrapper, so a
+// Metrics can stand for any member of a Multi.
+func (m *Metrics) Wrap(ctx context.Context, dk *DataKey, ec EncryptionContext) (WrappedKey, error) {
+	w, ok := m.inner.(Wrapper)
+	if !ok {
+		return WrappedKey{}, fmt.Errorf("keyring %T cannot wrap an existing key", m.inner)
+	}
+	start := time.Now()
+	wk, err := w.Wrap(ctx, dk, ec)
+	m.observe(OpWrap, start, err)
+	return wk, err
 }
 
 // Describe names the inner keyring.
@@ -101,8 +131,7 @@ func (m *Metrics) Describe() string {
 	return fmt.Sprintf("%T", m.inner)
 }
 
-// Calls returns how many calls of op ("generate_data_key", "decrypt") were
-// made, and how many failed.
+// Calls returns how many calls of op were made, and how many failed.
 func (m *Metrics) Calls(op string) (calls, failed int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -110,49 +139,37 @@ func (m *Metrics) Calls(op string) (calls, failed int64) {
 	if o == nil {
 		return 0, 0
 	}
-	for _, n := range o.errors {
-		failed += n
-	}
-	return o.calls, failed
+	return o.count, o.count - o.results[ResultOK]
 }
 
-// WritePrometheus writes the metrics in the Prometheus text format.
-func (m *Metrics) WritePrometheus(w io.Writer) {
+// OpStats is a snapshot of one operation's counts.
+type OpStats struct {
+	Op      string
+	Results map[string]int64 // calls by result: ResultOK or an error class
+	Count   int64            // all calls
+	Buckets []int64          // calls at most LatencyBuckets[i] long: cumulative
+	Sum     time.Duration    // of all calls
+}
+
+// Snapshot returns the counts of every operation called so far, sorted by
+// operation name.
+func (m *Metrics) Snapshot() []OpStats {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	ops := make([]string, 0, len(m.ops))
-	for op := range m.ops {
-		ops = append(ops, op)
-	}
-	sort.Strings(ops)
-	fmt.Fprintln(w, "# HELP kmsfs_keyring_calls_total Keyring calls by operation.")
-	fmt.Fprintln(w, "# TYPE kmsfs_keyring_calls_total counter")
-	for _, op := range ops {
-		fmt.Fprintf(w, "kmsfs_keyring_calls_total{op=%q} %d\n", op, m.ops[op].calls)
-	}
-	fmt.Fprintln(w, "# HELP kmsfs_keyring_errors_total Failed keyring calls by operation and error class.")
-	fmt.Fprintln(w, "# TYPE kmsfs_keyring_errors_total counter")
-	for _, op := range ops {
-		classes := make([]string, 0)
-		for c := range m.ops[op].errors {
-			classes = append(classes, c)
+	out := make([]OpStats, 0, len(m.ops))
+	for op, o := range m.ops {
+		s := OpStats{Op: op, Results: make(map[string]int64, len(o.results)), Count: o.count,
+			Buckets: make([]int64, len(o.buckets)), Sum: o.sum}
+		for r, n := range o.results {
+			s.Results[r] = n
 		}
-		sort.Strings(classes)
-		for _, c := range classes {
-			fmt.Fprintf(w, "kmsfs_keyring_errors_total{op=%q,error=%q} %d\n", op, c, m.ops[op].errors[c])
-		}
-	}
-	fmt.Fprintln(w, "# HELP kmsfs_keyring_call_seconds Keyring call latency.")
-	fmt.Fprintln(w, "# TYPE kmsfs_keyring_call_seconds histogram")
-	for _, op := range ops {
-		o := m.ops[op]
 		var cum int64
-		for i, b := range latencyBuckets {
-			cum += o.buckets[i]
-			fmt.Fprintf(w, "kmsfs_keyring_call_seconds_bucket{op=%q,le=\"%g\"} %d\n", op, b, cum)
+		for i, n := range o.buckets {
+			cum += n
+			s.Buckets[i] = cum
 		}
-		fmt.Fprintf(w, "kmsfs_keyring_call_seconds_bucket{op=%q,le=\"+Inf\"} %d\n", op, o.calls)
-		fmt.Fprintf(w, "kmsfs_keyring_call_seconds_sum{op=%q} %g\n", op, o.sum.Seconds())
-		fmt.Fprintf(w, "kmsfs_keyring_call_seconds_count{op=%q} %d\n", op, o.calls)
+		out = append(out, s)
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Op < out[j].Op })
+	return out
 }

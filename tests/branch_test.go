@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -70,6 +71,7 @@ func branchKeyFiles(t testing.TB, v *volume) []string {
 // all one. The branch key file names the KMS key and context, so the
 // chain from a file to KMS can be checked independently.
 func TestBranchKeysCalls(t *testing.T) {
+	t.Parallel()
 	env := newBranchEnv(t)
 	if n := len(branchKeyFiles(t, env.vol)); n != 1 {
 		t.Fatalf("init left %d branch key files, want 1", n)
@@ -123,6 +125,7 @@ func TestBranchKeysCalls(t *testing.T) {
 // new branch key (one GenerateDataKey) and older files still read; past
 // the TTL a branch key is unwrapped again, once per expiry.
 func TestBranchKeysRotationAndTTL(t *testing.T) {
+	t.Parallel()
 	env := newBranchEnv(t, "--branch-key-rotation", "1s")
 	k := env.mount(t, "--branch-key-ttl", "1s")
 	writeFile(t, k.path("old"), []byte("old"))
@@ -131,8 +134,10 @@ func TestBranchKeysRotationAndTTL(t *testing.T) {
 	env.proxy.Reset()
 	writeFile(t, k.path("new"), []byte("new"))
 	newID := branchIDOf(t, filepath.Join(env.vol.Dir, "new"))
-	if newID == oldID || len(branchKeyFiles(t, env.vol)) != 2 {
-		t.Fatalf("after the rotation period: new file under %s, old under %s, %d key files", newID, oldID, len(branchKeyFiles(t, env.vol)))
+	// (init made one; the mount may have made another if init was more
+	// than the period before it, on a slow machine.)
+	if keys := branchKeyFiles(t, env.vol); newID == oldID || !slices.Contains(keys, oldID) || !slices.Contains(keys, newID) {
+		t.Fatalf("after the rotation period: new file under %s, old under %s, key files %v", newID, oldID, keys)
 	}
 	if g := env.proxy.Count("GenerateDataKey"); g != 1 {
 		t.Errorf("rotation made %d GenerateDataKey, want 1", g)
@@ -157,6 +162,7 @@ func TestBranchKeysRotationAndTTL(t *testing.T) {
 // working, and so do new opens while the branch key is held; once its TTL
 // has passed new opens fail with EACCES.
 func TestBranchKeysDisabledKey(t *testing.T) {
+	t.Parallel()
 	env := newBranchEnv(t)
 	k := env.mount(t, "--branch-key-ttl", "2s")
 	k.AllowWarnings = true
@@ -192,6 +198,7 @@ func TestBranchKeysDisabledKey(t *testing.T) {
 // fails the reads of its files with EIO and a warning; other volumes'
 // branch key files cannot stand in for it.
 func TestBranchKeysTamper(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil, "--branch-keys")
 	other := newVolume(t, nil, "--branch-keys")
 	m := mountVolume(t, v)
@@ -233,6 +240,7 @@ func TestBranchKeysTamper(t *testing.T) {
 // TestBranchKeysMulti: a branch key wrapped under two KMS keys opens with
 // either: with key A disabled, a read-only mount reads through key B.
 func TestBranchKeysMulti(t *testing.T) {
+	t.Parallel()
 	env := newBranchEnv(t, "--kms-key", kmstest.KeyBARN)
 	k := env.mount(t)
 	writeFile(t, k.path("f"), []byte("two keys"))

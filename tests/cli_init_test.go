@@ -35,6 +35,9 @@ func TestInitDefaultLocalKey(t *testing.T) {
 	if c.BlockSize != 4096 {
 		t.Errorf("block_size = %d, want the default 4096", c.BlockSize)
 	}
+	if c.FormatVersion != 3 || c.KeyMode != "per-file" {
+		t.Errorf("format_version %d, key_mode %q: a new volume has version 3, per-file by default", c.FormatVersion, c.KeyMode)
+	}
 	if len(c.Keyrings) != 1 {
 		t.Fatalf("keyrings = %+v, want one local keyring", c.Keyrings)
 	}
@@ -422,4 +425,20 @@ func TestInitKMSFlagsWithoutKMSKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInitUnknownAWSProfile: an AWS_PROFILE the SDK does not know is a
+// key problem (exit 11), not a usage error; mount says the same.
+func TestInitUnknownAWSProfile(t *testing.T) {
+	t.Parallel()
+	srv := kmstest.Start(t)
+	env := append(srv.Env(), "AWS_PROFILE=kmsfs-no-such-profile", "XDG_CONFIG_HOME="+t.TempDir())
+	dir := filepath.Join(t.TempDir(), "cipher")
+	out, errOut, code := run(t, env, "init", "--kms-key", kmstest.KeyAARN, "--kms-endpoint", srv.Endpoint(), dir)
+	cliWantFail(t, "init with an unknown AWS_PROFILE", out, errOut, code, cliExitKey, "kmsfs-no-such-profile", "AWS_PROFILE")
+
+	v := newVolume(t, srv.Env(), "--kms-key", kmstest.KeyAARN, "--kms-endpoint", srv.Endpoint())
+	mnt := t.TempDir()
+	out, errOut, code = cliRunBounded(t, time.Minute, append(v.Env, "AWS_PROFILE=kmsfs-no-such-profile"), "mount", v.Dir, mnt)
+	cliWantFail(t, "mount with an unknown AWS_PROFILE", out, errOut, code, cliExitKey, "kmsfs-no-such-profile")
 }

@@ -96,8 +96,8 @@ func cliInspect(t *testing.T, cipherFile string) cliInspectOut {
 	if err := dec.Decode(&res); err != nil {
 		t.Fatalf("decode inspect JSON: %v\n%s", err, out)
 	}
-	if res.FormatVersion != 1 || !cliHex32.MatchString(res.FileID) {
-		t.Errorf("inspect: format_version %d, file_id %q; want 1 and 32 hex digits", res.FormatVersion, res.FileID)
+	if res.FormatVersion != 2 || !cliHex32.MatchString(res.FileID) {
+		t.Errorf("inspect: format_version %d, file_id %q; want 2 (a new file's header version) and 32 hex digits", res.FormatVersion, res.FileID)
 	}
 	if len(res.WrappedKeys) == 0 {
 		t.Errorf("inspect: no wrapped keys")
@@ -327,8 +327,10 @@ func TestInspectRejects(t *testing.T) {
 		out, errOut, code := run(t, nil, "inspect", dir)
 		cliWantFail(t, "inspect of a directory", out, errOut, code, cliExitInspect)
 	})
+	// A missing file is not "not a kmsfs file" (exit 13): there is no
+	// file at all, an error like any other.
 	t.Run("missing", func(t *testing.T) {
 		out, errOut, code := run(t, nil, "inspect", filepath.Join(dir, "nope"))
-		cliWantFail(t, "inspect of a missing file", out, errOut, code, cliExitInspect)
+		cliWantFail(t, "inspect of a missing file", out, errOut, code, cliExitError, "no such file", filepath.Join(dir, "nope"))
 	})
 }

@@ -51,9 +51,9 @@ func TestMountErrors(t *testing.T) {
 		}
 		p := filepath.Join(dst, "kmsfs.json")
 		b := readFile(t, p)
-		re := regexp.MustCompile(`"format_version":\s*1,`)
+		re := regexp.MustCompile(`"format_version":\s*3,`)
 		if !re.Match(b) {
-			t.Fatalf("no format_version 1 in %s", b)
+			t.Fatalf("no format_version 3 in %s", b)
 		}
 		writeFile(t, p, re.ReplaceAll(b, []byte(`"format_version": `+version+`,`)))
 		return dst
@@ -101,7 +101,7 @@ func TestMountErrors(t *testing.T) {
 		{"missing key file", []string{"--local-key", filepath.Join(base, "lost.key"), v.Dir, mnt}, cliExitKey, []string{"does not exist"}, v.Dir},
 		{"missing mountpoint", []string{v.Dir, filepath.Join(base, "nomnt")}, cliExitMount, []string{"does not exist", "mkdir"}, v.Dir},
 		{"mountpoint is a file", []string{v.Dir, notDir}, cliExitMount, []string{"not a directory"}, v.Dir},
-		{"format version 3", []string{future("3"), mnt}, cliExitVolume, []string{"version 3", "not supported"}, ""},
+		{"format version 4", []string{future("4"), mnt}, cliExitVolume, []string{"version 4", "not supported"}, ""},
 		{"format version 999", []string{future("999"), mnt}, cliExitVolume, []string{"version 999", "not supported"}, ""},
 		{"format version 0", []string{future("0"), mnt}, cliExitVolume, []string{"version 0", "not supported"}, ""},
 		{"no arguments", []string{v.Dir}, cliExitUsage, []string{"MOUNTPOINT"}, ""},

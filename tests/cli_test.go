@@ -31,11 +31,13 @@ import (
 // tests spell them out rather than import them.
 const (
 	cliExitOK      = 0
+	cliExitError   = 1
 	cliExitUsage   = 2
 	cliExitVolume  = 10
 	cliExitKey     = 11
 	cliExitMount   = 12
 	cliExitInspect = 13
+	cliExitDamage  = 15
 )
 
 // cliConfig is kmsfs.json as docs/FORMAT.md ("Volume config") specifies
@@ -86,9 +88,10 @@ func cliReadConfig(t *testing.T, dir string) cliConfig {
 	}
 	switch {
 	case c.FormatVersion == 1 && c.KeyMode == "" && c.BranchKeyRotation == "":
-	case c.FormatVersion == 2 && c.KeyMode == "branch" && c.BranchKeyRotation != "":
+	case c.FormatVersion >= 2 && c.FormatVersion <= 3 && c.KeyMode == "per-file" && c.BranchKeyRotation == "":
+	case c.FormatVersion >= 2 && c.FormatVersion <= 3 && c.KeyMode == "branch" && c.BranchKeyRotation != "":
 	default:
-		t.Errorf("format_version %d, key_mode %q, branch_key_rotation %q: want version 1 without them, or 2 with branch keys", c.FormatVersion, c.KeyMode, c.BranchKeyRotation)
+		t.Errorf("format_version %d, key_mode %q, branch_key_rotation %q: want version 1 without them, or 2 or 3 with a key mode", c.FormatVersion, c.KeyMode, c.BranchKeyRotation)
 	}
 	if !cliHex32.MatchString(c.VolumeID) {
 		t.Errorf("volume_id = %q, want 32 lowercase hex digits", c.VolumeID)

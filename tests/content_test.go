@@ -154,27 +154,33 @@ func (w *twin) verify() error {
 type layout struct {
 	headerSize int64
 	blockSize  int64
+	overhead   int64 // per stored block: 28 before format version 3, 40 from it
 }
 
 func volumeLayout(t testing.TB, v *volume) layout {
 	t.Helper()
 	var cfg struct {
-		HeaderSize int64 `json:"header_size"`
-		BlockSize  int64 `json:"block_size"`
+		FormatVersion int   `json:"format_version"`
+		HeaderSize    int64 `json:"header_size"`
+		BlockSize     int64 `json:"block_size"`
 	}
 	if err := json.Unmarshal(readFile(t, filepath.Join(v.Dir, "kmsfs.json")), &cfg); err != nil {
 		t.Fatal(err)
 	}
-	return layout{cfg.HeaderSize, cfg.BlockSize}
+	l := layout{cfg.HeaderSize, cfg.BlockSize, 40}
+	if cfg.FormatVersion < 3 {
+		l.overhead = 28
+	}
+	return l
 }
 
 // cipherSize is the stored size of a file of plain bytes, as
-// docs/FORMAT.md gives it: header, full blocks of B+28 bytes, and a
-// partial last block of its bytes plus 28.
+// docs/FORMAT.md gives it: header, full blocks of B+overhead bytes, and
+// a partial last block of its bytes plus the overhead.
 func (l layout) cipherSize(plain int64) int64 {
-	c := l.headerSize + plain/l.blockSize*(l.blockSize+28)
+	c := l.headerSize + plain/l.blockSize*(l.blockSize+l.overhead)
 	if r := plain % l.blockSize; r > 0 {
-		c += r + 28
+		c += r + l.overhead
 	}
 	return c
 }

@@ -11,10 +11,15 @@ import (
 // The import direction of docs (DESIGN.md, STYLE.md): cmd/kmsfs → fs →
 // volume, blockfile → blockcipher, keyring. blockcipher knows nothing of
 // FUSE or KMS, keyring nothing of FUSE or files, volume nothing of FUSE,
-// and only keyring/awskms speaks to the AWS SDK. These checks read
-// `go list` and need no FUSE.
+// and only keyring/awskms speaks to the AWS SDK. internal/secret (the
+// SHA-256, HMAC and HKDF whose buffers are cleared, shared by blockcipher
+// and keyring) is standard library only, so blockcipher depending on it
+// stays pure. These checks read `go list` and need no FUSE.
 
 const module = "github.com/kmsfs/kmsfs"
+
+// secretPkg is the one package of the module blockcipher may import.
+const secretPkg = module + "/internal/secret"
 
 // goList runs `go list args...` in the module root and returns its output
 // lines.
@@ -66,7 +71,7 @@ func imports(t *testing.T) map[string]directImports {
 		}
 		out[parts[0]] = directImports{code: strings.Fields(parts[1]), tests: strings.Fields(parts[2])}
 	}
-	for _, p := range []string{"blockcipher", "blockfile", "volume", "keyring", "keyring/awskms", "keyring/kmstest", "fs", "cmd/kmsfs"} {
+	for _, p := range []string{"internal/secret", "blockcipher", "blockfile", "volume", "keyring", "keyring/agekey", "keyring/awskms", "keyring/kmstest", "fs", "cmd/kmsfs"} {
 		if _, ok := out[module+"/"+p]; !ok {
 			t.Fatalf("package %s/%s is missing from go list: update this test", module, p)
 		}
@@ -84,10 +89,18 @@ func isGoFUSE(path string) bool {
 
 func TestDeps(t *testing.T) {
 	t.Parallel()
-	t.Run("blockcipher imports only the standard library", func(t *testing.T) {
+	t.Run("internal/secret imports only the standard library", func(t *testing.T) {
+		for dep, std := range deps(t, secretPkg) {
+			if !std && dep != secretPkg {
+				t.Errorf("internal/secret depends on %s", dep)
+			}
+		}
+	})
+
+	t.Run("blockcipher imports only the standard library and internal/secret", func(t *testing.T) {
 		pkg := module + "/blockcipher"
 		for dep, std := range deps(t, pkg) {
-			if !std && dep != pkg {
+			if !std && dep != pkg && dep != secretPkg {
 				t.Errorf("blockcipher depends on %s", dep)
 			}
 		}
@@ -96,7 +109,7 @@ func TestDeps(t *testing.T) {
 			std[p] = true
 		}
 		for _, imp := range imports(t)[pkg].tests {
-			if !std[imp] && imp != pkg {
+			if !std[imp] && imp != pkg && imp != secretPkg {
 				t.Errorf("blockcipher's tests import %s", imp)
 			}
 		}
@@ -105,14 +118,14 @@ func TestDeps(t *testing.T) {
 	t.Run("blockfile imports only blockcipher and the standard library", func(t *testing.T) {
 		pkg := module + "/blockfile"
 		for dep, std := range deps(t, pkg) {
-			if !std && dep != pkg && dep != module+"/blockcipher" {
+			if !std && dep != pkg && dep != module+"/blockcipher" && dep != secretPkg {
 				t.Errorf("blockfile depends on %s", dep)
 			}
 		}
 	})
 
 	t.Run("keyring knows nothing of FUSE, files or blocks", func(t *testing.T) {
-		for _, pkg := range []string{module + "/keyring", module + "/keyring/awskms", module + "/keyring/kmstest"} {
+		for _, pkg := range []string{module + "/keyring", module + "/keyring/agekey", module + "/keyring/awskms", module + "/keyring/kmstest"} {
 			for dep := range deps(t, pkg) {
 				if isGoFUSE(dep) || dep == module+"/fs" || dep == module+"/volume" || dep == module+"/blockfile" ||
 					dep == module+"/blockcipher" || strings.HasPrefix(dep, module+"/cmd/") {
@@ -159,6 +172,21 @@ func TestDeps(t *testing.T) {
 			for _, imp := range imps.tests {
 				if isAWSSDK(imp) {
 					t.Errorf("tests of %s import %s", pkg, imp)
+				}
+			}
+		}
+	})
+
+	// keyring and fs keep plain counters; cmd/kmsfs exports them
+	// (metrics.go), so a metrics library stays out of the libraries.
+	t.Run("only cmd/kmsfs imports Prometheus", func(t *testing.T) {
+		for pkg, imps := range imports(t) {
+			if pkg == module+"/cmd/kmsfs" {
+				continue
+			}
+			for _, imp := range imps.code {
+				if strings.HasPrefix(imp, "github.com/prometheus/") {
+					t.Errorf("%s imports %s", pkg, imp)
 				}
 			}
 		}

@@ -200,16 +200,20 @@ func TestDiskFullExt4(t *testing.T) {
 		f.Close()
 		acked[name] = data
 	}
-	// On the full disk, a short append to every file: most cross into a
-	// page the file does not have yet, which only the zero fill before
-	// the final block's rewrite asks for.
+	// On the full disk, a short append to every file, long enough to
+	// cross into a page the stored file does not have yet, which only the
+	// zero fill before the final block's rewrite asks for.
 	full := 0
 	for name, data := range acked {
 		f, err := os.OpenFile(m.path(name), os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		piece := bytes.Repeat([]byte{0x5a}, 100+rng.IntN(400))
+		st, err := os.Stat(filepath.Join(v.Dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		piece := bytes.Repeat([]byte{0x5a}, int(4096-st.Size()%4096)+1+rng.IntN(400))
 		n, err := f.Write(piece)
 		f.Close()
 		acked[name] = append(data, piece[:n]...)

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +26,15 @@ import (
 var kmsfsBin string // built once by TestMain
 
 func TestMain(m *testing.M) {
+	// A binary built with -race sleeps a second before it exits (the race
+	// runtime's atexit_sleep_ms, 1000 by default, gives other goroutines
+	// time to race with the exit). Every kmsfs init, inspect and unmount
+	// these tests run, and every mount's exit, would wait it out: about
+	// a second per child, minutes of the package's wall time. A race
+	// report before the exit still fails the child (exit 66).
+	if raceEnabled && !strings.Contains(os.Getenv("GORACE"), "atexit_sleep_ms") {
+		os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	}
 	dir, err := os.MkdirTemp("", "kmsfs-tests-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -44,6 +54,33 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+var plainBin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// plainBinary returns a kmsfs binary built without the race detector,
+// whose memory use is the one users see: kmsfsBin, or under -race a
+// second build (the race runtime's shadow memory alone is about 100 MB).
+func plainBinary(t testing.TB) string {
+	t.Helper()
+	if !raceEnabled {
+		return kmsfsBin
+	}
+	plainBin.once.Do(func() {
+		plainBin.path = kmsfsBin + "-norace"
+		out, err := exec.Command("go", "build", "-o", plainBin.path, "../cmd/kmsfs").CombinedOutput()
+		if err != nil {
+			plainBin.err = fmt.Errorf("build kmsfs without -race: %v\n%s", err, out)
+		}
+	})
+	if plainBin.err != nil {
+		t.Fatal(plainBin.err)
+	}
+	return plainBin.path
 }
 
 // requireFUSE skips without /dev/fuse, or fails when CI demands FUSE.
@@ -185,13 +222,19 @@ const readyTimeout = 60 * time.Second
 // and checks its log and descriptors.
 func mountVolume(t testing.TB, v *volume, flags ...string) *mount {
 	t.Helper()
+	return mountVolumeWith(t, kmsfsBin, v, flags...)
+}
+
+// mountVolumeWith is mountVolume with the kmsfs binary bin.
+func mountVolumeWith(t testing.TB, bin string, v *volume, flags ...string) *mount {
+	t.Helper()
 	requireFUSE(t)
 	m := &mount{t: t, vol: v, Dir: filepath.Join(t.TempDir(), "mnt"), log: &syncBuffer{}, done: make(chan struct{})}
 	if err := os.Mkdir(m.Dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	args := append(append([]string{"mount", "--log-level", "debug"}, flags...), v.Dir, m.Dir)
-	m.cmd = exec.Command(kmsfsBin, args...)
+	m.cmd = exec.Command(bin, args...)
 	m.cmd.Env = append(os.Environ(), v.Env...)
 	m.cmd.Stderr = m.log
 	stdout, err := m.cmd.StdoutPipe()
@@ -228,6 +271,11 @@ func mountVolume(t testing.TB, v *volume, flags ...string) *mount {
 	case <-time.After(readyTimeout):
 		m.cmd.Process.Kill()
 		t.Fatalf("kmsfs mount not ready after %v:\n%s", readyTimeout, m.log.String())
+	}
+	// Every line logged before the ready line on stdout (the INFO
+	// "mounted" line is the last of them) is in m.log before a test looks.
+	if !slices.Contains(flags, "--log-file") && !slices.Contains(flags, "--log-level") {
+		m.waitLog("msg=mounted")
 	}
 	m.baseFDs = m.openFDs()
 	t.Cleanup(m.cleanup)
@@ -317,6 +365,21 @@ func (m *mount) unmount() error {
 	}
 }
 
+// logEventually reports whether the mount's log satisfies ok within 10 s:
+// the child's stderr is copied into m.log by a goroutine of its own, so a
+// line the child wrote before an operation returned may land a moment
+// after it.
+func logEventually(m *mount, ok func(log string) bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok(m.log.String()) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 var warnLine = regexp.MustCompile(`(?m)^.*level=(WARN|ERROR).*$`)
 
 func (m *mount) cleanup() {
@@ -337,6 +400,21 @@ func (m *mount) cleanup() {
 	if m.t.Failed() {
 		m.t.Logf("kmsfs log:\n%s", tail(m.log.String(), 8000))
 	}
+}
+
+// waitLog waits (at most 30 s) until the mount's log contains s, and
+// reports whether it does. The log is the child's stderr, copied by its
+// own goroutine, so a line logged before the ready line on stdout may
+// still be on its way when mountVolume returns.
+func (m *mount) waitLog(s string) bool {
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(m.log.String(), s) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 func (m *mount) killed() bool {

@@ -88,7 +88,7 @@ func TestKeyStateRefusals(t *testing.T) {
 			if after := storedDigest(t, v.Dir); after != before {
 				t.Errorf("CIPHERDIR changed while the key was %s", tc.name)
 			}
-			if !strings.Contains(m.log.String(), "path=f") || !strings.Contains(m.log.String(), tc.reason) {
+			if !logEventually(m, func(log string) bool { return strings.Contains(log, "path=f") && strings.Contains(log, tc.reason) }) {
 				t.Errorf("no warning naming f and %q in the log", tc.reason)
 			}
 			tc.fix()

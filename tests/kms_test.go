@@ -118,23 +118,52 @@ func (k *kmsMount) scrape(t testing.TB) map[string]float64 {
 }
 
 const (
-	genSeries  = `kmsfs_keyring_calls_total{op="generate_data_key"}`
-	decSeries  = `kmsfs_keyring_calls_total{op="decrypt"}`
 	liveSeries = `kmsfs_live_keys`
-	openSeries = `kmsfs_open_file_keys`
+	openSeries = `kmsfs_keys_held{holder="open_files"}`
 )
 
-// idle waits until no open file holds a data key: every handle the test
-// closed has been released (the kernel sends RELEASE after close returns).
+// total sums the series of metric name whose labels include every one of
+// labels (each spelled name="value").
+func total(s map[string]float64, name string, labels ...string) float64 {
+	sum := 0.0
+	for series, v := range s {
+		n, rest, _ := strings.Cut(series, "{")
+		if n != name {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && (strings.HasPrefix(rest, l+",") || strings.HasPrefix(rest, l+"}") || strings.Contains(rest, ","+l+",") || strings.Contains(rest, ","+l+"}"))
+		}
+		if ok {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// keyringCalls counts the calls of op that reached the volume's keyrings
+// (every result).
+func keyringCalls(s map[string]float64, op string) float64 {
+	return total(s, "kmsfs_keyring_calls_total", `op="`+op+`"`)
+}
+
+// idle waits until no open file holds a data key (every handle the test
+// closed has been released: the kernel sends RELEASE after close returns)
+// and no key of a file the mount wrote is kept for an outage (fs/outage.go:
+// the next open of such a file then needs KMS, as the tests expect).
 func (k *kmsMount) idle(t testing.TB) {
 	t.Helper()
 	k.waitLiveKeys(t, 0)
+	pollUntil(t, 10*time.Second, `kmsfs_keys_held{holder="outage"} to be 0`, func() bool {
+		return k.scrape(t)[`kmsfs_keys_held{holder="outage"}`] == 0
+	})
 }
 
 // waitLiveKeys waits until open files hold exactly n data keys.
 func (k *kmsMount) waitLiveKeys(t testing.TB, n int) {
 	t.Helper()
-	pollUntil(t, 10*time.Second, fmt.Sprintf("kmsfs_open_file_keys to be %d", n), func() bool {
+	pollUntil(t, 10*time.Second, fmt.Sprintf("%s to be %d", openSeries, n), func() bool {
 		return k.scrape(t)[openSeries] == float64(n)
 	})
 }
@@ -144,7 +173,7 @@ func (k *kmsMount) reset(t testing.TB) {
 	t.Helper()
 	k.p.Reset()
 	s := k.scrape(t)
-	k.baseGen, k.baseDec = s[genSeries], s[decSeries]
+	k.baseGen, k.baseDec = keyringCalls(s, "generate_data_key"), keyringCalls(s, "decrypt")
 }
 
 // expectCalls checks the KMS requests since the last reset: exactly gen
@@ -157,7 +186,7 @@ func (k *kmsMount) expectCalls(t testing.TB, what string, gen, dec int) {
 		t.Errorf("%s: KMS saw %d GenerateDataKey, %d Decrypt, %d requests in all; want %d, %d, %d", what, g, d, all, gen, dec, gen+dec)
 	}
 	s := k.scrape(t)
-	if mg, md := s[genSeries]-k.baseGen, s[decSeries]-k.baseDec; mg != float64(gen) || md != float64(dec) {
+	if mg, md := keyringCalls(s, "generate_data_key")-k.baseGen, keyringCalls(s, "decrypt")-k.baseDec; mg != float64(gen) || md != float64(dec) {
 		t.Errorf("%s: metrics counted %v generate_data_key and %v decrypt calls, want %d and %d", what, mg, md, gen, dec)
 	}
 	t.Logf("%s: %d GenerateDataKey, %d Decrypt", what, g, d)
@@ -194,7 +223,7 @@ func TestKMSCallCounts(t *testing.T) {
 	if g, d, all := env.proxy.Count("GenerateDataKey"), env.proxy.Count("Decrypt"), env.proxy.Total(); g != 1 || d != 1 || all != 2 {
 		t.Errorf("mount's key check: %d GenerateDataKey, %d Decrypt, %d in all through the proxy; want 1, 1, 2", g, d, all)
 	}
-	if s := k.scrape(t); s[genSeries] != 0 || s[decSeries] != 0 {
+	if s := k.scrape(t); keyringCalls(s, "generate_data_key") != 0 || keyringCalls(s, "decrypt") != 0 {
 		t.Errorf("metrics count the mount's own key check: %v", s)
 	}
 
@@ -388,8 +417,7 @@ func TestKMSCallCounts(t *testing.T) {
 	t.Run("key cache", func(t *testing.T) {
 		kc := env.mount(t, "--key-pool", "0", "--key-cache-ttl", "1m")
 		kc.p.Reset()
-		// The metrics wrap the cache, so they count cache hits as calls:
-		// only the proxy's counts are checked here.
+		kc.reset(t)
 		for round, want := range []int{1, 0, 0} {
 			if got := readFile(t, kc.path(names[5])); !bytes.Equal(got, patterned(5, size)) {
 				t.Error("content differs")
@@ -412,6 +440,24 @@ func TestKMSCallCounts(t *testing.T) {
 		if g, d := kc.p.Count("GenerateDataKey"), kc.p.Count("Decrypt"); g != 0 || d != 0 {
 			t.Errorf("reopening a new file with the key cache: %d GenerateDataKey, %d Decrypt; want 0, 0", g, d)
 		}
+		// The metrics sit beneath the cache: they count what reached
+		// KMS, and the cache counts what it answered.
+		s := kc.scrape(t)
+		for _, c := range []struct {
+			what      string
+			got, want float64
+		}{
+			{"decrypt calls that reached KMS", keyringCalls(s, "decrypt") - kc.baseDec, 1},
+			{"generate_data_key calls that reached KMS", keyringCalls(s, "generate_data_key") - kc.baseGen, 1},
+			{"cache hits", s[`kmsfs_key_cache_requests_total{result="hit"}`], 3},
+			{"cache misses", s[`kmsfs_key_cache_requests_total{result="miss"}`], 1},
+			{"keys cached", s[`kmsfs_keys_held{holder="cache"}`], 2},
+			{"decrypt requests of the file system", total(s, "kmsfs_key_requests_total", `op="decrypt"`), 4},
+		} {
+			if c.got != c.want {
+				t.Errorf("with --key-cache-ttl 1m: %s = %v, want %v", c.what, c.got, c.want)
+			}
+		}
 	})
 }
 
@@ -429,8 +475,8 @@ func TestKMSKeyPool(t *testing.T) {
 	// not counted there (TestKMSCallCounts), only at the proxy.
 	gen := func() (ok, failed float64) {
 		s := k.scrape(t)
-		return s[genSeries] - s[`kmsfs_keyring_errors_total{op="generate_data_key",error="access_denied"}`],
-			s[`kmsfs_keyring_errors_total{op="generate_data_key",error="access_denied"}`]
+		return total(s, "kmsfs_keyring_calls_total", `op="generate_data_key"`, `result="ok"`),
+			total(s, "kmsfs_keyring_calls_total", `op="generate_data_key"`, `result="access_denied"`)
 	}
 	pollUntil(t, 10*time.Second, "the key pool to fill", func() bool {
 		ok, _ := gen()
@@ -559,25 +605,32 @@ func TestKMSMetrics(t *testing.T) {
 	env.proxy.Heal()
 
 	s = k.scrape(t)
+	arn := `keyring="aws-kms:` + kmstest.KeyAARN + `"`
 	checks := []struct {
 		series string
+		got    float64
 		want   int
 	}{
-		{genSeries, env.proxy.Count("GenerateDataKey")},
-		{decSeries, env.proxy.Count("Decrypt")},
-		{`kmsfs_keyring_errors_total{op="decrypt",error="access_denied"}`, 1},
-		{`kmsfs_keyring_call_seconds_count{op="decrypt"}`, env.proxy.Count("Decrypt")},
-		{`kmsfs_keyring_call_seconds_count{op="generate_data_key"}`, env.proxy.Count("GenerateDataKey")},
-		{liveSeries, 0},
+		{"calls of generate_data_key", keyringCalls(s, "generate_data_key"), env.proxy.Count("GenerateDataKey")},
+		{"calls of decrypt", keyringCalls(s, "decrypt"), env.proxy.Count("Decrypt")},
+		{`kmsfs_keyring_calls_total{` + arn + `,op="decrypt",result="access_denied"}`, s[`kmsfs_keyring_calls_total{`+arn+`,op="decrypt",result="access_denied"}`], 1},
+		{`kmsfs_keyring_calls_total{` + arn + `,op="decrypt",result="ok"}`, s[`kmsfs_keyring_calls_total{`+arn+`,op="decrypt",result="ok"}`], env.proxy.Count("Decrypt") - 1},
+		{`kmsfs_keyring_call_seconds_count{` + arn + `,op="decrypt"}`, s[`kmsfs_keyring_call_seconds_count{`+arn+`,op="decrypt"}`], env.proxy.Count("Decrypt")},
+		{`kmsfs_keyring_call_seconds_count{` + arn + `,op="generate_data_key"}`, s[`kmsfs_keyring_call_seconds_count{`+arn+`,op="generate_data_key"}`], env.proxy.Count("GenerateDataKey")},
+		// The file system asked for as many keys as reached KMS: no
+		// cache, no branch keys.
+		{`kmsfs_key_requests_total{op="decrypt",result="access_denied"}`, s[`kmsfs_key_requests_total{op="decrypt",result="access_denied"}`], 1},
+		{"key requests of generate_data_key", total(s, "kmsfs_key_requests_total", `op="generate_data_key"`), env.proxy.Count("GenerateDataKey")},
+		{liveSeries, s[liveSeries], 0},
 	}
 	for _, c := range checks {
-		if v, ok := s[c.series]; !ok || v != float64(c.want) {
-			t.Errorf("%s = %v (present: %v), want %d", c.series, v, ok, c.want)
+		if c.got != float64(c.want) {
+			t.Errorf("%s = %v, want %d", c.series, c.got, c.want)
 		}
 	}
 	if env.proxy.Count("GenerateDataKey") != 3 || env.proxy.Count("Decrypt") != 4 {
 		t.Errorf("proxy saw %d GenerateDataKey and %d Decrypt, want 3 and 4", env.proxy.Count("GenerateDataKey"), env.proxy.Count("Decrypt"))
 	}
-	t.Logf("metrics: %s=%v %s=%v; proxy: %d GenerateDataKey, %d Decrypt", genSeries, s[genSeries], decSeries, s[decSeries],
+	t.Logf("metrics: %v generate_data_key, %v decrypt calls; proxy: %d GenerateDataKey, %d Decrypt", keyringCalls(s, "generate_data_key"), keyringCalls(s, "decrypt"),
 		env.proxy.Count("GenerateDataKey"), env.proxy.Count("Decrypt"))
 }

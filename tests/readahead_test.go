@@ -18,6 +18,7 @@ import (
 // reader of a whole tree (find -exec cat) no more either; a reader in
 // random order one Decrypt per file.
 func TestKeyReadahead(t *testing.T) {
+	t.Parallel()
 	env := newKMSEnv(t)
 	const n = 150
 	k := env.mount(t)
@@ -144,6 +145,7 @@ func checkReadahead(t *testing.T, p *kmstest.Proxy, what string, files, window i
 // TestPrefetchKeysOnce: with --prefetch-keys, listing a directory twice
 // unwraps each key once.
 func TestPrefetchKeysOnce(t *testing.T) {
+	t.Parallel()
 	env := newKMSEnv(t)
 	const n = 100
 	k := env.mount(t)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -223,13 +224,34 @@ type semEnv struct {
 
 func (e *semEnv) path(p ...string) string { return filepath.Join(append([]string{e.dir}, p...)...) }
 
+// withUmask0 runs f with umask 0 on a thread of its own: the thread
+// unshares its filesystem attributes (CLONE_FS, which holds the umask)
+// first, so the files that parallel tests create keep the process's
+// umask. f must not start goroutines that create files; the thread exits
+// with the goroutine, never going back to the runtime's pool.
+func withUmask0(t *testing.T, f func()) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			errc <- fmt.Errorf("unshare(CLONE_FS): %v", err)
+			return
+		}
+		unix.Umask(0)
+		f()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSemantics runs the POSIX cases on one mount with --allow-other (the
 // kernel checks permissions: default_permissions), each case in its own
-// directory, then the cases' checks through a fresh mount. Unlike the
-// other tests here it is not parallel: one case sets the process's umask
-// to 0 for a moment, which would change the modes of files that parallel
-// tests create.
+// directory, then the cases' checks through a fresh mount.
 func TestSemantics(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	m := mountVolume(t, v, "--allow-other")
 	requireRoot(t)
@@ -598,11 +620,12 @@ func semACL(t *testing.T, e *semEnv) {
 	if err := unix.Setxattr(filepath.Join(e.store, "d"), "system.posix_acl_default", def, 0); err != nil {
 		t.Fatalf("default ACL on the stored directory: %v", err)
 	}
-	old := unix.Umask(0)
-	errDir := unix.Mkdir(e.path("d", "sub"), 0o755)
-	errFifo := unix.Mkfifo(e.path("d", "fifo"), 0o644)
-	errFile := os.WriteFile(e.path("d", "file"), nil, 0o644)
-	unix.Umask(old)
+	var errDir, errFifo, errFile error
+	withUmask0(t, func() {
+		errDir = unix.Mkdir(e.path("d", "sub"), 0o755)
+		errFifo = unix.Mkfifo(e.path("d", "fifo"), 0o644)
+		errFile = os.WriteFile(e.path("d", "file"), nil, 0o644)
+	})
 	if errDir != nil || errFifo != nil || errFile != nil {
 		t.Fatalf("mkdir %v, mkfifo %v, create %v", errDir, errFifo, errFile)
 	}
@@ -1012,7 +1035,7 @@ func semOpenUnlinked(t *testing.T, e *semEnv) {
 // name with linkat (the atomic-create pattern), as ext4 allows.
 func semTmpfileLink(t *testing.T, e *semEnv) {
 	for _, dir := range []string{t.TempDir(), e.dir} {
-		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR, 0o640)
+		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o640)
 		if err != nil {
 			t.Fatalf("%s: O_TMPFILE: %v", dir, err)
 		}

@@ -21,6 +21,7 @@ import (
 // on open) must read each copy as its true bytes, fail with EIO, or find
 // it empty. Never other bytes.
 func TestTamperOwnBytes(t *testing.T) {
+	t.Parallel()
 	v := newVolume(t, nil)
 	g := geometryOf(t, v)
 	m := mountVolume(t, v)
@@ -132,7 +133,8 @@ func ownBytesManipulations(g volumeGeometry, stored []byte) [][]byte {
 	rng := rand.New(rand.NewPCG(9, 9))
 	cuts := map[int64]bool{0: true, int64(g.HeaderSize): true, g.dataOff(): true}
 	for i := 0; g.blockOff(i) < int64(len(stored)); i++ {
-		for _, d := range []int64{-29, -28, -1, 0, 1, 28, 29} {
+		ov := g.overhead()
+		for _, d := range []int64{-ov - 1, -ov, -1, 0, 1, ov, ov + 1} {
 			cuts[g.blockOff(i)+d] = true
 		}
 	}

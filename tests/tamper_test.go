@@ -31,10 +31,11 @@ import (
 // volumeGeometry reads header_size, block_size, volume_id and the local
 // key file from a volume's kmsfs.json.
 type volumeGeometry struct {
-	HeaderSize int    `json:"header_size"`
-	BlockSize  int    `json:"block_size"`
-	VolumeID   string `json:"volume_id"`
-	Keyrings   []struct {
+	FormatVersion int    `json:"format_version"`
+	HeaderSize    int    `json:"header_size"`
+	BlockSize     int    `json:"block_size"`
+	VolumeID      string `json:"volume_id"`
+	Keyrings      []struct {
 		Kind    string `json:"kind"`
 		KeyFile string `json:"key_file"`
 	} `json:"keyrings"`
@@ -56,16 +57,31 @@ func geometryOf(t testing.TB, v *volume) volumeGeometry {
 	return g
 }
 
+// overhead is what docs/FORMAT.md says a stored block adds to its
+// plaintext: 28 bytes in a volume of format version 1 or 2 (header
+// version 1), 40 in version 3 (header version 2).
+func (g volumeGeometry) overhead() int64 {
+	if g.FormatVersion < 3 {
+		return 28
+	}
+	return 40
+}
+
 // stored is the stored block size, blockOff where block i starts.
-func (g volumeGeometry) stored() int64 { return int64(g.BlockSize) + 28 }
+func (g volumeGeometry) stored() int64 { return int64(g.BlockSize) + g.overhead() }
 func (g volumeGeometry) blockOff(i int) int64 {
 	return g.dataOff() + int64(i)*g.stored()
 }
 
 // dataOff is where block 0 starts: after the header and the journal area
-// (two records of 24+B+28 bytes rounded up to 16, docs/FORMAT.md).
+// (two slots of 24+B+28 bytes, or of 33+B+40 from format version 3,
+// rounded up to 16, docs/FORMAT.md).
 func (g volumeGeometry) dataOff() int64 {
-	return int64(g.HeaderSize) + 2*((24+g.stored()+15)/16*16)
+	head := int64(33)
+	if g.FormatVersion < 3 {
+		head = 24
+	}
+	return int64(g.HeaderSize) + 2*((head+g.stored()+15)/16*16)
 }
 
 // plainSize is docs/FORMAT.md's plain size of a stored size (for a damaged
@@ -76,8 +92,8 @@ func (g volumeGeometry) plainSize(stored int64) int64 {
 	}
 	p := stored - g.dataOff()
 	n, r := p/g.stored()*int64(g.BlockSize), p%g.stored()
-	if r > 28 {
-		n += r - 28
+	if r > g.overhead() {
+		n += r - g.overhead()
 	}
 	return n
 }
@@ -205,6 +221,36 @@ type tamperCase struct {
 
 func TestTamper(t *testing.T) {
 	t.Parallel()
+	vol, g, cases, orig := tamperedVolume(t)
+	cipher := func(name string) cipherFile { return cipherFile{t: t, path: filepath.Join(vol.Dir, name)} }
+	m := mountVolume(t, vol)
+	m.AllowWarnings = true
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			checkTampered(t, m, g, tc, orig[tc.name], cipher(tc.name))
+		})
+	}
+	t.Run("untouched files", func(t *testing.T) {
+		for _, name := range []string{"bystander", "donor"} {
+			if got := readFile(t, m.path(name)); !bytes.Equal(got, orig[name]) {
+				t.Errorf("%s: reads back different bytes", name)
+			}
+		}
+		flushMountLog(t, m)
+		for _, name := range []string{"bystander", "donor"} {
+			if w := warnLinesFor(m, name); len(w) != 0 {
+				t.Errorf("WARN lines name the untouched file %s:\n%s", name, strings.Join(w, "\n"))
+			}
+		}
+	})
+}
+
+// tamperedVolume writes the tamper cases' files (and two untouched ones,
+// "bystander" and "donor") through a mount, damages them while nothing
+// is mounted, and returns the volume, its geometry, the cases and every
+// file's original plaintext. TestTamper reads them through a mount,
+// TestFsckTamper checks them offline.
+func tamperedVolume(t *testing.T) (*volume, volumeGeometry, []tamperCase, map[string][]byte) {
 	vol := newVolume(t, nil)
 	g := geometryOf(t, vol)
 	if len(g.Keyrings) != 1 || g.Keyrings[0].KeyFile == "" {
@@ -339,26 +385,7 @@ func TestTamper(t *testing.T) {
 	replaceHeader(a, hb)
 	replaceHeader(b, ha)
 
-	m = mountVolume(t, vol)
-	m.AllowWarnings = true
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			checkTampered(t, m, g, tc, orig[tc.name], cipher(tc.name))
-		})
-	}
-	t.Run("untouched files", func(t *testing.T) {
-		for _, name := range []string{"bystander", "donor"} {
-			if got := readFile(t, m.path(name)); !bytes.Equal(got, orig[name]) {
-				t.Errorf("%s: reads back different bytes", name)
-			}
-		}
-		flushMountLog(t, m)
-		for _, name := range []string{"bystander", "donor"} {
-			if w := warnLinesFor(m, name); len(w) != 0 {
-				t.Errorf("WARN lines name the untouched file %s:\n%s", name, strings.Join(w, "\n"))
-			}
-		}
-	})
+	return vol, g, cases, orig
 }
 
 // checkTampered reads a damaged file through m: the header cases fail

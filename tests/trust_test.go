@@ -143,7 +143,10 @@ func TestFirstMountTrustsConfig(t *testing.T) {
 	}
 	m = mountVolume(t, v)
 	m.AllowWarnings = true
-	if !regexp.MustCompile(`level=WARN msg="first mount of this volume here.*keyrings="\[local [0-9a-f]{32}`).MatchString(m.log.String()) {
+	// The child's stderr reaches m.log through a pipe of its own, read
+	// apart from the stdout that said it was mounted: wait for it.
+	firstUse := regexp.MustCompile(`level=WARN msg="first mount of this volume here.*keyrings="\[local [0-9a-f]{32}`)
+	if !logEventually(m, firstUse.MatchString) {
 		t.Errorf("the mount log does not warn that it trusts the config on first use, naming its keys:\n%s", m.log.String())
 	}
 	if err := m.unmount(); err != nil {
@@ -174,6 +177,7 @@ func TestFirstMountTrustsConfig(t *testing.T) {
 // KMS keyring of theirs, gets no request at their endpoint; nor does a
 // volume with no file yet mount without --trust-config.
 func TestFirstUseNeedsAttestation(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	var calls atomic.Int64
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -231,6 +235,7 @@ func TestFirstUseNeedsAttestation(t *testing.T) {
 // not trust yet is not used unless the host names it too (the flag, or
 // AWS_ENDPOINT_URL_KMS).
 func TestFirstUseEndpoint(t *testing.T) {
+	t.Parallel()
 	requireFUSE(t)
 	env := newKMSEnv(t)
 	m := env.mount(t)

@@ -3,12 +3,14 @@ package tests
 // Frozen volumes (docs/FORMAT.md, "Golden files"): made once by an
 // earlier kmsfs and committed, each must mount and read back unchanged
 // with every later kmsfs, as gocryptfs's tests/example_filesystems do:
-// testdata/volume-v1 (format version 1, a per-file volume) and
-// testdata/volume-v2-branch (format version 2, branch keys).
+// testdata/volume-v1 (format version 1, a per-file volume),
+// testdata/volume-v2-branch (format version 2, branch keys), and
+// testdata/volume-v3 and volume-v3-branch (format version 3: header
+// version 2, XAES-256-GCM blocks).
 //
 // Never regenerate a committed one; a new format version adds a new one:
 //
-//	go test ./tests -run TestFrozenVolume -update-volume=volume-v2-branch
+//	go test ./tests -run TestFrozenVolume -update-volume=volume-v3
 
 import (
 	"bufio"
@@ -43,6 +45,8 @@ type frozenVolume struct {
 var frozenVolumes = []frozenVolume{
 	{name: "volume-v1", version: 1},
 	{name: "volume-v2-branch", version: 2, initFlags: []string{"--branch-keys"}},
+	{name: "volume-v3", version: 3},
+	{name: "volume-v3-branch", version: 3, initFlags: []string{"--branch-keys"}},
 }
 
 func (f frozenVolume) dir() string      { return "testdata/" + f.name }
@@ -116,7 +120,7 @@ func frozenCheck(t *testing.T, fv frozenVolume) {
 	if c.FormatVersion != fv.version || c.BlockSize != 4096 || len(c.Keyrings) != 1 || c.Keyrings[0].Kind != "local" {
 		t.Fatalf("frozen config: %+v, want a version %d local-key volume with 4096-byte blocks", c, fv.version)
 	}
-	frozenCheckHoles(t, cipher, c.HeaderSize, c.BlockSize)
+	frozenCheckHoles(t, cipher, volumeGeometry{FormatVersion: c.FormatVersion, HeaderSize: c.HeaderSize, BlockSize: c.BlockSize})
 
 	// "empty" was written and truncated to 0: exactly a header.
 	// "never-written" was created and never written: no header at all.
@@ -132,6 +136,7 @@ func frozenCheck(t *testing.T, fv frozenVolume) {
 	v := &volume{Dir: cipher, Env: []string{"XDG_CONFIG_HOME=" + t.TempDir()}}
 	m := mountVolume(t, v, "--local-key", keyFile)
 	m.AllowWarnings = true
+	m.waitLog("first mount of this volume here")
 	if w := warnLine.FindAllString(m.log.String(), -1); len(w) != 1 || !strings.Contains(w[0], "first mount of this volume here") {
 		t.Errorf("warnings: %q, want the first-use one alone", w)
 	}
@@ -235,13 +240,12 @@ func frozenCopy(t *testing.T, fv frozenVolume) string {
 // frozenCheckHoles checks the cipher file of the sparse file: the blocks
 // of the hole are stored as all-zero blocks (docs/FORMAT.md, "Holes"), the
 // others are not.
-func frozenCheckHoles(t *testing.T, cipher string, headerSize, blockSize int) {
+func frozenCheckHoles(t *testing.T, cipher string, g volumeGeometry) {
 	t.Helper()
 	b := readFile(t, filepath.Join(cipher, "sparse-200k"))
-	stored := blockSize + 28
-	// Block 0 starts after the header and the journal area (two records
-	// of 24+B+28 bytes rounded up to 16, docs/FORMAT.md).
-	dataOff := headerSize + 2*((24+stored+15)/16*16)
+	headerSize, blockSize := g.HeaderSize, g.BlockSize
+	stored := int(g.stored())
+	dataOff := int(g.dataOff())
 	if want := dataOff + frozenSparseSize/blockSize*stored; len(b) != want {
 		t.Fatalf("cipher file of sparse-200k is %d bytes, want %d", len(b), want)
 	}

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -166,13 +168,20 @@ func (v *Volume) WriteBranch(id [blockcipher.IDSize]byte, slot []byte) error {
 // openStore opens the branch key store as a directory, beneath CIPHERDIR
 // and following no symlink; with create it makes the store first.
 func (v *Volume) openStore(create bool) (int, error) {
+	return v.openStoreDir(BranchStore, create)
+}
+
+// openStoreDir opens dir, a directory of kmsfs's own store (StoreName or
+// below it), beneath CIPHERDIR and following no symlink; with create it
+// makes it (and StoreName) first.
+func (v *Volume) openStoreDir(dir string, create bool) (int, error) {
 	root, err := unix.Open(v.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}
 	defer unix.Close(root)
 	if create {
-		for _, d := range []string{StoreName, BranchStore} {
+		for _, d := range []string{StoreName, dir} {
 			if err := unix.Mkdirat(root, d, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 				return -1, err
 			}
@@ -182,5 +191,71 @@ func (v *Volume) openStore(create bool) (int, error) {
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	}
-	return unix.Openat2(root, BranchStore, &how)
+	return unix.Openat2(root, dir, &how)
+}
+
+// StoreStrays lists, as paths relative to CIPHERDIR, what in the key
+// store (.kmsfs) is not a branch key file of v: in a volume without branch
+// keys, everything there; otherwise names beside branch/, and names in
+// branch/ that are not branch IDs or not regular files. A store that is
+// not a directory (a symlink, say) is listed itself. A mount ignores all
+// of these; kmsfs fsck reports them. A volume with no store has none.
+func (v *Volume) StoreStrays() ([]string, error) {
+	root, err := unix.Open(v.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(root)
+	top, err := listBeneath(root, StoreName)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil, nil
+	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+		return []string{StoreName}, nil
+	case err != nil:
+		return nil, err
+	}
+	var strays []string
+	for _, e := range top {
+		if e.Name() != "branch" || !v.Config.Branch() {
+			strays = append(strays, StoreName+"/"+e.Name())
+		}
+	}
+	if !v.Config.Branch() || !slices.ContainsFunc(top, func(e fs.DirEntry) bool { return e.Name() == "branch" }) {
+		return strays, nil
+	}
+	keys, err := listBeneath(root, BranchStore)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return append(strays, BranchStore), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range keys {
+		if _, isID := parseBranchName(e.Name()); !isID || !e.Type().IsRegular() {
+			strays = append(strays, BranchStore+"/"+e.Name())
+		}
+	}
+	return strays, nil
+}
+
+// listBeneath lists the directory dir below root, following no symlink,
+// names in lexical order (at most maxBranchKeys+1 of them).
+func listBeneath(root int, dir string) ([]fs.DirEntry, error) {
+	how := unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	fd, err := unix.Openat2(root, dir, &how)
+	if err != nil {
+		return nil, err
+	}
+	d := os.NewFile(uintptr(fd), dir)
+	defer d.Close()
+	ents, err := d.ReadDir(maxBranchKeys + 1)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("list %s: %w", dir, err)
+	}
+	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	return ents, nil
 }

@@ -150,6 +150,19 @@ func (k *BranchKeyring) Decrypt(ctx context.Context, wrapped []keyring.WrappedKe
 	return nil, errors.Join(errs...)
 }
 
+// Load unwraps branch key id with the inner keyring (one call, unless it
+// is held already) and verifies it, then holds it for the TTL like any
+// other: a caller that checks a volume's branch key files (kmsfs fsck)
+// does so before reading the files under them, at no extra call.
+func (k *BranchKeyring) Load(ctx context.Context, id [blockcipher.IDSize]byte) error {
+	h, err := k.acquire(ctx, id)
+	if err != nil {
+		return err
+	}
+	k.release(h)
+	return nil
+}
+
 // activeBranch returns the branch key new files are wrapped under,
 // acquired: the newest in the store made within the rotation period that
 // unwraps and verifies, else a new one.
@@ -199,7 +212,9 @@ func (k *BranchKeyring) create(ctx context.Context) (*heldBranch, error) {
 	h, err := k.vol.NewBranchHeader(id, wrapped)
 	if err == nil {
 		var slot []byte
-		if slot, _, err = h.Seal(dk.Bytes()); err == nil {
+		var c *blockcipher.Cipher
+		if slot, c, err = h.Seal(dk.Bytes()); err == nil {
+			c.Wipe() // a branch key file has no blocks
 			err = k.vol.WriteBranch(id, slot)
 		}
 	}

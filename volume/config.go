@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,13 +22,12 @@ import (
 // hidden from the plaintext view.
 const ConfigName = "kmsfs.json"
 
-// Volume format versions (docs/FORMAT.md). This kmsfs reads both and
-// writes the oldest that can say what a volume needs: version 1 for a
-// per-file volume, so older kmsfs still mount it; version 2 for branch
-// keys.
+// Volume format versions (docs/FORMAT.md). This kmsfs reads all three
+// and makes version 3 volumes; it never changes a volume's version.
 const (
 	ConfigVersion1 = 1
 	ConfigVersion2 = 2 // adds key_mode and branch_key_rotation
+	ConfigVersion3 = 3 // as 2; files have header version 2 (XAES-256-GCM blocks)
 )
 
 // Key modes (docs/FORMAT.md, "Key modes").
@@ -99,8 +99,8 @@ func ParseConfig(b []byte) (*Config, error) {
 	if v.FormatVersion == nil {
 		return nil, fmt.Errorf("%s has no format_version", ConfigName)
 	}
-	if *v.FormatVersion != ConfigVersion1 && *v.FormatVersion != ConfigVersion2 {
-		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 and 2)", *v.FormatVersion)
+	if *v.FormatVersion < ConfigVersion1 || *v.FormatVersion > ConfigVersion3 {
+		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 to 3)", *v.FormatVersion)
 	}
 	// encoding/json matches field names case-insensitively and lets a
 	// duplicate key win silently; a config is stricter than that.
@@ -130,7 +130,7 @@ func (c *Config) Validate() error {
 	if _, err := c.VolumeIDBytes(); err != nil {
 		return err
 	}
-	if _, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize); err != nil {
+	if _, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize, c.FileVersion()); err != nil {
 		return fmt.Errorf("%s: %v", ConfigName, err)
 	}
 	if len(c.Keyrings) == 0 {
@@ -155,12 +155,12 @@ func (c *Config) validateMode() error {
 	switch c.FormatVersion {
 	case ConfigVersion1:
 		if c.KeyMode != "" || c.BranchKeyRotation != "" {
-			return fmt.Errorf("%s: key_mode and branch_key_rotation need format_version 2", ConfigName)
+			return fmt.Errorf("%s: key_mode and branch_key_rotation need format_version 2 or 3", ConfigName)
 		}
 		return nil
-	case ConfigVersion2:
+	case ConfigVersion2, ConfigVersion3:
 	default:
-		return fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 and 2)", c.FormatVersion)
+		return fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 to 3)", c.FormatVersion)
 	}
 	switch c.KeyMode {
 	case KeyModePerFile:
@@ -197,10 +197,33 @@ func (k KeyringSpec) validate() error {
 		if k.KeyARN != "" || k.Region != "" || k.Endpoint != "" {
 			return errors.New("local keyring has aws-kms fields")
 		}
+	case keyring.KindAge:
+		if !validRecipient(k.KeyID) {
+			return errors.New("age keyring key_id must be an age X25519 recipient (age1...)")
+		}
+		if k.KeyARN != "" || k.Region != "" || k.Endpoint != "" || k.KeyFile != "" {
+			return errors.New("age keyring has fields other than kind and key_id")
+		}
 	default:
 		return fmt.Errorf("unknown keyring kind %q", k.Kind)
 	}
 	return nil
+}
+
+// validRecipient checks the shape of an age X25519 recipient: "age1" and
+// 58 characters of lowercase Bech32 (the key is parsed in full where it is
+// used, keyring/agekey).
+func validRecipient(s string) bool {
+	const bech32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+	if len(s) != 62 || !strings.HasPrefix(s, "age1") {
+		return false
+	}
+	for _, c := range s[4:] {
+		if !strings.ContainsRune(bech32, c) {
+			return false
+		}
+	}
+	return true
 }
 
 // VolumeIDBytes returns the decoded volume ID.
@@ -214,9 +237,19 @@ func (c *Config) VolumeIDBytes() ([blockcipher.IDSize]byte, error) {
 	return id, nil
 }
 
+// FileVersion is the header version of the volume's files, which says how
+// their blocks are sealed: blockcipher.Version2 in a version 3 volume,
+// blockcipher.Version1 before.
+func (c *Config) FileVersion() uint16 {
+	if c.FormatVersion >= ConfigVersion3 {
+		return blockcipher.Version2
+	}
+	return blockcipher.Version1
+}
+
 // Layout returns the volume geometry.
 func (c *Config) Layout() blockcipher.Layout {
-	l, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize)
+	l, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize, c.FileVersion())
 	if err != nil {
 		panic("volume: internal error: Layout of an unvalidated config")
 	}
@@ -282,6 +315,17 @@ func ConfigBytes(c *Config) ([]byte, error) {
 // file in the same directory, fsync, rename, fsync of the directory. It
 // refuses to replace an existing config.
 func WriteConfig(cipherDir string, c *Config) error {
+	return writeConfig(cipherDir, c, false)
+}
+
+// ReplaceConfig writes c over CIPHERDIR/kmsfs.json atomically, as
+// WriteConfig does, replacing the config there (kmsfs rewrap): a reader
+// sees the old config or the new one, never a mix.
+func ReplaceConfig(cipherDir string, c *Config) error {
+	return writeConfig(cipherDir, c, true)
+}
+
+func writeConfig(cipherDir string, c *Config, replace bool) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
@@ -309,8 +353,14 @@ func WriteConfig(cipherDir string, c *Config) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	// link(2) fails if the name exists, where rename would replace it.
 	final := filepath.Join(cipherDir, ConfigName)
+	if replace {
+		if err := os.Rename(tmp.Name(), final); err != nil {
+			return err
+		}
+		return syncDir(cipherDir)
+	}
+	// link(2) fails if the name exists, where rename would replace it.
 	if err := os.Link(tmp.Name(), final); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("%s is already a kmsfs volume", cipherDir)

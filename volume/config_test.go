@@ -151,7 +151,8 @@ func TestParseConfigRejects(t *testing.T) {
 	}{
 		{"unknown field", configWith(t, field("compression", "zstd")), `unknown field "compression"`},
 		{"unknown keyring field", configWith(t, keyringField(1, "passphrase", "x")), `unknown field "passphrase"`},
-		{"format version 3", configWith(t, field("format_version", 3)), "volume format version 3 is not supported"},
+		{"format version 4", configWith(t, field("format_version", 4)), "volume format version 4 is not supported"},
+		{"format version 3 without key_mode", configWith(t, field("format_version", 3)), "key_mode"},
 		{"format version 2 without key_mode", configWith(t, field("format_version", 2)), "key_mode"},
 		{"key_mode in version 1", configWith(t, field("key_mode", "branch")), "need format_version 2"},
 		{"unknown key_mode", configWith(t, func(m map[string]any) { m["format_version"] = 2; m["key_mode"] = "per-volume" }), "key_mode"},
@@ -169,7 +170,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"format version as string", configWith(t, field("format_version", "1")), "format_version"},
 		{"format version 1.5", configWith(t, field("format_version", 1.5)), "format_version"},
 		// A future volume gets "unsupported version", not "unknown field".
-		{"version 3 with new fields", configWith(t, func(m map[string]any) { m["format_version"] = 3; m["cipher"] = "x" }), "version 3 is not supported"},
+		{"version 4 with new fields", configWith(t, func(m map[string]any) { m["format_version"] = 4; m["cipher"] = "x" }), "version 4 is not supported"},
 		{"unknown feature", configWith(t, field("features", []string{"compression"})), `feature "compression"`},
 		{"second feature unknown", configWith(t, field("features", []string{"a", "b"})), "feature"},
 		{"volume id upper case", configWith(t, field("volume_id", strings.ToUpper(testVolumeID))), "volume_id"},

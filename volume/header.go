@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ var kindCodes = map[keyring.Kind]uint8{
 	keyring.KindAWSKMS: 1,
 	keyring.KindLocal:  2,
 	keyring.KindBranch: 3,
+	keyring.KindAge:    4,
 }
 
 // KindOf returns the keyring kind stored as code.
@@ -44,7 +46,7 @@ func Entries(h *blockcipher.Header) []keyring.WrappedKey {
 // given file ID and wrapped copies of its data key.
 func (v *Volume) NewHeader(fileID [blockcipher.IDSize]byte, wrapped []keyring.WrappedKey) (*blockcipher.Header, error) {
 	h := &blockcipher.Header{
-		Version:    blockcipher.Version,
+		Version:    v.Layout.Version,
 		HeaderSize: int(v.Layout.HeaderSize),
 		BlockSize:  int(v.Layout.BlockSize),
 		VolumeID:   v.ID,
@@ -66,6 +68,16 @@ func setEntries(h *blockcipher.Header, wrapped []keyring.WrappedKey) error {
 		h.Keys = append(h.Keys, blockcipher.KeyEntry{Kind: code, KeyID: w.KeyID, Blob: w.Blob})
 	}
 	return nil
+}
+
+// HeaderUsedSize is the number of bytes a header with these wrapped keys
+// uses before its padding: what must fit a volume's header_size.
+func HeaderUsedSize(wrapped []keyring.WrappedKey) (int, error) {
+	var h blockcipher.Header
+	if err := setEntries(&h, wrapped); err != nil {
+		return 0, err
+	}
+	return h.UsedSize(), nil
 }
 
 // HeaderSizeFor sizes a volume's header slot from real wrapped keys (what
@@ -116,6 +128,9 @@ func (v *Volume) readHeader(r io.ReaderAt, storedSize int64, branchKey bool) (*b
 		return nil, fmt.Errorf("header declares block size %d and header size %d, the volume %d and %d: %w",
 			h.BlockSize, h.HeaderSize, v.Layout.BlockSize, v.Layout.HeaderSize, blockcipher.ErrHeaderAuth)
 	}
+	if h.Version != v.Layout.Version {
+		return nil, fmt.Errorf("header has version %d, the volume's files version %d: %w", h.Version, v.Layout.Version, blockcipher.ErrHeaderAuth)
+	}
 	if branchKey != (h.Flags == blockcipher.FlagBranchKey) {
 		return nil, fmt.Errorf("header flags %#04x where a %s was expected: %w", h.Flags, map[bool]string{true: "branch key", false: "file"}[branchKey], blockcipher.ErrHeaderAuth)
 	}
@@ -138,10 +153,11 @@ func ReadAnyHeader(r io.ReaderAt, storedSize int64) (*blockcipher.Header, error)
 	if err := readFull(r, prefix); err != nil {
 		return nil, err
 	}
-	hs, _, err := blockcipher.ParsePrefix(prefix)
+	l, err := blockcipher.ParsePrefix(prefix)
 	if err != nil {
 		return nil, err
 	}
+	hs := int(l.HeaderSize)
 	if storedSize < int64(hs) {
 		return nil, fmt.Errorf("header truncated: %d of %d bytes: %w", storedSize, hs, blockcipher.ErrTruncated)
 	}
@@ -177,4 +193,18 @@ func readFull(r io.ReaderAt, b []byte) error {
 		return fmt.Errorf("header: %w (%d of %d bytes)", blockcipher.ErrTruncated, n, len(b))
 	}
 	return err
+}
+
+// Unwrap unwraps the data key of h, a header of v (ReadHeader), with kr
+// (one keyring call), checks h against it (key commitment, MAC), and
+// returns the Cipher of the file's blocks. The key itself is wiped before
+// Unwrap returns. A keyring failure wraps the keyring's sentinel error; a
+// header its key does not verify wraps blockcipher.ErrHeaderAuth.
+func (v *Volume) Unwrap(ctx context.Context, kr keyring.Keyring, h *blockcipher.Header) (*blockcipher.Cipher, error) {
+	dk, err := kr.Decrypt(ctx, Entries(h), v.FileContext(h.FileID))
+	if err != nil {
+		return nil, fmt.Errorf("unwrap data key: %w", err)
+	}
+	defer dk.Wipe()
+	return h.Open(dk.Bytes())
 }

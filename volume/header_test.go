@@ -70,6 +70,19 @@ func TestReadHeaderRefuses(t *testing.T) {
 	otherSlot := sealedSlot(t, other, testWrapped)
 	unknownKind := bytes.Clone(slot)
 	unknownKind[83] = 9 // the first entry's kind code
+	// The same volume at format version 3, whose files have header
+	// version 2: a version 1 header (sealed, so only its version
+	// differs) does not belong in it, nor the other way round.
+	c3 := validConfig()
+	c3.FormatVersion, c3.KeyMode = volume.ConfigVersion3, volume.KeyModePerFile
+	v3, err := volume.New(t.TempDir(), c3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v3.Layout.Version != blockcipher.Version2 || v.Layout.Version != blockcipher.Version1 {
+		t.Fatalf("layout versions %d (config 3) and %d (config 1)", v3.Layout.Version, v.Layout.Version)
+	}
+	v3Slot := sealedSlot(t, v3, testWrapped)
 	var fe *blockcipher.FormatError
 	for _, c := range []struct {
 		name string
@@ -79,11 +92,15 @@ func TestReadHeaderRefuses(t *testing.T) {
 		{"another volume", otherSlot, blockcipher.ErrHeaderAuth},
 		{"unknown kind code", unknownKind, blockcipher.ErrMalformed},
 		{"cut", slot[:300], blockcipher.ErrTruncated},
+		{"header version 2 in a version 1 volume", v3Slot, blockcipher.ErrHeaderAuth},
 	} {
 		_, err := v.ReadHeader(bytes.NewReader(c.b), int64(len(c.b)))
 		if !errors.Is(err, c.is) {
 			t.Errorf("%s: %v, want %v", c.name, err, c.is)
 		}
+	}
+	if _, err := v3.ReadHeader(bytes.NewReader(slot), int64(len(slot))); !errors.Is(err, blockcipher.ErrHeaderAuth) {
+		t.Errorf("a version 1 header in a version 3 volume: %v", err)
 	}
 	if _, err := volume.ReadAnyHeader(bytes.NewReader(unknownKind), int64(len(unknownKind))); !errors.As(err, &fe) {
 		t.Errorf("ReadAnyHeader of an unknown kind code: %v", err)

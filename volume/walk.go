@@ -18,6 +18,9 @@ type Entry struct {
 	Name   string      // the name in that directory
 	Type   fs.FileMode // the type bits of the directory entry
 	IsRoot bool        // the parent is CIPHERDIR itself
+	// Reserved: one of kmsfs's own names (Reserved), visited by WalkAll
+	// only, and never descended into.
+	Reserved bool
 }
 
 // SkipDir, returned by a visit of a directory, skips its contents.
@@ -31,11 +34,22 @@ var SkipDir = fs.SkipDir
 // A visit returning SkipDir skips a directory's contents; any other error
 // stops the walk and is returned.
 func Walk(cipherDir string, visit func(Entry) error) error {
+	return walk(cipherDir, false, visit)
+}
+
+// WalkAll is Walk, but it also visits kmsfs's own names (the config, the
+// key store, temporary files), with Entry.Reserved set, without
+// descending into them: for kmsfs fsck, which looks for leftovers there.
+func WalkAll(cipherDir string, visit func(Entry) error) error {
+	return walk(cipherDir, true, visit)
+}
+
+func walk(cipherDir string, all bool, visit func(Entry) error) error {
 	fd, err := unix.Open(cipherDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", cipherDir, err)
 	}
-	err = walkDir(fd, "", visit)
+	err = walkDir(fd, "", all, visit)
 	if errors.Is(err, SkipDir) {
 		err = nil
 	}
@@ -44,7 +58,7 @@ func Walk(cipherDir string, visit func(Entry) error) error {
 
 // walkDir visits the entries of the directory open at fd (rel its path)
 // and closes fd.
-func walkDir(fd int, rel string, visit func(Entry) error) error {
+func walkDir(fd int, rel string, all bool, visit func(Entry) error) error {
 	d := os.NewFile(uintptr(fd), rel)
 	defer d.Close()
 	entries, err := d.ReadDir(-1)
@@ -53,15 +67,16 @@ func walkDir(fd int, rel string, visit func(Entry) error) error {
 	}
 	slices.SortFunc(entries, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
 	for _, e := range entries {
-		if Reserved(rel == "", e.Name()) {
+		reserved := Reserved(rel == "", e.Name())
+		if reserved && !all {
 			continue
 		}
 		p := e.Name()
 		if rel != "" {
 			p = rel + "/" + p
 		}
-		err := visit(Entry{Rel: p, DirFd: fd, Name: e.Name(), Type: e.Type(), IsRoot: rel == ""})
-		if e.Type() != fs.ModeDir {
+		err := visit(Entry{Rel: p, DirFd: fd, Name: e.Name(), Type: e.Type(), IsRoot: rel == "", Reserved: reserved})
+		if e.Type() != fs.ModeDir || reserved {
 			if err != nil && !errors.Is(err, SkipDir) {
 				return err
 			}
@@ -77,7 +92,7 @@ func walkDir(fd int, rel string, visit func(Entry) error) error {
 		if err != nil {
 			return fmt.Errorf("open directory %q: %w", p, err)
 		}
-		if err := walkDir(sub, p, visit); err != nil {
+		if err := walkDir(sub, p, all, visit); err != nil {
 			return err
 		}
 	}
@@ -87,12 +102,21 @@ func walkDir(fd int, rel string, visit func(Entry) error) error {
 // OpenFile opens name in the directory dirfd for reading, the way every
 // reader of CIPHERDIR must: without following a symlink, without blocking
 // (a FIFO put where a file was would hang the open, and its reads), and
-// only if it is a regular file.
+// only if it is a regular file. Its reads do not move the stored file's
+// atime where the caller may ask for that (O_NOATIME: the owner, or
+// CAP_FOWNER): reading a header or checking blocks is kmsfs's business,
+// not an access of the file.
 func OpenFile(dirfd int, name string) (*os.File, error) {
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
+	return checkedFile(fd, name)
+}
+
+// checkedFile keeps fd, opened with O_NONBLOCK, if it is a regular file,
+// and closes it otherwise.
+func checkedFile(fd int, name string) (*os.File, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
@@ -100,11 +124,17 @@ func OpenFile(dirfd int, name string) (*os.File, error) {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		unix.Close(fd)
-		return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("not a regular file")}
+		return nil, &fs.PathError{Op: "open", Path: name, Err: errNotRegular}
 	}
 	// Reads of a regular file never block; clear the flag for tidiness.
 	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+		fl &^= unix.O_NONBLOCK
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME); err != nil {
+			unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl) // EPERM: not ours
+		}
 	}
 	return os.NewFile(uintptr(fd), name), nil
 }
+
+// errNotRegular: what OpenFile found is not a regular file.
+var errNotRegular = errors.New("not a regular file")

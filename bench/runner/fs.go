@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -15,8 +16,10 @@ import (
 
 // mounted is a filesystem under test, ready at dir.
 type mounted struct {
-	dir  string
-	stop func() error
+	dir     string
+	backing string     // the directory it stores into (its CIPHERDIR), for syncfs
+	pid     func() int // its daemon's process ID (0: none), for counting syscalls
+	stop    func() error
 }
 
 // system is one filesystem under test: native, a FUSE baseline, a peer, or
@@ -35,6 +38,7 @@ type env struct {
 	kmsSlow     string // bench/fastkms with kmsLatency
 	awsEnv      []string
 	mountArgs   []string // -kmsfs-args: added to every kmsfs mount (trials)
+	altBin      string   // -kmsfs-alt: a second kmsfs binary, run as system kmsfs-alt (trials)
 }
 
 func (e *env) path(name string) string { return filepath.Join(e.bin, name) }
@@ -126,7 +130,7 @@ func stopCmd(cmd *exec.Cmd, dir string) func() error {
 var systems = []system{
 	{name: "native", setup: func(e *env, base string) (*mounted, error) {
 		d := filepath.Join(base, "native")
-		return &mounted{dir: d, stop: func() error { return nil }}, mkdirs(d)
+		return &mounted{dir: d, backing: d, pid: func() int { return 0 }, stop: func() error { return nil }}, mkdirs(d)
 	}},
 	{name: "loopback", setup: func(e *env, base string) (*mounted, error) {
 		orig, mnt := filepath.Join(base, "lb-orig"), filepath.Join(base, "lb-mnt")
@@ -137,7 +141,7 @@ var systems = []system{
 		if err != nil {
 			return nil, err
 		}
-		return &mounted{dir: mnt, stop: stopCmd(cmd, mnt)}, nil
+		return &mounted{dir: mnt, backing: orig, pid: func() int { return cmd.Process.Pid }, stop: stopCmd(cmd, mnt)}, nil
 	}},
 	{name: "gocryptfs", setup: func(e *env, base string) (*mounted, error) {
 		c, mnt := filepath.Join(base, "gc-cipher"), filepath.Join(base, "gc-mnt")
@@ -150,7 +154,7 @@ var systems = []system{
 		if _, err := run(nil, "gocryptfs", "-q", "-extpass", "echo benchpass", c, mnt); err != nil {
 			return nil, err
 		}
-		return &mounted{dir: mnt, stop: func() error { return unmount(mnt) }}, nil
+		return &mounted{dir: mnt, backing: c, pid: func() int { return findDaemon("gocryptfs", mnt) }, stop: func() error { return unmount(mnt) }}, nil
 	}},
 	{name: "securefs", setup: func(e *env, base string) (*mounted, error) {
 		c, mnt := filepath.Join(base, "sf-cipher"), filepath.Join(base, "sf-mnt")
@@ -167,10 +171,15 @@ var systems = []system{
 		for i := 0; i < 100 && !isMounted(mnt); i++ {
 			time.Sleep(50 * time.Millisecond)
 		}
-		return &mounted{dir: mnt, stop: func() error { return unmount(mnt) }}, nil
+		return &mounted{dir: mnt, backing: c, pid: func() int { return findDaemon("securefs", mnt) }, stop: func() error { return unmount(mnt) }}, nil
 	}},
 	{name: "kmsfs", setup: func(e *env, base string) (*mounted, error) {
 		return kmsfsSetup(e, base, "kmsfs", nil, nil)
+	}},
+	// Only with -kmsfs-alt (trials): another kmsfs binary, interleaved
+	// with this tree's in every round.
+	{name: "kmsfs-alt", setup: func(e *env, base string) (*mounted, error) {
+		return kmsfsSetup(e, base, "kmsfs-alt", nil, nil)
 	}},
 	{name: "kmsfs-kms", kms: true, setup: func(e *env, base string) (*mounted, error) {
 		return kmsfsSetup(e, base, "kmsfs-kms", []string{"--kms-key", "alias/kmsfs-bench", "--kms-endpoint", e.kmsEndpoint}, nil)
@@ -185,17 +194,44 @@ func kmsfsSetup(e *env, base, name string, initArgs, mountArgs []string) (*mount
 	if len(initArgs) == 0 {
 		initArgs = []string{"--local-key", filepath.Join(base, name+".key")}
 	}
-	if _, err := run(e.awsEnv, e.path("kmsfs"), append(append([]string{"init"}, initArgs...), c)...); err != nil {
+	bin := e.path("kmsfs")
+	if name == "kmsfs-alt" {
+		bin = e.altBin
+	}
+	if _, err := run(e.awsEnv, bin, append(append([]string{"init"}, initArgs...), c)...); err != nil {
 		return nil, err
 	}
-	cmd, _, err := startReady(e.awsEnv, "kmsfs: mounted", e.path("kmsfs"), append(append(append([]string{"mount", "--log-level", "warn"}, e.mountArgs...), mountArgs...), c, mnt)...)
+	cmd, _, err := startReady(e.awsEnv, "kmsfs: mounted", bin, append(append(append([]string{"mount", "--log-level", "warn"}, e.mountArgs...), mountArgs...), c, mnt)...)
 	if err != nil {
 		return nil, err
 	}
-	return &mounted{dir: mnt, stop: stopCmd(cmd, mnt)}, nil
+	return &mounted{dir: mnt, backing: c, pid: func() int { return cmd.Process.Pid }, stop: stopCmd(cmd, mnt)}, nil
 }
 
 func isMounted(dir string) bool {
 	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
 	return err == nil && len(mounts) > 0
+}
+
+// findDaemon returns the process ID of the daemon named comm that serves
+// mountpoint mnt (gocryptfs and securefs detach from the runner), or 0.
+func findDaemon(comm, mnt string) int {
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		c, err := os.ReadFile(filepath.Join(p, "comm"))
+		if err != nil || strings.TrimSpace(string(c)) != comm {
+			continue
+		}
+		cl, err := os.ReadFile(filepath.Join(p, "cmdline"))
+		if err != nil {
+			continue
+		}
+		for _, arg := range strings.Split(string(cl), "\x00") {
+			if arg == mnt {
+				pid, _ := strconv.Atoi(filepath.Base(p))
+				return pid
+			}
+		}
+	}
+	return 0
 }

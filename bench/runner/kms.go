@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"log"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -238,16 +236,16 @@ func metricKey(wl, metric string) string { return wl + " · " + metric }
 type probe struct {
 	url string
 	st  kmsStats
-	pid int
-	cpu float64
+	pid int     // the mount's daemon
+	cpu float64 // its CPU seconds at the start
 }
 
 func startProbe(e *env, sys system, m *mounted) *probe {
 	if !strings.HasPrefix(sys.name, "kmsfs") {
 		return nil
 	}
-	p := &probe{pid: mountPID(m.dir)}
-	p.cpu = processCPU(p.pid)
+	p := &probe{pid: m.pid()}
+	p.cpu = cpuTime(p.pid).Seconds()
 	switch {
 	case sys.name == "kmsfs-kms":
 		p.url = e.kmsEndpoint
@@ -265,7 +263,7 @@ func (p *probe) record(res result, backing, sys, wl string) {
 		return
 	}
 	if p.pid > 0 {
-		res.add(backing, sys, metricKey(wl, metMountCPU), processCPU(p.pid)-p.cpu)
+		res.add(backing, sys, metricKey(wl, metMountCPU), cpuTime(p.pid).Seconds()-p.cpu)
 	}
 	if p.url == "" {
 		return
@@ -280,45 +278,4 @@ func (p *probe) record(res result, backing, sys, wl string) {
 	res.add(backing, sys, metricKey(wl, metGenerate), float64(gen))
 	res.add(backing, sys, metricKey(wl, metOther), float64(st.total()-p.st.total()-dec-gen))
 	res.add(backing, sys, metricKey(wl, metKMSCPU), float64(st.CPUNs-p.st.CPUNs)/1e9)
-}
-
-// mountPID finds the kmsfs process serving mountpoint, or 0.
-func mountPID(mountpoint string) int {
-	ents, _ := os.ReadDir("/proc")
-	for _, d := range ents {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := bytes.Split(bytes.TrimRight(b, "\x00"), []byte{0})
-		if len(args) > 2 && filepath.Base(string(args[0])) == "kmsfs" && string(args[1]) == "mount" &&
-			string(args[len(args)-1]) == mountpoint {
-			return pid
-		}
-	}
-	return 0
-}
-
-// processCPU is a process's user and system CPU time in seconds (0 if it
-// is gone).
-func processCPU(pid int) float64 {
-	if pid <= 0 {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // clock ticks (USER_HZ)
 }

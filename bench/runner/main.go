@@ -30,6 +30,7 @@ type config struct {
 	fioSeconds int
 	smallFiles int
 	treeFiles  int
+	tree10k    int // files of the small-file tree (100 directories)
 	only       map[string]bool
 	ceiling    kmsCeiling // the rate of KMS calls through kmsfs's keyring at kmsLatency
 	workloads  map[string]bool
@@ -56,13 +57,15 @@ func main() {
 	out := flag.String("out", "bench/RESULTS.md", "Markdown report")
 	raw := flag.String("json", "bench/results.json", "raw results (read back as the previous run, then rewritten)")
 	only := flag.String("only", "", "comma-separated systems to run (default all)")
-	diskDir := flag.String("disk-dir", "/var/tmp/kmsfs-bench", "directory on a disk filesystem")
+	diskDir := flag.String("disk-dir", "/var/tmp/kmsfs-bench", "directory on a disk filesystem, for the image file of the disk backing (16 GiB, sparse)")
 	onlyWl := flag.String("workloads", "", "semicolon-separated workload names to run (default all; for trials; names contain commas)")
 	kmsfsArgs := flag.String("kmsfs-args", "", "space-separated flags added to every kmsfs mount (for trials; the report does not show them)")
+	kmsfsAlt := flag.String("kmsfs-alt", "", "a second kmsfs binary, run as system kmsfs-alt beside this tree's in every round (for A/B trials)")
+	syscallFiles := flag.Int("syscall-files", 2000, "files per operation in the syscall count step (0: skip the step)")
 	flag.Parse()
-	cfg := config{rounds: *rounds, backings: strings.Split(*backings, ","), bigMiB: 1024, fioSeconds: 8, smallFiles: 10000, treeFiles: 30000}
+	cfg := config{rounds: *rounds, backings: strings.Split(*backings, ","), bigMiB: 1024, fioSeconds: 8, smallFiles: 10000, treeFiles: 30000, tree10k: 10000}
 	if *quick {
-		cfg.bigMiB, cfg.fioSeconds, cfg.smallFiles, cfg.treeFiles = 512, 3, 3000, 8000
+		cfg.bigMiB, cfg.fioSeconds, cfg.smallFiles, cfg.treeFiles, cfg.tree10k = 512, 3, 3000, 8000, 3000
 	}
 	if *onlyWl != "" {
 		cfg.workloads = map[string]bool{}
@@ -91,6 +94,11 @@ func main() {
 	}
 	e := &env{bin: filepath.Join(work, "bin"), mountArgs: strings.Fields(*kmsfsArgs)}
 	build(e)
+	if *kmsfsAlt != "" {
+		if e.altBin, err = filepath.Abs(*kmsfsAlt); err != nil {
+			log.Fatal(err)
+		}
+	}
 	stopKMS := startKMS(e)
 	defer stopKMS()
 	for _, kv := range e.awsEnv {
@@ -105,22 +113,27 @@ func main() {
 	}
 	makeKMSTree(work)
 	tree, sums := makeTree(work, cfg.treeFiles)
+	small := makeSmallTree(work, cfg.tree10k)
 
 	res := result{}
 	started := time.Now()
+	var counts []syscallCount
+	if *syscallFiles > 0 && (cfg.workloads == nil || cfg.workloads[syscallStep]) {
+		counts = countSyscalls(e, cfg, work, *syscallFiles)
+	}
 	kmsRun.start = snapshotKMS()
 	for round := 1; round <= cfg.rounds; round++ {
 		for _, b := range cfg.backings {
 			base, cleanup := backingDir(b, *diskDir, work)
 			for _, sys := range append(append([]system{}, systems...), kmsSystems...) {
-				if cfg.only != nil && !cfg.only[sys.name] {
+				if cfg.only != nil && !cfg.only[sys.name] || sys.name == "kmsfs-alt" && e.altBin == "" {
 					continue
 				}
 				kmsOnly := false
 				for _, k := range kmsSystems {
 					kmsOnly = kmsOnly || k.name == sys.name
 				}
-				runSystem(e, cfg, res, round, b, base, sys, kmsOnly, tree, sums)
+				runSystem(e, cfg, res, round, b, base, sys, kmsOnly, tree, sums, small)
 			}
 			cleanup()
 		}
@@ -130,7 +143,7 @@ func main() {
 	if b, err := os.ReadFile(*raw); err == nil {
 		json.Unmarshal(b, &prev)
 	}
-	report := render(cfg, res, prev, time.Since(started))
+	report := render(cfg, res, prev, time.Since(started), counts, *syscallFiles)
 	if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
 		log.Fatal(err)
 	}
@@ -139,7 +152,7 @@ func main() {
 	fmt.Print(report)
 }
 
-func runSystem(e *env, cfg config, res result, round int, backing, base string, sys system, kmsOnly bool, tree, sums string) {
+func runSystem(e *env, cfg config, res result, round int, backing, base string, sys system, kmsOnly bool, tree, sums, small string) {
 	dir := filepath.Join(base, sys.name)
 	os.RemoveAll(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -150,7 +163,7 @@ func runSystem(e *env, cfg config, res result, round int, backing, base string, 
 		log.Printf("round %d %s %s: setup: %v", round, backing, sys.name, err)
 		return
 	}
-	w := &wctx{e: e, dir: m.dir, tree: tree, md5: sums, cfg: cfg}
+	w := &wctx{e: e, dir: m.dir, backing: m.backing, tree: tree, md5: sums, small: small, cfg: cfg}
 	for _, wl := range systemWorkloads(sys, kmsOnly) {
 		if sys.skip[wl.name] || cfg.workloads != nil && !cfg.workloads[wl.name] {
 			continue
@@ -182,15 +195,56 @@ func backingDir(kind, diskDir, work string) (string, func()) {
 		}
 		return d, func() { syscall.Unmount(d, syscall.MNT_DETACH) }
 	case "disk":
-		d := filepath.Join(diskDir, "run")
-		os.RemoveAll(d)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			log.Fatal(err)
-		}
-		return d, func() { os.RemoveAll(d) }
+		return diskBacking(diskDir, work)
 	}
 	log.Fatalf("unknown backing %q", kind)
 	return "", nil
+}
+
+// diskBacking makes a fresh ext4 filesystem in an image file in diskDir,
+// on a loop device, and mounts it. Its own filesystem keeps the syncfs of
+// the small-file workloads to what the system under test stored: a
+// syncfs of the disk's root filesystem would also write back whatever
+// other processes on this shared machine left dirty. The loop device is
+// buffered: with direct I/O every write the filesystem on it made, its
+// journal's included, went to the disk at once (gocryptfs's untar took
+// 96 s, native untar 3.2 s), which is no disk a filesystem is used on. A
+// flush of it (syncfs, fsync) writes the image back, and drop_caches
+// empties both page caches; only O_DIRECT I/O (native and loopback under
+// fio) now stops at the machine's page cache.
+func diskBacking(diskDir, work string) (string, func()) {
+	if err := os.MkdirAll(diskDir, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	img := filepath.Join(diskDir, "kmsfs-bench.img")
+	os.Remove(img)
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		log.Fatal(err)
+	}
+	if err := os.Truncate(img, 16<<30); err != nil {
+		log.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
+		log.Fatalf("mkfs.ext4: %v %s", err, out)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", img).Output()
+	if err != nil {
+		log.Fatalf("losetup: %v", err)
+	}
+	loop := strings.TrimSpace(string(out))
+	d := filepath.Join(work, "disk")
+	os.MkdirAll(d, 0o755)
+	if out, err := exec.Command("mount", loop, d).CombinedOutput(); err != nil {
+		exec.Command("losetup", "-d", loop).Run()
+		log.Fatalf("mount %s: %v %s", loop, err, out)
+	}
+	return d, func() {
+		if err := syscall.Unmount(d, 0); err != nil {
+			syscall.Unmount(d, syscall.MNT_DETACH)
+		}
+		exec.Command("losetup", "-d", loop).Run()
+		os.Remove(img)
+	}
 }
 
 // build compiles kmsfs, the passthrough-free loopback, fsops and fastkms.
@@ -242,6 +296,34 @@ func makeTree(work string, files int) (string, string) {
 	}
 	os.RemoveAll(src)
 	return tarball, sums.Name()
+}
+
+// makeSmallTree writes a tarball of files small files of 1 to 16 KiB
+// (uniform, fixed seed) in 100 directories: a tree whose cost is per file.
+func makeSmallTree(work string, files int) string {
+	name := fmt.Sprintf("small%d", files)
+	src := filepath.Join(work, name+"-src")
+	rng := rand.New(rand.NewPCG(3, 4))
+	buf := make([]byte, 16<<10)
+	for i := 0; i < files; i++ {
+		p := filepath.Join(src, fmt.Sprintf("d%02d", i%100), fmt.Sprintf("f%05d", i))
+		if i < 100 {
+			os.MkdirAll(filepath.Dir(p), 0o755)
+		}
+		b := buf[:1024+rng.IntN(15<<10+1)]
+		for j := range b {
+			b[j] = byte('a' + rng.IntN(26))
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+	tarball := filepath.Join(work, name+".tar")
+	if out, err := exec.Command("tar", "cf", tarball, "-C", src, ".").CombinedOutput(); err != nil {
+		log.Fatalf("tar: %v %s", err, out)
+	}
+	os.RemoveAll(src)
+	return tarball
 }
 
 func median(v []float64) (med, lo, hi float64) {

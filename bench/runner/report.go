@@ -53,7 +53,7 @@ func ratioCell(r float64, ok bool, min float64) string {
 	return fmt.Sprintf("%.2f×%s", r, mark)
 }
 
-func render(cfg config, res result, prev result, elapsed time.Duration) string {
+func render(cfg config, res result, prev result, elapsed time.Duration, counts []syscallCount, syscallFiles int) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	kernel, _ := exec.Command("uname", "-r").Output()
@@ -66,8 +66,12 @@ func render(cfg config, res result, prev result, elapsed time.Duration) string {
 	w("- every system with its defaults (securefs caches attributes for 30 s, the others 1 s); kmsfs with its default key pool\n")
 	w("- ratio = how many times faster kmsfs (local key) is than the peer; ✗ marks a miss of the goal (≥ 1.0× gocryptfs, ≥ 0.9× the best peer)\n")
 	renderKMSRun(w)
-	w("- workloads: dd bs=128k conv=fsync; dd read after drop_caches; tar x / md5sum -c / ls -lR / rm -rf of a %d-file source-like tree (fixed seed); fio 4 KiB psync direct=1 on a 256 MiB file, %d s; %d files of 4000 B created and read back by one process (bench/fsops)\n\n",
-		cfg.treeFiles, cfg.fioSeconds, cfg.smallFiles)
+	w("- workloads: dd bs=128k conv=fsync; dd read after drop_caches; tar x / md5sum -c / ls -lR / rm -rf of a %d-file source-like tree (fixed seed); "+
+		"tar x of %d files of 1–16 KiB in 100 directories then syncfs of the mount and of its backing filesystem, `find -type f -exec cat {} +` of them after drop_caches, `rm -rf` of them then syncfs; "+
+		"fio 4 KiB psync random reads on a 256 MiB file, %d s, direct=1 and buffered (direct=0), and random writes direct=1; %d files of 4000 B created and read back by one process (bench/fsops)\n\n",
+		cfg.treeFiles, cfg.tree10k, cfg.fioSeconds, cfg.smallFiles)
+
+	renderSyscalls(w, counts, syscallFiles)
 
 	for _, backing := range cfg.backings {
 		r := res[backing]

@@ -114,10 +114,14 @@ func carriesAll(h *blockcipher.Header, specs []volume.KeyringSpec) bool {
 }
 
 // unwrapEach unwraps h's key under ec with each member separately and
-// checks each result against h's key commitment and MAC.
+// checks each result against h's key commitment and MAC. A recipient
+// cannot unwrap: its entry (carriesAll saw it) is vouched for by the MAC,
+// which only a holder of the data key, unwrapped by the others, can make.
 func unwrapEach(ctx context.Context, h *blockcipher.Header, ec keyring.EncryptionContext, members []keyring.Keyring) error {
 	entries := volume.Entries(h)
-	for _, m := range members {
+	checked := 0
+	for _, m := range unwrappers(members, nil) {
+		checked++
 		dk, err := m.Decrypt(ctx, entries, ec)
 		if err != nil {
 			return fmt.Errorf("%s: %w", describe(m), err)
@@ -127,6 +131,9 @@ func unwrapEach(ctx context.Context, h *blockcipher.Header, ec keyring.Encryptio
 		if err != nil {
 			return fmt.Errorf("%s: %w", describe(m), err)
 		}
+	}
+	if checked == 0 {
+		return fmt.Errorf("no keyring of the volume can unwrap: %w", keyring.ErrNoUsableKey)
 	}
 	return nil
 }

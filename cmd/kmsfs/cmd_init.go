@@ -10,10 +10,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/agekey"
 	"github.com/kmsfs/kmsfs/keyring/awskms"
 	"github.com/kmsfs/kmsfs/volume"
 )
@@ -33,24 +35,24 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	if err := kf.check(); err != nil {
 		return err
 	}
-	if _, err := blockcipher.NewLayout(blockcipher.MinHeaderSize, *blockSize); err != nil {
+	if _, err := blockcipher.NewLayout(blockcipher.MinHeaderSize, *blockSize, blockcipher.Version2); err != nil {
 		return fail(exitUsage, "--block-size %d: must be a power of two from 512 to 1048576", *blockSize)
 	}
 	if err := checkInitDir(dir); err != nil {
 		return err
 	}
 	volumeID := blockcipher.NewID()
-	cfg := &volume.Config{FormatVersion: volume.ConfigVersion1, VolumeID: hex.EncodeToString(volumeID[:]), BlockSize: *blockSize, Features: []string{}}
+	cfg := &volume.Config{FormatVersion: volume.ConfigVersion3, KeyMode: volume.KeyModePerFile, VolumeID: hex.EncodeToString(volumeID[:]), BlockSize: *blockSize, Features: []string{}}
 	if *branchKeys {
 		if *rotation < volume.MinBranchRotation || *rotation > volume.MaxBranchRotation {
 			return fail(exitUsage, "--branch-key-rotation %v: want %v to %v", *rotation, volume.MinBranchRotation, volume.MaxBranchRotation)
 		}
-		cfg.FormatVersion, cfg.KeyMode, cfg.BranchKeyRotation = volume.ConfigVersion2, volume.KeyModeBranch, rotation.String()
+		cfg.KeyMode, cfg.BranchKeyRotation = volume.KeyModeBranch, rotation.String()
 	} else if flagSet(fl, "branch-key-rotation") {
 		return fail(exitUsage, "--branch-key-rotation applies to --branch-keys")
 	}
 	ctx := context.Background()
-	keys, err := kf.build(ctx, cfg.VolumeID)
+	keys, err := kf.build(ctx, cfg.VolumeID, buildOptions{defaultLocal: true})
 	if err != nil {
 		return err
 	}
@@ -89,22 +91,39 @@ func firstBranchKey(ctx context.Context, dir string, cfg *volume.Config, kr keyr
 	return nil
 }
 
-// keyringFlags are the flags that choose a volume's keyrings.
+// keyringFlags are the flags that choose a volume's keyrings (init,
+// rewrap).
 type keyringFlags struct {
-	kmsKeys                    stringList
-	region, endpoint, localKey string
+	kmsKeys, recipients stringList
+	region, endpoint    keyedValue
+	localKey            string
 }
 
 func (kf *keyringFlags) register(fl *flag.FlagSet) {
 	fl.Var(&kf.kmsKeys, "kms-key", "KMS key `ID|ARN|alias/NAME` to wrap data keys with (repeat for several: any one can unwrap)")
-	fl.StringVar(&kf.region, "region", "", "AWS `region` of the KMS key(s) (default: the SDK's, or the key ARN's)")
-	fl.StringVar(&kf.endpoint, "kms-endpoint", "", "KMS endpoint `URL` (a VPC endpoint, or local-kms)")
+	fl.Var(&kf.region, "region", "AWS `region` of the KMS keys (default: the SDK's, or the key ARN's), or KEY=REGION for one of them (repeat)")
+	fl.Var(&kf.endpoint, "kms-endpoint", "KMS endpoint `URL` (a VPC endpoint, or local-kms) of the KMS keys, or KEY=URL for one of them (repeat)")
 	fl.StringVar(&kf.localKey, "local-key", "", "local key `FILE` (created with mode 0600 if missing); the default when no --kms-key is given is $XDG_CONFIG_HOME/kmsfs/VOLUME_ID.key")
+	fl.Var(&kf.recipients, "recipient", "age recipient `age1...` (age-keygen) to wrap every data key to as well: a recovery key that stays offline, unwrapped only with its identity file (repeat for several)")
 }
 
 func (kf *keyringFlags) check() error {
-	if len(kf.kmsKeys) == 0 && (kf.region != "" || kf.endpoint != "") {
+	if len(kf.kmsKeys) == 0 && (kf.region.set() || kf.endpoint.set()) {
 		return fail(exitUsage, "--region and --kms-endpoint apply to the --kms-key keys: give one, or leave them out for a local-key volume")
+	}
+	var names [][]string
+	for _, k := range kf.kmsKeys {
+		names = append(names, []string{k})
+	}
+	for _, v := range []*keyedValue{&kf.region, &kf.endpoint} {
+		if key := v.unknownKey(names); key != "" {
+			return fail(exitUsage, "--region or --kms-endpoint %s=...: %s is none of the --kms-key keys", key, key)
+		}
+	}
+	for _, r := range kf.recipients {
+		if _, err := agekey.ParseRecipient(r); err != nil {
+			return fail(exitUsage, "--recipient: %v (an age X25519 recipient, age1..., as age-keygen prints it)", err)
+		}
 	}
 	return nil
 }
@@ -114,23 +133,38 @@ type volumeKeys struct {
 	kr         keyring.Keyring // the members, under a Multi if more than one
 	members    []keyring.Keyring
 	specs      []volume.KeyringSpec
+	wrapped    []keyring.WrappedKey // what the round trip wrapped
 	headerSize int
 	createdKey string // a local key file made for them, removed on failure
 }
 
+// buildOptions say how keyringFlags.build makes the keyrings.
+type buildOptions struct {
+	defaultLocal bool             // no --kms-key: make the volume's default local key (init)
+	bulk         bool             // KMS clients for many calls (awskms.Config.Bulk)
+	identity     *agekey.Identity // checks recipients in the round trip, if it holds theirs
+}
+
 // build makes the keyrings the flags name for volume volumeHex (a new
-// local key file if asked for, or if no KMS key is given), proves they
-// work with one round trip, and sizes the header from it.
-func (kf *keyringFlags) build(ctx context.Context, volumeHex string) (*volumeKeys, error) {
+// local key file if asked for, or by default if no KMS key is given),
+// proves they work with one round trip, and sizes the header from it.
+// Recipients come last: the first keyring generates each data key, and a
+// mount asks the keyrings in order.
+func (kf *keyringFlags) build(ctx context.Context, volumeHex string, o buildOptions) (*volumeKeys, error) {
 	keys := &volumeKeys{}
 	for _, id := range kf.kmsKeys {
-		k, err := awskms.New(ctx, awskms.Config{KeyID: id, Region: kf.region, Endpoint: kf.endpoint})
+		k, err := awskms.New(ctx, awskms.Config{KeyID: id, Region: kf.region.forKey(id), Endpoint: kf.endpoint.forKey(id), Bulk: o.bulk})
+		if errors.Is(err, awskms.ErrSDKConfig) {
+			// An unknown AWS_PROFILE, a broken ~/.aws/config: the
+			// environment's credentials, not the command line.
+			return nil, fail(exitKey, "--kms-key %s: %v: check AWS_PROFILE and the AWS config files", id, err)
+		}
 		if err != nil {
 			return nil, fail(exitUsage, "--kms-key %s: %v", id, err)
 		}
 		keys.members = append(keys.members, k)
 	}
-	if kf.localKey != "" || len(kf.kmsKeys) == 0 {
+	if kf.localKey != "" || (o.defaultLocal && len(kf.kmsKeys) == 0) {
 		local, path, created, err := localKeyFor(kf.localKey, volumeHex)
 		if err != nil {
 			return nil, err
@@ -139,23 +173,36 @@ func (kf *keyringFlags) build(ctx context.Context, volumeHex string) (*volumeKey
 		keys.members = append(keys.members, local)
 		kf.localKey = path
 	}
-	if err := keys.prove(ctx, volumeHex); err != nil {
+	if len(keys.members) == 0 {
+		return nil, fail(exitUsage, "name the keys to wrap data keys with: --kms-key or --local-key (a --recipient only wraps; a mount needs a key it can unwrap with)")
+	}
+	for _, r := range kf.recipients {
+		rk, err := agekey.ParseRecipient(r)
+		if err != nil {
+			return nil, fail(exitUsage, "--recipient: %v", err)
+		}
+		keys.members = append(keys.members, rk)
+	}
+	if err := keys.prove(ctx, volumeHex, o.identity); err != nil {
 		removeCreated(keys.createdKey)
 		return nil, err
 	}
 	for i, m := range keys.members {
 		switch k := m.(type) {
 		case *awskms.Keyring:
-			keys.specs = append(keys.specs, volume.KeyringSpec{Kind: keyring.KindAWSKMS, KeyID: kf.kmsKeys[i], KeyARN: k.KeyARN(), Region: kf.region, Endpoint: kf.endpoint})
+			id := kf.kmsKeys[i]
+			keys.specs = append(keys.specs, volume.KeyringSpec{Kind: keyring.KindAWSKMS, KeyID: id, KeyARN: k.KeyARN(), Region: kf.region.forKey(id, k.KeyARN()), Endpoint: kf.endpoint.forKey(id, k.KeyARN())})
 		case *keyring.Local:
 			keys.specs = append(keys.specs, volume.KeyringSpec{Kind: keyring.KindLocal, KeyID: k.KeyID(), KeyFile: kf.localKey})
+		case *agekey.Recipient:
+			keys.specs = append(keys.specs, volume.KeyringSpec{Kind: keyring.KindAge, KeyID: k.KeyID()})
 		}
 	}
 	return keys, nil
 }
 
 // prove runs the round trip (roundTrip) and sizes the header from it.
-func (keys *volumeKeys) prove(ctx context.Context, volumeHex string) error {
+func (keys *volumeKeys) prove(ctx context.Context, volumeHex string, identity *agekey.Identity) error {
 	keys.kr = keys.members[0]
 	if len(keys.members) > 1 {
 		m, err := keyring.NewMulti(keys.members...)
@@ -164,14 +211,33 @@ func (keys *volumeKeys) prove(ctx context.Context, volumeHex string) error {
 		}
 		keys.kr = m
 	}
-	wrapped, err := roundTrip(ctx, keys.kr, keys.members, volumeHex)
+	wrapped, err := roundTrip(ctx, keys.kr, unwrappers(keys.members, identity), volumeHex)
 	if err != nil {
 		return err
 	}
+	keys.wrapped = wrapped
 	if keys.headerSize, err = volume.HeaderSizeFor(wrapped); err != nil {
 		return fail(exitKey, "%v", err)
 	}
 	return nil
+}
+
+// unwrappers are the keyrings that can check members' entries: each
+// member, but a recipient only through an identity that holds it (else
+// it is left out: a recipient cannot unwrap).
+func unwrappers(members []keyring.Keyring, identity *agekey.Identity) []keyring.Keyring {
+	var out []keyring.Keyring
+	for _, m := range members {
+		r, ok := m.(*agekey.Recipient)
+		if !ok {
+			out = append(out, m)
+			continue
+		}
+		if identity != nil && slices.Contains(identity.Recipients(), r.KeyID()) {
+			out = append(out, identity)
+		}
+	}
+	return out
 }
 
 // localKeyFor loads the local key file at path, creating it if it does not

@@ -4,7 +4,9 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"time"
 
@@ -48,8 +50,12 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 	}
 	path := pos[0]
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Not "not a kmsfs file": there is no file at all.
+		return fail(exitError, "no such file: %s", path)
+	}
 	if err != nil {
-		return fail(exitInspect, "%v", err)
+		return fail(exitError, "%v", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()

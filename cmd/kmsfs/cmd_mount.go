@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,8 +23,10 @@ import (
 type mountFlags struct {
 	readOnly, allowOther, daemon, debugFUSE bool
 	trustConfig, nonempty                   bool
-	endpoint, region, localKey, logLevel    string
-	keyCacheTTL, branchKeyTTL               time.Duration
+	localKey, logLevel                      string
+	endpoint, region                        keyedValue
+	keyCacheTTL, branchKeyTTL, releaseIdle  time.Duration
+	idle                                    time.Duration
 	keyPool                                 int
 	prefetchKeys, keyReadahead              bool
 	metricsAddr, logFile                    string
@@ -33,8 +36,8 @@ type mountFlags struct {
 func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.BoolVar(&m.readOnly, "read-only", false, "mount read-only")
 	fl.BoolVar(&m.allowOther, "allow-other", false, "let other users use the mount; the kernel checks permissions (default_permissions)")
-	fl.StringVar(&m.endpoint, "kms-endpoint", "", "KMS endpoint `URL`, replacing the volume's")
-	fl.StringVar(&m.region, "region", "", "AWS `region`, replacing the volume's")
+	fl.Var(&m.endpoint, "kms-endpoint", "KMS endpoint `URL`, replacing the volume's; KEY=URL for one of several KMS keys (repeat)")
+	fl.Var(&m.region, "region", "AWS `region`, replacing the volume's; KEY=REGION for one of several KMS keys (repeat)")
 	fl.StringVar(&m.localKey, "local-key", "", "local key `FILE`, replacing the volume's key file path")
 	fl.DurationVar(&m.keyCacheTTL, "key-cache-ttl", 0, "keep unwrapped data keys this long after the last close (0: wipe on last close)")
 	fl.StringVar(&m.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
@@ -44,11 +47,13 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.IntVar(&m.keyPool, "key-pool", 64, "data keys for new files generated ahead in the background (0: generate on create); not used with branch keys")
 	fl.DurationVar(&m.branchKeyTTL, "branch-key-ttl", 15*time.Minute, "with branch keys: wipe an unwrapped branch key this long after its unwrap, and unwrap it again when next needed")
 	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files as it is listed, ahead of their opens (eager, for backup tools; keys unused for 30s are wiped)")
-	fl.BoolVar(&m.keyReadahead, "key-readahead", true, "when files of a directory are opened one after the other, unwrap the next ones' keys ahead (--key-readahead=false: off)")
+	fl.BoolVar(&m.keyReadahead, "key-readahead", true, "when files of a directory are opened one after the other, unwrap the next ones' keys ahead (--key-readahead=false: off; off by default when every keyring is a local key)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
 	fl.StringVar(&m.trace, "debug-trace", "", "debugging aid: write an execution trace of the mount process to `FILE` until it unmounts (go tool trace)")
+	fl.DurationVar(&m.releaseIdle, "release-memory-after", 30*time.Second, "return memory a burst of work left behind to the system once the mount has been idle this long (0: leave it to the Go runtime)")
+	fl.DurationVar(&m.idle, "idle", 0, "unmount after this long with no request and no open file (0: never)")
 	fl.BoolVar(&m.nonempty, "nonempty", false, "mount over a mountpoint that is not empty, hiding its files")
 	fl.BoolVar(&m.trustConfig, "trust-config", false, "trust CIPHERDIR/kmsfs.json as it is now, though it differs from the copy this machine trusts (after you changed it yourself)")
 }
@@ -61,8 +66,14 @@ func (m *mountFlags) check() error {
 	if m.keyPool < 0 {
 		return fail(exitUsage, "--key-pool %d: want 0 (off) or a positive number of keys", m.keyPool)
 	}
+	if m.releaseIdle < 0 {
+		return fail(exitUsage, "--release-memory-after %v: want 0 (off) or a positive duration", m.releaseIdle)
+	}
 	if m.branchKeyTTL <= 0 {
 		return fail(exitUsage, "--branch-key-ttl %v: want a positive duration", m.branchKeyTTL)
+	}
+	if m.idle < 0 {
+		return fail(exitUsage, "--idle %v: want 0 (never) or a positive duration", m.idle)
 	}
 	return nil
 }
@@ -83,7 +94,7 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if m.daemon && os.Getenv(readyEnv) == "" {
-		return daemonize(stdout, m.logFile, pos[1])
+		return daemonize(append([]string{"mount"}, args...), stdout, m.logFile, pos[1])
 	}
 	out := &swapWriter{w: stderr}
 	if m.logFile != "" {
@@ -128,8 +139,15 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 	}
 	// Only once this machine trusts the config: see trust.go.
 	ctx := context.Background()
-	kr, err := trustedKeyring(ctx, vol, m.trustConfig, keyOverrides{region: m.region, endpoint: m.endpoint, localKey: m.localKey}, log)
+	if pending, _ := vol.PendingRewrap(); pending {
+		return fail(exitVolume, "a kmsfs rewrap of %s was interrupted: its files are wrapped under the old keyrings or the new ones. Finish it first: run the same kmsfs rewrap command again", cipherDir)
+	}
+	ov := keyOverrides{region: m.region, endpoint: m.endpoint, localKey: m.localKey, skipUnavailable: m.readOnly, log: log}
+	kr, err := trustedKeyring(ctx, vol, m.trustConfig, ov, log)
 	if err != nil {
+		if !m.readOnly {
+			err = readOnlyHint(err, cfg)
+		}
 		return err
 	}
 	if cfg.Branch() {
@@ -137,6 +155,12 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		m.keyPool, m.prefetchKeys, m.keyReadahead = 0, false, false
 	} else if flagSet(fl, "branch-key-ttl") {
 		return fail(exitUsage, "--branch-key-ttl: this volume has no branch keys")
+	}
+	if localOnly(cfg) && !flagSet(fl, "key-readahead") {
+		// An unwrap is a local AES-GCM open, no round trip to hide:
+		// readahead would only read each header twice (an open, an
+		// fstat, a read and a close more per file of a scan).
+		m.keyReadahead = false
 	}
 	keys, err := assembleKeyring(vol, kr, m)
 	if err != nil {
@@ -147,7 +171,7 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		// A wrong or unusable key fails the mount now, in one line,
 		// rather than every later create.
 		if err := keys.prove(ctx, vol); err != nil {
-			return err
+			return readOnlyHint(err, cfg)
 		}
 	}
 	root, err := kfs.NewRoot(kfs.Options{
@@ -174,27 +198,43 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 		if f, ok := stdout.(*os.File); ok {
 			f.Sync()
 		}
+		if err := sdNotify("READY=1\nSTATUS=Mounted " + cipherDir + " on " + mountpoint); err != nil {
+			log.Warn("could not tell the service manager that the mount is ready", "err", err.Error())
+		}
 		return daemonReady(logOut, m.logFile)
 	})
 }
 
 // mountKeys is the keyring chain of a mount, from the file system down:
-// the key cache (if asked for), the branch keyring (a branch-key volume),
-// the metrics, and the volume's own keyrings.
+// the request metrics, the key cache (if asked for), the branch keyring
+// (a branch-key volume), and the volume's own keyrings, each behind its
+// metrics. Every layer keeps plain counters that metrics.go exports.
 type mountKeys struct {
-	kr      keyring.Keyring       // what the file system calls
-	metrics *keyring.Metrics      // counts the calls that reach the key service
-	branch  *volume.BranchKeyring // nil for a per-file volume
-	inner   keyring.Keyring       // the volume's keyrings
-	stops   []func()
+	kr       keyring.Keyring       // what the file system calls
+	requests *keyring.Metrics      // counts what the file system asks of the chain
+	services []serviceMetrics      // count the calls that reach each of the volume's keyrings
+	cache    *keyring.Cache        // nil without --key-cache-ttl
+	branch   *volume.BranchKeyring // nil for a per-file volume
+	inner    keyring.Keyring       // the volume's keyrings, without metrics
+	stops    []func()
+}
+
+// serviceMetrics are the metrics of one of the volume's keyrings, named
+// for the metrics' keyring label.
+type serviceMetrics struct {
+	name string
+	m    *keyring.Metrics
 }
 
 // assembleKeyring builds the chain over inner, the volume's keyrings.
 func assembleKeyring(vol *volume.Volume, inner keyring.Keyring, m mountFlags) (*mountKeys, error) {
-	k := &mountKeys{inner: inner, metrics: keyring.NewMetrics(inner)}
-	k.kr = k.metrics
+	k := &mountKeys{inner: inner}
+	var err error
+	if k.kr, k.services, err = instrument(inner); err != nil {
+		return nil, err
+	}
 	if vol.Config.Branch() {
-		bk, err := volume.NewBranchKeyring(vol, k.metrics, m.branchKeyTTL)
+		bk, err := volume.NewBranchKeyring(vol, k.kr, m.branchKeyTTL)
 		if err != nil {
 			return nil, err
 		}
@@ -202,11 +242,39 @@ func assembleKeyring(vol *volume.Volume, inner keyring.Keyring, m mountFlags) (*
 		k.stops = append(k.stops, bk.Close)
 	}
 	if m.keyCacheTTL > 0 {
-		cache := keyring.NewCache(k.kr, m.keyCacheTTL)
-		k.kr = cache
-		k.stops = append(k.stops, cache.Close)
+		k.cache = keyring.NewCache(k.kr, m.keyCacheTTL)
+		k.kr = k.cache
+		k.stops = append(k.stops, k.cache.Close)
 	}
+	k.requests = keyring.NewMetrics(k.kr)
+	k.kr = k.requests
 	return k, nil
+}
+
+// instrument puts metrics in front of each of the volume's keyrings: inner
+// itself, or each member of the Multi that buildKeyring made of several
+// (those it loaded: a read-only mount may leave some out).
+func instrument(inner keyring.Keyring) (keyring.Keyring, []serviceMetrics, error) {
+	members := []keyring.Keyring{inner}
+	multi, isMulti := inner.(*keyring.Multi)
+	if isMulti {
+		members = multi.Members()
+	}
+	var services []serviceMetrics
+	wrapped := make([]keyring.Keyring, len(members))
+	for i, mem := range members {
+		mm := keyring.NewMetrics(mem)
+		services = append(services, serviceMetrics{name: keyringLabel(mem), m: mm})
+		wrapped[i] = mm
+	}
+	if !isMulti {
+		return wrapped[0], services, nil
+	}
+	kr, err := keyring.NewMulti(wrapped...)
+	if err != nil {
+		return nil, nil, fail(exitKey, "%v", err)
+	}
+	return kr, services, nil
 }
 
 // stop wipes what the chain holds.
@@ -233,6 +301,24 @@ func (k *mountKeys) prove(ctx context.Context, vol *volume.Volume) error {
 	return nil
 }
 
+// readOnlyHint adds to a writable mount's key failure that a read-only
+// mount would do without the failing key, when the volume has another
+// keyring to read with: a writable mount needs every keyring, since each
+// new file is wrapped under all.
+func readOnlyHint(err error, cfg *volume.Config) error {
+	unwrapping := 0
+	for _, s := range cfg.Keyrings {
+		if s.Kind != keyring.KindAge {
+			unwrapping++
+		}
+	}
+	var ce *cliError
+	if unwrapping < 2 || !errors.As(err, &ce) {
+		return err
+	}
+	return fail(ce.code, "%s. A writable mount needs every key of the volume (new files are wrapped under all); to read with the others, mount with --read-only", ce.msg)
+}
+
 // startAids starts the metrics server and the debugging aids that were
 // asked for, and returns what stops them.
 func startAids(m mountFlags, keys *mountKeys, root *kfs.Root, log *slog.Logger) (stop func(), err error) {
@@ -248,12 +334,14 @@ func startAids(m mountFlags, keys *mountKeys, root *kfs.Root, log *slog.Logger) 
 		stopMetrics()
 		return nil, err
 	}
-	return func() { stopProfiles(); stopMetrics() }, nil
+	stopRelease := releaseWhenIdle(m.releaseIdle, log)
+	return func() { stopRelease(); stopProfiles(); stopMetrics() }, nil
 }
 
-// serve mounts root at mountpoint, calls mounted once the kernel has the
-// mount, and answers requests until it is unmounted (kmsfs unmount, umount,
-// or SIGINT/SIGTERM, which unmount it); then it calls what mounted returned.
+// serve mounts root at mountpoint, calls mounted once the mount answers,
+// and serves it until it is unmounted (kmsfs unmount, umount, SIGINT or
+// SIGTERM, or --idle); then it calls what mounted returned. It tells a
+// service manager STOPPING=1 as the unmount begins.
 func serve(root *kfs.Root, mountpoint string, m mountFlags, log *slog.Logger, mounted func() (unmounted func())) error {
 	srv, err := kfs.Mount(mountpoint, root, kfs.MountOptions{AllowOther: m.allowOther, Debug: m.debugFUSE})
 	if err != nil {
@@ -263,17 +351,29 @@ func serve(root *kfs.Root, mountpoint string, m mountFlags, log *slog.Logger, mo
 		srv.Unmount()
 		return mountError(mountpoint, err)
 	}
+	stopping := sync.OnceFunc(func() {
+		if err := sdNotify("STOPPING=1\nSTATUS=Unmounting " + mountpoint); err != nil {
+			log.Warn("could not tell the service manager that the mount is stopping", "err", err.Error())
+		}
+	})
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		for sig := range sigs {
 			log.Info("unmounting", "signal", sig.String(), "mountpoint", mountpoint)
+			stopping()
 			unmountRetry(srv.Unmount, mountpoint, log)
 		}
 	}()
 	unmounted := mounted()
 	defer unmounted()
+	done := make(chan struct{})
+	if m.idle > 0 {
+		go watchIdle(root, m.idle, srv.Unmount, log, done)
+	}
 	srv.Wait()
+	close(done)
+	stopping()
 	signal.Stop(sigs)
 	close(sigs)
 	log.Info("unmounted", "mountpoint", mountpoint)
@@ -301,4 +401,14 @@ func loadVolume(cipherDir string) (*volume.Volume, error) {
 		return nil, fail(exitVolume, "%s: %v", cipherDir, err)
 	}
 	return vol, nil
+}
+
+// localOnly reports whether every keyring of the volume is a local key.
+func localOnly(cfg *volume.Config) bool {
+	for _, k := range cfg.Keyrings {
+		if k.Kind != keyring.KindLocal {
+			return false
+		}
+	}
+	return len(cfg.Keyrings) > 0
 }

@@ -28,12 +28,13 @@ const readyEnv = "KMSFS_READY_FD"
 // daemonChildEnv marks the process daemonize started.
 const daemonChildEnv = "KMSFS_DAEMON_CHILD"
 
-// daemonize runs this command again without -d in a new session and waits
-// until the child reports the mount ready (or exits). Without --log-file
-// the child logs to syslog; on a machine with none (most containers have
-// no /dev/log) it logs to a file instead, which daemonize names, rather
-// than dropping every line, tamper warnings included.
-func daemonize(stdout io.Writer, logFile, mountpoint string) error {
+// daemonize runs args (the mount command, -d included) again in a new
+// session and waits until the child reports the mount ready (or exits).
+// Without --log-file the child logs to syslog; on a machine with none
+// (most containers have no /dev/log) it logs to a file instead, which
+// daemonize names, rather than dropping every line, tamper warnings
+// included.
+func daemonize(args []string, stdout io.Writer, logFile, mountpoint string) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
@@ -42,7 +43,7 @@ func daemonize(stdout io.Writer, logFile, mountpoint string) error {
 	if err != nil {
 		return err
 	}
-	args, fallback := os.Args[1:], ""
+	fallback := ""
 	if logFile == "" && !haveSyslog() {
 		path, err := fallbackLog(mountpoint)
 		if err != nil {

@@ -10,5 +10,6 @@ const (
 	exitMount    = 12 // the mount failed: bad or busy mountpoint, no FUSE
 	exitInspect  = 13 // inspect: not a kmsfs file, or a damaged header
 	exitUnmount  = 14 // unmount failed
+	exitDamage   = 15 // fsck found problems; cat or export met a damaged file or block
 	exitInternal = 99 // a bug
 )

@@ -6,6 +6,11 @@
 //	kmsfs mount [flags] CIPHERDIR MNT     mount it (foreground; -d to detach)
 //	kmsfs unmount MNT                     unmount it
 //	kmsfs inspect CIPHERFILE              print a file's header as JSON
+//	kmsfs rewrap [flags] CIPHERDIR        replace a volume's keyrings
+//	kmsfs info CIPHERDIR                  print a volume's settings as JSON
+//	kmsfs fsck CIPHERDIR                  check every header and block
+//	kmsfs cat FILE...                     decrypt stored files to stdout
+//	kmsfs export CIPHERDIR DEST           decrypt a whole volume into DEST
 package main
 
 import (
@@ -17,15 +22,18 @@ import (
 	"strings"
 )
 
-var version = "dev"
-
 const usage = `kmsfs: a directory encrypted at rest under AWS KMS data keys, mounted with FUSE
 
 usage:
-  kmsfs init [--kms-key KEY]... [--region R] [--kms-endpoint URL] [--local-key FILE] [--block-size N] CIPHERDIR
+  kmsfs init [--kms-key KEY]... [--region R] [--kms-endpoint URL] [--local-key FILE] [--recipient AGE]... [--block-size N] CIPHERDIR
   kmsfs mount [--read-only] [--allow-other] [--key-cache-ttl D] [--log-level L] [-d|--daemon] CIPHERDIR MOUNTPOINT
   kmsfs unmount MOUNTPOINT
   kmsfs inspect CIPHERFILE
+  kmsfs rewrap [--kms-key KEY]... [--local-key FILE] [--recipient AGE]... [--identity FILE] [--dry-run] [--json] CIPHERDIR
+  kmsfs info CIPHERDIR
+  kmsfs fsck [--json] [--repair] CIPHERDIR
+  kmsfs cat [-C CIPHERDIR] [--keep-going] FILE...
+  kmsfs export [--keep-going] CIPHERDIR DEST
   kmsfs version
 
 Run "kmsfs COMMAND -h" for a command's flags.
@@ -62,13 +70,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdUnmount(args[1:], stdout, stderr)
 	case "inspect":
 		err = cmdInspect(args[1:], stdout, stderr)
+	case "rewrap":
+		err = cmdRewrap(args[1:], stdout, stderr)
+	case "fsck":
+		err = cmdFsck(args[1:], stdout, stderr)
+	case "cat":
+		err = cmdCat(args[1:], stdout, stderr)
+	case "export":
+		err = cmdExport(args[1:], stdout, stderr)
+	case "info":
+		err = cmdInfo(args[1:], stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "kmsfs", version)
+		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
-		fmt.Fprintf(stderr, "kmsfs: unknown command %q\n%s", args[0], usage)
-		return exitUsage
+		if !isMountHelperCall(args) {
+			fmt.Fprintf(stderr, "kmsfs: unknown command %q\n%s", args[0], usage)
+			return exitUsage
+		}
+		// mount(8) and fstab: kmsfs CIPHERDIR MOUNTPOINT -o OPTIONS.
+		err = cmdMountHelper(args, stdout, stderr)
 	}
 	if err == nil {
 		return exitOK
@@ -89,6 +111,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 // positional arguments (kmsfs mount CIPHERDIR MNT --read-only), and checks
 // the number of positional arguments.
 func parseArgs(fs *flag.FlagSet, args []string, names ...string) ([]string, error) {
+	pos, err := parsePositional(fs, args)
+	if err == nil && len(pos) != len(names) {
+		err = fail(exitUsage, "%s needs %s (see kmsfs %s -h)", fs.Name(), strings.Join(names, " and "), fs.Name())
+	}
+	return pos, err
+}
+
+// parsePositional parses flags wherever they are, as parseArgs does, and
+// returns the positional arguments, however many.
+func parsePositional(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -108,9 +140,6 @@ func parseArgs(fs *flag.FlagSet, args []string, names ...string) ([]string, erro
 		}
 		pos = append(pos, args[0])
 		args = args[1:]
-	}
-	if len(pos) != len(names) {
-		return nil, fail(exitUsage, "%s needs %s (see kmsfs %s -h)", fs.Name(), strings.Join(names, " and "), fs.Name())
 	}
 	return pos, nil
 }

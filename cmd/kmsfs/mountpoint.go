@@ -127,3 +127,22 @@ func unmountRetry(unmount func() error, mountpoint string, log *slog.Logger) {
 		time.Sleep(time.Second)
 	}
 }
+
+// kmsfsMounts returns the mountpoints where this machine (this mount
+// namespace) has a kmsfs mount of cipherDir: mountinfo lists a kmsfs
+// mount with type fuse.kmsfs and CIPHERDIR as its source. A mount on
+// another host of a shared CIPHERDIR is not seen.
+func kmsfsMounts(cipherDir string) ([]string, error) {
+	names := map[string]bool{cipherDir: true}
+	if real, err := filepath.EvalSymlinks(cipherDir); err == nil {
+		names[real] = true
+	}
+	mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
+		return !(i.FSType == "fuse.kmsfs" || i.FSType == "fuse" && i.Source == cipherDir) || !names[i.Source], false
+	})
+	var out []string
+	for _, m := range mounts {
+		out = append(out, m.Mountpoint)
+	}
+	return out, err
+}

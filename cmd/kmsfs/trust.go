@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -107,17 +108,24 @@ func keepTrusted(paths []string, raw []byte) error {
 // every keyring it names (attest). A changed config is refused before any
 // key service is contacted; so is a first use the files do not attest.
 func trustedKeyring(ctx context.Context, vol *volume.Volume, accept bool, ov keyOverrides, log *slog.Logger) (keyring.Keyring, error) {
+	kr, _, err := trustedKeyrings(ctx, vol, accept, ov, log)
+	return kr, err
+}
+
+// trustedKeyrings is trustedKeyring that also returns the members, in
+// config order.
+func trustedKeyrings(ctx context.Context, vol *volume.Volume, accept bool, ov keyOverrides, log *slog.Logger) (keyring.Keyring, []keyring.Keyring, error) {
 	name := filepath.Join(vol.Dir, volume.ConfigName)
 	t, err := lookupTrust(vol, accept)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	ov.configEndpoint = t.same || accept
+	ov.configEndpoint = t.state == trustTrusted || accept
 	kr, members, err := buildKeyring(ctx, vol.Config, ov)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if t.same {
+	if t.state == trustTrusted {
 		if t.missing {
 			// Trusted here under another name (a new path to the same
 			// CIPHERDIR): remember this one too.
@@ -125,12 +133,12 @@ func trustedKeyring(ctx context.Context, vol *volume.Volume, accept bool, ov key
 				keepTrusted(t.paths, canon)
 			}
 		}
-		return kr, nil
+		return kr, members, nil
 	}
 	attestedBy := ""
 	if !accept {
 		if attestedBy, err = attest(ctx, vol, members); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	canon, err := volume.ConfigBytes(vol.Config)
@@ -138,61 +146,92 @@ func trustedKeyring(ctx context.Context, vol *volume.Volume, accept bool, ov key
 		err = keepTrusted(t.paths, canon)
 	}
 	if err != nil {
-		return nil, fail(exitVolume, "keep a trusted copy of %s: %v", name, err)
+		return nil, nil, fail(exitVolume, "keep a trusted copy of %s: %v", name, err)
 	}
 	if accept {
 		log.Warn("trusting the changed volume config (--trust-config)", "config", name, "copies", strings.Join(t.paths, " "), "keyrings", keyringList(vol.Config.Keyrings))
 	} else {
 		log.Warn("first mount of this volume here: trusting its config from now on, and refusing a changed one; check that these are your keys", "config", name, "keyrings", keyringList(vol.Config.Keyrings), "attested_by", attestedBy, "copies", strings.Join(t.paths, " "))
 	}
-	return kr, nil
+	return kr, members, nil
 }
 
-// trust is what lookupTrust found.
+// trust is how vol's config compares with this machine's trusted copies.
 type trust struct {
-	paths   []string // where the trusted copies are (or go)
-	same    bool     // a copy exists, and every copy that exists means the same config
-	missing bool     // some of the copies do not exist
+	state     trustState
+	paths     []string // where the trusted copies are (or go)
+	differing string   // for trustDiffers: the copy that differs
+	missing   bool     // some of the copies do not exist
 }
 
-// lookupTrust compares vol's config with the copies this machine trusts,
-// by volume ID and by CIPHERDIR. Copies are compared by meaning (parsed,
-// then encoded the one way kmsfs writes configs), so a change of spacing
-// is no change. If a copy differs it refuses, unless accept.
-func lookupTrust(vol *volume.Volume, accept bool) (trust, error) {
-	name := filepath.Join(vol.Dir, volume.ConfigName)
+// trustState says whether this machine trusts a volume's config (kmsfs
+// info prints it; mount and the offline commands act on it).
+type trustState string
+
+const (
+	trustTrusted trustState = "trusted" // a copy exists, and every copy there is means this config
+	trustDiffers trustState = "differs" // a copy means another config
+	trustNone    trustState = "none"    // no copy: this machine never trusted it
+)
+
+// configTrust compares vol's config with the copies this machine trusts,
+// by volume ID and by CIPHERDIR, without changing them. Copies are
+// compared by meaning (parsed, then encoded the one way kmsfs writes
+// configs), so a change of spacing is no change. One matching copy is
+// trust enough: the volume was reached by a new path, or a copy was
+// removed, but this machine has trusted exactly this config before.
+func configTrust(vol *volume.Volume) (trust, error) {
 	paths, err := trustedCopies(vol.Config.VolumeID, vol.Dir)
 	if err != nil {
-		return trust{}, fail(exitVolume, "%v", err)
+		return trust{}, err
 	}
 	now, err := volume.ConfigBytes(vol.Config)
 	if err != nil {
 		return trust{}, err
 	}
-	t := trust{paths: paths}
-	found, differs := false, false
+	t := trust{state: trustNone, paths: paths}
 	for _, p := range paths {
 		old, err := os.ReadFile(p)
 		if errors.Is(err, os.ErrNotExist) {
 			t.missing = true
 			continue
 		}
-		found = true
 		if err != nil {
-			return trust{}, fail(exitVolume, "read the trusted copy of %s: %v", name, err)
+			return trust{}, fmt.Errorf("read the trusted copy %s: %w", p, err)
 		}
-		if prev, err := volume.ParseConfig(old); err == nil {
-			if canon, err := volume.ConfigBytes(prev); err == nil && bytes.Equal(canon, now) {
-				continue
-			}
+		if !sameConfig(old, now) {
+			t.state, t.differing = trustDiffers, p
+			return t, nil
 		}
-		differs = true
-		if !accept {
-			return trust{}, fail(exitVolume, "%s differs from the copy of it this machine trusts (%s): %s. Whoever can write CIPHERDIR can change it to be sent the keys of new files, so kmsfs does not mount it. If you changed it yourself, mount once with --trust-config", name, p, configChange(old, vol.Config))
-		}
+		t.state = trustTrusted
 	}
-	t.same = found && !differs
 	return t, nil
+}
+
+// lookupTrust is configTrust for a mount: a copy that differs is refused,
+// unless accept.
+func lookupTrust(vol *volume.Volume, accept bool) (trust, error) {
+	name := filepath.Join(vol.Dir, volume.ConfigName)
+	t, err := configTrust(vol)
+	if err != nil {
+		return trust{}, fail(exitVolume, "%s: %v", name, err)
+	}
+	if t.state == trustDiffers && !accept {
+		old, _ := os.ReadFile(t.differing)
+		return trust{}, fail(exitVolume, "%s differs from the copy of it this machine trusts (%s): %s. Whoever can write CIPHERDIR can change it to be sent the keys of new files, so kmsfs does not mount it. If you changed it yourself, mount once with --trust-config", name, t.differing, configChange(old, vol.Config))
+	}
+	return t, nil
+}
+
+// sameConfig reports whether old, a trusted copy, means the config whose
+// canonical bytes (volume.ConfigBytes) are now.
+func sameConfig(old, now []byte) bool {
+	prev, err := volume.ParseConfig(old)
+	if err != nil {
+		return false
+	}
+	canon, err := volume.ConfigBytes(prev)
+	return err == nil && bytes.Equal(canon, now)
 }
 
 // configChange says how cfg differs from old, the trusted bytes.

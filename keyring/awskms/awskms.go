@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -72,6 +73,12 @@ type Config struct {
 	// Credentials overrides the SDK's default credential chain (tests use
 	// static credentials). nil: the default chain.
 	Credentials aws.CredentialsProvider
+	// Bulk is for long offline runs that make many calls (kmsfs rewrap):
+	// the SDK's adaptive retry mode, which slows this client's own request
+	// rate when KMS throttles, and no retry quota, so a long stretch of
+	// throttling is waited out (up to MaxAttempts per call) instead of
+	// failing calls after one attempt once the quota is spent.
+	Bulk bool
 }
 
 // Keyring wraps data keys under one AWS KMS key (or a key of any endpoint
@@ -85,6 +92,7 @@ type Keyring struct {
 	keyID       string // as configured
 	region      string
 	endpoint    string // redacted, for Describe
+	service     string // the endpoint as configured ("" for the SDK's)
 	grantTokens []string
 	callTimeout time.Duration
 
@@ -100,8 +108,15 @@ var (
 	_ keyring.Describer = (*Keyring)(nil)
 )
 
+// ErrSDKConfig: the AWS SDK's own configuration (AWS_PROFILE, the
+// shared config and credentials files, the environment) could not be
+// loaded, as opposed to a Config field that is wrong. New wraps it.
+var ErrSDKConfig = errors.New("aws-kms keyring: load AWS config")
+
 // New builds the KMS client. It makes no KMS call: a wrong key or
-// missing permissions show on the first GenerateDataKey or Decrypt.
+// missing permissions show on the first GenerateDataKey or Decrypt. An
+// SDK configuration that does not load (an unknown AWS_PROFILE) wraps
+// ErrSDKConfig.
 func New(ctx context.Context, cfg Config) (*Keyring, error) {
 	endpoint, err := cfg.normalize()
 	if err != nil {
@@ -111,10 +126,19 @@ func New(ctx context.Context, cfg Config) (*Keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	retryer := retry.NewStandard(func(o *retry.StandardOptions) {
+	standard := func(o *retry.StandardOptions) {
 		o.MaxAttempts = cfg.MaxAttempts
 		o.MaxBackoff = cfg.MaxBackoff
-	})
+		if cfg.Bulk {
+			o.RateLimiter = ratelimit.None
+		}
+	}
+	var retryer aws.Retryer = retry.NewStandard(standard)
+	if cfg.Bulk {
+		retryer = retry.NewAdaptiveMode(func(o *retry.AdaptiveModeOptions) {
+			o.StandardOptions = append(o.StandardOptions, standard)
+		})
+	}
 	client := kms.NewFromConfig(awsCfg, func(o *kms.Options) {
 		o.Retryer = retryer
 		// cfg.MaxAttempts is the bound; AWS_MAX_ATTEMPTS must not raise it.
@@ -130,6 +154,7 @@ func New(ctx context.Context, cfg Config) (*Keyring, error) {
 		keyID:       cfg.KeyID,
 		region:      awsCfg.Region,
 		endpoint:    endpoint,
+		service:     cfg.Endpoint,
 		grantTokens: slices.Clone(cfg.GrantTokens),
 		callTimeout: cfg.CallTimeout,
 		keyARN:      cfg.KeyARN,
@@ -219,7 +244,7 @@ func loadAWSConfig(ctx context.Context, cfg Config) (aws.Config, error) {
 	}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
-		return aws.Config{}, fmt.Errorf("aws-kms keyring: load AWS config: %w", err)
+		return aws.Config{}, fmt.Errorf("%w: %w", ErrSDKConfig, err)
 	}
 	if awsCfg.Region == "" {
 		return aws.Config{}, errors.New("aws-kms keyring: no AWS region: pass --region, set AWS_REGION, or name the key by its ARN")
@@ -446,6 +471,50 @@ func (k *Keyring) decrypt(ctx context.Context, w keyring.WrappedKey, ec keyring.
 		return nil, fmt.Errorf("kms Decrypt with key %s: %w (%v)", w.KeyID, keyring.ErrInvalidCiphertext, err)
 	}
 	return dk, nil
+}
+
+// SameService reports whether o reaches the same KMS as k (region and
+// endpoint), so that k can ReEncrypt o's blobs.
+func (k *Keyring) SameService(o *Keyring) bool {
+	return k.region == o.region && k.service == o.service
+}
+
+// ReEncrypt re-wraps from, an entry of another key of the same KMS
+// (SameService) bound to ec, under this keyring's key with the same
+// context (KMS ReEncrypt): the data key never leaves KMS. The source key
+// is named (SourceKeyId = from.KeyID): the caller must pass only entries
+// naming a key it trusts. The new entry names this key's ARN; a response
+// naming another destination or source key fails the call. Errors wrap
+// the sentinels as Decrypt's and GenerateDataKey's do; a source blob that
+// does not open is keyring.ErrInvalidCiphertext.
+func (k *Keyring) ReEncrypt(ctx context.Context, from keyring.WrappedKey, ec keyring.EncryptionContext) (keyring.WrappedKey, error) {
+	if from.Kind != keyring.KindAWSKMS || !isKeyARN(from.KeyID) {
+		return keyring.WrappedKey{}, fmt.Errorf("kms ReEncrypt: source entry of kind %s naming %q: %w", from.Kind, from.KeyID, keyring.ErrNoUsableKey)
+	}
+	keyID := k.requestKeyID()
+	ctx, cancel := context.WithTimeout(ctx, k.callTimeout)
+	defer cancel()
+	out, err := k.client.ReEncrypt(ctx, &kms.ReEncryptInput{
+		CiphertextBlob:               from.Blob,
+		SourceKeyId:                  aws.String(from.KeyID),
+		SourceEncryptionContext:      kmsContext(ec),
+		DestinationKeyId:             aws.String(keyID),
+		DestinationEncryptionContext: kmsContext(ec),
+		GrantTokens:                  k.grantTokens,
+	})
+	if err != nil {
+		return keyring.WrappedKey{}, kmsError("ReEncrypt", keyID, err)
+	}
+	if got := aws.ToString(out.SourceKeyId); got != "" && got != from.KeyID {
+		return keyring.WrappedKey{}, fmt.Errorf("kms ReEncrypt from key %s: %w (response names source key %q)", from.KeyID, keyring.ErrInvalidCiphertext, got)
+	}
+	if err := k.learnKeyARN("ReEncrypt", aws.ToString(out.KeyId)); err != nil {
+		return keyring.WrappedKey{}, err
+	}
+	if len(out.CiphertextBlob) == 0 {
+		return keyring.WrappedKey{}, fmt.Errorf("kms ReEncrypt with key %s: response has no CiphertextBlob", keyID)
+	}
+	return keyring.WrappedKey{Kind: keyring.KindAWSKMS, KeyID: aws.ToString(out.KeyId), Blob: out.CiphertextBlob}, nil
 }
 
 // Describe names the key (its ARN once known), the region and a custom

@@ -729,15 +729,28 @@ func TestNewAWSKMSConfig(t *testing.T) {
 	} {
 		cfg := base
 		tc.modify(&cfg)
-		if k, err := awskms.New(context.Background(), cfg); err == nil {
+		k, err := awskms.New(context.Background(), cfg)
+		if err == nil {
 			t.Errorf("%s: NewAWSKMS accepted %+v: %s", tc.name, cfg, k.Describe())
 		}
+		if errors.Is(err, awskms.ErrSDKConfig) {
+			t.Errorf("%s: a wrong field is blamed on the SDK's configuration: %v", tc.name, err)
+		}
 	}
+
+	// An unknown profile is the environment's fault, not a field's.
+	t.Setenv("AWS_PROFILE", "kmsfs-no-such-profile")
+	cfg := base
+	cfg.KeyID, cfg.Region = kmstest.KeyAARN, "eu-west-2"
+	if _, err := awskms.New(context.Background(), cfg); !errors.Is(err, awskms.ErrSDKConfig) {
+		t.Errorf("an unknown AWS_PROFILE: %v, want ErrSDKConfig", err)
+	}
+	t.Setenv("AWS_PROFILE", "")
 
 	// The key ARN says where the key lives: its region wins over the
 	// default chain's. An alias takes the default chain's.
 	t.Setenv("AWS_REGION", "us-east-1")
-	cfg := base
+	cfg = base
 	cfg.KeyID = "alias/x"
 	cfg.KeyARN = "arn:aws:kms:ap-south-1:111122223333:key/" + kmstest.KeyAID
 	k, err := awskms.New(context.Background(), cfg)

@@ -102,13 +102,12 @@ func start(t testing.TB, seed string) *Server {
 		"KMS_DATA_PATH=" + filepath.Join(dir, "data"),
 		"KMS_SEED_PATH=" + seedPath,
 	}
-	setParentDeathSignal(cmd)
 	out, w, err := os.Pipe()
 	if err != nil {
 		t.Fatalf("kmstest: %v", err)
 	}
 	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
+	if err := startChild(cmd); err != nil {
 		out.Close()
 		w.Close()
 		t.Fatalf("kmstest: start local-kms: %v", err)

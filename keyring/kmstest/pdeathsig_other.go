@@ -4,6 +4,6 @@ package kmstest
 
 import "os/exec"
 
-// setParentDeathSignal does nothing: only Linux offers a parent death
-// signal. A killed test process may leave local-kms running.
-func setParentDeathSignal(cmd *exec.Cmd) {}
+// startChild starts cmd. Only Linux offers a parent death signal: a killed
+// test process may leave local-kms running.
+func startChild(cmd *exec.Cmd) error { return cmd.Start() }

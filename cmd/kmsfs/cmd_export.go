@@ -1,0 +1,527 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+// kmsfs export decrypts a whole volume into DEST, without a mount: the
+// plaintext view as a tree of ordinary files, with modes, owners (as
+// root), times, symlinks, FIFOs, xattrs (not POSIX ACLs, which kmsfs
+// refuses), hard links and holes. Sockets and devices are listed, not
+// made: a socket is nothing without its server, and a device node from a
+// CIPHERDIR someone else could write is not made by root on their word.
+
+func cmdExport(args []string, stdout, stderr io.Writer) error {
+	fl := newFlagSet("export", "[--keep-going] [flags] CIPHERDIR DEST", stderr)
+	var o offlineFlags
+	o.define(fl)
+	keepGoing := fl.Bool("keep-going", false, "write damaged blocks as zeros (holes), skip files that cannot be decrypted, list both on stderr and go on")
+	pos, err := parseArgs(fl, args, "CIPHERDIR", "DEST")
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	vol, err := loadVolume(pos[0])
+	if err != nil {
+		return err
+	}
+	dest, err := prepareDest(vol.Dir, pos[1])
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	keys, err := unwrapKeyring(ctx, vol, o, stderr)
+	if err != nil {
+		return err
+	}
+	defer keys.close()
+	files, bytes, err := countFiles(vol.Dir)
+	if err != nil {
+		return fail(exitVolume, "walk %s: %v", vol.Dir, err)
+	}
+	e := &exportRun{vol: vol, keys: keys, dest: dest, keepGoing: *keepGoing, stderr: stderr,
+		root: os.Geteuid() == 0, links: map[[2]uint64]string{}, prog: newProgress(stderr, "export", files, bytes)}
+	err = e.run(ctx, cancel)
+	e.prog.done()
+	switch {
+	case e.fatal != nil:
+		return e.fatal
+	case err != nil:
+		return fail(exitError, "export stopped: %v; %s holds a partial export", err, dest)
+	}
+	n := e.count
+	fmt.Fprintf(stdout, "kmsfs export: %s: %d files (%s), %d directories, %d symlinks, %d hard links, %d FIFOs into %s in %.1fs with %d key service calls\n",
+		vol.Dir, n.files, mib(n.plain), n.dirs, n.symlinks, n.links, n.fifos, dest, time.Since(start).Seconds(), keyCalls(keys))
+	switch {
+	case e.damaged > 0:
+		return fail(exitDamage, "export: %d files are damaged: what could not be read is listed above", e.damaged)
+	case e.notKept > 0:
+		return fail(exitError, "export: %d things could not be kept in %s (listed above)", e.notKept, dest)
+	}
+	return nil
+}
+
+func keyCalls(k *offlineKeys) int64 {
+	n, _ := k.metrics.Calls("decrypt")
+	return n
+}
+
+// prepareDest checks DEST: outside CIPHERDIR (after symlinks), and a new
+// or empty directory, which it makes if need be. Nothing is overwritten.
+func prepareDest(cipherDir, dest string) (string, error) {
+	dest, err := filepath.Abs(dest)
+	if err != nil {
+		return "", err
+	}
+	realCipher, err := filepath.EvalSymlinks(cipherDir)
+	if err != nil {
+		return "", fail(exitVolume, "%s: %v", cipherDir, err)
+	}
+	// The nearest existing ancestor, resolved, with the rest of the path.
+	existing, rest := dest, ""
+	for {
+		if _, err := os.Lstat(existing); err == nil || existing == filepath.Dir(existing) {
+			break
+		}
+		existing, rest = filepath.Dir(existing), filepath.Join(filepath.Base(existing), rest)
+	}
+	realDest, err := filepath.EvalSymlinks(existing)
+	if err != nil {
+		return "", fail(exitUsage, "DEST %s: %v", dest, err)
+	}
+	realDest = filepath.Join(realDest, rest)
+	if realDest == realCipher || strings.HasPrefix(realDest, realCipher+string(filepath.Separator)) {
+		return "", fail(exitUsage, "DEST %s is inside CIPHERDIR %s: export to a directory outside it", dest, cipherDir)
+	}
+	if ents, err := os.ReadDir(dest); err == nil {
+		if len(ents) > 0 {
+			return "", fail(exitUsage, "DEST %s is not empty: export into a new or empty directory", dest)
+		}
+		return dest, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fail(exitUsage, "DEST %s: %v", dest, err)
+	}
+	if err := os.MkdirAll(dest, 0o700); err != nil {
+		return "", fail(exitError, "create DEST: %v", err)
+	}
+	return dest, nil
+}
+
+type exportRun struct {
+	vol       *volume.Volume
+	keys      *offlineKeys
+	dest      string
+	keepGoing bool
+	root      bool // euid 0: owners are kept
+	stderr    io.Writer
+	prog      *progress
+
+	// Kept by the walk:
+	links map[[2]uint64]string // (dev, ino) of a multiply linked object: its first path in DEST
+	dirs  []dirMeta            // directories, parents first, to finish once their contents are in
+
+	// Kept by the consumer:
+	count   exportCounts
+	damaged int   // files with damage (--keep-going)
+	notKept int   // metadata DEST did not take
+	fatal   error // stops the run: a key service failure, or damage without --keep-going
+}
+
+type exportCounts struct {
+	files, dirs, symlinks, links, fifos int
+	plain                               int64
+}
+
+type dirMeta struct {
+	target string
+	st     unix.Stat_t
+	xattrs []xattr
+}
+
+// exportResult is what exporting one object did, for the consumer.
+type exportResult struct {
+	kind    string // "file", "dir", "symlink", "fifo", "link", or "" (not exported)
+	stored  int64
+	plain   int64
+	notes   []string // one line each on stderr: damage, and what was not kept
+	damaged bool
+	notKept int
+	fatal   error
+	link    [2]string // for kind "link": the first path, and the new one
+	regular bool      // for kind "link": to a regular file (progress counts it)
+}
+
+func (e *exportRun) run(ctx context.Context, cancel func()) error {
+	var rootSt unix.Stat_t
+	if err := unix.Lstat(e.vol.Dir, &rootSt); err != nil {
+		return err
+	}
+	rootX, err := e.sourceXattrs(e.vol.Dir, false)
+	if err != nil {
+		return err
+	}
+	err = runOrdered(offlineWorkers, func(submit func(func() exportResult)) error {
+		return volume.Walk(e.vol.Dir, func(en volume.Entry) error {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return e.visit(ctx, en, submit)
+		})
+	}, func(r exportResult) {
+		if r.fatal != nil {
+			if e.fatal == nil {
+				e.fatal = r.fatal
+				cancel()
+			}
+			return
+		}
+		if r.kind == "link" {
+			if err := os.Link(r.link[0], r.link[1]); err != nil {
+				r.notes = append(r.notes, fmt.Sprintf("%s: not exported: a hard link to %s: %v", r.link[1], r.link[0], err))
+				r.notKept++
+			}
+		}
+		e.consume(r)
+	})
+	if e.fatal != nil || err != nil {
+		return err
+	}
+	// Directories last, children before parents, so their times stay.
+	for i := len(e.dirs) - 1; i >= 0; i-- {
+		d := e.dirs[i]
+		e.consume(exportResult{notes: e.setMeta(d.target, &d.st, d.xattrs, false), notKept: -1})
+	}
+	e.consume(exportResult{notes: e.setMeta(e.dest, &rootSt, rootX, false), notKept: -1})
+	return nil
+}
+
+// consume counts r and prints its notes. notKept -1 counts each note as
+// a thing not kept.
+func (e *exportRun) consume(r exportResult) {
+	switch r.kind {
+	case "file":
+		e.prog.file(r.stored)
+		e.count.files++
+		e.count.plain += r.plain
+	case "dir":
+		e.count.dirs++
+	case "symlink":
+		e.count.symlinks++
+	case "fifo":
+		e.count.fifos++
+	case "link":
+		if r.regular {
+			e.prog.file(r.stored)
+		}
+		e.count.links++
+	}
+	if r.notKept < 0 {
+		r.notKept = len(r.notes)
+	}
+	if r.damaged {
+		e.damaged++
+	}
+	e.notKept += r.notKept
+	if len(r.notes) > 0 {
+		e.prog.clear()
+	}
+	for _, n := range r.notes {
+		fmt.Fprintln(e.stderr, "kmsfs:", n)
+	}
+}
+
+// visit exports one object of the walk: regular files on the workers,
+// everything else here (it needs the parent's descriptor, valid only
+// now). Results go through submit, in walk order.
+func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func() exportResult)) error {
+	done := func(r exportResult) { submit(func() exportResult { return r }) }
+	target := filepath.Join(e.dest, filepath.FromSlash(en.Rel))
+	var st unix.Stat_t
+	if err := unix.Fstatat(en.DirFd, en.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		done(e.unreadable(en.Rel, err))
+		return nil
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
+		id := [2]uint64{st.Dev, st.Ino}
+		if first, ok := e.links[id]; ok {
+			done(exportResult{kind: "link", link: [2]string{first, target}, stored: st.Size, regular: st.Mode&unix.S_IFMT == unix.S_IFREG})
+			return nil
+		}
+		e.links[id] = target
+	}
+	proc := "/proc/self/fd/" + strconv.Itoa(en.DirFd) + "/" + en.Name
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		x, err := e.sourceXattrs(proc, false)
+		if err == nil {
+			err = os.Mkdir(target, 0o700)
+		}
+		if err != nil {
+			done(e.failed(en.Rel, err))
+			return volume.SkipDir
+		}
+		e.dirs = append(e.dirs, dirMeta{target: target, st: st, xattrs: x})
+		done(exportResult{kind: "dir"})
+	case unix.S_IFLNK:
+		to, err := readlinkat(en.DirFd, en.Name)
+		var x []xattr
+		if err == nil {
+			x, err = e.sourceXattrs(proc, true)
+		}
+		if err == nil {
+			err = os.Symlink(to, target)
+		}
+		if err != nil {
+			done(e.failed(en.Rel, err))
+			return nil
+		}
+		notes := e.setMeta(target, &st, x, true)
+		done(exportResult{kind: "symlink", notes: notes, notKept: len(notes)})
+	case unix.S_IFIFO:
+		x, err := e.sourceXattrs(proc, false)
+		if err == nil {
+			err = unix.Mknod(target, unix.S_IFIFO|0o600, 0)
+		}
+		if err != nil {
+			done(e.failed(en.Rel, err))
+			return nil
+		}
+		notes := e.setMeta(target, &st, x, false)
+		done(exportResult{kind: "fifo", notes: notes, notKept: len(notes)})
+	case unix.S_IFREG:
+		f, err := volume.OpenFile(en.DirFd, en.Name)
+		if err != nil {
+			done(e.unreadable(en.Rel, err))
+			return nil
+		}
+		submit(func() exportResult { return e.exportFile(ctx, en.Rel, f, &st, target) })
+	default:
+		what := map[uint32]string{unix.S_IFSOCK: "a socket", unix.S_IFCHR: "a character device", unix.S_IFBLK: "a block device"}[st.Mode&unix.S_IFMT]
+		done(exportResult{notes: []string{en.Rel + ": not exported: " + what + " (export makes no sockets or device nodes)"}})
+	}
+	return nil
+}
+
+// unreadable: an object of CIPHERDIR that cannot be read. Damage with
+// --keep-going, otherwise the end of the run.
+func (e *exportRun) unreadable(rel string, err error) exportResult {
+	if !e.keepGoing {
+		return exportResult{fatal: fail(exitError, "export stopped: %s: %v", rel, err)}
+	}
+	return exportResult{damaged: true, notes: []string{rel + ": not exported: " + err.Error()}}
+}
+
+// failed: an object DEST did not take.
+func (e *exportRun) failed(rel string, err error) exportResult {
+	return exportResult{fatal: fail(exitError, "export stopped: %s: %v", rel, err)}
+}
+
+// exportFile decrypts the stored file f into target, sparse where whole
+// blocks are zeros, then gives it f's metadata.
+func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *unix.Stat_t, target string) (r exportResult) {
+	defer f.Close()
+	r = exportResult{kind: "file", stored: st.Size}
+	if ctx.Err() != nil {
+		return exportResult{}
+	}
+	x, err := e.sourceXattrs("/proc/self/fd/"+strconv.Itoa(int(f.Fd())), false)
+	if err != nil {
+		return e.unreadable(rel, err)
+	}
+	pf, err := openPlain(ctx, e.vol, e.keys.kr, f)
+	var he *headerError
+	switch {
+	case errors.As(err, &he):
+		if !e.keepGoing {
+			return exportResult{fatal: fail(exitDamage, "export stopped: %s cannot be decrypted: %v; %s holds a partial export (--keep-going exports the rest)", rel, he, e.dest)}
+		}
+		return exportResult{damaged: true, notes: []string{rel + ": not exported: it cannot be decrypted: " + he.Error()}}
+	case keyServiceFailure(err):
+		return exportResult{fatal: keyError("export stopped at "+rel, err)}
+	case err != nil:
+		return e.unreadable(rel, err)
+	}
+	defer pf.wipe()
+	out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return e.failed(rel, err)
+	}
+	bs := int(e.vol.Layout.BlockSize)
+	err = pf.read(func(off int64, p []byte) error {
+		for i := 0; i < len(p); i += bs {
+			b := p[i:min(i+bs, len(p))]
+			if allZero(b) {
+				continue // a hole in DEST
+			}
+			if _, err := out.WriteAt(b, off+int64(i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, func(idx uint64, off, n int64) error {
+		if !e.keepGoing {
+			return fail(exitDamage, "export stopped: %s: block %d (plaintext bytes %d-%d) fails authentication: damaged or tampered with; %s holds a partial export (--keep-going writes zeros for it and goes on)", rel, idx, off, off+n-1, e.dest)
+		}
+		r.damaged = true
+		r.notes = append(r.notes, fmt.Sprintf("%s: block %d (plaintext bytes %d-%d) fails authentication: exported as zeros", rel, idx, off, off+n-1))
+		return nil
+	})
+	if err == nil {
+		err = out.Truncate(pf.size)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(target)
+		var ce *cliError
+		if errors.As(err, &ce) {
+			return exportResult{fatal: err}
+		}
+		return e.failed(rel, err)
+	}
+	if pf.sizeErr != nil {
+		msg := fmt.Sprintf("%s: damaged at plaintext offset %d: the stored file ends in %d bytes that cannot hold a block (it was cut, or appended to)", rel, pf.size, pf.stored-e.vol.Layout.CipherSize(pf.size))
+		if !e.keepGoing {
+			os.Remove(target)
+			return exportResult{fatal: fail(exitDamage, "export stopped: %s; %s holds a partial export (--keep-going exports the readable part)", msg, e.dest)}
+		}
+		r.damaged = true
+		r.notes = append(r.notes, msg+": exported up to there")
+	}
+	r.plain = pf.size
+	kept := e.setMeta(target, st, x, false)
+	r.notes = append(r.notes, kept...)
+	r.notKept = len(kept)
+	return r
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// setMeta gives the object at target (in DEST) the owner (as root), the
+// xattrs, the mode and the times of st, in that order: a chown clears
+// the set-ID bits and file capabilities, which the xattrs and the mode
+// then set. It returns what could not be kept, one line each.
+func (e *exportRun) setMeta(target string, st *unix.Stat_t, x []xattr, link bool) []string {
+	var notes []string
+	note := func(what string, err error) {
+		notes = append(notes, fmt.Sprintf("%s: %s not kept: %v", target, what, err))
+	}
+	if e.root {
+		if err := unix.Lchown(target, int(st.Uid), int(st.Gid)); err != nil {
+			note("owner", err)
+		}
+	}
+	for _, a := range x {
+		if err := unix.Lsetxattr(target, a.name, a.value, 0); err != nil {
+			note("xattr "+a.name, err)
+		}
+	}
+	if !link {
+		if err := unix.Chmod(target, st.Mode&0o7777); err != nil {
+			note("mode", err)
+		}
+	}
+	ts := []unix.Timespec{st.Atim, st.Mtim}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, target, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		note("times", err)
+	}
+	return notes
+}
+
+// xattr is one extended attribute.
+type xattr struct {
+	name  string
+	value []byte
+}
+
+// sourceXattrs reads the xattrs of an object of CIPHERDIR, named by a
+// /proc/self/fd path (its parent's descriptor and its name, for a
+// symlink), but POSIX ACLs, which kmsfs refuses.
+func (e *exportRun) sourceXattrs(path string, link bool) ([]xattr, error) {
+	x, err := listXattrs(path, link)
+	if errors.Is(err, unix.ENOTSUP) {
+		return nil, nil
+	}
+	return x, err
+}
+
+// listXattrs reads every xattr of path (not following it when link), but
+// POSIX ACLs.
+func listXattrs(path string, link bool) ([]xattr, error) {
+	list, get := unix.Listxattr, unix.Getxattr
+	if link {
+		list, get = unix.Llistxattr, unix.Lgetxattr
+	}
+	names, err := grow(func(b []byte) (int, error) { return list(path, b) })
+	if err != nil || len(names) == 0 {
+		return nil, err
+	}
+	var out []xattr
+	for _, n := range strings.Split(strings.TrimSuffix(string(names), "\x00"), "\x00") {
+		if n == "system.posix_acl_access" || n == "system.posix_acl_default" {
+			continue
+		}
+		v, err := grow(func(b []byte) (int, error) { return get(path, n, b) })
+		if errors.Is(err, unix.ENODATA) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("xattr %s: %w", n, err)
+		}
+		out = append(out, xattr{name: n, value: v})
+	}
+	return out, nil
+}
+
+// grow calls f with a buffer large enough for its answer (the xattr
+// calls' size query, then the call, again if it grew meanwhile).
+func grow(f func([]byte) (int, error)) ([]byte, error) {
+	for {
+		n, err := f(nil)
+		if err != nil {
+			return nil, err
+		}
+		b := make([]byte, n)
+		n, err = f(b)
+		if errors.Is(err, unix.ERANGE) {
+			continue
+		}
+		return b[:n], err
+	}
+}
+
+// readlinkat reads the target of the symlink name in dirfd.
+func readlinkat(dirfd int, name string) (string, error) {
+	for size := 256; ; size *= 2 {
+		b := make([]byte, size)
+		n, err := unix.Readlinkat(dirfd, name, b)
+		if err != nil {
+			return "", err
+		}
+		if n < size {
+			return string(b[:n]), nil
+		}
+	}
+}

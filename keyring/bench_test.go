@@ -1,0 +1,31 @@
+package keyring_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// BenchmarkLocalDecrypt is the keyring's share of a cold file open on a
+// local-key volume: one unwrap of a data key.
+func BenchmarkLocalDecrypt(b *testing.B) {
+	l, err := keyring.NewLocalFromBytes(make([]byte, keyring.LocalKeyFileSize))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ec := keyring.FileContext("00112233445566778899aabbccddeeff", "ffeeddccbbaa99887766554433221100")
+	dk, wrapped, err := l.GenerateDataKey(context.Background(), ec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dk.Wipe()
+	b.ReportAllocs()
+	for b.Loop() {
+		dk, err := l.Decrypt(context.Background(), wrapped, ec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dk.Wipe()
+	}
+}

@@ -1,0 +1,77 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Open opens the stored file rel (a path relative to v.Dir) for reading
+// as OpenFile does, and beneath CIPHERDIR following no symlink at any
+// depth: a directory swapped for a symlink fails the open instead of
+// leading out of CIPHERDIR. kmsfs's own names (Reserved) are refused.
+func (v *Volume) Open(rel string) (*os.File, error) {
+	rel = filepath.ToSlash(filepath.Clean(rel))
+	if rel == "." || filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
+		return nil, &fs.PathError{Op: "open", Path: rel, Err: errors.New("not a path inside CIPHERDIR")}
+	}
+	for i, name := range strings.Split(rel, "/") {
+		if Reserved(i == 0, name) {
+			return nil, &fs.PathError{Op: "open", Path: rel, Err: errors.New("one of kmsfs's own names, not a file of the volume")}
+		}
+	}
+	root, err := unix.Open(v.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: v.Dir, Err: err}
+	}
+	defer unix.Close(root)
+	how := unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	fd, err := unix.Openat2(root, rel, &how)
+	if errors.Is(err, unix.ELOOP) {
+		err = errors.New("a symlink, or beneath one: kmsfs follows no symlink inside CIPHERDIR")
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: rel, Err: err}
+	}
+	return checkedFile(fd, rel)
+}
+
+// Find returns the volume whose CIPHERDIR holds path, and path relative
+// to it: the nearest directory above path whose kmsfs.json is a volume
+// config. (Below the root, a file of that name is a stored file of the
+// volume, whose bytes are no config.) The directories above path are
+// found lexically, from its absolute form, not through symlinks. Without
+// a volume above path it returns ErrNoConfig, or the error of the first
+// config found that did not parse.
+func Find(path string) (*Volume, string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, "", err
+	}
+	var firstErr error
+	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
+		v, err := Open(dir)
+		if err == nil {
+			rel, err := filepath.Rel(dir, abs)
+			return v, filepath.ToSlash(rel), err
+		}
+		if !errors.Is(err, ErrNoConfig) && firstErr == nil {
+			firstErr = fmt.Errorf("%s: %w", dir, err)
+		}
+		if dir == filepath.Dir(dir) {
+			break
+		}
+	}
+	if firstErr != nil {
+		return nil, "", firstErr
+	}
+	return nil, "", ErrNoConfig
+}
