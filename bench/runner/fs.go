@@ -39,6 +39,7 @@ type env struct {
 	awsEnv      []string
 	mountArgs   []string // -kmsfs-args: added to every kmsfs mount (trials)
 	altBin      string   // -kmsfs-alt: a second kmsfs binary, run as system kmsfs-alt (trials)
+	initDone    func()   // called by kmsfsSetup between init and mount (set by mountCalls)
 }
 
 func (e *env) path(name string) string { return filepath.Join(e.bin, name) }
@@ -200,6 +201,9 @@ func kmsfsSetup(e *env, base, name string, initArgs, mountArgs []string) (*mount
 	}
 	if _, err := run(e.awsEnv, bin, append(append([]string{"init"}, initArgs...), c)...); err != nil {
 		return nil, err
+	}
+	if e.initDone != nil {
+		e.initDone()
 	}
 	cmd, _, err := startReady(e.awsEnv, "kmsfs: mounted", bin, append(append(append([]string{"mount", "--log-level", "warn"}, e.mountArgs...), mountArgs...), c, mnt)...)
 	if err != nil {

@@ -158,6 +158,7 @@ func runSystem(e *env, cfg config, res result, round int, backing, base string, 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		log.Fatal(err)
 	}
+	calls := mountCalls(e, sys)
 	m, err := sys.setup(e, dir)
 	if err != nil {
 		log.Printf("round %d %s %s: setup: %v", round, backing, sys.name, err)
@@ -181,6 +182,7 @@ func runSystem(e *env, cfg config, res result, round int, backing, base string, 
 	if err := m.stop(); err != nil {
 		log.Printf("%s: %v", sys.name, err)
 	}
+	calls(res, backing)
 	os.RemoveAll(dir)
 }
 
