@@ -183,16 +183,18 @@ func (n *node) acquireAt(fd int, wantKey bool, stored int64) (*fileState, error)
 }
 
 // readaheadHint tells key readahead that n's key is about to be
-// unwrapped: a cold open, perhaps one of a scan.
-func (n *node) readaheadHint() {
+// unwrapped: a cold open, perhaps one of a scan. The function it returns
+// tells it the key is loaded.
+func (n *node) readaheadHint() (loaded func()) {
 	if n.r.ra == nil {
-		return
+		return func() {}
 	}
 	if name, parent := n.Parent(); parent != nil {
 		if pn, ok := parent.Operations().(*node); ok {
-			n.r.ra.coldOpen(pn, name)
+			return n.r.ra.coldOpen(pn, name)
 		}
 	}
+	return func() {}
 }
 
 // settleOnOpen finishes a rewrite a crash interrupted before the file's

@@ -40,7 +40,7 @@ var headBufs = sync.Pool{New: func() any { return new([]byte) }}
 // heads lie too far out to be read with the header). fd must be
 // openBacking's, whose reads do not move the file's atime where the
 // daemon may say so.
-func (r *Root) loadKeyHead(fd int, stored int64, before func()) (k *fileKey, pending bool, err error) {
+func (r *Root) loadKeyHead(fd int, stored int64, before func() (after func())) (k *fileKey, pending bool, err error) {
 	if stored == 0 {
 		return nil, false, nil
 	}
@@ -71,10 +71,11 @@ func (r *Root) loadKeyHead(fd int, stored int64, before func()) (k *fileKey, pen
 // loadKey reads the header of the file open at fd, unwraps its data key
 // with one keyring call and checks the header against it. A file without
 // a header yields (nil, nil). before, if not nil, runs once a header is
-// found, before the keyring call. A header that a kmsfs rewrap left torn
+// found, before the keyring call; the function it returns runs after it.
+// A header that a kmsfs rewrap left torn
 // is read from its rewrite record (volume.OpenHeader), at the cost of a
 // second keyring call if the torn slot's was made.
-func (r *Root) loadKey(fd int, before func()) (*fileKey, error) {
+func (r *Root) loadKey(fd int, before func() (after func())) (*fileKey, error) {
 	size, err := fdStore(fd).size()
 	if err != nil || size == 0 {
 		return nil, err
@@ -85,13 +86,14 @@ func (r *Root) loadKey(fd int, before func()) (*fileKey, error) {
 
 // openStored is loadKey of the stored file read through ra, size bytes
 // long.
-func (r *Root) openStored(ra io.ReaderAt, size int64, before func()) (*fileKey, error) {
+func (r *Root) openStored(ra io.ReaderAt, size int64, before func() (after func())) (*fileKey, error) {
 	unwrap := r.unwrap
 	if before != nil {
 		unwrap = func(h *blockcipher.Header) (*keyring.DataKey, error) {
 			if before != nil {
-				before()
+				after := before()
 				before = nil
+				defer after()
 			}
 			return r.unwrap(h)
 		}

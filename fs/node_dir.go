@@ -247,7 +247,6 @@ type dirHandle struct {
 	n      *node
 	r      *Root
 	statFd int
-	names  []string // the regular files listed so far, for readahead
 }
 
 var _ fusefs.FileGetattrer = (*dirHandle)(nil)
@@ -277,21 +276,10 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 		if hidden(d.n.isRoot(), e.Name) {
 			continue
 		}
-		if e.Mode&unix.S_IFMT == unix.S_IFREG {
-			switch {
-			case d.r.opts.PrefetchKeys:
-				if !d.n.childOpen(e.Name) {
-					d.r.prefetch(join(d.n.relPath(), e.Name))
-				}
-			case d.r.ra != nil && len(d.names) < listingMax:
-				d.names = append(d.names, e.Name)
-			}
+		if e.Mode&unix.S_IFMT == unix.S_IFREG && d.r.opts.PrefetchKeys && !d.n.childOpen(e.Name) {
+			d.r.listingPrefetch(join(d.n.relPath(), e.Name))
 		}
 		return &e, 0
-	}
-	if d.r.ra != nil && d.names != nil {
-		d.r.ra.listed(d.n, d.names)
-		d.names = nil
 	}
 	return nil, 0
 }

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"errors"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -40,10 +41,56 @@ func newAhead(inner keyring.Keyring) *keyring.Ahead {
 	})
 }
 
-// prefetch asks for the key of the regular file at path (relative to
-// CIPHERDIR), listed just now. It never blocks.
-func (r *Root) prefetch(path string) {
-	r.ahead.Prefetch(func() ([]keyring.WrappedKey, keyring.EncryptionContext, error) {
+// readaheadRecent: prefetching does not ask again for a key handed out
+// this recently before the request (or after it, while it was queued). A
+// file read and closed that recently is behind the reader, or was read
+// out of order by one of several readers; older ones may be on the
+// reader's second pass. (Files open now are not asked for at all.)
+const readaheadRecent = 2 * time.Second
+
+// listingPrefetch asks for the key of the regular file at path (relative
+// to CIPHERDIR), listed just now and not open. It never blocks.
+func (r *Root) listingPrefetch(path string) {
+	r.ahead.PrefetchRecent(r.headerLoader(path), readaheadRecent)
+}
+
+// readaheadPrefetch asks for the key of the regular file at path, which a
+// scan will open next, unless it is open now. It never blocks.
+func (r *Root) readaheadPrefetch(path string) {
+	if r.pathOpen(path) {
+		return
+	}
+	r.ahead.PrefetchRecent(r.headerLoader(path), readaheadRecent)
+}
+
+// pathOpen reports whether the file at path is open through the mount
+// (its key is held: nothing to prefetch).
+func (r *Root) pathOpen(path string) bool {
+	n := r.root
+	dir, name := "", path
+	if i := strings.LastIndexByte(path, '/'); i >= 0 {
+		dir, name = path[:i], path[i+1:]
+	}
+	for _, c := range strings.Split(dir, "/") {
+		if c == "" {
+			continue
+		}
+		child := n.GetChild(c)
+		if child == nil {
+			return false
+		}
+		cn, ok := child.Operations().(*node)
+		if !ok {
+			return false
+		}
+		n = cn
+	}
+	return n.childOpen(name)
+}
+
+// headerLoader reads the wrapped keys of the file at path, for Ahead.
+func (r *Root) headerLoader(path string) func() ([]keyring.WrappedKey, keyring.EncryptionContext, error) {
+	return func() ([]keyring.WrappedKey, keyring.EncryptionContext, error) {
 		// O_NOATIME where the daemon may (see openBacking): no fcntl
 		// around the header read.
 		fd, err := openBeneath(r.rootFd, path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOATIME)
@@ -63,5 +110,5 @@ func (r *Root) prefetch(path string) {
 			return nil, nil, errNothingToPrefetch
 		}
 		return volume.Entries(h), r.vol.FileContext(h.FileID), nil
-	})
+	}
 }

@@ -1,128 +1,361 @@
 package fs
 
 import (
+	"os"
+	"path"
 	"slices"
 	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Key readahead (on by default in per-file volumes, --key-readahead): a
-// reader that opens the files of a directory one after the other (cat of
-// a listing, find -exec, a backup tool) waits for one key service round
-// trip per file. Readahead notices the scan and unwraps the next files'
-// keys ahead, through keyring.Ahead, as the kernel reads ahead the blocks
-// of a file: after readaheadAfter cold opens in a row, in the order the
-// directory was last listed (or in name order, as tools that sort do),
-// the next window files are asked for, and the window doubles, up to
-// readaheadMax, each time the reader catches up with it. A listing alone
-// (ls, stat, find without reads) asks for nothing, and a file open right
-// now is not asked for. What a scan leaves unread at most one window of
-// unused keys, which Ahead wipes after its TTL.
+// reader that opens files one after the other (cat of a listing, find
+// -exec, md5sum -c of a list made by find, a backup tool) waits for one
+// key service round trip per file. Readahead notices the scan and
+// unwraps the next files' keys ahead, through keyring.Ahead, as the
+// kernel reads ahead the blocks of a file.
+//
+// Order. A scan follows a directory tree depth first, each directory's
+// entries (files and subdirectories) taken either in the order the
+// directory lists them (find, which descends into a subdirectory where
+// the listing names it) or by name (tools that sort: restic, rsync, tar
+// of a sorted list). The mount reads the backing directories itself for
+// this (no key service call; names are stored in plaintext), so a scan is
+// seen whether or not the reader listed the directory through the mount.
+//
+// Seeing a scan. Each directory keeps, per order, where its files were
+// last opened. After readaheadAfter cold opens in a row in one directory,
+// each the file that follows the previous one, its scan starts: a chain
+// that walks the tree from there, depth first in that order, into
+// subdirectories and on to what follows the directory in its parent, and
+// asks for the next window files' keys, and for more as the reader uses
+// them. The window doubles, up to readaheadMax, each time the reader has
+// used half of it before more arrived.
+// Directories the walk entered accept their files' opens as part of the
+// scan at once. Opens of several readers at once (8 readers of a listing,
+// restic's two) arrive a little out of order: while another cold open in
+// the directory is still waiting for its key, an open within
+// readaheadJitter files of the last counts as in order too. A serial
+// reader in random order never has two cold opens in flight, so it gets
+// no readahead: one Decrypt per file.
+//
+// Bounds. A listing alone (ls, stat, find without reads) asks for
+// nothing. What a scan leaves unread is at most one window of keys, which
+// Ahead wipes after its TTL. A tree read in an order that is neither
+// (md5sum -c of a list in creation order, jumping between directories)
+// gets readahead only within each directory, after three cold opens
+// there.
 const (
-	readaheadAfter = 3  // cold opens in order before the first window
-	readaheadFirst = 4  // the first window
-	readaheadMax   = 64 // the largest window: prefetchWorkers calls in flight
-	listingMax     = 1 << 16
-	listingsKept   = 16 // directories whose last listing is kept
+	readaheadAfter  = 3  // cold opens in order before the first window
+	readaheadFirst  = 4  // the first window
+	readaheadMax    = 64 // the largest window: prefetchWorkers calls in flight
+	readaheadJitter = 8  // how far out of order concurrent opens may come
+	readaheadBatch  = 4  // keys used before the window is topped up
+	listingMax      = 1 << 16
+	listingsKept    = 4096             // directories whose listing and scan state are kept
+	namesKept       = 1 << 20          // entries of those listings
+	listingTTL      = 30 * time.Second // a listing older than this is read again
+	chainIdle       = 5 * time.Second  // a scan whose files nobody opened for this long has ended
 )
 
-// readahead keeps the last listings of recently listed directories and
-// the scan state of each. Safe for concurrent use.
+// readahead keeps the listings and scan states of recently used
+// directories. Safe for concurrent use.
 type readahead struct {
 	r  *Root
 	mu sync.Mutex
-	// dirs are the listings, the most recently listed last. Guarded by mu.
-	dirs []*listing
+	// dirs are the listings by path (relative to CIPHERDIR). Guarded by
+	// mu, as is every field of what they point to.
+	dirs  map[string]*listing
+	names int // entries in dirs
+	clock uint64
 }
 
-// listing is the regular files of a directory in two orders: as it was
-// last listed, and by name.
+// listing is a directory's regular files and subdirectories in two
+// orders: as the backing directory lists them, and by name.
 type listing struct {
-	dir   *node
-	order [2][]string       // 0: as listed, 1: by name
-	pos   [2]map[string]int // name -> index in order[i]
-
-	// The scan in each order, guarded by readahead.mu.
-	last, streak, frontier, window [2]int
+	path     string
+	at       time.Time
+	used     uint64 // readahead.clock at the last use, for eviction
+	ents     [2][]dirent
+	pos      [2]map[string]int // name -> index in ents[o]
+	sc       [2]scanState
+	inflight int // cold opens here whose key is still loading
 }
 
-// listed records the regular files of dir, in the order a listing gave
-// them.
-func (ra *readahead) listed(dir *node, names []string) {
-	if len(names) == 0 {
-		return
-	}
-	l := &listing{dir: dir}
-	l.order[0] = names[:min(len(names), listingMax)]
-	l.order[1] = slices.Sorted(slices.Values(l.order[0]))
-	for o := range 2 {
-		l.pos[o] = make(map[string]int, len(l.order[o]))
-		for i, n := range l.order[o] {
-			l.pos[o][n] = i
-		}
-		l.last[o] = -2
-	}
-	ra.mu.Lock()
-	defer ra.mu.Unlock()
-	ra.dirs = slices.DeleteFunc(ra.dirs, func(x *listing) bool { return x.dir == dir })
-	if len(ra.dirs) >= listingsKept {
-		ra.dirs = ra.dirs[1:]
-	}
-	ra.dirs = append(ra.dirs, l)
+type dirent struct {
+	name string
+	dir  bool
+}
+
+// scanState is a directory's part in a scan in one order.
+type scanState struct {
+	last   int    // index of the furthest file opened in order, -1: none
+	streak int    // cold opens in order so far
+	chain  *chain // the scan this directory is part of, nil: none yet
+}
+
+// chain is one scan: the walk's position and how much it asked for that
+// the reader has not opened yet.
+type chain struct {
+	order  int
+	window int
+	ahead  int      // keys asked for, not yet used
+	at     *listing // where the walk stopped: the next entry is at[idx]
+	idx    int
+	done   bool      // the walk reached the end of the tree
+	used   time.Time // the last open of one of its files
 }
 
 // coldOpen notes that name in dir is about to have its key unwrapped, and
-// asks for the keys of the files a scan will open next.
-func (ra *readahead) coldOpen(dir *node, name string) {
-	var want []string
+// asks for the keys of the files a scan will open next. The returned
+// function is called once the key is loaded.
+func (ra *readahead) coldOpen(dir *node, name string) (done func()) {
+	p := dir.relPath()
 	ra.mu.Lock()
-	for _, l := range ra.dirs {
-		if l.dir == dir {
-			want = l.advance(name)
-			break
+	defer ra.mu.Unlock()
+	l := ra.listing(p)
+	if l == nil {
+		return func() {}
+	}
+	concurrent := l.inflight > 0
+	l.inflight++
+	var want []string
+	for o := range 2 {
+		// Both orders follow the open; the first that asks for more
+		// walks (a directory whose listing is in name order scans the
+		// same in both).
+		if c := ra.advance(l, o, name, concurrent); c != nil && want == nil {
+			want = ra.extend(c)
 		}
 	}
-	ra.mu.Unlock()
-	for _, n := range want {
-		if !dir.childOpen(n) {
-			ra.r.prefetch(join(dir.relPath(), n))
+	for _, f := range want {
+		ra.r.readaheadPrefetch(f)
+	}
+	return func() {
+		ra.mu.Lock()
+		l.inflight--
+		ra.mu.Unlock()
+	}
+}
+
+// advance updates l's scan state in order o for an open of name and
+// returns the scan, if this directory is part of one.
+func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *chain {
+	i, ok := l.pos[o][name]
+	if !ok || l.ents[o][i].dir {
+		return nil
+	}
+	s := &l.sc[o]
+	switch {
+	case s.chain != nil && s.chain.order == o && i > s.last-readaheadMax && time.Since(s.chain.used) < chainIdle:
+		// Part of a running scan (perhaps entered by its walk).
+		if i > s.last {
+			s.last = i
+		}
+		s.streak = max(s.streak+1, readaheadAfter)
+		if s.chain.ahead > 0 {
+			s.chain.ahead--
+		}
+		s.chain.used = time.Now()
+	case i == l.nextFile(o, s.last) || concurrent && s.streak > 0 && i > s.last-readaheadJitter && i <= s.last+readaheadJitter:
+		s.last = max(s.last, i)
+		s.streak++
+	default:
+		*s = scanState{last: i, streak: 1}
+		return nil
+	}
+	if s.streak < readaheadAfter {
+		return nil
+	}
+	c := s.chain
+	if c == nil || c.order != o || time.Since(c.used) >= chainIdle {
+		c = &chain{order: o, window: readaheadFirst, at: l, idx: s.last + 1, used: time.Now()}
+		s.chain = c
+	}
+	if c.at == l && c.idx <= s.last {
+		// Readers went past the walk (opens out of order): go on from
+		// the furthest.
+		c.idx, c.ahead = s.last+1, 0
+	}
+	return c
+}
+
+// extend keeps c's window of keys asked for ahead of the reader, walking
+// on once readaheadBatch of them were used, and doubles the window each
+// time the reader has used half of it before more arrived.
+func (ra *readahead) extend(c *chain) []string {
+	if c.done {
+		return nil
+	}
+	if c.ahead <= c.window/2 && c.ahead > 0 {
+		c.window = min(2*c.window, readaheadMax)
+	}
+	if n := c.window - c.ahead; n >= min(readaheadBatch, c.window) {
+		return ra.walk(c, n)
+	}
+	return nil
+}
+
+// walk asks for up to n more files from where c stopped, depth first.
+func (ra *readahead) walk(c *chain, n int) []string {
+	var want []string
+	o := c.order
+	for len(want) < n && !c.done {
+		l := c.at
+		if c.idx < len(l.ents[o]) {
+			e := l.ents[o][c.idx]
+			c.idx++
+			p := join(l.path, e.name)
+			if !e.dir {
+				want = append(want, p)
+				continue
+			}
+			sub := ra.listing(p)
+			if sub == nil {
+				continue
+			}
+			sub.sc[o] = scanState{last: -1, chain: c}
+			c.at, c.idx = sub, 0
+			continue
+		}
+		// The end of l: go on after it in its parent.
+		if l.path == "" {
+			c.done = true
+			break
+		}
+		parent := ra.listing(path.Dir(l.path))
+		if parent == nil {
+			c.done = true
+			break
+		}
+		j, ok := parent.pos[o][path.Base(l.path)]
+		if !ok {
+			c.done = true
+			break
+		}
+		if ps := &parent.sc[o]; ps.chain != c {
+			*ps = scanState{last: j, chain: c}
+		}
+		c.at, c.idx = parent, j+1
+	}
+	c.ahead += len(want)
+	return want
+}
+
+// nextFile is the index of the first file after index i in order o, or -1.
+func (l *listing) nextFile(o, i int) int {
+	for j := i + 1; j < len(l.ents[o]); j++ {
+		if !l.ents[o][j].dir {
+			return j
+		}
+	}
+	return -1
+}
+
+// listing returns the listing of the backing directory at p (relative to
+// CIPHERDIR; "" is the root), reading it if it is not kept or is older
+// than listingTTL; nil if it cannot be read. Caller holds ra.mu.
+func (ra *readahead) listing(p string) *listing {
+	if p == "." {
+		p = ""
+	}
+	ra.clock++
+	if l := ra.dirs[p]; l != nil && time.Since(l.at) < listingTTL {
+		l.used = ra.clock
+		return l
+	}
+	ents, err := ra.r.readBackingDir(p)
+	if err != nil {
+		return nil
+	}
+	l := &listing{path: p, at: time.Now(), used: ra.clock}
+	l.ents[0] = ents
+	l.ents[1] = slices.SortedFunc(slices.Values(ents), func(a, b dirent) int {
+		if a.name < b.name {
+			return -1
+		}
+		if a.name > b.name {
+			return 1
+		}
+		return 0
+	})
+	for o := range 2 {
+		l.pos[o] = make(map[string]int, len(l.ents[o]))
+		for i, e := range l.ents[o] {
+			l.pos[o][e.name] = i
+		}
+		l.sc[o].last = -1
+	}
+	if old := ra.dirs[p]; old != nil {
+		// Read again after listingTTL: a scan going on here goes on if
+		// the directory still has as many entries.
+		l.inflight = old.inflight
+		if len(old.ents[0]) == len(l.ents[0]) {
+			l.sc = old.sc
+		}
+		ra.names -= len(old.ents[0])
+		delete(ra.dirs, p)
+	}
+	if ra.dirs == nil {
+		ra.dirs = map[string]*listing{}
+	}
+	for len(ra.dirs) >= listingsKept || ra.names+len(ents) > namesKept && len(ra.dirs) > 0 {
+		ra.evict()
+	}
+	ra.dirs[p] = l
+	ra.names += len(ents)
+	return l
+}
+
+// evict drops the least recently used quarter of the listings (at least
+// one).
+func (ra *readahead) evict() {
+	used := make([]uint64, 0, len(ra.dirs))
+	for _, l := range ra.dirs {
+		used = append(used, l.used)
+	}
+	slices.Sort(used)
+	cut := used[len(used)/4]
+	for p, l := range ra.dirs {
+		if l.used <= cut {
+			ra.names -= len(l.ents[0])
+			delete(ra.dirs, p)
 		}
 	}
 }
 
-// advance updates the scan state for an open of name and returns the
-// names to prefetch. Caller holds readahead.mu.
-func (l *listing) advance(name string) []string {
-	var want []string
-	for o := range 2 {
-		i, ok := l.pos[o][name]
-		if !ok {
-			return nil
-		}
-		if i == l.last[o]+1 {
-			l.streak[o]++
-		} else {
-			l.streak[o], l.frontier[o], l.window[o] = 1, i+1, readaheadFirst
-		}
-		l.last[o] = i
-		if l.streak[o] < readaheadAfter || want != nil {
+// readBackingDir lists the regular files and directories of the backing
+// directory at p, in the order it lists them, without kmsfs's own names.
+// At most listingMax entries.
+func (r *Root) readBackingDir(p string) ([]dirent, error) {
+	if p == "" {
+		p = "."
+	}
+	fd, err := openBeneath(r.rootFd, p, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	des, err := f.ReadDir(listingMax)
+	if err != nil && len(des) == 0 {
+		return nil, err
+	}
+	ents := make([]dirent, 0, len(des))
+	for _, de := range des {
+		if hidden(p == ".", de.Name()) {
 			continue
 		}
-		if l.window[o] == 0 {
-			l.window[o] = readaheadFirst
-		}
-		if l.frontier[o]-i <= l.window[o]/2 {
-			if l.frontier[o] > i+1 {
-				l.window[o] = min(2*l.window[o], readaheadMax)
-			}
-			end := min(i+1+l.window[o], len(l.order[o]))
-			from := max(l.frontier[o], i+1)
-			if from < end {
-				want = append(want, l.order[o][from:end]...)
-			}
-			l.frontier[o] = max(l.frontier[o], end)
+		switch t := de.Type(); {
+		case t.IsRegular():
+			ents = append(ents, dirent{name: de.Name()})
+		case t.IsDir():
+			ents = append(ents, dirent{name: de.Name(), dir: true})
 		}
 	}
-	return want
+	return ents, nil
 }
 
 // childOpen reports whether n's child name is a file open right now (its

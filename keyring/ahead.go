@@ -14,7 +14,10 @@ import (
 // that Decrypt, so a key is held here only between its unwrap and its
 // first use, and one unused for ttl is wiped. A request for entries taken
 // within the last ttl is dropped, so a tree listed twice (as backup tools
-// do) is not unwrapped twice while its files are in use.
+// do) is not unwrapped twice while its files are in use; a caller that
+// knows which files are in use asks with PrefetchRecent and a shorter
+// window. A Decrypt that finds an unwrap of its entries in flight waits
+// for it.
 //
 // Prefetch never blocks: a full queue drops the request, and the Decrypt
 // that needs the key calls the inner keyring itself. Safe for concurrent
@@ -39,6 +42,9 @@ type Ahead struct {
 
 type aheadJob struct {
 	load func() ([]WrappedKey, EncryptionContext, error)
+	// since: the request is dropped for entries handed out after this
+	// time.
+	since time.Time
 }
 
 type aheadEntry struct {
@@ -77,8 +83,18 @@ func NewAhead(inner Keyring, o AheadOptions) *Ahead {
 // load runs on a worker (it may read a file header), and an error from it
 // drops the request. Prefetch reports whether the request was queued.
 func (a *Ahead) Prefetch(load func() ([]WrappedKey, EncryptionContext, error)) bool {
+	return a.PrefetchRecent(load, a.ttl)
+}
+
+// PrefetchRecent is Prefetch for a caller that knows the file is not open
+// (its key not in use): the request is dropped for entries handed out
+// within recent before it, or after it (while it waited in the queue),
+// not within the TTL. So a second pass over files read a while ago gets
+// its keys ahead too, and a reader that overtakes the queue does not
+// make it unwrap what the reader unwrapped.
+func (a *Ahead) PrefetchRecent(load func() ([]WrappedKey, EncryptionContext, error), recent time.Duration) bool {
 	select {
-	case a.jobs <- aheadJob{load}:
+	case a.jobs <- aheadJob{load: load, since: time.Now().Add(-min(recent, a.ttl))}:
 		return true
 	default:
 		return false
@@ -104,7 +120,7 @@ func (a *Ahead) fetch(j aheadJob, timeout time.Duration) {
 	k := cacheKey(wrapped, ec)
 	a.mu.Lock()
 	_, held := a.entries[k]
-	if held || a.closed || len(a.entries) >= a.max || time.Since(a.taken[k]) < a.ttl {
+	if held || a.closed || len(a.entries) >= a.max || a.taken[k].After(j.since) {
 		a.mu.Unlock()
 		return
 	}
@@ -157,17 +173,27 @@ func (a *Ahead) take(ctx context.Context, k [32]byte) *DataKey {
 // finds its unwrap in flight and makes none of its own.
 func (a *Ahead) Decrypt(ctx context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
 	k := cacheKey(wrapped, ec)
-	if dk := a.take(ctx, k); dk != nil {
-		a.hits.Add(1)
-		return dk, nil
+	mine := &aheadEntry{done: make(chan struct{})} // holds no key: a marker
+	for again := true; ; again = false {
+		if dk := a.take(ctx, k); dk != nil {
+			a.hits.Add(1)
+			return dk, nil
+		}
+		a.mu.Lock()
+		_, busy := a.entries[k]
+		if busy && again {
+			// A prefetch of these entries started since take looked:
+			// wait for it rather than unwrap them a second time.
+			a.mu.Unlock()
+			continue
+		}
+		if !busy && !a.closed {
+			a.entries[k] = mine
+		}
+		a.mu.Unlock()
+		break
 	}
 	a.misses.Add(1)
-	a.mu.Lock()
-	mine := &aheadEntry{done: make(chan struct{})} // holds no key: a marker
-	if _, busy := a.entries[k]; !busy && !a.closed {
-		a.entries[k] = mine
-	}
-	a.mu.Unlock()
 	dk, err := a.inner.Decrypt(ctx, wrapped, ec)
 	a.mu.Lock()
 	if a.entries[k] == mine {

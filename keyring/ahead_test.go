@@ -131,3 +131,55 @@ func (g *gatedDecrypt) Decrypt(ctx context.Context, wrapped []WrappedKey, ec Enc
 	<-g.gate
 	return g.Keyring.Decrypt(ctx, wrapped, ec)
 }
+
+// PrefetchRecent unwraps again what was handed out before its window (a
+// second pass over the files), and drops what was handed out within it or
+// while the request waited in the queue (a reader that overtook it).
+// Prefetch keeps the TTL: a second listing while the files are in use.
+func TestAheadPrefetchRecent(t *testing.T) {
+	c := newCounting(t)
+	a := NewAhead(c, AheadOptions{Workers: 1, Queue: 64, Max: 64, TTL: time.Hour, Timeout: 10 * time.Second})
+	defer a.Close()
+	wrapped, _ := wrapFile(t, c.inner, 5)
+	load := func() ([]WrappedKey, EncryptionContext, error) { return wrapped, testContext(5), nil }
+	dk, err := a.Decrypt(context.Background(), wrapped, testContext(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk.Wipe()
+	time.Sleep(20 * time.Millisecond)
+
+	a.Prefetch(load)
+	a.PrefetchRecent(load, 10*time.Second)
+	time.Sleep(20 * time.Millisecond) // a count, not a speed, is checked
+	if n := c.decrypts.Load(); n != 1 {
+		t.Fatalf("requests within the TTL and the window: %d inner calls in all, want 1", n)
+	}
+	a.PrefetchRecent(load, 10*time.Millisecond)
+	waitFor(t, "the second pass's prefetch", func() bool { return c.decrypts.Load() == 2 && a.Len() == 1 })
+	dk, err = a.Decrypt(context.Background(), wrapped, testContext(5))
+	if err != nil || c.decrypts.Load() != 2 {
+		t.Fatalf("Decrypt of the prefetched key: %v, %d inner calls", err, c.decrypts.Load())
+	}
+	dk.Wipe()
+
+	// The worker is busy with a slow request; one for file 6 waits in the
+	// queue while a reader unwraps file 6 itself: the request is dropped.
+	gate := make(chan struct{})
+	a.PrefetchRecent(func() ([]WrappedKey, EncryptionContext, error) {
+		<-gate
+		return nil, nil, errors.New("no header")
+	}, 0)
+	w6, _ := wrapFile(t, c.inner, 6)
+	a.PrefetchRecent(func() ([]WrappedKey, EncryptionContext, error) { return w6, testContext(6), nil }, 10*time.Millisecond)
+	dk, err = a.Decrypt(context.Background(), w6, testContext(6))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk.Wipe()
+	close(gate)
+	time.Sleep(20 * time.Millisecond)
+	if n := c.decrypts.Load(); n != 3 || a.Len() != 0 {
+		t.Fatalf("a request the reader overtook: %d inner calls in all, %d held; want 3 and 0", n, a.Len())
+	}
+}

@@ -14,7 +14,9 @@ import (
 // proxy: listing, stat and find cost no Decrypt; a serial reader of a
 // directory, in listing order or in name order, costs at most one Decrypt
 // per file read plus one window of keys it did not use (64); a tree
-// listed twice before it is read (as restic does) no more.
+// listed twice before it is read (as restic does) no more; a serial
+// reader of a whole tree (find -exec cat) no more either; a reader in
+// random order one Decrypt per file.
 func TestKeyReadahead(t *testing.T) {
 	t.Parallel()
 	env := newKMSEnv(t)
@@ -94,7 +96,12 @@ func TestKeyReadahead(t *testing.T) {
 	read("b", names)
 	checkReadahead(t, env.proxy, "a serial read in name order after two listings", n, window)
 
-	// Random order: no scan, no readahead, one Decrypt per file.
+	// Random order: no scan, no readahead, one Decrypt per file. A fresh
+	// mount: the scan of b, in name order, walked on into c.
+	if err := k.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	k = env.mount(t, "--read-only")
 	names = dirOrder("c")
 	rng := []int{7, 3, 120, 55, 1, 99, 42, 13, 140, 77}
 	var pick []string
@@ -106,6 +113,24 @@ func TestKeyReadahead(t *testing.T) {
 	if c := env.proxy.Count("Decrypt"); c != len(pick) {
 		t.Errorf("%d reads in no order: %d Decrypt, want %d", len(pick), c, len(pick))
 	}
+
+	// The whole tree, depth first in listing order, as find -exec cat
+	// reads it: the scan goes on from one directory to the next.
+	if err := k.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	k = env.mount(t, "--read-only")
+	var tree [][2]string
+	for _, d := range dirOrder("") {
+		for _, name := range dirOrder(d) {
+			tree = append(tree, [2]string{d, name})
+		}
+	}
+	env.proxy.Reset()
+	for _, f := range tree {
+		read(f[0], []string{f[1]})
+	}
+	checkReadahead(t, env.proxy, "a serial read of the tree", len(tree), window)
 }
 
 func checkReadahead(t *testing.T, p *kmstest.Proxy, what string, files, window int) {

@@ -5,28 +5,29 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/awskms"
 )
 
-// kmsCeiling is how many calls a second local-kms answers on this
-// machine, with no added latency, from ceilingClients concurrent callers
-// using kmsfs's own AWS KMS keyring. Every file created needs one
-// GenerateDataKey and every first open one Decrypt, so 10k files take at
-// least 10000/rate seconds however the calls are scheduled: the floor
-// under the KMS-bound workloads on this machine.
+// kmsCeiling is how many calls a second fastkms answers with kmsLatency
+// on this machine, from ceilingClients concurrent callers using kmsfs's
+// own AWS KMS keyring, and what a call costs in CPU on each side. Every
+// file created needs one GenerateDataKey and every first open one
+// Decrypt (per-file keys), so 10k files take at least 10000/rate seconds
+// however the calls are scheduled: the floor under the KMS-bound
+// workloads on this machine.
 type kmsCeiling struct {
 	Generate, Decrypt float64 // calls per second
+	ClientCPU         float64 // µs of the keyring's CPU per call (this process)
+	ServerCPU         float64 // µs of fastkms's CPU per call
 }
 
-const ceilingClients = 32
-
-// proxiedClients call through the 10 ms proxy: twice the most KMS calls
-// kmsfs has in flight (64 prefetching), so the rate measured is not
-// bounded by the latency.
-const proxiedClients = 128
+// ceilingClients is twice the most KMS calls kmsfs has in flight (64
+// prefetching), so the rate measured is not bounded by the latency.
+const ceilingClients = 128
 
 func measureKMSCeiling(endpoint string, calls, clients int) (kmsCeiling, error) {
 	ctx := context.Background()
@@ -72,6 +73,8 @@ func measureKMSCeiling(endpoint string, calls, clients int) (kmsCeiling, error) 
 		return float64(calls) / time.Since(start).Seconds(), first
 	}
 	var c kmsCeiling
+	st0, _ := endpointStats(endpoint)
+	cpu0 := selfCPU()
 	if c.Generate, err = run(func(i int) error {
 		dk, w, err := k.GenerateDataKey(ctx, ec)
 		if err == nil {
@@ -91,7 +94,19 @@ func measureKMSCeiling(endpoint string, calls, clients int) (kmsCeiling, error) 
 	}); err != nil {
 		return c, fmt.Errorf("decrypt: %w", err)
 	}
+	c.ClientCPU = float64(selfCPU()-cpu0) / 1e3 / float64(2*calls)
+	if st1, err := endpointStats(endpoint); err == nil {
+		c.ServerCPU = float64(st1.CPUNs-st0.CPUNs) / 1e3 / float64(st1.total()-st0.total())
+	}
 	return c, nil
+}
+
+func selfCPU() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 func cmpErr(a, b error) error {

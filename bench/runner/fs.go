@@ -26,7 +26,7 @@ type mounted struct {
 // kmsfs in one configuration.
 type system struct {
 	name  string
-	kms   bool            // kmsfs with the aws-kms keyring (local-kms)
+	kms   bool            // kmsfs with the aws-kms keyring (bench/fastkms)
 	skip  map[string]bool // workloads not run on this system
 	setup func(e *env, base string) (*mounted, error)
 }
@@ -34,11 +34,12 @@ type system struct {
 // env holds what the runner built and started once.
 type env struct {
 	bin         string // directory of built binaries
-	kmsEndpoint string // local-kms, no added latency
-	kmsSlow     string // local-kms behind a 10 ms proxy
+	kmsEndpoint string // bench/fastkms, no added latency
+	kmsSlow     string // bench/fastkms with kmsLatency
 	awsEnv      []string
 	mountArgs   []string // -kmsfs-args: added to every kmsfs mount (trials)
 	altBin      string   // -kmsfs-alt: a second kmsfs binary, run as system kmsfs-alt (trials)
+	initDone    func()   // called by kmsfsSetup between init and mount (set by mountCalls)
 }
 
 func (e *env) path(name string) string { return filepath.Join(e.bin, name) }
@@ -186,19 +187,6 @@ var systems = []system{
 	}},
 }
 
-// kmsSystems run only the KMS-bound workloads: local-kms behind 10 ms of
-// latency, without and with --prefetch-keys.
-var kmsSystems = []system{
-	// A serial read of 10k files without prefetch waits 10k round trips
-	// (100 s per round): measured once by hand, see RESULTS.md.
-	{name: "kmsfs-kms10ms", kms: true, skip: map[string]bool{"read 10k files, serial": true}, setup: func(e *env, base string) (*mounted, error) {
-		return kmsfsSetup(e, base, "kmsfs-kms10ms", []string{"--kms-key", "alias/kmsfs-bench", "--kms-endpoint", e.kmsSlow}, nil)
-	}},
-	{name: "kmsfs-kms10ms-prefetch", kms: true, setup: func(e *env, base string) (*mounted, error) {
-		return kmsfsSetup(e, base, "kmsfs-kms10ms-prefetch", []string{"--kms-key", "alias/kmsfs-bench", "--kms-endpoint", e.kmsSlow}, []string{"--prefetch-keys"})
-	}},
-}
-
 func kmsfsSetup(e *env, base, name string, initArgs, mountArgs []string) (*mounted, error) {
 	c, mnt := filepath.Join(base, name+"-cipher"), filepath.Join(base, name+"-mnt")
 	if err := mkdirs(mnt); err != nil {
@@ -213,6 +201,9 @@ func kmsfsSetup(e *env, base, name string, initArgs, mountArgs []string) (*mount
 	}
 	if _, err := run(e.awsEnv, bin, append(append([]string{"init"}, initArgs...), c)...); err != nil {
 		return nil, err
+	}
+	if e.initDone != nil {
+		e.initDone()
 	}
 	cmd, _, err := startReady(e.awsEnv, "kmsfs: mounted", bin, append(append(append([]string{"mount", "--log-level", "warn"}, e.mountArgs...), mountArgs...), c, mnt)...)
 	if err != nil {

@@ -1,13 +1,12 @@
 // Command runner is kmsfs's peer benchmark (run it through bench/run.sh):
 // the same workloads on the native backing filesystem, go-fuse's loopback
 // with kernel passthrough off, gocryptfs, securefs and kmsfs (local key,
-// and aws-kms against local-kms), over tmpfs and over disk, interleaved
+// and aws-kms against bench/fastkms), over tmpfs and over disk, interleaved
 // round by round; it reports medians with min–max and kmsfs's ratio to
 // each peer as Markdown.
 package main
 
 import (
-	"bufio"
 	"crypto/md5"
 	"encoding/hex"
 	"encoding/json"
@@ -33,8 +32,7 @@ type config struct {
 	treeFiles  int
 	tree10k    int // files of the small-file tree (100 directories)
 	only       map[string]bool
-	ceiling    kmsCeiling // local-kms's own rate on this machine
-	proxied    kmsCeiling // the same through the 10 ms latency proxy
+	ceiling    kmsCeiling // the rate of KMS calls through kmsfs's keyring at kmsLatency
 	workloads  map[string]bool
 	commit     string // what was built, taken before the build
 }
@@ -101,24 +99,19 @@ func main() {
 			log.Fatal(err)
 		}
 	}
-	stopKMS := startKMS(e, work)
+	stopKMS := startKMS(e)
 	defer stopKMS()
 	for _, kv := range e.awsEnv {
 		k, v, _ := strings.Cut(kv, "=")
 		os.Setenv(k, v)
 	}
-	if c, err := measureKMSCeiling(e.kmsEndpoint, 5000, ceilingClients); err != nil {
-		log.Printf("local-kms ceiling: %v", err)
+	if c, err := measureKMSCeiling(e.kmsSlow, 10000, ceilingClients); err != nil {
+		log.Printf("KMS ceiling: %v", err)
 	} else {
 		cfg.ceiling = c
-		log.Printf("local-kms ceiling: %.0f GenerateDataKey/s, %.0f Decrypt/s (%d callers, no added latency)", c.Generate, c.Decrypt, ceilingClients)
+		log.Printf("KMS ceiling at %v: %.0f GenerateDataKey/s, %.0f Decrypt/s (%d callers); kmsfs's keyring %.0f µs of CPU per call, fastkms %.0f µs", kmsLatency, c.Generate, c.Decrypt, ceilingClients, c.ClientCPU, c.ServerCPU)
 	}
-	if c, err := measureKMSCeiling(e.kmsSlow, 5000, proxiedClients); err != nil {
-		log.Printf("local-kms ceiling through the proxy: %v", err)
-	} else {
-		cfg.proxied = c
-		log.Printf("local-kms ceiling through the 10 ms proxy: %.0f GenerateDataKey/s, %.0f Decrypt/s (%d callers)", c.Generate, c.Decrypt, proxiedClients)
-	}
+	makeKMSTree(work)
 	tree, sums := makeTree(work, cfg.treeFiles)
 	small := makeSmallTree(work, cfg.tree10k)
 
@@ -128,6 +121,7 @@ func main() {
 	if *syscallFiles > 0 && (cfg.workloads == nil || cfg.workloads[syscallStep]) {
 		counts = countSyscalls(e, cfg, work, *syscallFiles)
 	}
+	kmsRun.start = snapshotKMS()
 	for round := 1; round <= cfg.rounds; round++ {
 		for _, b := range cfg.backings {
 			base, cleanup := backingDir(b, *diskDir, work)
@@ -144,6 +138,7 @@ func main() {
 			cleanup()
 		}
 	}
+	kmsRun.end = snapshotKMS()
 	prev := result{}
 	if b, err := os.ReadFile(*raw); err == nil {
 		json.Unmarshal(b, &prev)
@@ -163,27 +158,31 @@ func runSystem(e *env, cfg config, res result, round int, backing, base string, 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		log.Fatal(err)
 	}
+	calls := mountCalls(e, sys)
 	m, err := sys.setup(e, dir)
 	if err != nil {
 		log.Printf("round %d %s %s: setup: %v", round, backing, sys.name, err)
 		return
 	}
 	w := &wctx{e: e, dir: m.dir, backing: m.backing, tree: tree, md5: sums, small: small, cfg: cfg}
-	for _, wl := range workloads {
-		if kmsOnly && !wl.kms || sys.skip[wl.name] || cfg.workloads != nil && !cfg.workloads[wl.name] {
+	for _, wl := range systemWorkloads(sys, kmsOnly) {
+		if sys.skip[wl.name] || cfg.workloads != nil && !cfg.workloads[wl.name] {
 			continue
 		}
+		p := startProbe(e, sys, m)
 		v, err := wl.run(w)
 		if err != nil {
 			log.Printf("round %d %s %s %s: %v", round, backing, sys.name, wl.name, err)
 			continue
 		}
 		res.add(backing, sys.name, wl.name, v)
+		p.record(res, backing, sys.name, wl.name)
 		log.Printf("round %d %-5s %-24s %-26s %10.2f %s", round, backing, sys.name, wl.name, v, wl.unit)
 	}
 	if err := m.stop(); err != nil {
 		log.Printf("%s: %v", sys.name, err)
 	}
+	calls(res, backing)
 	os.RemoveAll(dir)
 }
 
@@ -250,74 +249,14 @@ func diskBacking(diskDir, work string) (string, func()) {
 	}
 }
 
-// build compiles kmsfs, the passthrough-free loopback, fsops and kmsproxy.
+// build compiles kmsfs, the passthrough-free loopback, fsops and fastkms.
 func build(e *env) {
-	for _, pkg := range []string{"./cmd/kmsfs", "./bench/loopback", "./bench/fsops", "./bench/kmsproxy"} {
+	for _, pkg := range []string{"./cmd/kmsfs", "./bench/loopback", "./bench/fsops", "./bench/fastkms"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(e.bin, filepath.Base(pkg)), pkg)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			log.Fatalf("build %s: %v", pkg, err)
 		}
-	}
-}
-
-// startKMS runs local-kms (seeded with alias/kmsfs-bench) and a 10 ms
-// latency proxy in front of it.
-func startKMS(e *env, work string) func() {
-	lk, err := exec.Command("go", "tool", "-n", "github.com/nsmithuk/local-kms").Output()
-	if err != nil {
-		log.Fatalf("build local-kms: %v", err)
-	}
-	dir := filepath.Join(work, "local-kms")
-	os.MkdirAll(dir, 0o755)
-	seed := `Keys:
-  Symmetric:
-    Aes:
-      - Metadata:
-          KeyId: bbbbbbbb-0000-4000-8000-000000000001
-        BackingKeys:
-          - 6b6d7366732062656e63686d61726b206b6579206e6f74206120736563726574
-Aliases:
-  - AliasName: alias/kmsfs-bench
-    TargetKeyId: bbbbbbbb-0000-4000-8000-000000000001
-`
-	os.WriteFile(filepath.Join(dir, "seed.yaml"), []byte(seed), 0o644)
-	cmd := exec.Command(strings.TrimSpace(string(lk)))
-	cmd.Env = append(os.Environ(), "PORT=0", "KMS_DATA_PATH="+filepath.Join(dir, "data"), "KMS_SEED_PATH="+filepath.Join(dir, "seed.yaml"),
-		"KMS_REGION=eu-west-2", "KMS_ACCOUNT_ID=111122223333")
-	out, _ := cmd.StdoutPipe()
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		log.Fatal(err)
-	}
-	port := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if i := strings.Index(sc.Text(), "Local KMS started on "); i >= 0 {
-				addr := strings.Fields(sc.Text()[i+len("Local KMS started on "):])[0]
-				port <- addr[strings.LastIndex(addr, ":")+1:]
-			}
-		}
-	}()
-	select {
-	case p := <-port:
-		e.kmsEndpoint = "http://127.0.0.1:" + p
-	case <-time.After(30 * time.Second):
-		log.Fatal("local-kms did not start")
-	}
-	proxy, endpoint, err := startReady(nil, "http://", filepath.Join(e.bin, "kmsproxy"), "-target", e.kmsEndpoint, "-latency", "10ms")
-	if err != nil {
-		log.Fatal(err)
-	}
-	e.kmsSlow = endpoint
-	e.awsEnv = []string{"AWS_ACCESS_KEY_ID=bench", "AWS_SECRET_ACCESS_KEY=bench", "AWS_REGION=eu-west-2",
-		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true"}
-	return func() {
-		proxy.Process.Signal(syscall.SIGTERM)
-		proxy.Wait()
-		cmd.Process.Kill()
-		cmd.Wait()
 	}
 }
 

@@ -65,6 +65,7 @@ func render(cfg config, res result, prev result, elapsed time.Duration, counts [
 		cfg.commit, runtime.Version(), version("gocryptfs", "-version"), version("securefs", "version"))
 	w("- every system with its defaults (securefs caches attributes for 30 s, the others 1 s); kmsfs with its default key pool\n")
 	w("- ratio = how many times faster kmsfs (local key) is than the peer; ✗ marks a miss of the goal (≥ 1.0× gocryptfs, ≥ 0.9× the best peer)\n")
+	renderKMSRun(w)
 	w("- workloads: dd bs=128k conv=fsync; dd read after drop_caches; tar x / md5sum -c / ls -lR / rm -rf of a %d-file source-like tree (fixed seed); "+
 		"tar x of %d files of 1–16 KiB in 100 directories then syncfs of the mount and of its backing filesystem, `find -type f -exec cat {} +` of them after drop_caches, `rm -rf` of them then syncfs; "+
 		"fio 4 KiB psync random reads on a 256 MiB file, %d s, direct=1 and buffered (direct=0), and random writes direct=1; %d files of 4000 B created and read back by one process (bench/fsops)\n\n",
@@ -108,34 +109,7 @@ func render(cfg config, res result, prev result, elapsed time.Duration, counts [
 		}
 		w("\nkmsfs is first among the encrypted filesystems on: %s.\n\n", orNone(first))
 
-		// KMS-bound workloads.
-		if r["kmsfs-kms10ms"] != nil || r["kmsfs-kms10ms-prefetch"] != nil {
-			w("### KMS latency (local-kms behind a 10 ms proxy)\n\n")
-			w("| workload | kmsfs (local key) | aws-kms, 10 ms | ÷ local | aws-kms, 10 ms, --prefetch-keys | ÷ local | goal | local-kms floor | ÷ local |\n|---|---|---|---|---|---|---|---|---|\n")
-			goals := map[string]string{"create 10k files": "≤ 1.5× local", "read 10k files, serial": "≤ 2× local with --prefetch-keys", "read 10k files, 8 readers": "≤ 2× local"}
-			for _, wl := range workloads {
-				if !wl.kms {
-					continue
-				}
-				loc := r["kmsfs"][wl.name]
-				slow := r["kmsfs-kms10ms"][wl.name]
-				pre := r["kmsfs-kms10ms-prefetch"][wl.name]
-				rate := cfg.proxied.Decrypt
-				if wl.name == "create 10k files" {
-					rate = cfg.proxied.Generate
-				}
-				floor := []float64{}
-				if rate > 0 {
-					floor = append(floor, float64(cfg.smallFiles)/rate)
-				}
-				w("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", wl.name, cell(loc, "s"), cell(slow, "s"), timeRatio(slow, loc), cell(pre, "s"), timeRatio(pre, loc), goals[wl.name], cell(floor, "s"), timeRatio(floor, loc))
-			}
-			if c, p := cfg.ceiling, cfg.proxied; c.Generate > 0 && p.Generate > 0 {
-				w("\nlocal-kms floor: a new file needs one GenerateDataKey and a first open one Decrypt, so %d files need %d calls. Called through kmsfs's own keyring with nothing else running, local-kms answers %.0f GenerateDataKey and %.0f Decrypt calls a second on this machine (%d callers); through the 10 ms proxy, whose forwarding costs CPU on the same cores, %.0f and %.0f (%d callers). The floor column is %d calls at the proxied rate: no scheduling of KMS calls in kmsfs can beat it here, and kmsfs's own work shares the same cores.\n",
-					cfg.smallFiles, cfg.smallFiles, c.Generate, c.Decrypt, ceilingClients, p.Generate, p.Decrypt, proxiedClients, cfg.smallFiles)
-			}
-			w("\n")
-		}
+		renderKMS(w, cfg, r)
 
 		// Regressions against the previous run.
 		if pr := prev[backing]; pr != nil {

@@ -144,6 +144,7 @@ func New(ctx context.Context, cfg Config) (*Keyring, error) {
 		// cfg.MaxAttempts is the bound; AWS_MAX_ATTEMPTS must not raise it.
 		o.RetryMaxAttempts = 0
 		o.ClientLogMode = 0 // see config.WithClientLogMode in loadAWSConfig
+		o.EndpointResolverV2 = &endpointCache{inner: kms.NewDefaultEndpointResolverV2()}
 		if cfg.Endpoint != "" {
 			o.BaseEndpoint = aws.String(cfg.Endpoint)
 		}
@@ -253,17 +254,22 @@ func loadAWSConfig(ctx context.Context, cfg Config) (aws.Config, error) {
 	}
 	// Wrapped after loading: the loader adds AWS_CA_BUNDLE's roots
 	// through the buildable client's own methods.
-	awsCfg.HTTPClient = oneWrite{awsCfg.HTTPClient}
+	awsCfg.HTTPClient = attemptClient{HTTPClient: awsCfg.HTTPClient, timeout: attemptTimeout(cfg)}
 	return awsCfg, nil
 }
 
-// newHTTPClient bounds each attempt by its share of the call's budget:
-// dial, TLS handshake and waiting for the response headers are all bounded
-// by it, so a black-holed endpoint costs attempts, not the whole budget.
+// attemptTimeout is each attempt's share of the call's budget, so a
+// black-holed endpoint costs attempts, not the whole budget.
+func attemptTimeout(cfg Config) time.Duration {
+	return cfg.CallTimeout / time.Duration(cfg.MaxAttempts)
+}
+
+// newHTTPClient bounds the dial, the TLS handshake and the wait for the
+// response headers by the attempt's timeout too (attemptClient bounds the
+// whole attempt).
 func newHTTPClient(cfg Config) *awshttp.BuildableClient {
-	attemptTimeout := cfg.CallTimeout / time.Duration(cfg.MaxAttempts)
+	attemptTimeout := attemptTimeout(cfg)
 	return awshttp.NewBuildableClient().
-		WithTimeout(attemptTimeout).
 		WithDialerOptions(func(d *net.Dialer) {
 			d.Timeout = attemptTimeout
 		}).
@@ -550,17 +556,32 @@ func arnRegion(s string) string {
 	return parts[3]
 }
 
-// oneWrite hands net/http each KMS request's body as an in-memory reader.
-// net/http sends the headers and an in-memory body of known length in one
-// write; for any other body (the SDK's own reader type) it flushes the
-// headers first, so every call cost two writes here and two reads at the
-// far end. KMS request bodies are small JSON documents.
-type oneWrite struct{ aws.HTTPClient }
+// attemptClient sends each attempt of a KMS call (the SDK's retryer calls
+// Do once per attempt) under its own deadline, and hands net/http the
+// request body as an in-memory reader.
+//
+// The deadline rides on the request's context. http.Client.Timeout did
+// the same job but, with the SDK's wrapper around the transport (not a
+// transport net/http knows), started a goroutine, a timer and two
+// channels per request to enforce it: 4-5 µs of a call's CPU. The
+// context's deadline bounds the dial, the TLS handshake, the wait for the
+// answer and the reading of its body, as Client.Timeout did; it is
+// released when the SDK closes the body.
+//
+// The body: net/http sends the headers and an in-memory body of known
+// length in one write; for any other body (the SDK's own reader type) it
+// flushes the headers first, so every call cost two writes here and two
+// reads at the far end. KMS request bodies are small JSON documents.
+type attemptClient struct {
+	aws.HTTPClient
+	timeout time.Duration
+}
 
-// maxOneWrite bounds the body oneWrite buffers; larger ones go as they are.
+// maxOneWrite bounds the body attemptClient buffers; larger ones go as
+// they are.
 const maxOneWrite = 64 << 10
 
-func (c oneWrite) Do(req *http.Request) (*http.Response, error) {
+func (c attemptClient) Do(req *http.Request) (*http.Response, error) {
 	if req.Body != nil && req.Body != http.NoBody && req.ContentLength > 0 && req.ContentLength <= maxOneWrite {
 		b := make([]byte, req.ContentLength)
 		_, err := io.ReadFull(req.Body, b)
@@ -573,5 +594,24 @@ func (c oneWrite) Do(req *http.Request) (*http.Response, error) {
 		// redirect (the SDK's client allows those) and send the body,
 		// an Encrypt's Plaintext among them, to wherever it points.
 	}
-	return c.HTTPClient.Do(req)
+	ctx, cancel := context.WithTimeout(req.Context(), c.timeout)
+	resp, err := c.HTTPClient.Do(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose releases an attempt's deadline when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
