@@ -67,18 +67,8 @@ func main() {
 	if *quick {
 		cfg.bigMiB, cfg.fioSeconds, cfg.smallFiles, cfg.treeFiles, cfg.tree10k = 512, 3, 3000, 8000, 3000
 	}
-	if *onlyWl != "" {
-		cfg.workloads = map[string]bool{}
-		for _, s := range strings.Split(*onlyWl, ";") {
-			cfg.workloads[s] = true
-		}
-	}
-	if *only != "" {
-		cfg.only = map[string]bool{}
-		for _, s := range strings.Split(*only, ",") {
-			cfg.only[s] = true
-		}
-	}
+	cfg.workloads = setOf(*onlyWl, ";")
+	cfg.only = setOf(*only, ",")
 	if os.Geteuid() != 0 {
 		log.Fatal("the benchmark needs root (tmpfs mounts, dropping caches)")
 	}
@@ -122,22 +112,7 @@ func main() {
 		counts = countSyscalls(e, cfg, work, *syscallFiles)
 	}
 	kmsRun.start = snapshotKMS()
-	for round := 1; round <= cfg.rounds; round++ {
-		for _, b := range cfg.backings {
-			base, cleanup := backingDir(b, *diskDir, work)
-			for _, sys := range append(append([]system{}, systems...), kmsSystems...) {
-				if cfg.only != nil && !cfg.only[sys.name] || sys.name == "kmsfs-alt" && e.altBin == "" {
-					continue
-				}
-				kmsOnly := false
-				for _, k := range kmsSystems {
-					kmsOnly = kmsOnly || k.name == sys.name
-				}
-				runSystem(e, cfg, res, round, b, base, sys, kmsOnly, tree, sums, small)
-			}
-			cleanup()
-		}
-	}
+	runRounds(e, cfg, res, *diskDir, work, tree, sums, small)
 	kmsRun.end = snapshotKMS()
 	prev := result{}
 	if b, err := os.ReadFile(*raw); err == nil {
@@ -359,4 +334,38 @@ func version(name string, args ...string) string {
 		return "?"
 	}
 	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+}
+
+// setOf is the set of the sep-separated names in list; nil (everything)
+// for an empty list.
+func setOf(list, sep string) map[string]bool {
+	if list == "" {
+		return nil
+	}
+	set := map[string]bool{}
+	for _, s := range strings.Split(list, sep) {
+		set[s] = true
+	}
+	return set
+}
+
+// runRounds runs every chosen system on every backing, round after round,
+// so that the systems are interleaved in time.
+func runRounds(e *env, cfg config, res result, diskDir, work, tree, sums, small string) {
+	for round := 1; round <= cfg.rounds; round++ {
+		for _, b := range cfg.backings {
+			base, cleanup := backingDir(b, diskDir, work)
+			for _, sys := range append(append([]system{}, systems...), kmsSystems...) {
+				if cfg.only != nil && !cfg.only[sys.name] || sys.name == "kmsfs-alt" && e.altBin == "" {
+					continue
+				}
+				kmsOnly := false
+				for _, k := range kmsSystems {
+					kmsOnly = kmsOnly || k.name == sys.name
+				}
+				runSystem(e, cfg, res, round, b, base, sys, kmsOnly, tree, sums, small)
+			}
+			cleanup()
+		}
+	}
 }
