@@ -32,7 +32,10 @@ import (
 // subdirectories and on to what follows the directory in its parent, and
 // asks for the next window files' keys, and for more as the reader uses
 // them. The window doubles, up to readaheadMax, each time the reader has
-// used half of it before more arrived.
+// used half of it, as the kernel's readahead window grows while a reader
+// keeps reading: a reader that keeps up with 10 ms round trips needs
+// 64 keys in flight, and one that stays within a smaller window wastes
+// at most that window.
 // Directories the walk entered accept their files' opens as part of the
 // scan at once. Opens of several readers at once (8 readers of a listing,
 // restic's two) arrive a little out of order: while another cold open in
@@ -102,6 +105,7 @@ type chain struct {
 	order  int
 	window int
 	ahead  int      // keys asked for, not yet used
+	grown  int      // keys used since the window last doubled
 	at     *listing // where the walk stopped: the next entry is at[idx]
 	idx    int
 	done   bool      // the walk reached the end of the tree
@@ -157,6 +161,7 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 		s.streak = max(s.streak+1, readaheadAfter)
 		if s.chain.ahead > 0 {
 			s.chain.ahead--
+			s.chain.grown++
 		}
 		s.chain.used = time.Now()
 	case i == l.nextFile(o, s.last) || concurrent && s.streak > 0 && i > s.last-readaheadJitter && i <= s.last+readaheadJitter:
@@ -184,13 +189,13 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 
 // extend keeps c's window of keys asked for ahead of the reader, walking
 // on once readaheadBatch of them were used, and doubles the window each
-// time the reader has used half of it before more arrived.
+// time the reader has used half of it.
 func (ra *readahead) extend(c *chain) []string {
 	if c.done {
 		return nil
 	}
-	if c.ahead <= c.window/2 && c.ahead > 0 {
-		c.window = min(2*c.window, readaheadMax)
+	if c.grown >= c.window/2 {
+		c.window, c.grown = min(2*c.window, readaheadMax), 0
 	}
 	if n := c.window - c.ahead; n >= min(readaheadBatch, c.window) {
 		return ra.walk(c, n)

@@ -156,6 +156,7 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 	} else if flagSet(fl, "branch-key-ttl") {
 		return fail(exitUsage, "--branch-key-ttl: this volume has no branch keys")
 	}
+	keepProcs(cfg)
 	if localOnly(cfg) && !flagSet(fl, "key-readahead") {
 		// An unwrap is a local AES-GCM open, no round trip to hide:
 		// readahead would only read each header twice (an open, an
