@@ -44,12 +44,13 @@ import (
 // reader in random order never has two cold opens in flight, so it gets
 // no readahead: one Decrypt per file.
 //
+// Directory starts. A tree read in an order that is neither (md5sum -c
+// of a list in creation order) jumps between directories but reads each
+// from its first file on, in one of the two orders: see readahead_tree.go.
+//
 // Bounds. A listing alone (ls, stat, find without reads) asks for
 // nothing. What a scan leaves unread is at most one window of keys, which
-// Ahead wipes after its TTL. A tree read in an order that is neither
-// (md5sum -c of a list in creation order, jumping between directories)
-// gets readahead only within each directory, after three cold opens
-// there.
+// Ahead wipes after its TTL.
 const (
 	readaheadAfter  = 3  // cold opens in order before the first window
 	readaheadFirst  = 4  // the first window
@@ -73,6 +74,10 @@ type readahead struct {
 	dirs  map[string]*listing
 	names int // entries in dirs
 	clock uint64
+	tree  [2]treeScan // per order
+	// adopted: files asked for by directories adopted as started when
+	// the tree scan was learned, for coldOpen to prefetch.
+	adopted []string
 }
 
 // listing is a directory's regular files and subdirectories in two
@@ -85,6 +90,13 @@ type listing struct {
 	pos      [2]map[string]int // name -> index in ents[o]
 	sc       [2]scanState
 	inflight int // cold opens here whose key is still loading
+	// firstAsked: the tree walk asked for the first file's key in that
+	// order (readahead_tree.go).
+	firstAsked [2]bool
+	// sameStart: the first two files are the same in both orders, so a
+	// start of the directory says nothing about which order a reader
+	// follows.
+	sameStart bool
 }
 
 type dirent struct {
@@ -95,6 +107,7 @@ type dirent struct {
 // scanState is a directory's part in a scan in one order.
 type scanState struct {
 	last   int    // index of the furthest file opened in order, -1: none
+	from   int    // index of the first open of the streak
 	streak int    // cold opens in order so far
 	chain  *chain // the scan this directory is part of, nil: none yet
 }
@@ -110,6 +123,9 @@ type chain struct {
 	idx    int
 	done   bool      // the walk reached the end of the tree
 	used   time.Time // the last open of one of its files
+	// confined: a directory start (readahead_tree.go): the walk stays in
+	// its directory and the window does not grow.
+	confined bool
 }
 
 // coldOpen notes that name in dir is about to have its key unwrapped, and
@@ -134,6 +150,13 @@ func (ra *readahead) coldOpen(dir *node, name string) (done func()) {
 			want = ra.extend(c)
 		}
 	}
+	for o := range 2 {
+		if want == nil {
+			want = ra.walkStarts(o)
+		}
+	}
+	want = append(want, ra.adopted...)
+	ra.adopted = nil
 	for _, f := range want {
 		ra.r.readaheadPrefetch(f)
 	}
@@ -152,6 +175,9 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 		return nil
 	}
 	s := &l.sc[o]
+	// near: the open follows the last in order, or comes a little out of
+	// order while another is in flight.
+	near := i == l.nextFile(o, s.last) || concurrent && i > s.last-readaheadJitter && i <= s.last+readaheadJitter
 	switch {
 	case s.chain != nil && s.chain.order == o && i > s.last-readaheadMax && time.Since(s.chain.used) < chainIdle:
 		// Part of a running scan (perhaps entered by its walk).
@@ -164,19 +190,33 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 			s.chain.grown++
 		}
 		s.chain.used = time.Now()
-	case i == l.nextFile(o, s.last) || concurrent && s.streak > 0 && i > s.last-readaheadJitter && i <= s.last+readaheadJitter:
+	case near && (s.streak > 0 || i == l.nextFile(o, s.last)):
+		if s.streak == 0 {
+			s.from = i
+		}
 		s.last = max(s.last, i)
 		s.streak++
 	default:
-		*s = scanState{last: i, streak: 1}
-		return nil
+		*s = scanState{last: i, from: i, streak: 1}
 	}
-	if s.streak < readaheadAfter {
+	// A directory that a scan in the other order walks is that scan's:
+	// its opens in this order are chance, not a start.
+	oc := l.sc[1-o].chain
+	fromStart := s.from == l.nextFile(o, -1) && (oc == nil || time.Since(oc.used) >= chainIdle)
+	confined := fromStart && ra.learned(o)
+	if fromStart && (s.streak == treeStartStreak || confined && s.streak == 1) {
+		ra.started(l, o)
+	}
+	if s.streak < readaheadAfter && !confined {
 		return nil
 	}
 	c := s.chain
 	if c == nil || c.order != o || time.Since(c.used) >= chainIdle {
-		c = &chain{order: o, window: readaheadFirst, at: l, idx: s.last + 1, used: time.Now()}
+		c = &chain{order: o, window: readaheadFirst, at: l, idx: s.last + 1, used: time.Now(), confined: confined}
+		if confined {
+			c.window = treeWindow
+		}
+		s.streak = max(s.streak, readaheadAfter)
 		s.chain = c
 	}
 	if c.at == l && c.idx <= s.last {
@@ -194,7 +234,7 @@ func (ra *readahead) extend(c *chain) []string {
 	if c.done {
 		return nil
 	}
-	if c.grown >= c.window/2 {
+	if c.grown >= c.window/2 && !c.confined {
 		c.window, c.grown = min(2*c.window, readaheadMax), 0
 	}
 	if n := c.window - c.ahead; n >= min(readaheadBatch, c.window) {
@@ -207,6 +247,10 @@ func (ra *readahead) extend(c *chain) []string {
 func (ra *readahead) walk(c *chain, n int) []string {
 	var want []string
 	o := c.order
+	// While the reader starts directories (in either order), a walk
+	// stays in its directory too: the reader comes back to it, not to
+	// what follows.
+	confined := c.confined || ra.learned(0) || ra.learned(1)
 	for len(want) < n && !c.done {
 		l := c.at
 		if c.idx < len(l.ents[o]) {
@@ -215,6 +259,9 @@ func (ra *readahead) walk(c *chain, n int) []string {
 			p := join(l.path, e.name)
 			if !e.dir {
 				want = append(want, p)
+				continue
+			}
+			if confined {
 				continue
 			}
 			sub := ra.listing(p)
@@ -226,7 +273,7 @@ func (ra *readahead) walk(c *chain, n int) []string {
 			continue
 		}
 		// The end of l: go on after it in its parent.
-		if l.path == "" {
+		if l.path == "" || confined {
 			c.done = true
 			break
 		}
@@ -286,6 +333,7 @@ func (ra *readahead) listing(p string) *listing {
 		}
 		return 0
 	})
+	l.sameStart = slices.Equal(firstFiles(l.ents[0], 2), firstFiles(l.ents[1], 2))
 	for o := range 2 {
 		l.pos[o] = make(map[string]int, len(l.ents[o]))
 		for i, e := range l.ents[o] {
@@ -298,7 +346,7 @@ func (ra *readahead) listing(p string) *listing {
 		// the directory still has as many entries.
 		l.inflight = old.inflight
 		if len(old.ents[0]) == len(l.ents[0]) {
-			l.sc = old.sc
+			l.sc, l.firstAsked = old.sc, old.firstAsked
 		}
 		ra.names -= len(old.ents[0])
 		delete(ra.dirs, p)

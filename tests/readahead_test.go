@@ -171,3 +171,52 @@ func TestPrefetchKeysOnce(t *testing.T) {
 		t.Errorf("two listings and a read of %d files with --prefetch-keys: %d Decrypt, want %d", n, c, n)
 	}
 }
+
+// TestKeyReadaheadDirectoryStarts: a reader that jumps between
+// directories but reads each from its first file on, in name order
+// (md5sum -c of a list in creation order), gets its keys ahead once it
+// has started a few directories: at most two cold opens per directory
+// wait for their own Decrypt (its first file before the pattern shows,
+// and one more while it does), and no key is unwrapped twice.
+func TestKeyReadaheadDirectoryStarts(t *testing.T) {
+	t.Parallel()
+	env := newKMSEnv(t)
+	const dirs, per = 24, 8
+	// Creation order: round r writes file r of every directory, the
+	// directories in a different order each round.
+	var order [][2]string
+	for r := range per {
+		for j := range dirs {
+			d := (j*7 + r*5) % dirs
+			order = append(order, [2]string{fmt.Sprintf("d%02d", d), fmt.Sprintf("f%02d", r)})
+		}
+	}
+	k := env.mount(t)
+	for d := range dirs {
+		if err := os.Mkdir(k.path(fmt.Sprintf("d%02d", d)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, f := range order {
+		writeFile(t, k.path(f[0], f[1]), patterned(i, 100))
+	}
+	if err := k.unmount(); err != nil {
+		t.Fatal(err)
+	}
+
+	k = env.mount(t, "--read-only")
+	env.proxy.Reset()
+	for i, f := range order {
+		if got := readFile(t, k.path(f[0], f[1])); !bytes.Equal(got, patterned(i, 100)) {
+			t.Fatalf("%s/%s differs", f[0], f[1])
+		}
+	}
+	files := len(order)
+	checkReadahead(t, env.proxy, "a read of every directory from its start, jumping between them", files, 64)
+	m := k.scrape(t)
+	hits, misses := m[`kmsfs_prefetch_requests_total{result="hit"}`], m[`kmsfs_prefetch_requests_total{result="miss"}`]
+	t.Logf("%d files in %d directories: %.0f keys ahead, %.0f unwrapped by their open", files, dirs, hits, misses)
+	if misses > 2*dirs {
+		t.Errorf("%d files in %d directories: %.0f opens unwrapped their own key, want at most %d", files, dirs, misses, 2*dirs)
+	}
+}

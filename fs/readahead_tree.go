@@ -1,0 +1,179 @@
+package fs
+
+import (
+	"time"
+)
+
+// Directory starts: a reader that reads a tree a directory at a time but
+// jumps between directories (md5sum -c of a list in creation order, each
+// file in a random one of many directories; a build reading its sources
+// in its own order) never follows a walk of the tree, and every directory
+// it enters would cost its first three opens a round trip each before
+// that directory's scan starts.
+//
+// Such a reader shows itself by starting directories: treeStartStreak
+// opens in a row in one directory from its first file, in one of the two
+// orders, in a directory no scan in the other order is walking (there
+// they are that scan's reader's opens, in order by chance). Once it has
+// started treeLearnStarts of them in one order (each within chainIdle of
+// the last), and at least four times as many as it started only in the
+// other order (a reader in one order starts a few directories in the
+// other by chance), the mount takes it that the reader reads each
+// directory from its start in that order:
+//   - a directory it opens at its first file starts a confined scan at
+//     once: the next treeWindow files of that directory, topped up as
+//     they are used, and never beyond the directory (the reader comes
+//     back to it later, not to what follows it); walks started earlier
+//     stay in their directories too;
+//   - a walk of the whole tree, depth first in that order, asks for the
+//     first file of each directory not started yet, so that entering one
+//     costs no round trip either. Its keys asked for and not used stay
+//     below treeAheadPerStart times the directories started: its waste
+//     is bounded by the reader's own progress.
+//
+// A reader that stops leaves at most that many first files, and one
+// window per directory it started, unused; Ahead wipes them after its
+// TTL.
+const (
+	treeStartStreak   = 2 // opens in order from a directory's first file that start it
+	treeLearnStarts   = 4 // directory starts before the tree walk
+	treeAheadPerStart = 8 // first files asked ahead per directory started
+	treeWindow        = 8 // keys asked ahead in a started directory
+	// treeListPerOpen bounds the directories the tree walk visits for
+	// one open (it holds the readahead lock): a tree of many empty
+	// directories does not stall opens.
+	treeListPerOpen = 64
+)
+
+// treeScan is the directory-start state of one order.
+type treeScan struct {
+	starts int       // directories started since the state began
+	only   int       // of those, directories whose start differs in the other order
+	at     time.Time // the last start
+	asked  int       // first files the walk asked for
+	used   int       // of those, opened as a directory's start
+	stack  []treePos // the walk: the listings it is in, outermost first
+	begun  bool      // the walk has its root
+	done   bool      // the walk reached the end of the tree
+}
+
+type treePos struct {
+	l   *listing
+	idx int // the next entry of l to visit
+}
+
+// learned reports whether the reader has been starting directories in
+// order o.
+func (ra *readahead) learned(o int) bool {
+	t := &ra.tree[o]
+	return t.starts >= treeLearnStarts && time.Since(t.at) < chainIdle && 4*ra.tree[1-o].only <= t.starts
+}
+
+// started notes that a scan began at the first file of l in order o.
+// When that makes the reader's order learned, the directories it has
+// opened at their first file but not started yet are adopted: their
+// confined scans start now rather than at their next open.
+func (ra *readahead) started(l *listing, o int) {
+	t := &ra.tree[o]
+	if time.Since(t.at) >= chainIdle {
+		*t = treeScan{}
+	}
+	was := ra.learned(o)
+	t.starts++
+	if !l.sameStart {
+		t.only++
+	}
+	t.at = time.Now()
+	if l.firstAsked[o] {
+		l.firstAsked[o] = false
+		t.used++
+	}
+	if was || !ra.learned(o) {
+		return
+	}
+	for _, d := range ra.dirs {
+		s := &d.sc[o]
+		if d == l || s.chain != nil || s.streak == 0 || s.from != d.nextFile(o, -1) {
+			continue
+		}
+		c := &chain{order: o, window: treeWindow, at: d, idx: s.last + 1, used: time.Now(), confined: true}
+		s.chain, s.streak = c, max(s.streak, readaheadAfter)
+		t.starts++
+		ra.adopted = append(ra.adopted, ra.walk(c, treeWindow)...)
+	}
+}
+
+// walkStarts asks for the first files of directories not started yet,
+// while the reader starts directories in order o. Caller holds ra.mu.
+func (ra *readahead) walkStarts(o int) []string {
+	t := &ra.tree[o]
+	if !ra.learned(o) || t.done {
+		return nil
+	}
+	if !t.begun {
+		t.begun = true
+		root := ra.listing("")
+		if root == nil {
+			t.done = true
+			return nil
+		}
+		t.stack = []treePos{{l: root}}
+	}
+	var want []string
+	read := 0 // directories listed for this open
+	for t.asked-t.used+len(want) < treeAheadPerStart*t.starts && len(t.stack) > 0 && read < treeListPerOpen {
+		top := &t.stack[len(t.stack)-1]
+		if top.idx == 0 {
+			if f := ra.firstFile(top.l, o); f != "" {
+				want = append(want, f)
+			}
+		}
+		if top.idx >= len(top.l.ents[o]) {
+			t.stack = t.stack[:len(t.stack)-1]
+			continue
+		}
+		e := top.l.ents[o][top.idx]
+		top.idx++
+		if !e.dir {
+			continue
+		}
+		read++
+		if sub := ra.listing(join(top.l.path, e.name)); sub != nil {
+			t.stack = append(t.stack, treePos{l: sub})
+		}
+	}
+	if len(t.stack) == 0 {
+		t.done = true
+	}
+	t.asked += len(want)
+	return want
+}
+
+// firstFile returns the path of l's first file in order o, marked as
+// asked for by the tree walk, or "" if l has none or was started.
+func (ra *readahead) firstFile(l *listing, o int) string {
+	s := l.sc[o]
+	if s.streak > 0 || s.chain != nil || l.firstAsked[o] {
+		return ""
+	}
+	i := l.nextFile(o, -1)
+	if i < 0 {
+		return ""
+	}
+	l.firstAsked[o] = true
+	return join(l.path, l.ents[o][i].name)
+}
+
+// firstFiles returns the names of the first n files of ents.
+func firstFiles(ents []dirent, n int) []string {
+	var names []string
+	for _, e := range ents {
+		if len(names) == n {
+			break
+		}
+		if !e.dir {
+			names = append(names, e.name)
+		}
+	}
+	return names
+}
