@@ -25,9 +25,11 @@ import (
 // this (no key service call; names are stored in plaintext), so a scan is
 // seen whether or not the reader listed the directory through the mount.
 //
-// Seeing a scan. Each directory keeps, per order, where its files were
-// last opened. After readaheadAfter cold opens in a row in one directory,
-// each the file that follows the previous one, its scan starts: a chain
+// Seeing a scan. Each directory keeps, per order, up to readaheadStreams
+// streams: where a reader's files were last opened (several readers may
+// read one directory at different places, as xargs -P 8 cat of a listing
+// does). After readaheadAfter cold opens in a row in one stream, each
+// the file that follows the previous one, its scan starts: a chain
 // that walks the tree from there, depth first in that order, into
 // subdirectories and on to what follows the directory in its parent, and
 // asks for the next window files' keys, and for more as the reader uses
@@ -52,16 +54,17 @@ import (
 // nothing. What a scan leaves unread is at most one window of keys, which
 // Ahead wipes after its TTL.
 const (
-	readaheadAfter  = 3  // cold opens in order before the first window
-	readaheadFirst  = 4  // the first window
-	readaheadMax    = 64 // the largest window: prefetchWorkers calls in flight
-	readaheadJitter = 8  // how far out of order concurrent opens may come
-	readaheadBatch  = 4  // keys used before the window is topped up
-	listingMax      = 1 << 16
-	listingsKept    = 4096             // directories whose listing and scan state are kept
-	namesKept       = 1 << 20          // entries of those listings
-	listingTTL      = 30 * time.Second // a listing older than this is read again
-	chainIdle       = 5 * time.Second  // a scan whose files nobody opened for this long has ended
+	readaheadAfter   = 3  // cold opens in order before the first window
+	readaheadFirst   = 4  // the first window
+	readaheadMax     = 64 // the largest window: prefetchWorkers calls in flight
+	readaheadJitter  = 8  // how far out of order concurrent opens may come
+	readaheadBatch   = 4  // keys used before the window is topped up
+	readaheadStreams = 8  // streams followed in one directory and order
+	listingMax       = 1 << 16
+	listingsKept     = 4096             // directories whose listing and scan state are kept
+	namesKept        = 1 << 20          // entries of those listings
+	listingTTL       = 30 * time.Second // a listing older than this is read again
+	chainIdle        = 5 * time.Second  // a scan whose files nobody opened for this long has ended
 )
 
 // readahead keeps the listings and scan states of recently used
@@ -88,8 +91,8 @@ type listing struct {
 	used     uint64 // readahead.clock at the last use, for eviction
 	ents     [2][]dirent
 	pos      [2]map[string]int // name -> index in ents[o]
-	sc       [2]scanState
-	inflight int // cold opens here whose key is still loading
+	sc       [2][]scanState    // per order, up to readaheadStreams
+	inflight int               // cold opens here whose key is still loading
 	// firstAsked: the tree walk asked for the first file's key in that
 	// order (readahead_tree.go).
 	firstAsked [2]bool
@@ -104,8 +107,12 @@ type dirent struct {
 	dir  bool
 }
 
-// scanState is a directory's part in a scan in one order.
+// scanState is one reader's part in a scan of a directory in one order
+// (a stream): a directory keeps up to readaheadStreams of them, as
+// several readers (xargs -P 8 cat of a listing, each cat reading its own
+// run of it) read one directory at different places.
 type scanState struct {
+	seen   uint64 // readahead.clock at its last open, for replacement
 	last   int    // index of the furthest file opened in order, -1: none
 	from   int    // index of the first open of the streak
 	streak int    // cold opens in order so far
@@ -174,12 +181,11 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 	if !ok || l.ents[o][i].dir {
 		return nil
 	}
-	s := &l.sc[o]
-	// near: the open follows the last in order, or comes a little out of
-	// order while another is in flight.
-	near := i == l.nextFile(o, s.last) || concurrent && i > s.last-readaheadJitter && i <= s.last+readaheadJitter
+	s, fresh := ra.stream(l, o, i, concurrent)
 	switch {
-	case s.chain != nil && s.chain.order == o && i > s.last-readaheadMax && time.Since(s.chain.used) < chainIdle:
+	case fresh:
+		*s = scanState{seen: ra.clock, last: i, from: i, streak: 1}
+	case s.chain != nil && s.chain.order == o && time.Since(s.chain.used) < chainIdle:
 		// Part of a running scan (perhaps entered by its walk).
 		if i > s.last {
 			s.last = i
@@ -190,19 +196,19 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 			s.chain.grown++
 		}
 		s.chain.used = time.Now()
-	case near && (s.streak > 0 || i == l.nextFile(o, s.last)):
+	default:
 		if s.streak == 0 {
 			s.from = i
 		}
 		s.last = max(s.last, i)
 		s.streak++
-	default:
-		*s = scanState{last: i, from: i, streak: 1}
 	}
+	s.seen = ra.clock
 	// A directory that a scan in the other order walks is that scan's:
-	// its opens in this order are chance, not a start.
-	oc := l.sc[1-o].chain
-	fromStart := s.from == l.nextFile(o, -1) && (oc == nil || time.Since(oc.used) >= chainIdle)
+	// its opens in this order are in order by chance, neither a start
+	// nor a scan.
+	otherWalks := l.walked(1 - o)
+	fromStart := s.from == l.nextFile(o, -1) && !otherWalks
 	confined := fromStart && ra.learned(o)
 	if fromStart && (s.streak == treeStartStreak || confined && s.streak == 1) {
 		ra.started(l, o)
@@ -212,6 +218,9 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 	}
 	c := s.chain
 	if c == nil || c.order != o || time.Since(c.used) >= chainIdle {
+		if otherWalks {
+			return nil
+		}
 		c = &chain{order: o, window: readaheadFirst, at: l, idx: s.last + 1, used: time.Now(), confined: confined}
 		if confined {
 			c.window = treeWindow
@@ -225,6 +234,85 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 		c.idx, c.ahead = s.last+1, 0
 	}
 	return c
+}
+
+// stream returns the stream of l in order o that an open of file i
+// continues, or a fresh one (fresh: the caller sets it up) in place of
+// the least recently used. An open continues a stream when it is the
+// stream's next file; or comes a little out of order (within
+// readaheadJitter) while another open in the directory is in flight,
+// or, in a running scan, a little ahead (files with no key, empty ones,
+// have no cold open); or, in a running scan, is a file behind it opened
+// again.
+func (ra *readahead) stream(l *listing, o, i int, concurrent bool) (s *scanState, fresh bool) {
+	ss := l.sc[o]
+	alive := func(s *scanState) bool {
+		return s.chain != nil && s.chain.order == o && time.Since(s.chain.used) < chainIdle
+	}
+	for _, match := range []func(*scanState) bool{
+		func(s *scanState) bool { return i == l.nextFile(o, s.last) },
+		func(s *scanState) bool {
+			return (concurrent && s.streak > 0 || alive(s)) && i > s.last-readaheadJitter && i <= s.last+readaheadJitter
+		},
+		func(s *scanState) bool { return alive(s) && i > s.last-readaheadMax && i <= s.last },
+	} {
+		for j := range ss {
+			if match(&ss[j]) {
+				return &ss[j], false
+			}
+		}
+	}
+	return l.freshStream(o), true
+}
+
+// freshStream returns a new stream of l in order o, in place of the
+// least recently used if l has readaheadStreams.
+func (l *listing) freshStream(o int) *scanState {
+	ss := l.sc[o]
+	if len(ss) < readaheadStreams {
+		l.sc[o] = append(ss, scanState{})
+		return &l.sc[o][len(ss)]
+	}
+	old := 0
+	for j := range ss {
+		if ss[j].seen < ss[old].seen {
+			old = j
+		}
+	}
+	return &ss[old]
+}
+
+// enter puts l into c's walk in order o, as a stream whose reader is
+// last opened file last, unless the walk is in it already.
+func (ra *readahead) enter(l *listing, o int, c *chain, last int) {
+	for j := range l.sc[o] {
+		if l.sc[o][j].chain == c {
+			return
+		}
+	}
+	*l.freshStream(o) = scanState{seen: ra.clock, last: last, chain: c}
+}
+
+// walked reports whether a running scan in order o walks l.
+func (l *listing) walked(o int) bool {
+	for _, s := range l.sc[o] {
+		if s.chain != nil && s.chain.order == o && time.Since(s.chain.used) < chainIdle {
+			return true
+		}
+	}
+	return false
+}
+
+// startedAt reports whether a reader began l in order o (a stream from
+// its first file) or a scan walks it.
+func (l *listing) startedAt(o int) bool {
+	first := l.nextFile(o, -1)
+	for _, s := range l.sc[o] {
+		if s.streak > 0 && s.from == first || s.chain != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // extend keeps c's window of keys asked for ahead of the reader, walking
@@ -268,7 +356,7 @@ func (ra *readahead) walk(c *chain, n int) []string {
 			if sub == nil {
 				continue
 			}
-			sub.sc[o] = scanState{last: -1, chain: c}
+			ra.enter(sub, o, c, -1)
 			c.at, c.idx = sub, 0
 			continue
 		}
@@ -287,9 +375,7 @@ func (ra *readahead) walk(c *chain, n int) []string {
 			c.done = true
 			break
 		}
-		if ps := &parent.sc[o]; ps.chain != c {
-			*ps = scanState{last: j, chain: c}
-		}
+		ra.enter(parent, o, c, j)
 		c.at, c.idx = parent, j+1
 	}
 	c.ahead += len(want)
@@ -339,7 +425,6 @@ func (ra *readahead) listing(p string) *listing {
 		for i, e := range l.ents[o] {
 			l.pos[o][e.name] = i
 		}
-		l.sc[o].last = -1
 	}
 	if old := ra.dirs[p]; old != nil {
 		// Read again after listingTTL: a scan going on here goes on if

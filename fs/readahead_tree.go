@@ -92,14 +92,20 @@ func (ra *readahead) started(l *listing, o int) {
 		return
 	}
 	for _, d := range ra.dirs {
-		s := &d.sc[o]
-		if d == l || s.chain != nil || s.streak == 0 || s.from != d.nextFile(o, -1) {
+		if d == l || d.walked(1-o) {
 			continue
 		}
-		c := &chain{order: o, window: treeWindow, at: d, idx: s.last + 1, used: time.Now(), confined: true}
-		s.chain, s.streak = c, max(s.streak, readaheadAfter)
-		t.starts++
-		ra.adopted = append(ra.adopted, ra.walk(c, treeWindow)...)
+		first := d.nextFile(o, -1)
+		for j := range d.sc[o] {
+			s := &d.sc[o][j]
+			if s.chain != nil || s.streak == 0 || s.from != first {
+				continue
+			}
+			c := &chain{order: o, window: treeWindow, at: d, idx: s.last + 1, used: time.Now(), confined: true}
+			s.chain, s.streak = c, max(s.streak, readaheadAfter)
+			t.starts++
+			ra.adopted = append(ra.adopted, ra.walk(c, treeWindow)...)
+		}
 	}
 }
 
@@ -152,8 +158,7 @@ func (ra *readahead) walkStarts(o int) []string {
 // firstFile returns the path of l's first file in order o, marked as
 // asked for by the tree walk, or "" if l has none or was started.
 func (ra *readahead) firstFile(l *listing, o int) string {
-	s := l.sc[o]
-	if s.streak > 0 || s.chain != nil || l.firstAsked[o] {
+	if l.startedAt(o) || l.firstAsked[o] {
 		return ""
 	}
 	i := l.nextFile(o, -1)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/kmsfs/kmsfs/keyring/kmstest"
@@ -218,5 +219,47 @@ func TestKeyReadaheadDirectoryStarts(t *testing.T) {
 	t.Logf("%d files in %d directories: %.0f keys ahead, %.0f unwrapped by their open", files, dirs, hits, misses)
 	if misses > 2*dirs {
 		t.Errorf("%d files in %d directories: %.0f opens unwrapped their own key, want at most %d", files, dirs, misses, 2*dirs)
+	}
+}
+
+// TestKeyReadaheadStreams: 8 readers of one directory, each reading its
+// own run of the sorted listing (xargs -P 8 cat), get their keys ahead:
+// each run is a scan of its own.
+func TestKeyReadaheadStreams(t *testing.T) {
+	t.Parallel()
+	env := newKMSEnv(t)
+	const readers, per = 8, 50
+	k := env.mount(t)
+	var names []string
+	for i := range readers * per {
+		name := fmt.Sprintf("f%04d", i)
+		names = append(names, name)
+		writeFile(t, k.path(name), patterned(i, 100))
+	}
+	if err := k.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	k = env.mount(t, "--read-only")
+	env.proxy.Reset()
+	var wg sync.WaitGroup
+	for r := range readers {
+		wg.Go(func() {
+			for i := r * per; i < (r+1)*per; i++ {
+				got, err := os.ReadFile(k.path(names[i]))
+				if err != nil || !bytes.Equal(got, patterned(i, 100)) {
+					t.Errorf("%s: %v, or it differs", names[i], err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	files := readers * per
+	checkReadahead(t, env.proxy, "8 readers, each of its own run of the directory", files, 64)
+	m := k.scrape(t)
+	hits, misses := m[`kmsfs_prefetch_requests_total{result="hit"}`], m[`kmsfs_prefetch_requests_total{result="miss"}`]
+	t.Logf("%d files: %.0f keys ahead, %.0f unwrapped by their open", files, hits, misses)
+	if misses > float64(files/4) {
+		t.Errorf("%d files read by 8 readers, each its own run: %.0f opens unwrapped their own key, want at most %d", files, misses, files/4)
 	}
 }
