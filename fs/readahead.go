@@ -303,6 +303,20 @@ func (l *listing) walked(o int) bool {
 	return false
 }
 
+// passed reports whether another reader's stream in l, in order o, has
+// opened its files from its start up to file i or past it: its key was
+// taken, and asking again would unwrap it a second time (the readers of
+// xargs -P 8 cat each read a run of a listing, and the walk of one run
+// goes on into the next).
+func (l *listing) passed(o, i int, c *chain) bool {
+	for _, s := range l.sc[o] {
+		if s.chain != c && s.streak > 0 && s.from <= i && i <= s.last {
+			return true
+		}
+	}
+	return false
+}
+
 // startedAt reports whether a reader began l in order o (a stream from
 // its first file) or a scan walks it.
 func (l *listing) startedAt(o int) bool {
@@ -346,7 +360,9 @@ func (ra *readahead) walk(c *chain, n int) []string {
 			c.idx++
 			p := join(l.path, e.name)
 			if !e.dir {
-				want = append(want, p)
+				if !l.passed(o, c.idx-1, c) {
+					want = append(want, p)
+				}
 				continue
 			}
 			if confined {
