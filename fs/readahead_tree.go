@@ -43,6 +43,9 @@ const (
 	// one open (it holds the readahead lock): a tree of many empty
 	// directories does not stall opens.
 	treeListPerOpen = 64
+	// treeAdoptMax bounds the streams adopted when the order is
+	// learned (the asks are made under the readahead lock).
+	treeAdoptMax = 256
 )
 
 // treeScan is the directory-start state of one order.
@@ -91,7 +94,11 @@ func (ra *readahead) started(l *listing, o int) {
 	if was || !ra.learned(o) {
 		return
 	}
+	adopted := 0
 	for _, d := range ra.dirs {
+		if adopted == treeAdoptMax {
+			break
+		}
 		if d == l || d.walked(1-o) {
 			continue
 		}
@@ -104,6 +111,7 @@ func (ra *readahead) started(l *listing, o int) {
 			c := &chain{order: o, window: treeWindow, at: d, idx: s.last + 1, used: time.Now(), confined: true}
 			s.chain, s.streak = c, max(s.streak, readaheadAfter)
 			t.starts++
+			adopted++
 			ra.adopted = append(ra.adopted, ra.walk(c, treeWindow)...)
 		}
 	}
