@@ -78,11 +78,16 @@ func statxAt(dirfd int, name string, stx *unix.Statx_t) error {
 // components, without leaving dirfd's tree and without following a
 // symlink at any component: a directory swapped for a symlink behind the
 // mount's back (by whoever can write CIPHERDIR) fails the open (ELOOP or
-// EXDEV) instead of leading out of CIPHERDIR.
+// EXDEV) instead of leading out of CIPHERDIR. Nor does it cross a mount
+// point: its callers (key readahead and prefetching) read directories and
+// headers no application asked for, some under the readahead lock, and a
+// filesystem mounted inside CIPHERDIR (a FUSE mount whose readdir never
+// answers) must not stall every cold open of the mount; applications'
+// own opens there still work.
 func openBeneath(dirfd int, path string, flags int) (int, error) {
 	how := unix.OpenHow{
 		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
 	}
 	var fd int
 	err := retryEINTR(func() error {

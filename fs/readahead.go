@@ -54,12 +54,13 @@ import (
 // nothing. What a scan leaves unread is at most one window of keys, which
 // Ahead wipes after its TTL.
 const (
-	readaheadAfter   = 3  // cold opens in order before the first window
-	readaheadFirst   = 4  // the first window
-	readaheadMax     = 64 // the largest window: prefetchWorkers calls in flight
-	readaheadJitter  = 8  // how far out of order concurrent opens may come
-	readaheadBatch   = 4  // keys used before the window is topped up
-	readaheadStreams = 8  // streams followed in one directory and order
+	readaheadAfter   = 3    // cold opens in order before the first window
+	readaheadFirst   = 4    // the first window
+	readaheadMax     = 64   // the largest window: prefetchWorkers calls in flight
+	readaheadJitter  = 8    // how far out of order concurrent opens may come
+	readaheadBatch   = 4    // keys used before the window is topped up
+	readaheadStreams = 8    // streams followed in one directory and order
+	walkEntries      = 4096 // entries a walk visits for one open
 	listingMax       = 1 << 16
 	listingsKept     = 4096             // directories whose listing and scan state are kept
 	namesKept        = 1 << 20          // entries of those listings
@@ -92,7 +93,7 @@ type listing struct {
 	ents     [2][]dirent
 	pos      [2]map[string]int // name -> index in ents[o]
 	sc       [2][]scanState    // per order, up to readaheadStreams
-	inflight int               // cold opens here whose key is still loading
+	inflight *int              // cold opens here whose key is still loading (shared with the listing read again)
 	// firstAsked: the tree walk asked for the first file's key in that
 	// order (readahead_tree.go).
 	firstAsked [2]bool
@@ -112,11 +113,12 @@ type dirent struct {
 // several readers (xargs -P 8 cat of a listing, each cat reading its own
 // run of it) read one directory at different places.
 type scanState struct {
-	seen   uint64 // readahead.clock at its last open, for replacement
-	last   int    // index of the furthest file opened in order, -1: none
-	from   int    // index of the first open of the streak
-	streak int    // cold opens in order so far
-	chain  *chain // the scan this directory is part of, nil: none yet
+	seen   uint64    // readahead.clock at its last open, for replacement
+	at     time.Time // its last open
+	last   int       // index of the furthest file opened in order, -1: none
+	from   int       // index of the first open of the streak
+	streak int       // cold opens in order so far
+	chain  *chain    // the scan this directory is part of, nil: none yet
 }
 
 // chain is one scan: the walk's position and how much it asked for that
@@ -146,8 +148,9 @@ func (ra *readahead) coldOpen(dir *node, name string) (done func()) {
 	if l == nil {
 		return func() {}
 	}
-	concurrent := l.inflight > 0
-	l.inflight++
+	concurrent := *l.inflight > 0
+	*l.inflight++
+	inflight := l.inflight
 	var want []string
 	for o := range 2 {
 		// Both orders follow the open; the first that asks for more
@@ -169,7 +172,7 @@ func (ra *readahead) coldOpen(dir *node, name string) (done func()) {
 	}
 	return func() {
 		ra.mu.Lock()
-		l.inflight--
+		*inflight--
 		ra.mu.Unlock()
 	}
 }
@@ -203,7 +206,7 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 		s.last = max(s.last, i)
 		s.streak++
 	}
-	s.seen = ra.clock
+	s.seen, s.at = ra.clock, time.Now()
 	// A directory that a scan in the other order walks is that scan's:
 	// its opens in this order are in order by chance, neither a start
 	// nor a scan.
@@ -290,7 +293,7 @@ func (ra *readahead) enter(l *listing, o int, c *chain, last int) {
 			return
 		}
 	}
-	*l.freshStream(o) = scanState{seen: ra.clock, last: last, chain: c}
+	*l.freshStream(o) = scanState{seen: ra.clock, at: time.Now(), last: last, from: last + 1, chain: c}
 }
 
 // walked reports whether a running scan in order o walks l.
@@ -310,11 +313,17 @@ func (l *listing) walked(o int) bool {
 // goes on into the next).
 func (l *listing) passed(o, i int, c *chain) bool {
 	for _, s := range l.sc[o] {
-		if s.chain != c && s.streak > 0 && s.from <= i && i <= s.last {
+		if s.chain != c && s.active() && s.streak > 0 && s.from <= i && i <= s.last {
 			return true
 		}
 	}
 	return false
+}
+
+// active reports whether s's reader opened a file within chainIdle: a
+// stream of an earlier pass over the tree says nothing about this one.
+func (s *scanState) active() bool {
+	return time.Since(s.at) < chainIdle
 }
 
 // startedAt reports whether a reader began l in order o (a stream from
@@ -322,7 +331,7 @@ func (l *listing) passed(o, i int, c *chain) bool {
 func (l *listing) startedAt(o int) bool {
 	first := l.nextFile(o, -1)
 	for _, s := range l.sc[o] {
-		if s.streak > 0 && s.from == first || s.chain != nil {
+		if s.active() && (s.streak > 0 && s.from == first || s.chain != nil) {
 			return true
 		}
 	}
@@ -346,17 +355,24 @@ func (ra *readahead) extend(c *chain) []string {
 }
 
 // walk asks for up to n more files from where c stopped, depth first.
+// It visits at most walkEntries entries a call (it holds the readahead
+// lock, and directories with no files, or files another reader has
+// passed, add nothing): the next open goes on from there.
 func (ra *readahead) walk(c *chain, n int) []string {
 	var want []string
 	o := c.order
-	// While the reader starts directories (in either order), a walk
-	// stays in its directory too: the reader comes back to it, not to
-	// what follows.
-	confined := c.confined || ra.learned(0) || ra.learned(1)
-	for len(want) < n && !c.done {
+	// While a reader starts directories (in either order), a walk waits
+	// at the edge of its directory: that reader comes back to its
+	// directories, not to what follows them. A walk confined for good
+	// (a directory start) ends there.
+	paused := !c.confined && (ra.learned(0) || ra.learned(1))
+	for visited := 0; len(want) < n && !c.done && visited < walkEntries; visited++ {
 		l := c.at
 		if c.idx < len(l.ents[o]) {
 			e := l.ents[o][c.idx]
+			if e.dir && paused {
+				break
+			}
 			c.idx++
 			p := join(l.path, e.name)
 			if !e.dir {
@@ -365,19 +381,23 @@ func (ra *readahead) walk(c *chain, n int) []string {
 				}
 				continue
 			}
-			if confined {
+			if c.confined {
 				continue
 			}
 			sub := ra.listing(p)
 			if sub == nil {
 				continue
 			}
+			visited += len(sub.ents[o])
 			ra.enter(sub, o, c, -1)
 			c.at, c.idx = sub, 0
 			continue
 		}
 		// The end of l: go on after it in its parent.
-		if l.path == "" || confined {
+		if paused {
+			break
+		}
+		if l.path == "" || c.confined {
 			c.done = true
 			break
 		}
@@ -424,7 +444,7 @@ func (ra *readahead) listing(p string) *listing {
 	if err != nil {
 		return nil
 	}
-	l := &listing{path: p, at: time.Now(), used: ra.clock}
+	l := &listing{path: p, at: time.Now(), used: ra.clock, inflight: new(int)}
 	l.ents[0] = ents
 	l.ents[1] = slices.SortedFunc(slices.Values(ents), func(a, b dirent) int {
 		if a.name < b.name {
@@ -447,7 +467,8 @@ func (ra *readahead) listing(p string) *listing {
 		// the directory still has as many entries.
 		l.inflight = old.inflight
 		if len(old.ents[0]) == len(l.ents[0]) {
-			l.sc, l.firstAsked = old.sc, old.firstAsked
+			l.sc = [2][]scanState{slices.Clone(old.sc[0]), slices.Clone(old.sc[1])}
+			l.firstAsked = old.firstAsked
 		}
 		ra.names -= len(old.ents[0])
 		delete(ra.dirs, p)

@@ -39,10 +39,9 @@ const (
 	treeLearnStarts   = 4 // directory starts before the tree walk
 	treeAheadPerStart = 8 // first files asked ahead per directory started
 	treeWindow        = 8 // keys asked ahead in a started directory
-	// treeListPerOpen bounds the directories the tree walk visits for
-	// one open (it holds the readahead lock): a tree of many empty
-	// directories does not stall opens.
-	treeListPerOpen = 64
+	// treeDepth bounds the tree walk's depth: deeper directories get
+	// no first file ahead.
+	treeDepth = 128
 	// treeAdoptMax bounds the streams adopted when the order is
 	// learned (the asks are made under the readahead lock).
 	treeAdoptMax = 256
@@ -89,7 +88,7 @@ func (ra *readahead) started(l *listing, o int) {
 	t.at = time.Now()
 	if l.firstAsked[o] {
 		l.firstAsked[o] = false
-		t.used++
+		t.used = min(t.used+1, t.asked) // asked before a reset counts for nothing
 	}
 	if was || !ra.learned(o) {
 		return
@@ -105,12 +104,11 @@ func (ra *readahead) started(l *listing, o int) {
 		first := d.nextFile(o, -1)
 		for j := range d.sc[o] {
 			s := &d.sc[o][j]
-			if s.chain != nil || s.streak == 0 || s.from != first {
+			if adopted == treeAdoptMax || s.chain != nil || s.streak == 0 || s.from != first || !s.active() {
 				continue
 			}
 			c := &chain{order: o, window: treeWindow, at: d, idx: s.last + 1, used: time.Now(), confined: true}
 			s.chain, s.streak = c, max(s.streak, readaheadAfter)
-			t.starts++
 			adopted++
 			ra.adopted = append(ra.adopted, ra.walk(c, treeWindow)...)
 		}
@@ -134,8 +132,8 @@ func (ra *readahead) walkStarts(o int) []string {
 		t.stack = []treePos{{l: root}}
 	}
 	var want []string
-	read := 0 // directories listed for this open
-	for t.asked-t.used+len(want) < treeAheadPerStart*t.starts && len(t.stack) > 0 && read < treeListPerOpen {
+	visited := 0 // entries visited for this open
+	for t.asked-t.used+len(want) < treeAheadPerStart*t.starts && len(t.stack) > 0 && visited < walkEntries {
 		top := &t.stack[len(t.stack)-1]
 		if top.idx == 0 {
 			if f := ra.firstFile(top.l, o); f != "" {
@@ -148,11 +146,12 @@ func (ra *readahead) walkStarts(o int) []string {
 		}
 		e := top.l.ents[o][top.idx]
 		top.idx++
-		if !e.dir {
+		visited++
+		if !e.dir || len(t.stack) >= treeDepth {
 			continue
 		}
-		read++
 		if sub := ra.listing(join(top.l.path, e.name)); sub != nil {
+			visited += len(sub.ents[o])
 			t.stack = append(t.stack, treePos{l: sub})
 		}
 	}
