@@ -1,0 +1,60 @@
+package fs
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A scan's walk through a CIPHERDIR of many directories with no files
+// (whoever can write CIPHERDIR can make one) visits a bounded number of
+// entries per open, under the readahead lock, and goes on at the next.
+func TestReadaheadWalkBounded(t *testing.T) {
+	dir := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Mkdir(filepath.Join(dir, "a"), 0o755))
+	for i := range 4 {
+		must(os.WriteFile(filepath.Join(dir, "a", fmt.Sprintf("f%d", i)), nil, 0o644))
+	}
+	const empty = 3 * walkEntries
+	for i := range empty {
+		must(os.Mkdir(filepath.Join(dir, fmt.Sprintf("e%05d", i)), 0o755))
+	}
+	must(os.Mkdir(filepath.Join(dir, "z"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "z", "last"), nil, 0o644))
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(err)
+	defer unix.Close(fd)
+	ra := &readahead{r: &Root{rootFd: fd}}
+
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	a := ra.listing("a")
+	c := &chain{order: 1, window: readaheadMax, at: a, idx: 0, used: time.Now()}
+	calls := 0
+	var got []string
+	for !c.done && calls < 100 {
+		before := len(ra.dirs)
+		got = append(got, ra.walk(c, readaheadMax)...)
+		calls++
+		if read := len(ra.dirs) - before; read > walkEntries {
+			t.Fatalf("one walk read %d listings, want at most %d", read, walkEntries)
+		}
+	}
+	if calls < 2 {
+		t.Errorf("the walk through %d empty directories took %d call, want it spread over several", empty, calls)
+	}
+	want := []string{"a/f0", "a/f1", "a/f2", "a/f3", "z/last"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("the walk asked for %v, want %v", got, want)
+	}
+}
