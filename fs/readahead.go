@@ -132,6 +132,7 @@ type chain struct {
 	idx    int
 	done   bool      // the walk reached the end of the tree
 	used   time.Time // the last open of one of its files
+	born   time.Time // when the scan began
 	// confined: a directory start (readahead_tree.go): the walk stays in
 	// its directory and the window does not grow.
 	confined bool
@@ -189,16 +190,20 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 	case fresh:
 		*s = scanState{seen: ra.clock, last: i, from: i, streak: 1}
 	case s.chain != nil && s.chain.order == o && time.Since(s.chain.used) < chainIdle:
-		// Part of a running scan (perhaps entered by its walk).
+		// Part of a running scan (perhaps entered by its walk). Only
+		// opens that move it on keep it running: a later pass over
+		// files it has passed (restic after find) must not keep a
+		// finished scan alive, and with it the rule that a directory a
+		// scan in one order walks starts none in the other.
 		if i > s.last {
 			s.last = i
+			s.chain.used = time.Now()
 		}
 		s.streak = max(s.streak+1, readaheadAfter)
 		if s.chain.ahead > 0 {
 			s.chain.ahead--
 			s.chain.grown++
 		}
-		s.chain.used = time.Now()
 	default:
 		if s.streak == 0 {
 			s.from = i
@@ -224,7 +229,7 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 		if otherWalks {
 			return nil
 		}
-		c = &chain{order: o, window: readaheadFirst, at: l, idx: s.last + 1, used: time.Now(), confined: confined}
+		c = &chain{order: o, window: readaheadFirst, at: l, idx: s.last + 1, used: time.Now(), born: time.Now(), confined: confined}
 		if confined {
 			c.window = treeWindow
 		}
@@ -252,6 +257,12 @@ func (ra *readahead) stream(l *listing, o, i int, concurrent bool) (s *scanState
 	alive := func(s *scanState) bool {
 		return s.chain != nil && s.chain.order == o && time.Since(s.chain.used) < chainIdle
 	}
+	better := func(a, b *scanState) bool {
+		if alive(a) != alive(b) {
+			return alive(a)
+		}
+		return a.streak > b.streak
+	}
 	for _, match := range []func(*scanState) bool{
 		func(s *scanState) bool { return i == l.nextFile(o, s.last) },
 		func(s *scanState) bool {
@@ -259,11 +270,24 @@ func (ra *readahead) stream(l *listing, o, i int, concurrent bool) (s *scanState
 		},
 		func(s *scanState) bool { return alive(s) && i > s.last-readaheadMax && i <= s.last },
 	} {
+		// Of the streams the open continues, the one furthest into its
+		// scan: a stream left by an earlier reader may sit at the same
+		// place by chance.
+		best := -1
 		for j := range ss {
-			if match(&ss[j]) {
-				return &ss[j], false
+			if match(&ss[j]) && (best < 0 || better(&ss[j], &ss[best])) {
+				best = j
 			}
 		}
+		if best >= 0 {
+			return &ss[best], false
+		}
+	}
+	if i == l.nextFile(o, -1) {
+		// A reader begins the directory: streams that no running scan
+		// follows are what earlier readers left (a pass over the tree
+		// just before this one); they would take this reader's opens.
+		l.sc[o] = slices.DeleteFunc(ss, func(s scanState) bool { return !alive(&s) || s.chain.done })
 	}
 	return l.freshStream(o), true
 }
@@ -296,10 +320,13 @@ func (ra *readahead) enter(l *listing, o int, c *chain, last int) {
 	*l.freshStream(o) = scanState{seen: ra.clock, at: time.Now(), last: last, from: last + 1, chain: c}
 }
 
-// walked reports whether a running scan in order o walks l.
+// walked reports whether a scan in order o walks l now: its reader
+// moved it on within readaheadRecent (a scan whose reader stopped a
+// moment ago, an earlier pass over the tree, does not keep the
+// directory from a reader in the other order).
 func (l *listing) walked(o int) bool {
 	for _, s := range l.sc[o] {
-		if s.chain != nil && s.chain.order == o && time.Since(s.chain.used) < chainIdle {
+		if s.chain != nil && s.chain.order == o && !s.chain.done && time.Since(s.chain.used) < readaheadRecent {
 			return true
 		}
 	}
@@ -307,13 +334,15 @@ func (l *listing) walked(o int) bool {
 }
 
 // passed reports whether another reader's stream in l, in order o, has
-// opened its files from its start up to file i or past it: its key was
-// taken, and asking again would unwrap it a second time (the readers of
-// xargs -P 8 cat each read a run of a listing, and the walk of one run
-// goes on into the next).
+// opened its files from its start up to file i or past it while c's
+// scan runs: its key was taken, and asking again would unwrap it a
+// second time (the readers of xargs -P 8 cat each read a run of a
+// listing, and the walk of one run goes on into the next). A reader
+// that stopped before c began (an earlier pass over the same files)
+// does not count: this pass needs those keys again.
 func (l *listing) passed(o, i int, c *chain) bool {
 	for _, s := range l.sc[o] {
-		if s.chain != c && s.active() && s.streak > 0 && s.from <= i && i <= s.last {
+		if s.chain != c && s.at.After(c.born) && s.streak > 0 && s.from <= i && i <= s.last {
 			return true
 		}
 	}

@@ -107,7 +107,7 @@ func (ra *readahead) started(l *listing, o int) {
 			if adopted == treeAdoptMax || s.chain != nil || s.streak == 0 || s.from != first || !s.active() {
 				continue
 			}
-			c := &chain{order: o, window: treeWindow, at: d, idx: s.last + 1, used: time.Now(), confined: true}
+			c := &chain{order: o, window: treeWindow, at: d, idx: s.last + 1, used: time.Now(), born: time.Now(), confined: true}
 			s.chain, s.streak = c, max(s.streak, readaheadAfter)
 			adopted++
 			ra.adopted = append(ra.adopted, ra.walk(c, treeWindow)...)

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kmsfs/kmsfs/keyring/kmstest"
 )
@@ -261,5 +263,66 @@ func TestKeyReadaheadStreams(t *testing.T) {
 	t.Logf("%d files: %.0f keys ahead, %.0f unwrapped by their open", files, hits, misses)
 	if misses > float64(files/4) {
 		t.Errorf("%d files read by 8 readers, each its own run: %.0f opens unwrapped their own key, want at most %d", files, misses, files/4)
+	}
+}
+
+// TestKeyReadaheadSecondPass: a second reader of a tree that another
+// scan read moments before (restic after find -exec cat) gets its keys
+// ahead too: the finished scan does not keep the directories to itself.
+func TestKeyReadaheadSecondPass(t *testing.T) {
+	t.Parallel()
+	env := newKMSEnv(t)
+	const dirs, per = 3, 50
+	k := env.mount(t)
+	for d := range dirs {
+		if err := os.Mkdir(k.path(fmt.Sprintf("d%d", d)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i := range per {
+			writeFile(t, k.path(fmt.Sprintf("d%d", d), fmt.Sprintf("f%03d", (i*37)%per)), patterned(i, 100))
+		}
+	}
+	if err := k.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	k = env.mount(t, "--read-only")
+	readAll := func(sorted bool) {
+		t.Helper()
+		for d := range dirs {
+			dir := k.path(fmt.Sprintf("d%d", d))
+			f, err := os.Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			names, err := f.Readdirnames(-1)
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sorted {
+				slices.Sort(names)
+			}
+			for _, name := range names {
+				if _, err := os.ReadFile(filepath.Join(dir, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	readAll(false) // find -exec cat: listing order
+	// A key handed out within the last 2 s is not asked for again (it
+	// is behind its reader); the first scan stays running for 5 s after
+	// its last open. The second pass starts in between.
+	time.Sleep(2500 * time.Millisecond)
+	before := k.scrape(t)
+	env.proxy.Reset()
+	readAll(true) // restic: name order
+	after := k.scrape(t)
+	files := dirs * per
+	checkReadahead(t, env.proxy, "a second pass over a tree, in name order", files, 64)
+	misses := after[`kmsfs_prefetch_requests_total{result="miss"}`] - before[`kmsfs_prefetch_requests_total{result="miss"}`]
+	t.Logf("second pass of %d files: %.0f opens unwrapped their own key", files, misses)
+	if misses > float64(files/4) {
+		t.Errorf("second pass of %d files: %.0f opens unwrapped their own key, want at most %d", files, misses, files/4)
 	}
 }
