@@ -16,6 +16,8 @@ func TestActivity(t *testing.T) {
 	if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The kernel sends the writer's RELEASE after close returns.
+	waitActivity(t, root, func(a Activity) bool { return a.OpenFiles == 0 && a.InFlight == 0 })
 	f, err := os.Open(p)
 	if err != nil {
 		t.Fatal(err)
