@@ -75,15 +75,9 @@ func (r *Root) pathOpen(path string) bool {
 		if c == "" {
 			continue
 		}
-		child := n.GetChild(c)
-		if child == nil {
+		if n = n.childNode(c); n == nil {
 			return false
 		}
-		cn, ok := child.Operations().(*node)
-		if !ok {
-			return false
-		}
-		n = cn
 	}
 	return n.childOpen(name)
 }

@@ -189,7 +189,7 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 	switch {
 	case fresh:
 		*s = scanState{seen: ra.clock, last: i, from: i, streak: 1}
-	case s.chain != nil && s.chain.order == o && time.Since(s.chain.used) < chainIdle:
+	case s.chain.running(o):
 		// Part of a running scan (perhaps entered by its walk). Only
 		// opens that move it on keep it running: a later pass over
 		// files it has passed (restic after find) must not keep a
@@ -225,7 +225,7 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 		return nil
 	}
 	c := s.chain
-	if c == nil || c.order != o || time.Since(c.used) >= chainIdle {
+	if !c.running(o) {
 		if otherWalks {
 			return nil
 		}
@@ -244,6 +244,12 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 	return c
 }
 
+// running reports whether c is a scan in order o whose reader opened one
+// of its files within chainIdle. c may be nil.
+func (c *chain) running(o int) bool {
+	return c != nil && c.order == o && time.Since(c.used) < chainIdle
+}
+
 // stream returns the stream of l in order o that an open of file i
 // continues, or a fresh one (fresh: the caller sets it up) in place of
 // the least recently used. An open continues a stream when it is the
@@ -254,9 +260,7 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 // again.
 func (ra *readahead) stream(l *listing, o, i int, concurrent bool) (s *scanState, fresh bool) {
 	ss := l.sc[o]
-	alive := func(s *scanState) bool {
-		return s.chain != nil && s.chain.order == o && time.Since(s.chain.used) < chainIdle
-	}
+	alive := func(s *scanState) bool { return s.chain.running(o) }
 	better := func(a, b *scanState) bool {
 		if alive(a) != alive(b) {
 			return alive(a)
@@ -562,15 +566,21 @@ func (r *Root) readBackingDir(p string) ([]dirent, error) {
 	return ents, nil
 }
 
+// childNode returns n's child name if the kernel knows it, or nil.
+func (n *node) childNode(name string) *node {
+	child := n.GetChild(name)
+	if child == nil {
+		return nil
+	}
+	c, _ := child.Operations().(*node)
+	return c
+}
+
 // childOpen reports whether n's child name is a file open right now (its
 // key is held: nothing to prefetch).
 func (n *node) childOpen(name string) bool {
-	child := n.GetChild(name)
-	if child == nil {
-		return false
-	}
-	c, ok := child.Operations().(*node)
-	if !ok {
+	c := n.childNode(name)
+	if c == nil {
 		return false
 	}
 	c.mu.Lock()
