@@ -41,11 +41,13 @@ func newAhead(inner keyring.Keyring) *keyring.Ahead {
 	})
 }
 
-// readaheadRecent: prefetching does not ask again for a key handed out
-// this recently before the request (or after it, while it was queued). A
-// file read and closed that recently is behind the reader, or was read
-// out of order by one of several readers; older ones may be on the
-// reader's second pass. (Files open now are not asked for at all.)
+// readaheadRecent: a listing's prefetch does not ask again for a key
+// handed out this recently before the request (or after it, while it was
+// queued): a file read and closed that recently is behind the reader, or
+// was read out of order by one of several readers; older ones may be on
+// the reader's second pass. (Files open now are not asked for at all.)
+// Key readahead knows when its scan began, and asks with that instead
+// (readaheadPrefetch).
 const readaheadRecent = 2 * time.Second
 
 // listingPrefetch asks for the key of the regular file at path (relative
@@ -55,12 +57,14 @@ func (r *Root) listingPrefetch(path string) {
 }
 
 // readaheadPrefetch asks for the key of the regular file at path, which a
-// scan will open next, unless it is open now. It never blocks.
-func (r *Root) readaheadPrefetch(path string) {
+// scan of the pass over the tree that began at pass will open next,
+// unless it is open now or was opened since the pass began. It never
+// blocks.
+func (r *Root) readaheadPrefetch(path string, pass time.Time) {
 	if r.pathOpen(path) {
 		return
 	}
-	r.ahead.PrefetchRecent(r.headerLoader(path), readaheadRecent)
+	r.ahead.PrefetchSince(r.headerLoader(path), pass)
 }
 
 // pathOpen reports whether the file at path is open through the mount

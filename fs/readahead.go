@@ -50,6 +50,13 @@ import (
 // of a list in creation order) jumps between directories but reads each
 // from its first file on, in one of the two orders: see readahead_tree.go.
 //
+// Passes. A cold open of a file opened cold before in this pass over the
+// tree begins a new pass (a reader starts over: find -exec cat run twice,
+// restic right after find): every scan of the last one ends, and the
+// files need their keys again. Within a pass no scan asks for a file
+// opened in it, whichever reader opened it: a reader taken for a second
+// scan (by chance in the other order) unwraps nothing twice.
+//
 // Bounds. A listing alone (ls, stat, find without reads) asks for
 // nothing. What a scan leaves unread is at most one window of keys, which
 // Ahead wipes after its TTL.
@@ -79,6 +86,12 @@ type readahead struct {
 	names int // entries in dirs
 	clock uint64
 	tree  [2]treeScan // per order
+	// Passes over the tree: a cold open of a file that was opened in
+	// this pass already begins the next one. pass is its number and
+	// when it began; live the scans begun in it, ended with it.
+	passNum uint32
+	pass    time.Time
+	live    []*chain
 	// adopted: files asked for by directories adopted as started when
 	// the tree scan was learned, for coldOpen to prefetch.
 	adopted []string
@@ -94,13 +107,16 @@ type listing struct {
 	pos      [2]map[string]int // name -> index in ents[o]
 	sc       [2][]scanState    // per order, up to readaheadStreams
 	inflight *int              // cold opens here whose key is still loading (shared with the listing read again)
-	// firstAsked: the tree walk asked for the first file's key in that
-	// order (readahead_tree.go).
-	firstAsked [2]bool
+	// firstAsked: the pass in which the tree walk asked for the first
+	// file's key in that order (readahead_tree.go), 0: none.
+	firstAsked [2]uint32
 	// sameStart: the first two files are the same in both orders, so a
 	// start of the directory says nothing about which order a reader
 	// follows.
 	sameStart bool
+	// opened: per entry of ents[0], the pass in which it was last
+	// opened cold (0: never); nil until one is.
+	opened []uint32
 }
 
 type dirent struct {
@@ -149,6 +165,7 @@ func (ra *readahead) coldOpen(dir *node, name string) (done func()) {
 	if l == nil {
 		return func() {}
 	}
+	ra.notePass(l, name)
 	concurrent := *l.inflight > 0
 	*l.inflight++
 	inflight := l.inflight
@@ -169,7 +186,7 @@ func (ra *readahead) coldOpen(dir *node, name string) (done func()) {
 	want = append(want, ra.adopted...)
 	ra.adopted = nil
 	for _, f := range want {
-		ra.r.readaheadPrefetch(f)
+		ra.r.readaheadPrefetch(f, ra.pass)
 	}
 	return func() {
 		ra.mu.Lock()
@@ -229,7 +246,7 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 		if otherWalks {
 			return nil
 		}
-		c = &chain{order: o, window: readaheadFirst, at: l, idx: s.last + 1, used: time.Now(), born: time.Now(), confined: confined}
+		c = ra.newChain(&chain{order: o, window: readaheadFirst, at: l, idx: s.last + 1, confined: confined})
 		if confined {
 			c.window = treeWindow
 		}
@@ -248,6 +265,55 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 // of its files within chainIdle. c may be nil.
 func (c *chain) running(o int) bool {
 	return c != nil && c.order == o && time.Since(c.used) < chainIdle
+}
+
+// notePass notes a cold open of name in l. A file opened cold in this
+// pass already is read again: a reader starts over (find -exec cat run
+// twice, restic after find), and a new pass begins. Its files need their
+// keys again, and the scans of the last pass, which walked on past them,
+// end: the readers' next opens start scans of their own. Within a pass,
+// scans ask for no file opened in it (walk), whichever reader opened it
+// and in whichever order: a reader seen as a second scan (by chance in
+// the other order, or again after its stream was lost) must not make the
+// mount unwrap again what the pass read.
+func (ra *readahead) notePass(l *listing, name string) {
+	i, ok := l.pos[0][name]
+	if !ok {
+		return
+	}
+	if l.opened == nil {
+		l.opened = make([]uint32, len(l.ents[0]))
+	}
+	if ra.passNum == 0 || l.opened[i] == ra.passNum {
+		ra.passNum++
+		ra.pass = time.Now()
+		for _, c := range ra.live {
+			c.used = time.Time{}
+		}
+		ra.live = nil
+		ra.tree = [2]treeScan{}
+	}
+	l.opened[i] = ra.passNum
+}
+
+// openedInPass reports whether entry i of l in order o was opened cold in
+// this pass.
+func (ra *readahead) openedInPass(l *listing, o, i int) bool {
+	if l.opened == nil {
+		return false
+	}
+	if o != 0 {
+		i = l.pos[0][l.ents[o][i].name]
+	}
+	return l.opened[i] == ra.passNum
+}
+
+// newChain starts scan c, as part of this pass.
+func (ra *readahead) newChain(c *chain) *chain {
+	c.used, c.born = time.Now(), time.Now()
+	ra.live = slices.DeleteFunc(ra.live, func(l *chain) bool { return !l.running(l.order) })
+	ra.live = append(ra.live, c)
+	return c
 }
 
 // stream returns the stream of l in order o that an open of file i
@@ -409,7 +475,7 @@ func (ra *readahead) walk(c *chain, n int) []string {
 			c.idx++
 			p := join(l.path, e.name)
 			if !e.dir {
-				if !l.passed(o, c.idx-1, c) {
+				if !l.passed(o, c.idx-1, c) && !ra.openedInPass(l, o, c.idx-1) {
 					want = append(want, p)
 				}
 				continue
@@ -502,6 +568,7 @@ func (ra *readahead) listing(p string) *listing {
 		if len(old.ents[0]) == len(l.ents[0]) {
 			l.sc = [2][]scanState{slices.Clone(old.sc[0]), slices.Clone(old.sc[1])}
 			l.firstAsked = old.firstAsked
+			l.opened = old.opened
 		}
 		ra.names -= len(old.ents[0])
 		delete(ra.dirs, p)

@@ -86,8 +86,8 @@ func (ra *readahead) started(l *listing, o int) {
 		t.only++
 	}
 	t.at = time.Now()
-	if l.firstAsked[o] {
-		l.firstAsked[o] = false
+	if l.firstAsked[o] == ra.passNum {
+		l.firstAsked[o] = 0
 		t.used = min(t.used+1, t.asked) // asked before a reset counts for nothing
 	}
 	if was || !ra.learned(o) {
@@ -107,7 +107,7 @@ func (ra *readahead) started(l *listing, o int) {
 			if adopted == treeAdoptMax || s.chain != nil || s.streak == 0 || s.from != first || !s.active() {
 				continue
 			}
-			c := &chain{order: o, window: treeWindow, at: d, idx: s.last + 1, used: time.Now(), born: time.Now(), confined: true}
+			c := ra.newChain(&chain{order: o, window: treeWindow, at: d, idx: s.last + 1, confined: true})
 			s.chain, s.streak = c, max(s.streak, readaheadAfter)
 			adopted++
 			ra.adopted = append(ra.adopted, ra.walk(c, treeWindow)...)
@@ -165,14 +165,14 @@ func (ra *readahead) walkStarts(o int) []string {
 // firstFile returns the path of l's first file in order o, marked as
 // asked for by the tree walk, or "" if l has none or was started.
 func (ra *readahead) firstFile(l *listing, o int) string {
-	if l.startedAt(o) || l.firstAsked[o] {
+	if l.startedAt(o) || l.firstAsked[o] == ra.passNum {
 		return ""
 	}
 	i := l.nextFile(o, -1)
-	if i < 0 {
+	if i < 0 || ra.openedInPass(l, o, i) {
 		return ""
 	}
-	l.firstAsked[o] = true
+	l.firstAsked[o] = ra.passNum
 	return join(l.path, l.ents[o][i].name)
 }
 

@@ -93,12 +93,29 @@ func (a *Ahead) Prefetch(load func() ([]WrappedKey, EncryptionContext, error)) b
 // its keys ahead too, and a reader that overtakes the queue does not
 // make it unwrap what the reader unwrapped.
 func (a *Ahead) PrefetchRecent(load func() ([]WrappedKey, EncryptionContext, error), recent time.Duration) bool {
+	return a.PrefetchSince(load, time.Now().Add(-min(recent, a.ttl)))
+}
+
+// PrefetchSince is Prefetch for a caller that knows since when the key is
+// needed again: the request is dropped for entries handed out after since
+// (or within the TTL, if since is older). A scan that began at since asks
+// so: a file its reader opened before it began (an earlier pass over the
+// same files, a moment ago) needs its key again; one opened since, by its
+// reader or another, does not.
+func (a *Ahead) PrefetchSince(load func() ([]WrappedKey, EncryptionContext, error), since time.Time) bool {
 	select {
-	case a.jobs <- aheadJob{load: load, since: time.Now().Add(-min(recent, a.ttl))}:
+	case a.jobs <- aheadJob{load: load, since: later(since, time.Now().Add(-a.ttl))}:
 		return true
 	default:
 		return false
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func (a *Ahead) worker(timeout time.Duration) {

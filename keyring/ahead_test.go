@@ -183,3 +183,33 @@ func TestAheadPrefetchRecent(t *testing.T) {
 		t.Fatalf("a request the reader overtook: %d inner calls in all, %d held; want 3 and 0", n, a.Len())
 	}
 }
+
+// PrefetchSince drops what was handed out after its time (files the
+// scan's pass read already) and unwraps again what was handed out before
+// it (an earlier pass, however recent).
+func TestAheadPrefetchSince(t *testing.T) {
+	c := newCounting(t)
+	a := NewAhead(c, AheadOptions{Workers: 1, Queue: 64, Max: 64, TTL: time.Hour, Timeout: 10 * time.Second})
+	defer a.Close()
+	wrapped, _ := wrapFile(t, c.inner, 5)
+	load := func() ([]WrappedKey, EncryptionContext, error) { return wrapped, testContext(5), nil }
+	before := time.Now()
+	dk, err := a.Decrypt(context.Background(), wrapped, testContext(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk.Wipe()
+	after := time.Now()
+
+	// One worker takes the requests in order: once file 7's key is in,
+	// the request before it has been dealt with.
+	w7, _ := wrapFile(t, c.inner, 7)
+	a.PrefetchSince(load, before)
+	a.PrefetchSince(func() ([]WrappedKey, EncryptionContext, error) { return w7, testContext(7), nil }, before)
+	waitFor(t, "file 7's prefetch", func() bool { return c.decrypts.Load() >= 2 && a.Len() == 1 })
+	if n := c.decrypts.Load(); n != 2 {
+		t.Fatalf("a request for a key handed out in its pass: %d inner calls in all, want 2", n)
+	}
+	a.PrefetchSince(load, after)
+	waitFor(t, "the next pass's prefetch", func() bool { return c.decrypts.Load() == 3 && a.Len() == 2 })
+}
