@@ -88,10 +88,9 @@ type readahead struct {
 	tree  [2]treeScan // per order
 	// Passes over the tree: a cold open of a file that was opened in
 	// this pass already begins the next one. pass is its number and
-	// when it began; live the scans begun in it, ended with it.
+	// when it began; the scans begun in it end with it.
 	passNum uint32
 	pass    time.Time
-	live    []*chain
 	// adopted: files asked for by directories adopted as started when
 	// the tree scan was learned, for coldOpen to prefetch.
 	adopted []string
@@ -152,6 +151,10 @@ type chain struct {
 	// confined: a directory start (readahead_tree.go): the walk stays in
 	// its directory and the window does not grow.
 	confined bool
+	// pass: the pass it belongs to; cur points at the current one (nil:
+	// always current).
+	pass uint32
+	cur  *uint32
 }
 
 // coldOpen notes that name in dir is about to have its key unwrapped, and
@@ -178,12 +181,18 @@ func (ra *readahead) coldOpen(dir *node, name string) (done func()) {
 			want = ra.extend(c)
 		}
 	}
+	// The tree walk's first files go first: a reader that starts
+	// directories reaches one of them sooner than the next file of the
+	// directory it opened now (each open of a directory start asks for
+	// a window of that directory: the walk must not wait for an open
+	// that asks for nothing).
+	var starts []string
 	for o := range 2 {
-		if want == nil {
-			want = ra.walkStarts(o)
+		if starts == nil {
+			starts = ra.walkStarts(o)
 		}
 	}
-	want = append(want, ra.adopted...)
+	want = append(append(starts, want...), ra.adopted...)
 	ra.adopted = nil
 	for _, f := range want {
 		ra.r.readaheadPrefetch(f, ra.pass)
@@ -264,7 +273,7 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 // running reports whether c is a scan in order o whose reader opened one
 // of its files within chainIdle. c may be nil.
 func (c *chain) running(o int) bool {
-	return c != nil && c.order == o && time.Since(c.used) < chainIdle
+	return c != nil && c.order == o && (c.cur == nil || *c.cur == c.pass) && time.Since(c.used) < chainIdle
 }
 
 // notePass notes a cold open of name in l. A file opened cold in this
@@ -287,10 +296,6 @@ func (ra *readahead) notePass(l *listing, name string) {
 	if ra.passNum == 0 || l.opened[i] == ra.passNum {
 		ra.passNum++
 		ra.pass = time.Now()
-		for _, c := range ra.live {
-			c.used = time.Time{}
-		}
-		ra.live = nil
 		ra.tree = [2]treeScan{}
 	}
 	l.opened[i] = ra.passNum
@@ -311,8 +316,7 @@ func (ra *readahead) openedInPass(l *listing, o, i int) bool {
 // newChain starts scan c, as part of this pass.
 func (ra *readahead) newChain(c *chain) *chain {
 	c.used, c.born = time.Now(), time.Now()
-	ra.live = slices.DeleteFunc(ra.live, func(l *chain) bool { return !l.running(l.order) })
-	ra.live = append(ra.live, c)
+	c.pass, c.cur = ra.passNum, &ra.passNum
 	return c
 }
 

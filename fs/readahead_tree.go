@@ -35,9 +35,13 @@ import (
 // window per directory it started, unused; Ahead wipes them after its
 // TTL.
 const (
-	treeStartStreak   = 2 // opens in order from a directory's first file that start it
-	treeLearnStarts   = 4 // directory starts before the tree walk
-	treeAheadPerStart = 8 // first files asked ahead per directory started
+	treeStartStreak = 2 // opens in order from a directory's first file that start it
+	treeLearnStarts = 4 // directory starts before the tree walk
+	// treeAheadPerStart: first files asked ahead per directory started.
+	// md5sum -c of 30k files in 1,600 directories in creation order
+	// opens a new directory at random once it is learned: 8 per start
+	// left about 100 more of those opens without a key ahead than 32.
+	treeAheadPerStart = 32
 	treeWindow        = 8 // keys asked ahead in a started directory
 	// treeDepth bounds the tree walk's depth: deeper directories get
 	// no first file ahead.
