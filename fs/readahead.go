@@ -243,6 +243,11 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 	// nor a scan.
 	otherWalks := l.walked(1 - o)
 	fromStart := s.from == l.nextFile(o, -1) && !otherWalks
+	if fresh && fromStart && !ra.learned(o) {
+		ra.firstOpen(l, o)
+	} else {
+		ra.tree[o].row, ra.tree[o].rowOnly = 0, 0
+	}
 	confined := fromStart && ra.learned(o)
 	if fromStart && (s.streak == treeStartStreak || confined && s.streak == 1) {
 		ra.started(l, o)
