@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -320,5 +321,24 @@ func (v *Volume) EndRewrap() error {
 	if err := unix.Unlinkat(dfd, rewrapMarker, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return err
 	}
+	removeTemps(dfd)
 	return unix.Fsync(dfd)
+}
+
+// removeTemps removes what writeWhole left in directory dfd when its
+// process was killed before the rename: temporary files, never read.
+// Best effort: a name that is not a file stays.
+func removeTemps(dfd int) {
+	fd, err := unix.Openat(dfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	d := os.NewFile(uintptr(fd), RewrapStore)
+	defer d.Close()
+	names, _ := d.Readdirnames(4096)
+	for _, name := range names {
+		if strings.HasPrefix(name, TempPrefix) {
+			unix.Unlinkat(dfd, name, 0)
+		}
+	}
 }

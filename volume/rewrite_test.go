@@ -233,3 +233,23 @@ func fileIDOf(slot []byte) [blockcipher.IDSize]byte {
 	copy(id[:], slot[32:48])
 	return id
 }
+
+// EndRewrap removes the temporary files a rewrap killed inside
+// writeWhole left in the rewrap store (TestRewrapKilled found one).
+func TestEndRewrapRemovesTemps(t *testing.T) {
+	x := newRewrapFixture(t)
+	if err := x.v.StartRewrap(nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(x.v.Dir, RewrapStore)
+	stray := filepath.Join(dir, TempPrefix+"0123-4567")
+	if err := os.WriteFile(stray, []byte("half a record"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.v.EndRewrap(); err != nil {
+		t.Fatal(err)
+	}
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+		t.Errorf("rewrap store after EndRewrap: %v, %v; want empty", ents, err)
+	}
+}
