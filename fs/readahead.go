@@ -248,9 +248,14 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 	} else {
 		ra.tree[o].row, ra.tree[o].rowOnly = 0, 0
 	}
-	confined := fromStart && ra.learned(o)
-	if fromStart && (s.streak == treeStartStreak || confined && s.streak == 1) {
+	confined := fromStart && ra.learned(o) && (s.streak >= treeStartStreak || ra.confirmed(o))
+	switch {
+	case fromStart && (s.streak == treeStartStreak || confined && s.streak == 1):
 		ra.started(l, o)
+	case fresh && fromStart && ra.learned(o):
+		// Learned from a row of first files, not confirmed: the
+		// tree walk's budget grows, no window.
+		ra.credit(l, o)
 	}
 	if s.streak < readaheadAfter && !confined {
 		return nil

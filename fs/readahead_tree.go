@@ -60,6 +60,7 @@ const (
 // treeScan is the directory-start state of one order.
 type treeScan struct {
 	starts  int       // directories started since the state began
+	real    int       // of those, started by a second open in order from the first file
 	row     int       // first files of directories new to the reader opened in a row
 	rowOnly int       // of those, in directories whose start differs in the other order
 	only    int       // of those, directories whose start differs in the other order
@@ -84,15 +85,26 @@ func (ra *readahead) learned(o int) bool {
 }
 
 // started notes that a scan began at the first file of l in order o.
-// When that makes the reader's order learned, the directories it has
+// When that makes the reader's order confirmed, the directories it has
 // opened at their first file but not started yet are adopted: their
 // confined scans start now rather than at their next open.
 func (ra *readahead) started(l *listing, o int) {
+	was := ra.confirmed(o)
+	ra.credit(l, o)
+	ra.tree[o].real++
+	if was || !ra.confirmed(o) {
+		return
+	}
+	ra.adopt(l, o)
+}
+
+// credit counts a directory the reader begins in order o at l's first
+// file: the tree walk's budget grows with them.
+func (ra *readahead) credit(l *listing, o int) {
 	t := &ra.tree[o]
 	if time.Since(t.at) >= chainIdle {
 		*t = treeScan{}
 	}
-	was := ra.learned(o)
 	t.starts++
 	if !l.sameStart {
 		t.only++
@@ -102,18 +114,25 @@ func (ra *readahead) started(l *listing, o int) {
 		l.firstAsked[o] = 0
 		t.used = min(t.used+1, t.asked) // asked before a reset counts for nothing
 	}
-	if was || !ra.learned(o) {
-		return
-	}
-	ra.adopt(l, o)
+}
+
+// confirmed reports whether the reader, learned in order o, has also
+// come back to treeLearnStarts directories for their second file: only
+// then does a directory it opens at its first file get a window of its
+// next files at once. A reader learned from a row of first files alone
+// may read nothing else (find -name README -exec cat: README sorts
+// first), and gets only the tree walk's first files ahead.
+func (ra *readahead) confirmed(o int) bool {
+	return ra.learned(o) && ra.tree[o].real >= treeLearnStarts
 }
 
 // firstOpen notes a cold open of the first file of l in order o by a
 // reader new to l. treeLearnRow of them in a row (md5sum -c of a list in
 // creation order begins directory after directory before it comes back
 // to any) show the reader's order before it has started a directory:
-// they count as starts. (A reader of a whole tree, find -exec cat, opens
-// a directory's second file next, which ends the row.)
+// they count as starts for the tree walk, not for windows (confirmed).
+// (A reader of a whole tree, find -exec cat, opens a directory's second
+// file next, which ends the row.)
 func (ra *readahead) firstOpen(l *listing, o int) {
 	t := &ra.tree[o]
 	if time.Since(t.at) >= chainIdle {
@@ -128,9 +147,6 @@ func (ra *readahead) firstOpen(l *listing, o int) {
 		return
 	}
 	t.starts, t.only = max(t.starts, t.row), max(t.only, t.rowOnly)
-	if ra.learned(o) {
-		ra.adopt(l, o)
-	}
 }
 
 // adopt starts the confined scans of the directories the reader has
