@@ -106,6 +106,7 @@ type listing struct {
 	pos      [2]map[string]int // name -> index in ents[o]
 	sc       [2][]scanState    // per order, up to readaheadStreams
 	inflight *int              // cold opens here whose key is still loading (shared with the listing read again)
+	listed   int               // entries the backing directory listed (ents holds its files and directories)
 	// firstAsked: the pass in which the tree walk asked for the first
 	// file's key in that order (readahead_tree.go), 0: none.
 	firstAsked [2]uint32
@@ -501,7 +502,7 @@ func (ra *readahead) walk(c *chain, n int) []string {
 			if sub == nil {
 				continue
 			}
-			visited += len(sub.ents[o])
+			visited += sub.listed
 			ra.enter(sub, o, c, -1)
 			c.at, c.idx = sub, 0
 			continue
@@ -553,11 +554,11 @@ func (ra *readahead) listing(p string) *listing {
 		l.used = ra.clock
 		return l
 	}
-	ents, err := ra.r.readBackingDir(p)
+	ents, listed, err := ra.r.readBackingDir(p)
 	if err != nil {
 		return nil
 	}
-	l := &listing{path: p, at: time.Now(), used: ra.clock, inflight: new(int)}
+	l := &listing{path: p, at: time.Now(), used: ra.clock, inflight: new(int), listed: listed}
 	l.ents[0] = ents
 	l.ents[1] = slices.SortedFunc(slices.Values(ents), func(a, b dirent) int {
 		if a.name < b.name {
@@ -616,21 +617,22 @@ func (ra *readahead) evict() {
 }
 
 // readBackingDir lists the regular files and directories of the backing
-// directory at p, in the order it lists them, without kmsfs's own names.
-// At most listingMax entries.
-func (r *Root) readBackingDir(p string) ([]dirent, error) {
+// directory at p, in the order it lists them, without kmsfs's own names,
+// and how many entries it read to find them (symlinks, FIFOs and the
+// rest cost a walk as much as files). At most listingMax entries.
+func (r *Root) readBackingDir(p string) ([]dirent, int, error) {
 	if p == "" {
 		p = "."
 	}
 	fd, err := openBeneath(r.rootFd, p, unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()
 	des, err := f.ReadDir(listingMax)
 	if err != nil && len(des) == 0 {
-		return nil, err
+		return nil, 0, err
 	}
 	ents := make([]dirent, 0, len(des))
 	for _, de := range des {
@@ -644,7 +646,7 @@ func (r *Root) readBackingDir(p string) ([]dirent, error) {
 			ents = append(ents, dirent{name: de.Name(), dir: true})
 		}
 	}
-	return ents, nil
+	return ents, len(des), nil
 }
 
 // childNode returns n's child name if the kernel knows it, or nil.

@@ -58,3 +58,39 @@ func TestReadaheadWalkBounded(t *testing.T) {
 		t.Errorf("the walk asked for %v, want %v", got, want)
 	}
 }
+
+// Entries that are neither files nor directories (symlinks here) cost a
+// walk what files do: directories full of them end a walk's call as soon
+// as it has read walkEntries entries, not walkEntries listings.
+func TestReadaheadWalkCountsEveryEntry(t *testing.T) {
+	dir := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Mkdir(filepath.Join(dir, "a"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "a", "f"), nil, 0o644))
+	const dirs, links = 4, walkEntries / 2
+	for i := range dirs {
+		d := filepath.Join(dir, fmt.Sprintf("s%02d", i))
+		must(os.Mkdir(d, 0o755))
+		for j := range links {
+			must(os.Symlink("x", filepath.Join(d, fmt.Sprintf("l%04d", j))))
+		}
+	}
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(err)
+	defer unix.Close(fd)
+	ra := &readahead{r: &Root{rootFd: fd}}
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	c := &chain{order: 1, window: readaheadMax, at: ra.listing("a"), idx: 0, used: time.Now()}
+	before := len(ra.dirs)
+	ra.walk(c, readaheadMax)
+	// At most walkEntries entries, and the listing that passed it.
+	if read := len(ra.dirs) - before; read > walkEntries/links+1 {
+		t.Errorf("one walk read %d directories of %d symlinks each, want at most %d", read, links, walkEntries/links+1)
+	}
+}

@@ -211,7 +211,7 @@ func (ra *readahead) walkStarts(o int) []string {
 			continue
 		}
 		if sub := ra.listing(join(top.l.path, e.name)); sub != nil {
-			visited += len(sub.ents[o])
+			visited += sub.listed
 			t.stack = append(t.stack, treePos{l: sub})
 		}
 	}
