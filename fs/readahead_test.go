@@ -15,12 +15,7 @@ import (
 // entries per open, under the readahead lock, and goes on at the next.
 func TestReadaheadWalkBounded(t *testing.T) {
 	dir := t.TempDir()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := func(err error) { mustOK(t, err) }
 	must(os.Mkdir(filepath.Join(dir, "a"), 0o755))
 	for i := range 4 {
 		must(os.WriteFile(filepath.Join(dir, "a", fmt.Sprintf("f%d", i)), nil, 0o644))
@@ -31,10 +26,7 @@ func TestReadaheadWalkBounded(t *testing.T) {
 	}
 	must(os.Mkdir(filepath.Join(dir, "z"), 0o755))
 	must(os.WriteFile(filepath.Join(dir, "z", "last"), nil, 0o644))
-	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	must(err)
-	defer unix.Close(fd)
-	ra := &readahead{r: &Root{rootFd: fd}}
+	ra := testReadahead(t, dir)
 
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
@@ -64,12 +56,7 @@ func TestReadaheadWalkBounded(t *testing.T) {
 // as it has read walkEntries entries, not walkEntries listings.
 func TestReadaheadWalkCountsEveryEntry(t *testing.T) {
 	dir := t.TempDir()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := func(err error) { mustOK(t, err) }
 	must(os.Mkdir(filepath.Join(dir, "a"), 0o755))
 	must(os.WriteFile(filepath.Join(dir, "a", "f"), nil, 0o644))
 	const dirs, links = 4, walkEntries / 2
@@ -80,10 +67,7 @@ func TestReadaheadWalkCountsEveryEntry(t *testing.T) {
 			must(os.Symlink("x", filepath.Join(d, fmt.Sprintf("l%04d", j))))
 		}
 	}
-	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	must(err)
-	defer unix.Close(fd)
-	ra := &readahead{r: &Root{rootFd: fd}}
+	ra := testReadahead(t, dir)
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
 	c := &chain{order: 1, window: readaheadMax, at: ra.listing("a"), idx: 0, used: time.Now()}
@@ -93,4 +77,20 @@ func TestReadaheadWalkCountsEveryEntry(t *testing.T) {
 	if read := len(ra.dirs) - before; read > walkEntries/links+1 {
 		t.Errorf("one walk read %d directories of %d symlinks each, want at most %d", read, links, walkEntries/links+1)
 	}
+}
+
+func mustOK(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testReadahead returns a readahead over the backing directory dir.
+func testReadahead(t *testing.T, dir string) *readahead {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	mustOK(t, err)
+	t.Cleanup(func() { unix.Close(fd) })
+	return &readahead{r: &Root{rootFd: fd}}
 }

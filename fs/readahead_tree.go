@@ -101,19 +101,26 @@ func (ra *readahead) started(l *listing, o int) {
 // credit counts a directory the reader begins in order o at l's first
 // file: the tree walk's budget grows with them.
 func (ra *readahead) credit(l *listing, o int) {
-	t := &ra.tree[o]
-	if time.Since(t.at) >= chainIdle {
-		*t = treeScan{}
-	}
+	t := ra.treeOpen(o)
 	t.starts++
 	if !l.sameStart {
 		t.only++
 	}
-	t.at = time.Now()
 	if l.firstAsked[o] == ra.passNum {
 		l.firstAsked[o] = 0
 		t.used = min(t.used+1, t.asked) // asked before a reset counts for nothing
 	}
+}
+
+// treeOpen returns order o's directory-start state for an open now,
+// begun afresh if the reader's last one was chainIdle ago.
+func (ra *readahead) treeOpen(o int) *treeScan {
+	t := &ra.tree[o]
+	if time.Since(t.at) >= chainIdle {
+		*t = treeScan{}
+	}
+	t.at = time.Now()
+	return t
 }
 
 // confirmed reports whether the reader, learned in order o, has also
@@ -134,15 +141,11 @@ func (ra *readahead) confirmed(o int) bool {
 // (A reader of a whole tree, find -exec cat, opens a directory's second
 // file next, which ends the row.)
 func (ra *readahead) firstOpen(l *listing, o int) {
-	t := &ra.tree[o]
-	if time.Since(t.at) >= chainIdle {
-		*t = treeScan{}
-	}
+	t := ra.treeOpen(o)
 	t.row++
 	if !l.sameStart {
 		t.rowOnly++
 	}
-	t.at = time.Now()
 	if t.row != treeLearnRow || ra.learned(o) {
 		return
 	}
