@@ -46,8 +46,8 @@ func newAhead(inner keyring.Keyring) *keyring.Ahead {
 // queued): a file read and closed that recently is behind the reader, or
 // was read out of order by one of several readers; older ones may be on
 // the reader's second pass. (Files open now are not asked for at all.)
-// Key readahead knows when its scan began, and asks with that instead
-// (readaheadPrefetch).
+// Key readahead knows when its pass over the tree began, and asks with
+// that instead (readaheadPrefetch).
 const readaheadRecent = 2 * time.Second
 
 // listingPrefetch asks for the key of the regular file at path (relative

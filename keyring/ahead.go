@@ -98,10 +98,10 @@ func (a *Ahead) PrefetchRecent(load func() ([]WrappedKey, EncryptionContext, err
 
 // PrefetchSince is Prefetch for a caller that knows since when the key is
 // needed again: the request is dropped for entries handed out after since
-// (or within the TTL, if since is older). A scan that began at since asks
-// so: a file its reader opened before it began (an earlier pass over the
-// same files, a moment ago) needs its key again; one opened since, by its
-// reader or another, does not.
+// (or within the TTL, if since is older). Key readahead asks so with the
+// time its pass over the tree began: a file opened before it (in an
+// earlier pass, a moment ago) needs its key again; one opened since, by
+// any reader, does not.
 func (a *Ahead) PrefetchSince(load func() ([]WrappedKey, EncryptionContext, error), since time.Time) bool {
 	select {
 	case a.jobs <- aheadJob{load: load, since: later(since, time.Now().Add(-a.ttl))}:
