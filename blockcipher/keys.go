@@ -1,8 +1,6 @@
 package blockcipher
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/subtle"
 	"fmt"
 
@@ -115,23 +113,21 @@ func newCipher(kdf *secret.KDF, h *Header) (*Cipher, error) {
 	if err != nil {
 		return nil, err
 	}
-	block, err := aes.NewCipher(kdf.Key(labelContent))
-	if err != nil {
-		return nil, fmt.Errorf("blockcipher: %v", err)
-	}
 	c := &Cipher{fileID: h.FileID, layout: layout}
-	kdf.Expand(c.recordKey[:], labelRecordMAC)
 	if layout.Version == Version2 {
+		block, err := secret.AESBlock(kdf.Key(labelContent))
+		if err != nil {
+			return nil, fmt.Errorf("blockcipher: %v", err)
+		}
 		c.x = newXAES(block)
-		return c, nil
+	} else {
+		aead, err := secret.AESGCM(kdf.Key(labelContent))
+		if err != nil {
+			return nil, fmt.Errorf("blockcipher: %v", err)
+		}
+		c.aead = aead
 	}
-	// NewGCM copies the key schedule; the copy in block is wiped at once.
-	aead, err := cipher.NewGCM(block)
-	secret.Wipe(block)
-	if err != nil {
-		return nil, fmt.Errorf("blockcipher: %v", err)
-	}
-	c.aead = aead
+	kdf.Expand(c.recordKey[:], labelRecordMAC)
 	return c, nil
 }
 

@@ -1,7 +1,6 @@
 package blockcipher
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/subtle"
@@ -57,8 +56,9 @@ type derived struct {
 func newXAES(block cipher.Block) *xaes {
 	x := &xaes{block: block, k1: new([16]byte)}
 	// L = AES-256_K(0¹²⁸); K1 = L << 1, xor 0x87 into the last byte
-	// if the bit shifted out was 1 (the CMAC subkey).
-	block.Encrypt(x.k1[:], x.k1[:])
+	// if the bit shifted out was 1 (the CMAC subkey). The AES call
+	// leaves L in a vector register: Shield.
+	secret.Shield(func() { block.Encrypt(x.k1[:], x.k1[:]) })
 	msb := x.k1[0] >> 7
 	for i := range 15 {
 		x.k1[i] = x.k1[i]<<1 | x.k1[i+1]>>7
@@ -82,24 +82,24 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 func (x *xaes) derive(n *[NonceSize]byte) *derived {
 	s := scratchPool.Get().(*scratch)
 	defer func() { clear(s.m[0][:]); clear(s.m[1][:]); clear(s.kx[:]); scratchPool.Put(s) }()
-	for i := range 2 {
-		m := &s.m[i]
-		m[0], m[1], m[2], m[3] = 0, byte(i+1), 'X', 0
-		copy(m[4:], n[:])
-		subtle.XORBytes(m[:], m[:], x.k1[:])
-		x.block.Encrypt(s.kx[16*i:16*(i+1)], m[:])
-	}
-	b, err := aes.NewCipher(s.kx[:])
+	// The AES calls leave halves of Kx in vector registers, and
+	// secret.AESGCM shields its own work: all of it under one Shield.
+	var aead cipher.AEAD
+	var err error
+	secret.Shield(func() {
+		for i := range 2 {
+			m := &s.m[i]
+			m[0], m[1], m[2], m[3] = 0, byte(i+1), 'X', 0
+			copy(m[4:], n[:])
+			subtle.XORBytes(m[:], m[:], x.k1[:])
+			x.block.Encrypt(s.kx[16*i:16*(i+1)], m[:])
+		}
+		aead, err = secret.AESGCM(s.kx[:])
+	})
 	if err != nil {
 		panic("blockcipher: internal error: " + err.Error())
 	}
-	aead, err := cipher.NewGCM(b)
-	secret.Wipe(b)
-	if err != nil {
-		panic("blockcipher: internal error: " + err.Error())
-	}
-	d := &derived{nonce: *n, aead: aead}
-	return d
+	return &derived{nonce: *n, aead: aead}
 }
 
 // seal appends key nonce ‖ nonce ‖ ciphertext ‖ tag to dst; nonce is the

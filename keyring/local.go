@@ -2,7 +2,6 @@ package keyring
 
 import (
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/hex"
@@ -50,12 +49,7 @@ type localKEK struct {
 // aead returns AES-256-GCM under the KEK and a func that zeroes its state
 // (key schedule, GHASH table), to be called as soon as the call is done.
 func (k *localKEK) aead() (cipher.AEAD, func()) {
-	block, err := aes.NewCipher(k.b[:])
-	if err != nil {
-		panic("keyring: internal error: " + err.Error())
-	}
-	aead, err := cipher.NewGCM(block)
-	secret.Wipe(block) // NewGCM made its own copy of the key schedule
+	aead, err := secret.AESGCM(k.b[:])
 	if err != nil {
 		panic("keyring: internal error: " + err.Error())
 	}

@@ -1,7 +1,9 @@
 // Package secret computes on key material without leaving copies of it
 // behind: HMAC-SHA256 (RFC 2104) and HKDF-SHA256 (RFC 5869) over its own
-// SHA-256 (FIPS 180-4), and Wipe, which zeroes the key schedule behind a
-// crypto/cipher interface.
+// SHA-256 (FIPS 180-4); Wipe, which zeroes the key schedule behind a
+// crypto/cipher interface; and Shield (with AESGCM and AESBlock built
+// under it), which keeps the standard library's AES code from leaving a
+// key in a signal frame.
 //
 // The standard library's crypto/hmac and crypto/hkdf are correct but keep
 // what they hash: a key's ipad and opad blocks in the hmac.Hash, the

@@ -22,8 +22,9 @@ import (
 const signalChildEnv = "KMSFS_SECRET_SIGNAL_CHILD"
 
 // TestNoKeyInSignalFrames: a key that went through HMAC or NewKDF, the
-// pseudorandom key NewKDF made of it, and a key that Expand derived are
-// not left in vector registers, where the kernel saves them in every
+// pseudorandom key NewKDF made of it, a key that Expand derived, and a
+// key that AESGCM built a cipher under (a second of builds, so that
+// signals land inside some: Shield) are not left in vector registers, where the kernel saves them in every
 // signal frame on the thread's signal stack (Go heap, never cleared) and
 // asynchronous preemption on the goroutine's stack (Copy's comment). A
 // child process computes with a key and then takes profiling signals in
@@ -48,7 +49,7 @@ func TestNoKeyInSignalFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	needles := map[string][]byte{"input key": key, "pseudorandom key": prk, "derived key": derived}
-	for _, op := range []string{"hmac", "newkdf", "expand", "hmac", "newkdf", "expand"} {
+	for _, op := range []string{"hmac", "newkdf", "expand", "aesgcm", "hmac", "newkdf", "expand", "aesgcm"} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestNoKeyInSignalFrames$")
 		cmd.Env = append(os.Environ(), signalChildEnv+"="+op)
 		cmd.Stdin = bytes.NewReader(append(bytes.Clone(key), salt...))
@@ -75,7 +76,7 @@ func TestNoKeyInSignalFrames(t *testing.T) {
 }
 
 // signalChild reads a key and a salt from stdin, computes with them
-// (op: hmac, newkdf or expand), wipes everything, takes profiling
+// (op: hmac, newkdf, expand or aesgcm), wipes everything, takes profiling
 // signals for a while and says "ready"; then waits to be killed.
 func signalChild(op string) {
 	var in [48]byte
@@ -98,6 +99,15 @@ func signalChild(op string) {
 		kdf.Expand(out[:], "test label")
 		kdf.Wipe()
 		clear(out[:])
+	case "aesgcm":
+		// Many builds, so that profiling signals land inside some.
+		for start := time.Now(); time.Since(start) < time.Second; {
+			a, err := AESGCM(in[:32])
+			if err != nil {
+				panic(err)
+			}
+			Wipe(a)
+		}
 	}
 	clear(in[:])
 	spin(time.Second)

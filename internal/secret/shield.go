@@ -1,0 +1,60 @@
+package secret
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"runtime"
+)
+
+// Shield runs f with the thread's asynchronous signals blocked, and
+// zeroes the vector registers before they are let through again. f is
+// standard library code that moves key bytes through vector registers
+// in a way this package cannot change: aes.NewCipher's key expansion,
+// cipher.NewGCM's copy of the key schedule (a struct assignment of the
+// whole schedule, whose first 32 bytes are the key), an AES call whose
+// output is itself a key.
+//
+// A signal the thread takes while such code runs makes the kernel save
+// every register in the signal frame on the thread's signal stack (Go
+// heap, never cleared), and asynchronous preemption saves them again on
+// the goroutine's stack (Copy's comment): the key stays there, whole,
+// until a later signal happens to overwrite that frame. Blocked, a signal
+// waits until f is done and the registers hold zeros. Synchronous
+// signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP) are not blocked,
+// so a fault in f is still a Go panic.
+//
+// The cost is two system calls and a locked thread for f's duration:
+// once per cipher built, never per block.
+func Shield(f func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	restore := blockSignals()
+	defer func() {
+		zeroVectors()
+		restore()
+	}()
+	f()
+}
+
+// AESGCM returns AES-GCM under key (16, 24 or 32 bytes), built under
+// Shield, with aes.NewCipher's key schedule wiped: the only copy of the
+// key left is the one inside the AEAD, which the caller wipes with Wipe
+// once done with it.
+func AESGCM(key []byte) (aead cipher.AEAD, err error) {
+	Shield(func() {
+		var block cipher.Block
+		if block, err = aes.NewCipher(key); err != nil {
+			return
+		}
+		aead, err = cipher.NewGCM(block)
+		Wipe(block) // NewGCM made its own copy of the key schedule
+	})
+	return aead, err
+}
+
+// AESBlock returns the AES block cipher under key, built under Shield;
+// the caller wipes it with Wipe.
+func AESBlock(key []byte) (block cipher.Block, err error) {
+	Shield(func() { block, err = aes.NewCipher(key) })
+	return block, err
+}

@@ -1,0 +1,75 @@
+package secret
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"syscall"
+	"testing"
+	"unsafe"
+)
+
+// threadMask returns the calling thread's signal mask.
+func threadMask(t *testing.T) uint64 {
+	t.Helper()
+	var cur uint64
+	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, sigSetmask, 0,
+		uintptr(unsafe.Pointer(&cur)), unsafe.Sizeof(cur), 0, 0); e != 0 {
+		t.Fatalf("rt_sigprocmask: %v", e)
+	}
+	return cur
+}
+
+// TestShieldBlocksSignals: while f runs every asynchronous signal is
+// blocked on its thread (the preemption signal SIGURG and the profiling
+// signal SIGPROF among them) and the fault signals are not; afterwards,
+// also after a panic in f, the thread's mask is what it was.
+func TestShieldBlocksSignals(t *testing.T) {
+	bit := func(s syscall.Signal) uint64 { return 1 << (s - 1) }
+	var inside uint64
+	Shield(func() { inside = threadMask(t) })
+	for _, s := range []syscall.Signal{syscall.SIGURG, syscall.SIGPROF, syscall.SIGALRM, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGWINCH} {
+		if inside&bit(s) == 0 {
+			t.Errorf("%v is not blocked inside Shield (mask %#x)", s, inside)
+		}
+	}
+	for _, s := range []syscall.Signal{syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGFPE, syscall.SIGILL, syscall.SIGTRAP} {
+		if inside&bit(s) != 0 {
+			t.Errorf("%v is blocked inside Shield: a fault would kill the process instead of panicking", s)
+		}
+	}
+
+	Shield(func() {
+		before := threadMask(t) // the locked thread, already shielded
+		func() {
+			defer func() { recover() }()
+			Shield(func() { panic("in f") })
+		}()
+		if after := threadMask(t); after != before {
+			t.Errorf("a panic in a nested Shield left the mask %#x, want %#x", after, before)
+		}
+	})
+	if m := threadMask(t); m&bit(syscall.SIGURG) != 0 {
+		t.Errorf("SIGURG is still blocked after Shield (mask %#x)", m)
+	}
+}
+
+// TestAESGCMMatchesStdlib: AESGCM seals as crypto/cipher's AES-GCM does.
+func TestAESGCMMatchesStdlib(t *testing.T) {
+	key, nonce, msg := randBytes(32), randBytes(12), randBytes(100)
+	a, err := AESGCM(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := aes.NewCipher(key)
+	want, _ := cipher.NewGCM(block)
+	if got, exp := a.Seal(nil, nonce, msg, []byte("ad")), want.Seal(nil, nonce, msg, []byte("ad")); !bytes.Equal(got, exp) {
+		t.Errorf("AESGCM sealed %x, crypto/cipher %x", got, exp)
+	}
+	if !Wipe(a) {
+		t.Error("AESGCM's AEAD cannot be wiped")
+	}
+	if _, err := AESGCM(key[:31]); err == nil {
+		t.Error("AESGCM took a 31-byte key")
+	}
+}

@@ -1,0 +1,13 @@
+//go:build !amd64
+
+package secret
+
+// vectorZeros is what zeroVectors copies: 256 bytes, which memmove
+// moves through every vector register it uses for sizes up to 256.
+var vectorZeros, vectorSink [256]byte
+
+// zeroVectors overwrites the vector registers that memmove uses with
+// zeros, by copying zeros; on amd64 it is assembly that zeroes X0–X15.
+//
+//go:noinline
+func zeroVectors() { copy(vectorSink[:], vectorZeros[:]) }
