@@ -2,13 +2,12 @@ package keyring
 
 import (
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
+
+	"github.com/kmsfs/kmsfs/internal/secret"
 )
 
 // KindBranch names entries wrapped under a branch key.
@@ -64,21 +63,18 @@ func (b *Branch) Wipe() { b.key.Wipe() }
 // Describe names the branch key.
 func (b *Branch) Describe() string { return "branch key " + b.id }
 
-// aead returns the AEAD that wraps the data keys of ec.
+// aead returns the AEAD that wraps the data keys of ec, which the caller
+// wipes (secret.Wipe) as soon as the call is done: it holds the file's
+// wrapping key. The derivation is HKDF-SHA256 (docs/FORMAT.md), done by
+// package secret so that no copy of the branch key or of the wrapping
+// key is left in a hash state or a stack frame.
 func (b *Branch) aead(ec EncryptionContext) (cipher.AEAD, error) {
 	if b.key.Wiped() {
 		return nil, errors.New("keyring: branch key used after Wipe")
 	}
-	k, err := hkdf.Key(sha256.New, b.key.Bytes(), ec.Canonical(), "kmsfs branch wrap key v1", 32)
-	if err != nil {
-		return nil, fmt.Errorf("derive branch wrapping key: %v", err)
-	}
-	defer clear(k)
-	block, err := aes.NewCipher(k)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
+	kdf := secret.NewKDF(b.key.Bytes(), ec.Canonical())
+	defer kdf.Wipe()
+	return secret.AESGCM(kdf.Key("kmsfs branch wrap key v1"))
 }
 
 func (b *Branch) aad(ec EncryptionContext) []byte {
@@ -109,6 +105,7 @@ func (b *Branch) Wrap(_ context.Context, dk *DataKey, ec EncryptionContext) (Wra
 	blob[0] = branchBlobVersion
 	rand.Read(blob[1:13])
 	blob = a.Seal(blob, blob[1:13], dk.Bytes(), b.aad(ec))
+	secret.Wipe(a)
 	return WrappedKey{Kind: KindBranch, KeyID: b.id, Blob: blob}, nil
 }
 
@@ -129,7 +126,9 @@ func (b *Branch) Decrypt(_ context.Context, wrapped []WrappedKey, ec EncryptionC
 			return nil, err
 		}
 		dk := newDataKey()
-		if _, err := a.Open(dk.b[:0], w.Blob[1:13], w.Blob[13:], b.aad(ec)); err != nil {
+		_, err = a.Open(dk.b[:0], w.Blob[1:13], w.Blob[13:], b.aad(ec))
+		secret.Wipe(a)
+		if err != nil {
 			dk.Wipe()
 			lastErr = fmt.Errorf("branch key %s: %w", b.id, ErrInvalidCiphertext)
 			continue

@@ -32,12 +32,13 @@ import (
 	kvolume "github.com/kmsfs/kmsfs/volume"
 )
 
-// fileSecrets unwraps the data key of a cipher file of a local-key volume
-// the way the mount does, and derives from it the keys the mount derives
-// (docs/FORMAT.md, "Key derivation"; the journal record MAC key), so a
-// test knows what to look for. The header may come from any reader (an
-// unnamed file is read through the mount's descriptor).
-func fileSecrets(t *testing.T, keyFile, name string, stored io.Reader) map[string][]byte {
+// fileSecrets unwraps the data key of a cipher file with kr (the local
+// key, or a branch key) the way the mount does, and derives from it the
+// keys the mount derives (docs/FORMAT.md, "Key derivation"; the journal
+// record MAC key), so a test knows what to look for. The header may come
+// from any reader (an unnamed file is read through the mount's
+// descriptor).
+func fileSecrets(t *testing.T, kr keyring.Keyring, name string, stored io.Reader) map[string][]byte {
 	t.Helper()
 	b, err := io.ReadAll(stored)
 	if err != nil {
@@ -47,12 +48,8 @@ func fileSecrets(t *testing.T, keyFile, name string, stored io.Reader) map[strin
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
-	l, err := keyring.LoadLocal(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ec := keyring.FileContext(hex.EncodeToString(h.VolumeID[:]), hex.EncodeToString(h.FileID[:]))
-	dk, err := l.Decrypt(context.Background(), kvolume.Entries(h), ec)
+	dk, err := kr.Decrypt(context.Background(), kvolume.Entries(h), ec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,6 +303,10 @@ func TestSecretsInMemory(t *testing.T) {
 	}
 
 	keyFile := localKeyFile(t, v)
+	local, err := keyring.LoadLocal(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	needles := localSecrets(t, keyFile)
 	maps.Copy(needles, wordSwapped(needles))
 	cipherFile := func(name string) map[string][]byte {
@@ -314,7 +315,7 @@ func TestSecretsInMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		return fileSecrets(t, keyFile, name, f)
+		return fileSecrets(t, local, name, f)
 	}
 
 	rounds := []struct {
@@ -421,7 +422,7 @@ func TestSecretsInMemory(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				maps.Copy(secrets, fileSecrets(t, keyFile, "unnamed tmpfile", f))
+				maps.Copy(secrets, fileSecrets(t, local, "unnamed tmpfile", f))
 				f.Close()
 				unnamed++
 				break
@@ -571,4 +572,113 @@ func xaesDerive(t *testing.T, key, n []byte) []byte {
 		b.Encrypt(kx[16*i:], m)
 	}
 	return kx
+}
+
+// branchSecrets unwraps the branch key branchID (hex) of a local-key
+// branch-mode volume as the mount does, and returns it and its keyring.
+func branchSecrets(t *testing.T, local keyring.Keyring, dir, branchID string) ([]byte, *keyring.Branch) {
+	t.Helper()
+	vol, err := kvolume.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id [blockcipher.IDSize]byte
+	if n, err := hex.Decode(id[:], []byte(branchID)); err != nil || n != len(id) {
+		t.Fatalf("branch ID %q: %v", branchID, err)
+	}
+	h, err := vol.ReadBranch(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, err := local.Decrypt(context.Background(), kvolume.Entries(h), vol.BranchContext(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Verify(dk.Bytes()); err != nil {
+		t.Fatalf("branch key %s: %v", branchID, err)
+	}
+	return bytes.Clone(dk.Bytes()), keyring.NewBranch(branchID, dk)
+}
+
+// TestSecretsInMemoryBranchKeys: in a branch-mode volume (local key) the
+// branch key is in locked memory while the mount holds it (its TTL), and
+// only there; once every file is closed, no file's data key, no key
+// derived from one, and no file's wrapping key (derived from the branch
+// key and the file's encryption context, docs/FORMAT.md, "Branch keys")
+// is anywhere in the process's memory, locked or not.
+func TestSecretsInMemoryBranchKeys(t *testing.T) {
+	t.Parallel()
+	v := newVolume(t, nil, "--branch-keys")
+	m := mountVolume(t, v, "--metrics-addr", "127.0.0.1:0")
+	pid := m.cmd.Process.Pid
+	keyFile := localKeyFile(t, v)
+	local, err := keyring.LoadLocal(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	needles := localSecrets(t, keyFile)
+
+	var open []*os.File
+	var branchKey []byte
+	var branch *keyring.Branch
+	for i := range 6 {
+		name := fmt.Sprintf("f%d", i)
+		writeFile(t, m.path(name), bytes.Repeat([]byte{byte(i)}, 10000+i))
+		f, err := os.Open(m.path(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadAll(f); err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, f)
+		if branch == nil {
+			branchKey, branch = branchSecrets(t, local, v.Dir, branchIDOf(t, filepath.Join(v.Dir, name)))
+			defer branch.Wipe()
+		}
+		stored, err := os.Open(filepath.Join(v.Dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets := fileSecrets(t, branch, name, stored)
+		stored.Close()
+		h, err := kvolume.ReadAnyHeader(bytes.NewReader(readFile(t, filepath.Join(v.Dir, name))), 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ec := keyring.FileContext(hex.EncodeToString(h.VolumeID[:]), hex.EncodeToString(h.FileID[:]))
+		wk, err := hkdf.Key(sha256.New, branchKey, ec.Canonical(), "kmsfs branch wrap key v1", 32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets["branch wrapping key of "+name] = wk
+		maps.Copy(needles, secrets)
+	}
+	needles["branch key"] = branchKey
+	maps.Copy(needles, wordSwapped(needles))
+
+	found := findInProcess(t, pid, needles)
+	for name := range needles {
+		if strings.HasPrefix(name, "data key") || name == "branch key" {
+			locked := false
+			for _, w := range found[name] {
+				locked = locked || strings.HasSuffix(w, "(mlocked)")
+			}
+			if !locked {
+				t.Errorf("%s is not in the mount's locked memory while the files are open (found: %v)", name, found[name])
+			}
+		}
+	}
+	for _, f := range open {
+		f.Close()
+	}
+	waitScrapedLiveKeys(t, m, 1) // the branch key, held for its TTL
+	for name, where := range findInProcess(t, pid, needles) {
+		for _, w := range where {
+			if (name == localKEK || name == "branch key") && strings.HasSuffix(w, "(mlocked)") {
+				continue
+			}
+			t.Errorf("%s is in the mount's memory after every file was closed: at %s", name, w)
+		}
+	}
 }
