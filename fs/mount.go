@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,8 +17,13 @@ import (
 type MountOptions struct {
 	// AllowOther lets other users use the mount (needs root, or
 	// user_allow_other in /etc/fuse.conf). Permissions are then checked by
-	// the kernel (default_permissions, always on), as on a local fs.
+	// the kernel (default_permissions), as on a local fs.
 	AllowOther bool
+	// NoDefaultPermissions drops default_permissions from a root mount
+	// without AllowOther, for one GETATTR round trip less per file
+	// created or removed (see kernelChecks). Mount refuses it in any
+	// other mount.
+	NoDefaultPermissions bool
 	// Debug logs every FUSE request.
 	Debug bool
 
@@ -50,7 +56,12 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 		et = mo.testOnlyEntryTimeout
 	}
 	logger := slog.NewLogLogger(r.log.Handler(), slog.LevelInfo)
-	opts := []string{"default_permissions"}
+	var opts []string
+	if kernelChecks(mo, os.Geteuid()) {
+		opts = append(opts, "default_permissions")
+	} else if mo.NoDefaultPermissions && !CanDropKernelChecks(mo, os.Geteuid()) {
+		return nil, errors.New("no default_permissions: only a mount by root without allow_other can do without the kernel's permission checks")
+	}
 	if r.opts.ReadOnly {
 		opts = append(opts, "ro")
 	}
@@ -58,8 +69,8 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 		EntryTimeout: &et,
 		AttrTimeout:  &at,
 		// Without this go-fuse shows mode 0000 as 0644 (0755 for
-		// directories), and default_permissions then lets anyone read
-		// a chmod 000 file.
+		// directories), and default_permissions (or go-fuse's answer
+		// to ACCESS) then lets anyone read a chmod 000 file.
 		NullPermissions: true,
 		MountOptions: fuse.MountOptions{
 			AllowOther:  mo.AllowOther,
@@ -126,6 +137,37 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 		}
 	}
 	return srv, nil
+}
+
+// kernelChecks reports whether a mount by euid has the kernel check
+// every access against the mode and owner of the file (the
+// default_permissions option), as on a local filesystem. kmsfs's own
+// operations run as the daemon's user, so nothing else checks. Every
+// mount does, unless NoDefaultPermissions asks otherwise where
+// CanDropKernelChecks allows it.
+func kernelChecks(mo MountOptions, euid int) bool {
+	return !mo.NoDefaultPermissions || !CanDropKernelChecks(mo, euid)
+}
+
+// CanDropKernelChecks reports whether a mount by euid may go without
+// default_permissions: a root mount without AllowOther only. The kernel
+// lets no process into such a mount but those whose user and group IDs
+// are all 0, and those pass the checks anyway if they hold root's
+// capabilities (read and write always; execute where some x bit is set,
+// which the kernel checks for regular files in either case). access(2)
+// and chdir come to the daemon as ACCESS requests then, which go-fuse
+// answers from the file's attributes by the same rules for uid 0.
+//
+// What it saves: after each create, unlink, rename or mkdir the kernel
+// forgets the directory's attributes, and with default_permissions the
+// next permission check asks for them again, one GETATTR round trip per
+// file changed (bench/README.md). What it gives up, and why it is not
+// the default: a process with uid 0 but without CAP_DAC_OVERRIDE (a
+// service whose capabilities were dropped) is no longer held to the
+// files' modes. In any other mount it would let users past the modes of
+// files: other users' with AllowOther, their own read-only ones without.
+func CanDropKernelChecks(mo MountOptions, euid int) bool {
+	return euid == 0 && !mo.AllowOther
 }
 
 // readaheadKiB is the kernel readahead for the mount: one read request

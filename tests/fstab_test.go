@@ -156,12 +156,12 @@ func TestFstabMountHelper(t *testing.T) {
 	t.Run("kmsfs", func(t *testing.T) {
 		mnt := cliDaemonMountpoint(t, true)
 		logFile := filepath.Join(t.TempDir(), "kmsfs.log")
-		opts := "defaults,ro,noauto,nofail,_netdev,x-systemd.automount,x-systemd.requires=network-online.target,comment=x,log_file=" + logFile
+		opts := "defaults,ro,noauto,nofail,_netdev,x-systemd.automount,x-systemd.requires=network-online.target,comment=x,default_permissions,log_file=" + logFile
 		out, errOut, code := runFiles(t, env, kmsfsBin, v.Dir, mnt, "-o", opts)
 		if code != 0 {
 			t.Fatalf("kmsfs CIPHERDIR MOUNTPOINT -o %s: exit %d\nstdout: %s\nstderr: %s", opts, code, out, errOut)
 		}
-		fstabCheckMount(t, mnt, want, "ro")
+		fstabCheckMount(t, mnt, want, "ro", "default_permissions")
 		fstabUnmount(t, mnt, logFile)
 	})
 }

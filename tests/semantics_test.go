@@ -1055,3 +1055,85 @@ func semTmpfileLink(t *testing.T, e *semEnv) {
 		}
 	}
 }
+
+// TestRootMountPermissions: a mount has default_permissions (with
+// --allow-other too) unless it is a root mount without --allow-other
+// mounted with --default-permissions=false, which is refused anywhere
+// else. Root keeps root's rules in such a mount: it reads and writes a
+// mode 0000 file and creates in a mode 0000 directory, while execve and
+// access(X_OK) of a file with no x bit fail with EACCES. And the
+// directory's attributes are not asked for again after every create, as
+// the kernel's checks need (one GETATTR per create).
+func TestRootMountPermissions(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	v := newVolume(t, nil)
+	if _, errOut, code := run(t, nil, "mount", "--allow-other", "--default-permissions=false", v.Dir, t.TempDir()); code != 2 || !strings.Contains(errOut, "only a mount by root without --allow-other") {
+		t.Errorf("--allow-other --default-permissions=false: exit %d, %q; want 2 and why", code, errOut)
+	}
+	for _, c := range []struct {
+		flags  []string
+		kernel bool
+	}{{nil, true}, {[]string{"--default-permissions=false"}, false}, {[]string{"--allow-other"}, true}} {
+		t.Run(strings.Join(append([]string{"root"}, c.flags...), " "), func(t *testing.T) {
+			t.Parallel()
+			m := mountVolume(t, newVolume(t, nil), append([]string{"--debug-fuse"}, c.flags...)...)
+			mustOK := func(err error) {
+				t.Helper()
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			mounts, err := os.ReadFile("/proc/self/mountinfo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(mounts), "\n") {
+				if f := strings.Fields(line); len(f) > 4 && f[4] == m.Dir {
+					if got := strings.Contains(line, "default_permissions"); got != c.kernel {
+						t.Errorf("default_permissions in the mount's options: %t, want %t\n%s", got, c.kernel, line)
+					}
+				}
+			}
+
+			writeFile(t, m.path("none"), []byte("#!/bin/sh\nexit 0\n"))
+			mustOK(os.Chmod(m.path("none"), 0))
+			if got := readFile(t, m.path("none")); !strings.HasPrefix(string(got), "#!") {
+				t.Errorf("root read a mode 0000 file as %q", got)
+			}
+			if err := os.WriteFile(m.path("none"), []byte("#!/bin/sh\nexit 0\n"), 0); err != nil {
+				t.Errorf("root could not write a mode 0000 file: %v", err)
+			}
+			if err := unix.Access(m.path("none"), unix.R_OK|unix.W_OK); err != nil {
+				t.Errorf("access(R_OK|W_OK) of a mode 0000 file, as root: %v", err)
+			}
+			if err := unix.Access(m.path("none"), unix.X_OK); !errors.Is(err, unix.EACCES) {
+				t.Errorf("access(X_OK) of a file with no x bit, as root: %v, want EACCES", err)
+			}
+			if err := exec.Command(m.path("none")).Run(); !errors.Is(err, unix.EACCES) {
+				t.Errorf("execve of a file with no x bit, as root: %v, want EACCES", err)
+			}
+			mustOK(os.Chmod(m.path("none"), 0o100))
+			if err := exec.Command(m.path("none")).Run(); err != nil {
+				t.Errorf("execve of a mode 0100 script, as root: %v", err)
+			}
+			mustOK(os.Mkdir(m.path("closed"), 0))
+			writeFile(t, m.path("closed", "f"), []byte("x"))
+
+			mustOK(os.Mkdir(m.path("d"), 0o755))
+			before := strings.Count(m.log.String(), ": GETATTR ")
+			const files = 50
+			for i := range files {
+				writeFile(t, m.path("d", fmt.Sprint(i)), []byte("x"))
+			}
+			getattrs := strings.Count(m.log.String(), ": GETATTR ") - before
+			t.Logf("%d creates: %d GETATTR", files, getattrs)
+			if c.kernel && getattrs < files {
+				t.Errorf("%d creates with the kernel's checks asked for %d GETATTR: is default_permissions really on?", files, getattrs)
+			}
+			if !c.kernel && getattrs > files/10 {
+				t.Errorf("%d creates asked for %d GETATTR, want at most %d", files, getattrs, files/10)
+			}
+		})
+	}
+}

@@ -68,7 +68,7 @@ var ignoredMountOptions = map[string]bool{
 	"atime": true, "noatime": true, "relatime": true, "norelatime": true, "strictatime": true,
 	"nostrictatime": true, "diratime": true, "nodiratime": true, "lazytime": true, "nolazytime": true,
 	"sync": true, "async": true, "dirsync": true, "silent": true, "loud": true,
-	"default_permissions": true, // always on
+	"default_permissions": true, // on unless default_permissions=false
 }
 
 // optionAliases are the options spelled as other FUSE filesystems and
