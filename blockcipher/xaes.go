@@ -70,31 +70,27 @@ func newXAES(block cipher.Block) *xaes {
 // scratch holds the derivation's secret intermediates on the heap, where
 // they are cleared after use (docs/THREAT_MODEL.md): never on a stack.
 type scratch struct {
-	m  [2][16]byte
-	kx [32]byte
+	m [2][16]byte
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
 // derive returns the AES-GCM state under the key that K derives for key
 // nonce n: Kx = AES_K(M1 ⊕ K1) ‖ AES_K(M2 ⊕ K1), Mi = 0x00 ‖ i ‖ "X" ‖
-// 0x00 ‖ n. The caller holds mu (shared or exclusive).
+// 0x00 ‖ n. The caller holds mu (shared or exclusive). The AES calls
+// leave halves of Kx in vector registers: secret.AESGCMFrom computes Kx
+// and builds the AES-GCM state under one secret.Shield.
 func (x *xaes) derive(n *[NonceSize]byte) *derived {
 	s := scratchPool.Get().(*scratch)
-	defer func() { clear(s.m[0][:]); clear(s.m[1][:]); clear(s.kx[:]); scratchPool.Put(s) }()
-	// The AES calls leave halves of Kx in vector registers, and
-	// secret.AESGCM shields its own work: all of it under one Shield.
-	var aead cipher.AEAD
-	var err error
-	secret.Shield(func() {
+	defer func() { clear(s.m[0][:]); clear(s.m[1][:]); scratchPool.Put(s) }()
+	aead, err := secret.AESGCMFrom(func(kx []byte) {
 		for i := range 2 {
 			m := &s.m[i]
 			m[0], m[1], m[2], m[3] = 0, byte(i+1), 'X', 0
 			copy(m[4:], n[:])
 			subtle.XORBytes(m[:], m[:], x.k1[:])
-			x.block.Encrypt(s.kx[16*i:16*(i+1)], m[:])
+			x.block.Encrypt(kx[16*i:16*(i+1)], m[:])
 		}
-		aead, err = secret.AESGCM(s.kx[:])
 	})
 	if err != nil {
 		panic("blockcipher: internal error: " + err.Error())

@@ -4,6 +4,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"runtime"
+	"sync"
 )
 
 // Shield runs f with the thread's asynchronous signals blocked, and
@@ -41,14 +42,36 @@ func Shield(f func()) {
 // key left is the one inside the AEAD, which the caller wipes with Wipe
 // once done with it.
 func AESGCM(key []byte) (aead cipher.AEAD, err error) {
+	Shield(func() { aead, err = newAESGCM(key) })
+	return aead, err
+}
+
+// AESGCMFrom returns AES-256-GCM under the key that derive writes into
+// the 32-byte slice it is given, all under one Shield: for a key that is
+// itself computed with AES (an XAES-256-GCM derived key). The slice is
+// zeroed before AESGCMFrom returns.
+func AESGCMFrom(derive func(key []byte)) (aead cipher.AEAD, err error) {
+	k := keyPool.Get().(*[32]byte)
+	defer func() { clear(k[:]); keyPool.Put(k) }()
 	Shield(func() {
-		var block cipher.Block
-		if block, err = aes.NewCipher(key); err != nil {
-			return
-		}
-		aead, err = cipher.NewGCM(block)
-		Wipe(block) // NewGCM made its own copy of the key schedule
+		derive(k[:])
+		aead, err = newAESGCM(k[:])
 	})
+	return aead, err
+}
+
+// keyPool holds AESGCMFrom's key buffers: heap memory, cleared after use,
+// never a stack.
+var keyPool = sync.Pool{New: func() any { return new([32]byte) }}
+
+// newAESGCM is AESGCM without the Shield, for callers inside one.
+func newAESGCM(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	Wipe(block) // NewGCM made its own copy of the key schedule
 	return aead, err
 }
 

@@ -54,7 +54,8 @@ func TestShieldBlocksSignals(t *testing.T) {
 	}
 }
 
-// TestAESGCMMatchesStdlib: AESGCM seals as crypto/cipher's AES-GCM does.
+// TestAESGCMMatchesStdlib: AESGCM and AESGCMFrom seal as crypto/cipher's
+// AES-GCM does; AESGCMFrom derives under Shield and zeroes the key after.
 func TestAESGCMMatchesStdlib(t *testing.T) {
 	key, nonce, msg := randBytes(32), randBytes(12), randBytes(100)
 	a, err := AESGCM(key)
@@ -71,5 +72,25 @@ func TestAESGCMMatchesStdlib(t *testing.T) {
 	}
 	if _, err := AESGCM(key[:31]); err == nil {
 		t.Error("AESGCM took a 31-byte key")
+	}
+
+	var given []byte
+	var shielded bool
+	b, err := AESGCMFrom(func(k []byte) {
+		given = k
+		shielded = threadMask(t)&(1<<(syscall.SIGURG-1)) != 0
+		copy(k, key)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, exp := b.Seal(nil, nonce, msg, nil), want.Seal(nil, nonce, msg, nil); !bytes.Equal(got, exp) {
+		t.Errorf("AESGCMFrom sealed %x, crypto/cipher %x", got, exp)
+	}
+	if !shielded {
+		t.Error("AESGCMFrom's derive ran with SIGURG let through")
+	}
+	if len(given) != 32 || !bytes.Equal(given, make([]byte, 32)) {
+		t.Errorf("AESGCMFrom left its %d-byte key buffer %x after returning, want 32 zero bytes", len(given), given)
 	}
 }
