@@ -329,15 +329,7 @@ func TestSecretsInMemory(t *testing.T) {
 			secrets := map[string][]byte{}
 			for i := range 6 {
 				name := fmt.Sprintf("f%d", i)
-				writeFile(t, m.path(name), bytes.Repeat([]byte{byte(i)}, 10000+i))
-				f, err := os.Open(m.path(name))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := io.ReadAll(f); err != nil {
-					t.Fatal(err)
-				}
-				open = append(open, f)
+				open = append(open, writtenAndOpen(t, m, name, i))
 				maps.Copy(secrets, cipherFile(name))
 			}
 			return open, secrets
@@ -574,6 +566,21 @@ func xaesDerive(t *testing.T, key, n []byte) []byte {
 	return kx
 }
 
+// writtenAndOpen writes file name of the mount (10000+i bytes of byte i),
+// opens it and reads it through, and returns it open.
+func writtenAndOpen(t *testing.T, m *mount, name string, i int) *os.File {
+	t.Helper()
+	writeFile(t, m.path(name), bytes.Repeat([]byte{byte(i)}, 10000+i))
+	f, err := os.Open(m.path(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(f); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // branchSecrets unwraps the branch key branchID (hex) of a local-key
 // branch-mode volume as the mount does, and returns it and its keyring.
 func branchSecrets(t *testing.T, local keyring.Keyring, dir, branchID string) ([]byte, *keyring.Branch) {
@@ -623,15 +630,7 @@ func TestSecretsInMemoryBranchKeys(t *testing.T) {
 	var branch *keyring.Branch
 	for i := range 6 {
 		name := fmt.Sprintf("f%d", i)
-		writeFile(t, m.path(name), bytes.Repeat([]byte{byte(i)}, 10000+i))
-		f, err := os.Open(m.path(name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadAll(f); err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, f)
+		open = append(open, writtenAndOpen(t, m, name, i))
 		if branch == nil {
 			branchKey, branch = branchSecrets(t, local, v.Dir, branchIDOf(t, filepath.Join(v.Dir, name)))
 			defer branch.Wipe()
