@@ -1,4 +1,4 @@
-//go:build !amd64
+//go:build !amd64 && !arm64
 
 package secret
 
@@ -7,7 +7,8 @@ package secret
 var vectorZeros, vectorSink [256]byte
 
 // zeroVectors overwrites the vector registers that memmove uses with
-// zeros, by copying zeros; on amd64 it is assembly that zeroes X0–X15.
+// zeros, by copying zeros (best effort: on amd64 and arm64 it is
+// assembly that zeroes every vector register the AES code uses).
 //
 //go:noinline
 func zeroVectors() { copy(vectorSink[:], vectorZeros[:]) }
