@@ -56,11 +56,13 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 		et = mo.testOnlyEntryTimeout
 	}
 	logger := slog.NewLogLogger(r.log.Handler(), slog.LevelInfo)
+	if mo.NoDefaultPermissions && !CanDropKernelChecks(mo, os.Getuid(), os.Geteuid()) {
+		return nil, errors.New("no default_permissions: only a mount by root (user ID and effective user ID 0) without allow_other can do without the kernel's permission checks")
+	}
 	var opts []string
-	if kernelChecks(mo, os.Geteuid()) {
+	checks := kernelChecks(mo, os.Getuid(), os.Geteuid())
+	if checks {
 		opts = append(opts, "default_permissions")
-	} else if mo.NoDefaultPermissions && !CanDropKernelChecks(mo, os.Geteuid()) {
-		return nil, errors.New("no default_permissions: only a mount by root without allow_other can do without the kernel's permission checks")
 	}
 	if r.opts.ReadOnly {
 		opts = append(opts, "ro")
@@ -78,6 +80,9 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 			FsName:      r.vol.Dir,
 			Name:        "kmsfs",
 			DirectMount: os.Geteuid() == 0,
+			// Without the kernel's checks, never fall back to
+			// fusermount3, whose mount would admit the real user.
+			DirectMountStrict: !checks,
 			// Up to 1 MiB per write request (the kernel's limit):
 			// fewer round trips for large sequential writes, and
 			// runs of 256 blocks to seal in parallel.
@@ -139,35 +144,39 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 	return srv, nil
 }
 
-// kernelChecks reports whether a mount by euid has the kernel check
-// every access against the mode and owner of the file (the
-// default_permissions option), as on a local filesystem. kmsfs's own
-// operations run as the daemon's user, so nothing else checks. Every
-// mount does, unless NoDefaultPermissions asks otherwise where
-// CanDropKernelChecks allows it.
-func kernelChecks(mo MountOptions, euid int) bool {
-	return !mo.NoDefaultPermissions || !CanDropKernelChecks(mo, euid)
+// kernelChecks reports whether a mount by a process with user ID uid and
+// effective user ID euid has the kernel check every access against the
+// mode and owner of the file (the default_permissions option), as on a
+// local filesystem. kmsfs's own operations run as the daemon's user, so
+// nothing else checks. Every mount does, unless NoDefaultPermissions asks
+// otherwise where CanDropKernelChecks allows it.
+func kernelChecks(mo MountOptions, uid, euid int) bool {
+	return !mo.NoDefaultPermissions || !CanDropKernelChecks(mo, uid, euid)
 }
 
-// CanDropKernelChecks reports whether a mount by euid may go without
-// default_permissions: a root mount without AllowOther only. The kernel
-// lets no process into such a mount but those whose user and group IDs
-// are all 0, and those pass the checks anyway if they hold root's
-// capabilities (read and write always; execute where some x bit is set,
-// which the kernel checks for regular files in either case). access(2)
-// and chdir come to the daemon as ACCESS requests then, which go-fuse
-// answers from the file's attributes by the same rules for uid 0.
+// CanDropKernelChecks reports whether a mount may go without
+// default_permissions: only one made by root (user ID and effective user
+// ID 0: not a set-user-ID program run by a user) without AllowOther, and
+// mounted directly (DirectMountStrict: no fallback to fusermount3). The
+// kernel lets no process into such a mount but those whose user IDs are
+// all 0 (and group IDs the mount's), and those pass the checks anyway if
+// they hold root's capabilities (read and write always; execute where
+// some x bit is set, which the kernel checks for regular files in either
+// case). access(2) and chdir come to the daemon as ACCESS requests then,
+// which go-fuse answers from the file's attributes by the same rules for
+// uid 0.
 //
 // What it saves: after each create, unlink, rename or mkdir the kernel
 // forgets the directory's attributes, and with default_permissions the
 // next permission check asks for them again, one GETATTR round trip per
 // file changed (bench/README.md). What it gives up, and why it is not
-// the default: a process with uid 0 but without CAP_DAC_OVERRIDE (a
-// service whose capabilities were dropped) is no longer held to the
-// files' modes. In any other mount it would let users past the modes of
-// files: other users' with AllowOther, their own read-only ones without.
-func CanDropKernelChecks(mo MountOptions, euid int) bool {
-	return euid == 0 && !mo.AllowOther
+// the default: a process with uid 0 but without root's capabilities
+// (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: a service whose
+// capabilities were dropped) is no longer held to the files' modes and
+// owners. In any other mount it would let users past the modes of files:
+// other users' with AllowOther, their own read-only ones without.
+func CanDropKernelChecks(mo MountOptions, uid, euid int) bool {
+	return uid == 0 && euid == 0 && !mo.AllowOther
 }
 
 // readaheadKiB is the kernel readahead for the mount: one read request

@@ -221,22 +221,24 @@ func TestPrefetchKeys(t *testing.T) {
 }
 
 // TestKernelChecks: every mount has default_permissions but a root
-// mount without AllowOther that asks to go without.
+// mount (user ID and effective user ID 0) without AllowOther that asks
+// to go without.
 func TestKernelChecks(t *testing.T) {
 	for _, c := range []struct {
-		mo   MountOptions
-		euid int
-		want bool
+		mo        MountOptions
+		uid, euid int
+		want      bool
 	}{
-		{MountOptions{}, 0, true},
-		{MountOptions{}, 1000, true},
-		{MountOptions{AllowOther: true}, 0, true},
-		{MountOptions{NoDefaultPermissions: true}, 0, false},
-		{MountOptions{NoDefaultPermissions: true}, 1000, true},
-		{MountOptions{NoDefaultPermissions: true, AllowOther: true}, 0, true},
+		{MountOptions{}, 0, 0, true},
+		{MountOptions{}, 1000, 1000, true},
+		{MountOptions{AllowOther: true}, 0, 0, true},
+		{MountOptions{NoDefaultPermissions: true}, 0, 0, false},
+		{MountOptions{NoDefaultPermissions: true}, 1000, 1000, true},
+		{MountOptions{NoDefaultPermissions: true}, 1000, 0, true}, // set-user-ID root
+		{MountOptions{NoDefaultPermissions: true, AllowOther: true}, 0, 0, true},
 	} {
-		if got := kernelChecks(c.mo, c.euid); got != c.want {
-			t.Errorf("kernelChecks(%+v, euid %d) = %t, want %t", c.mo, c.euid, got, c.want)
+		if got := kernelChecks(c.mo, c.uid, c.euid); got != c.want {
+			t.Errorf("kernelChecks(%+v, uid %d, euid %d) = %t, want %t", c.mo, c.uid, c.euid, got, c.want)
 		}
 	}
 }

@@ -77,8 +77,13 @@ func (m *mountFlags) check() error {
 	if m.idle < 0 {
 		return fail(exitUsage, "--idle %v: want 0 (never) or a positive duration", m.idle)
 	}
-	if !m.defaultPermissions && !kfs.CanDropKernelChecks(kfs.MountOptions{AllowOther: m.allowOther}, os.Geteuid()) {
-		return fail(exitUsage, "--default-permissions=false: only a mount by root without --allow-other may go without the kernel's permission checks")
+	if !m.defaultPermissions {
+		switch {
+		case m.allowOther:
+			return fail(exitUsage, "--default-permissions=false with --allow-other would let every user past the files' modes: drop one of them")
+		case !kfs.CanDropKernelChecks(kfs.MountOptions{}, os.Getuid(), os.Geteuid()):
+			return fail(exitUsage, "--default-permissions=false: only a mount by root (user ID 0, not a set-user-ID program) may go without the kernel's permission checks")
+		}
 	}
 	return nil
 }
