@@ -4,12 +4,16 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/binary"
+
+	"github.com/kmsfs/kmsfs/internal/secret"
 )
 
 // Cipher seals and opens the blocks of one file. It holds the file's
 // derived content key (inside an AES-GCM AEAD for Version1 blocks, an
 // XAES-256-GCM state for Version2) and record MAC key until Wipe, and its
-// file ID. It is safe for concurrent use, but for Wipe; it never retains
+// file ID. Every seal and open runs under secret.Shield, one per call
+// (a run of blocks is one call): AES-GCM holds several round keys of the
+// content key in vector registers at once. It is safe for concurrent use, but for Wipe; it never retains
 // the slices passed to it.
 type Cipher struct {
 	aead      cipher.AEAD // Version1; nil after Wipe
@@ -49,7 +53,9 @@ func (c *Cipher) SealBlock(dst, plain []byte, blockIdx uint64, last bool) []byte
 	}
 	var nonce [NonceSize]byte
 	rand.Read(nonce[:])
-	return c.sealOne(dst, plain, blockIdx, last, nonce[:], make([]byte, aadSize))
+	aad := make([]byte, aadSize)
+	secret.Shield(func() { dst = c.sealOne(dst, plain, blockIdx, last, nonce[:], aad) })
+	return dst
 }
 
 // sealOne seals with the given (random) AES-GCM nonce; aad is scratch
@@ -84,8 +90,10 @@ func (c *Cipher) open(dst, stored, aad []byte) ([]byte, error) {
 // zeros. last must say whether the block is the file's final block. A block
 // that fails authentication returns a *BlockError wrapping ErrAuth and
 // leaves dst's contents beyond len(dst) unspecified.
-func (c *Cipher) OpenBlock(dst, stored []byte, blockIdx uint64, last bool) ([]byte, error) {
-	return c.openOne(dst, stored, blockIdx, last, make([]byte, aadSize))
+func (c *Cipher) OpenBlock(dst, stored []byte, blockIdx uint64, last bool) (out []byte, err error) {
+	aad := make([]byte, aadSize)
+	secret.Shield(func() { out, err = c.openOne(dst, stored, blockIdx, last, aad) })
+	return out, err
 }
 
 func (c *Cipher) openOne(dst, stored []byte, blockIdx uint64, last bool, aad []byte) ([]byte, error) {
@@ -125,7 +133,9 @@ func (c *Cipher) OpenBlockExact(dst, stored []byte, blockIdx uint64, last bool) 
 		return dst, &BlockError{Block: blockIdx, Err: ErrAuth}
 	}
 	aad := c.fillAAD(make([]byte, aadSize), blockIdx, last)
-	out, err := c.open(dst, stored, aad)
+	var out []byte
+	var err error
+	secret.Shield(func() { out, err = c.open(dst, stored, aad) })
 	if err != nil {
 		return dst, &BlockError{Block: blockIdx, Err: ErrAuth}
 	}
@@ -196,10 +206,12 @@ func (c *Cipher) SealRun(dst, plain []byte, firstIdx uint64, endsFile bool) []by
 	nonces := make([]byte, n*NonceSize)
 	rand.Read(nonces)
 	aad := make([]byte, aadSize)
-	for i := range n {
-		p := plain[i*bs : min((i+1)*bs, len(plain))]
-		c.sealOne(out[i*stored:i*stored], p, firstIdx+uint64(i), endsFile && i == n-1, nonces[i*NonceSize:(i+1)*NonceSize], aad)
-	}
+	secret.Shield(func() {
+		for i := range n {
+			p := plain[i*bs : min((i+1)*bs, len(plain))]
+			c.sealOne(out[i*stored:i*stored], p, firstIdx+uint64(i), endsFile && i == n-1, nonces[i*NonceSize:(i+1)*NonceSize], aad)
+		}
+	})
 	return dst
 }
 
@@ -223,11 +235,17 @@ func (c *Cipher) OpenRun(dst, stored []byte, firstIdx uint64, endsFile bool) ([]
 	dst = grow(dst, plainLen)
 	out := dst[start:]
 	aad := make([]byte, aadSize)
-	for i := range n {
-		s := stored[i*sbs : min((i+1)*sbs, len(stored))]
-		if _, err := c.openOne(out[i*bs:i*bs], s, firstIdx+uint64(i), endsFile && i == n-1, aad); err != nil {
-			return dst[:start], err
+	var err error
+	secret.Shield(func() {
+		for i := range n {
+			s := stored[i*sbs : min((i+1)*sbs, len(stored))]
+			if _, err = c.openOne(out[i*bs:i*bs], s, firstIdx+uint64(i), endsFile && i == n-1, aad); err != nil {
+				return
+			}
 		}
+	})
+	if err != nil {
+		return dst[:start], err
 	}
 	return dst, nil
 }

@@ -63,18 +63,18 @@ func (b *Branch) Wipe() { b.key.Wipe() }
 // Describe names the branch key.
 func (b *Branch) Describe() string { return "branch key " + b.id }
 
-// aead returns the AEAD that wraps the data keys of ec, which the caller
-// wipes (secret.Wipe) as soon as the call is done: it holds the file's
-// wrapping key. The derivation is HKDF-SHA256 (docs/FORMAT.md), done by
-// package secret so that no copy of the branch key or of the wrapping
-// key is left in a hash state or a stack frame.
-func (b *Branch) aead(ec EncryptionContext) (cipher.AEAD, error) {
+// withAEAD passes f the AEAD that wraps the data keys of ec: AES-256-GCM
+// under the file's wrapping key, derived from the branch key and ec with
+// HKDF-SHA256 (docs/FORMAT.md) by package secret, so that no copy of
+// either key is left in a hash state or a stack frame. Building it, f's
+// Seal or Open and its wipe run under one secret.Shield.
+func (b *Branch) withAEAD(ec EncryptionContext, f func(cipher.AEAD)) error {
 	if b.key.Wiped() {
-		return nil, errors.New("keyring: branch key used after Wipe")
+		return errors.New("keyring: branch key used after Wipe")
 	}
 	kdf := secret.NewKDF(b.key.Bytes(), ec.Canonical())
 	defer kdf.Wipe()
-	return secret.AESGCM(kdf.Key("kmsfs branch wrap key v1"))
+	return secret.WithAESGCM(kdf.Key("kmsfs branch wrap key v1"), f)
 }
 
 func (b *Branch) aad(ec EncryptionContext) []byte {
@@ -97,15 +97,13 @@ func (b *Branch) Wrap(_ context.Context, dk *DataKey, ec EncryptionContext) (Wra
 	if dk.Wiped() {
 		return WrappedKey{}, errors.New("keyring: wrap of a wiped data key")
 	}
-	a, err := b.aead(ec)
-	if err != nil {
-		return WrappedKey{}, err
-	}
 	blob := make([]byte, 1+12, branchBlobSize)
 	blob[0] = branchBlobVersion
 	rand.Read(blob[1:13])
-	blob = a.Seal(blob, blob[1:13], dk.Bytes(), b.aad(ec))
-	secret.Wipe(a)
+	aad := b.aad(ec)
+	if err := b.withAEAD(ec, func(a cipher.AEAD) { blob = a.Seal(blob, blob[1:13], dk.Bytes(), aad) }); err != nil {
+		return WrappedKey{}, err
+	}
 	return WrappedKey{Kind: KindBranch, KeyID: b.id, Blob: blob}, nil
 }
 
@@ -121,14 +119,14 @@ func (b *Branch) Decrypt(_ context.Context, wrapped []WrappedKey, ec EncryptionC
 			lastErr = fmt.Errorf("branch key %s: %w (blob of %d bytes)", b.id, ErrInvalidCiphertext, len(w.Blob))
 			continue
 		}
-		a, err := b.aead(ec)
-		if err != nil {
+		dk := newDataKey()
+		var openErr error
+		aad := b.aad(ec)
+		if err := b.withAEAD(ec, func(a cipher.AEAD) { _, openErr = a.Open(dk.b[:0], w.Blob[1:13], w.Blob[13:], aad) }); err != nil {
+			dk.Wipe()
 			return nil, err
 		}
-		dk := newDataKey()
-		_, err = a.Open(dk.b[:0], w.Blob[1:13], w.Blob[13:], b.aad(ec))
-		secret.Wipe(a)
-		if err != nil {
+		if openErr != nil {
 			dk.Wipe()
 			lastErr = fmt.Errorf("branch key %s: %w", b.id, ErrInvalidCiphertext)
 			continue

@@ -46,22 +46,15 @@ type localKEK struct {
 	locked bool
 }
 
-// aead returns AES-256-GCM under the KEK and a func that zeroes its state
-// (key schedule, GHASH table), to be called as soon as the call is done.
-func (k *localKEK) aead() (cipher.AEAD, func()) {
-	aead, err := secret.AESGCM(k.b[:])
-	if err != nil {
+// withAEAD passes f AES-256-GCM under the KEK, and zeroes its state (key
+// schedule, GHASH table) as soon as f returns; building it, f's Seal or
+// Open and the wipe run under one secret.Shield. l is kept alive (and so
+// its KEK unwiped) until then.
+func (l *Local) withAEAD(f func(cipher.AEAD)) {
+	if err := secret.WithAESGCM(l.kek.b[:], f); err != nil {
 		panic("keyring: internal error: " + err.Error())
 	}
-	return aead, func() { secret.Wipe(aead) }
-}
-
-// aead is l.kek.aead, with l kept alive (and so its KEK unwiped) until
-// the AES-GCM state has been built.
-func (l *Local) aead() (cipher.AEAD, func()) {
-	aead, wipe := l.kek.aead()
 	runtime.KeepAlive(l)
-	return aead, wipe
 }
 
 // wipe zeroes the KEK and gives its slot back. It runs when the Local is
@@ -218,9 +211,8 @@ func (l *Local) Wrap(_ context.Context, dk *DataKey, ec EncryptionContext) (Wrap
 	blob := make([]byte, 1+12, localBlobSize)
 	blob[0] = localBlobVersion
 	rand.Read(blob[1:13])
-	aead, wipe := l.aead()
-	defer wipe()
-	blob = aead.Seal(blob, blob[1:13], dk.Bytes(), l.aad(ec))
+	aad := l.aad(ec)
+	l.withAEAD(func(aead cipher.AEAD) { blob = aead.Seal(blob, blob[1:13], dk.Bytes(), aad) })
 	return WrappedKey{Kind: KindLocal, KeyID: l.keyID, Blob: blob}, nil
 }
 
@@ -229,7 +221,7 @@ func (l *Local) Wrap(_ context.Context, dk *DataKey, ec EncryptionContext) (Wrap
 // still open.
 func (l *Local) Decrypt(_ context.Context, wrapped []WrappedKey, ec EncryptionContext) (*DataKey, error) {
 	var lastErr error
-	var aead cipher.AEAD
+	var blobs [][]byte
 	for _, w := range wrapped {
 		if w.Kind != KindLocal || w.KeyID != l.keyID {
 			continue
@@ -238,22 +230,29 @@ func (l *Local) Decrypt(_ context.Context, wrapped []WrappedKey, ec EncryptionCo
 			lastErr = fmt.Errorf("local key %s: %w (blob of %d bytes)", l.keyID, ErrInvalidCiphertext, len(w.Blob))
 			continue
 		}
-		if aead == nil {
-			var wipe func()
-			aead, wipe = l.aead()
-			defer wipe()
-		}
-		dk := newDataKey()
-		_, err := aead.Open(dk.b[:0], w.Blob[1:13], w.Blob[13:], l.aad(ec))
-		if err != nil {
-			dk.Wipe()
-			lastErr = fmt.Errorf("local key %s: %w", l.keyID, ErrInvalidCiphertext)
-			continue
-		}
-		return dk, nil
+		blobs = append(blobs, w.Blob)
 	}
-	if lastErr != nil {
-		return nil, lastErr
+	if len(blobs) == 0 {
+		if lastErr != nil {
+			return nil, lastErr
+		}
+		return nil, fmt.Errorf("local key %s: %w", l.keyID, ErrNoUsableKey)
 	}
-	return nil, fmt.Errorf("local key %s: %w", l.keyID, ErrNoUsableKey)
+	aad := l.aad(ec)
+	var dk *DataKey
+	l.withAEAD(func(aead cipher.AEAD) {
+		for _, blob := range blobs {
+			k := newDataKey()
+			if _, err := aead.Open(k.b[:0], blob[1:13], blob[13:], aad); err != nil {
+				k.Wipe()
+				continue
+			}
+			dk = k
+			return
+		}
+	})
+	if dk == nil {
+		return nil, fmt.Errorf("local key %s: %w", l.keyID, ErrInvalidCiphertext)
+	}
+	return dk, nil
 }

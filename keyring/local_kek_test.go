@@ -2,6 +2,7 @@ package keyring
 
 import (
 	"bytes"
+	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/sha256"
 	"reflect"
@@ -33,13 +34,14 @@ func TestLocalKEK(t *testing.T) {
 		t.Error("the KEK is not in locked memory")
 	}
 
-	aead, wipe := l.aead()
-	rv := reflect.ValueOf(aead)
-	mem := unsafe.Slice((*byte)(rv.UnsafePointer()), rv.Type().Elem().Size())
-	if !bytes.Contains(mem, want) {
-		t.Fatalf("the KEK is not in its AES-GCM state (%T): the test cannot see a wipe", aead)
-	}
-	wipe()
+	var mem []byte
+	l.withAEAD(func(aead cipher.AEAD) {
+		rv := reflect.ValueOf(aead)
+		mem = unsafe.Slice((*byte)(rv.UnsafePointer()), rv.Type().Elem().Size())
+		if !bytes.Contains(mem, want) {
+			t.Errorf("the KEK is not in its AES-GCM state (%T): the test cannot see a wipe", aead)
+		}
+	})
 	if !bytes.Equal(mem, make([]byte, len(mem))) {
 		t.Error("the AES-GCM state of the KEK is not zeroed after the call")
 	}

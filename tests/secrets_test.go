@@ -19,11 +19,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -309,6 +311,7 @@ func TestSecretsInMemory(t *testing.T) {
 	}
 	needles := localSecrets(t, keyFile)
 	maps.Copy(needles, wordSwapped(needles))
+	maps.Copy(needles, aesRoundKeys(t, needles))
 	cipherFile := func(name string) map[string][]byte {
 		f, err := os.Open(filepath.Join(v.Dir, name))
 		if err != nil {
@@ -431,6 +434,7 @@ func TestSecretsInMemory(t *testing.T) {
 			open, secrets := round.run(t)
 			maps.Copy(needles, secrets)
 			maps.Copy(needles, wordSwapped(secrets))
+			maps.Copy(needles, aesRoundKeys(t, secrets))
 			// While the files are open, their keys are in memory, which
 			// proves the search and the test's derivation right: a data
 			// key in locked memory, the content key in the AES-GCM state
@@ -566,6 +570,40 @@ func xaesDerive(t *testing.T, key, n []byte) []byte {
 	return kx
 }
 
+// aesRoundKeys gives, for each secret that is an AES key (content,
+// XAES, key-encryption and branch wrapping keys), every two consecutive
+// round keys of its AES-256 schedule but the first two (the key itself),
+// as crypto/aes holds them and word-swapped: any such pair gives the key
+// back, and AES-GCM holds several in vector registers at once.
+func aesRoundKeys(t *testing.T, secrets map[string][]byte) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	for name, key := range secrets {
+		if len(key) != 32 || strings.HasPrefix(name, "word-swapped") || !(strings.HasPrefix(name, "content key") ||
+			strings.HasPrefix(name, "XAES key") || name == localKEK || strings.HasPrefix(name, "branch wrapping key")) {
+			continue
+		}
+		b, err := aes.NewCipher(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rv := reflect.ValueOf(b)
+		mem := unsafe.Slice((*byte)(rv.UnsafePointer()), rv.Type().Elem().Size())
+		i := bytes.Index(mem, key)
+		if i < 0 {
+			t.Fatalf("the %s is not in its AES key schedule (%T): the test cannot find its round keys", name, b)
+		}
+		sched := bytes.Clone(mem[i : i+15*16])
+		pairs := map[string][]byte{}
+		for r := 1; r < 14; r++ {
+			pairs[fmt.Sprintf("round keys %d and %d of the %s", r, r+1, name)] = sched[16*r : 16*r+32]
+		}
+		maps.Copy(out, pairs)
+		maps.Copy(out, wordSwapped(pairs))
+	}
+	return out
+}
+
 // writtenAndOpen writes file name of the mount (10000+i bytes of byte i),
 // opens it and reads it through, and returns it open.
 func writtenAndOpen(t *testing.T, m *mount, name string, i int) *os.File {
@@ -654,6 +692,7 @@ func TestSecretsInMemoryBranchKeys(t *testing.T) {
 		maps.Copy(needles, secrets)
 	}
 	needles["branch key"] = branchKey
+	maps.Copy(needles, aesRoundKeys(t, needles))
 	maps.Copy(needles, wordSwapped(needles))
 
 	found := findInProcess(t, pid, needles)

@@ -3,18 +3,23 @@ package secret
 import (
 	"bufio"
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
+	"reflect"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // signalChildEnv makes the test binary the child of
@@ -22,9 +27,11 @@ import (
 const signalChildEnv = "KMSFS_SECRET_SIGNAL_CHILD"
 
 // TestNoKeyInSignalFrames: a key that went through HMAC or NewKDF, the
-// pseudorandom key NewKDF made of it, a key that Expand derived, and a
-// key that AESGCM built a cipher under (a second of builds, so that
-// signals land inside some: Shield) are not left in vector registers, where the kernel saves them in every
+// pseudorandom key NewKDF made of it, a key that Expand derived, a key
+// that AESGCM built a cipher under (a second of builds, so that signals
+// land inside some: Shield), and any two consecutive round keys of it
+// (which give the key back) after WithAESGCM's seals, are not left in
+// vector registers, where the kernel saves them in every
 // signal frame on the thread's signal stack (Go heap, never cleared) and
 // asynchronous preemption on the goroutine's stack (Copy's comment). A
 // child process computes with a key and then takes profiling signals in
@@ -49,7 +56,8 @@ func TestNoKeyInSignalFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	needles := map[string][]byte{"input key": key, "pseudorandom key": prk, "derived key": derived}
-	for _, op := range []string{"hmac", "newkdf", "expand", "aesgcm", "hmac", "newkdf", "expand", "aesgcm"} {
+	maps.Copy(needles, roundKeyPairs(t, "input key", key))
+	for _, op := range []string{"hmac", "newkdf", "expand", "aesgcm", "seal", "hmac", "newkdf", "expand", "aesgcm", "seal"} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestNoKeyInSignalFrames$")
 		cmd.Env = append(os.Environ(), signalChildEnv+"="+op)
 		cmd.Stdin = bytes.NewReader(append(bytes.Clone(key), salt...))
@@ -76,7 +84,7 @@ func TestNoKeyInSignalFrames(t *testing.T) {
 }
 
 // signalChild reads a key and a salt from stdin, computes with them
-// (op: hmac, newkdf, expand or aesgcm), wipes everything, takes profiling
+// (op: hmac, newkdf, expand, aesgcm or seal), wipes everything, takes profiling
 // signals for a while and says "ready"; then waits to be killed.
 func signalChild(op string) {
 	var in [48]byte
@@ -108,6 +116,14 @@ func signalChild(op string) {
 			}
 			Wipe(a)
 		}
+	case "seal":
+		// Seal of a short message: AES-GCM's path for it holds seven
+		// round keys in X1-X7 at once.
+		for start := time.Now(); time.Since(start) < time.Second; {
+			if err := WithAESGCM(in[:32], func(a cipher.AEAD) { a.Seal(nil, in[32:44], in[:32], nil) }); err != nil {
+				panic(err)
+			}
+		}
 	}
 	clear(in[:])
 	spin(time.Second)
@@ -115,6 +131,37 @@ func signalChild(op string) {
 	fmt.Println("ready")
 	time.Sleep(time.Minute)
 	os.Exit(0)
+}
+
+// roundKeyPairs returns every two consecutive round keys of AES-256
+// under key but the first two (the key itself), as the key schedule of
+// crypto/aes holds them (read from its memory) and word-swapped, as a
+// schedule without AES-NI would hold them: any such pair gives the key
+// back.
+func roundKeyPairs(t *testing.T, name string, key []byte) map[string][]byte {
+	t.Helper()
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rv := reflect.ValueOf(b)
+	mem := unsafe.Slice((*byte)(rv.UnsafePointer()), rv.Type().Elem().Size())
+	i := bytes.Index(mem, key)
+	if i < 0 {
+		t.Fatalf("%s is not in its AES key schedule (%T): the test cannot find its round keys", name, b)
+	}
+	sched := bytes.Clone(mem[i : i+15*16])
+	out := map[string][]byte{}
+	for r := 1; r < 14; r++ {
+		pair := sched[16*r : 16*r+32]
+		swapped := make([]byte, 32)
+		for j := 0; j < 32; j += 4 {
+			swapped[j], swapped[j+1], swapped[j+2], swapped[j+3] = pair[j+3], pair[j+2], pair[j+1], pair[j]
+		}
+		out[fmt.Sprintf("round keys %d and %d of the %s", r, r+1, name)] = pair
+		out[fmt.Sprintf("word-swapped round keys %d and %d of the %s", r, r+1, name)] = swapped
+	}
+	return out
 }
 
 // spin loops for d on integer arithmetic only.
