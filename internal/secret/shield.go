@@ -32,12 +32,17 @@ import (
 func Shield(f func()) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	restore := blockSignals()
-	defer func() {
-		zeroVectors()
-		restore()
-	}()
+	old, blocked := blockSignals()
+	defer unshield(old, blocked)
 	f()
+}
+
+// unshield zeroes the vector registers, then lets the signals through.
+func unshield(old uint64, blocked bool) {
+	zeroVectors()
+	if blocked {
+		restoreSignals(old)
+	}
 }
 
 // AESGCM returns AES-GCM under key (16, 24 or 32 bytes), built under

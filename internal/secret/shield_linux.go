@@ -15,17 +15,18 @@ const sigSetmask = 2
 const asyncSignals = ^uint64(1<<(4-1) | 1<<(5-1) | 1<<(7-1) | 1<<(8-1) | 1<<(11-1))
 
 // blockSignals blocks asyncSignals on the calling thread (which the
-// caller has locked) and returns the function that restores the mask it
-// had. Should the kernel refuse, nothing is blocked: Shield still zeroes
-// the registers after f.
-func blockSignals() (restore func()) {
-	set, old := asyncSignals, uint64(0)
-	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, sigSetmask,
-		uintptr(unsafe.Pointer(&set)), uintptr(unsafe.Pointer(&old)), unsafe.Sizeof(set), 0, 0); e != 0 {
-		return func() {}
-	}
-	return func() {
-		syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, sigSetmask,
-			uintptr(unsafe.Pointer(&old)), 0, unsafe.Sizeof(old), 0, 0)
-	}
+// caller has locked) and returns the mask it had, for restoreSignals.
+// Should the kernel refuse, nothing is blocked (ok is false): Shield
+// still zeroes the registers after f.
+func blockSignals() (old uint64, ok bool) {
+	set := uint64(asyncSignals)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, sigSetmask,
+		uintptr(unsafe.Pointer(&set)), uintptr(unsafe.Pointer(&old)), unsafe.Sizeof(set), 0, 0)
+	return old, e == 0
+}
+
+// restoreSignals sets the thread's mask back to old.
+func restoreSignals(old uint64) {
+	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, sigSetmask,
+		uintptr(unsafe.Pointer(&old)), 0, unsafe.Sizeof(old), 0, 0)
 }
