@@ -26,9 +26,8 @@ import (
 // so a fault in f is still a Go panic.
 //
 // The cost is two system calls and a locked thread for f's duration,
-// about 0.45 µs. f must not block on anything that needs every thread to
-// answer a signal (a system call that changes the credentials of every
-// thread, as setuid does in Go): kmsfs makes none after it starts.
+// about 0.45 µs; a goroutine that waits in f (for a lock) holds its
+// thread meanwhile.
 func Shield(f func()) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

@@ -10,9 +10,14 @@ const sigSetmask = 2
 
 // asyncSignals is every signal but the synchronous ones a fault raises
 // (SIGILL 4, SIGTRAP 5, SIGBUS 7, SIGFPE 8, SIGSEGV 11), which the Go
-// runtime turns into panics; the kernel ignores a block of SIGKILL and
+// runtime turns into panics, and signals 32 and 33, with which the Go
+// runtime (syscall.AllThreadsSyscall, setuid and its kin) and glibc make
+// every thread run a system call: blocked on a thread whose goroutine
+// waits in f (for a lock, or to assist the garbage collector), they
+// would hang the whole process. kmsfs makes no such call after it
+// starts, so they never come. The kernel ignores a block of SIGKILL and
 // SIGSTOP.
-const asyncSignals = ^uint64(1<<(4-1) | 1<<(5-1) | 1<<(7-1) | 1<<(8-1) | 1<<(11-1))
+const asyncSignals = ^uint64(1<<(4-1) | 1<<(5-1) | 1<<(7-1) | 1<<(8-1) | 1<<(11-1) | 1<<(32-1) | 1<<(33-1))
 
 // blockSignals blocks asyncSignals on the calling thread (which the
 // caller has locked) and returns the mask it had, for restoreSignals.

@@ -2,10 +2,16 @@ package secret
 
 import (
 	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -36,6 +42,11 @@ func TestShieldBlocksSignals(t *testing.T) {
 	for _, s := range []syscall.Signal{syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGFPE, syscall.SIGILL, syscall.SIGTRAP} {
 		if inside&bit(s) != 0 {
 			t.Errorf("%v is blocked inside Shield: a fault would kill the process instead of panicking", s)
+		}
+	}
+	for _, s := range []syscall.Signal{32, 33} {
+		if inside&bit(s) != 0 {
+			t.Errorf("signal %d is blocked inside Shield: an all-threads system call would hang", s)
 		}
 	}
 
@@ -92,5 +103,42 @@ func TestAESGCMMatchesStdlib(t *testing.T) {
 	}
 	if len(given) != 32 || !bytes.Equal(given, make([]byte, 32)) {
 		t.Errorf("AESGCMFrom left its %d-byte key buffer %x after returning, want 32 zero bytes", len(given), given)
+	}
+}
+
+// setxidChildEnv makes the test binary the child of
+// TestShieldLetsSetxidThrough.
+const setxidChildEnv = "KMSFS_SECRET_SETXID_CHILD"
+
+// TestShieldLetsSetxidThrough: a goroutine waiting inside Shield does not
+// stop another from changing the process's credentials, which the Go
+// runtime (and glibc, with cgo) does by signalling every thread and
+// waiting for each. A child process tries; it must finish, not hang.
+func TestShieldLetsSetxidThrough(t *testing.T) {
+	if os.Getenv(setxidChildEnv) != "" {
+		inside, release := make(chan struct{}), make(chan struct{})
+		go Shield(func() {
+			close(inside)
+			<-release
+		})
+		<-inside
+		if err := syscall.Setgid(os.Getgid()); err != nil {
+			fmt.Println("setgid:", err)
+			os.Exit(1)
+		}
+		close(release)
+		fmt.Println("done")
+		os.Exit(0)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestShieldLetsSetxidThrough$")
+	cmd.Env = append(os.Environ(), setxidChildEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("setgid hung while a goroutine waited inside Shield:\n%s", out)
+	}
+	if err != nil || !strings.Contains(string(out), "done") {
+		t.Fatalf("child: %v\n%s", err, out)
 	}
 }
