@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -85,7 +87,7 @@ func Mount(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 			DirectMountStrict: !checks,
 			// Up to 1 MiB per write request (the kernel's limit):
 			// fewer round trips for large sequential writes, and
-			// runs of 256 blocks to seal in parallel.
+			// runs of up to 256 blocks per seal call.
 			MaxWrite:     1 << 20,
 			MaxReadAhead: 1 << 20,
 			// The kernel does POSIX and flock locks itself (within this
@@ -156,7 +158,8 @@ func kernelChecks(mo MountOptions, uid, euid int) bool {
 
 // CanDropKernelChecks reports whether a mount may go without
 // default_permissions: only one made by root (user ID and effective user
-// ID 0: not a set-user-ID program run by a user) without AllowOther, and
+// ID 0 in the initial user namespace: not a set-user-ID program run by a
+// user, nor root of a user namespace) without AllowOther, and
 // mounted directly (DirectMountStrict: no fallback to fusermount3). The
 // kernel lets no process into such a mount but those whose user IDs are
 // all 0 (and group IDs the mount's), and those pass the checks anyway if
@@ -176,7 +179,15 @@ func kernelChecks(mo MountOptions, uid, euid int) bool {
 // owners. In any other mount it would let users past the modes of files:
 // other users' with AllowOther, their own read-only ones without.
 func CanDropKernelChecks(mo MountOptions, uid, euid int) bool {
-	return uid == 0 && euid == 0 && !mo.AllowOther
+	return uid == 0 && euid == 0 && !mo.AllowOther && initialUserNS()
+}
+
+// initialUserNS reports whether the process runs in the initial user
+// namespace, where user ID 0 is root. In another (unshare -r), 0 maps to
+// some host user, and the mount would admit that user's processes.
+func initialUserNS() bool {
+	b, err := os.ReadFile("/proc/self/uid_map")
+	return err == nil && slices.Equal(strings.Fields(string(b)), []string{"0", "0", "4294967295"})
 }
 
 // readaheadKiB is the kernel readahead for the mount: one read request

@@ -1059,7 +1059,7 @@ func semTmpfileLink(t *testing.T, e *semEnv) {
 // TestRootMountPermissions: a mount has default_permissions (with
 // --allow-other too) unless it is a root mount without --allow-other
 // mounted with --default-permissions=false, which is refused anywhere
-// else. Root keeps root's rules in such a mount: it reads and writes a
+// else (with --allow-other, or run by another user). Root keeps root's rules in such a mount: it reads and writes a
 // mode 0000 file and creates in a mode 0000 directory, while execve and
 // access(X_OK) of a file with no x bit fail with EACCES. And the
 // directory's attributes are not asked for again after every create, as
@@ -1070,6 +1070,17 @@ func TestRootMountPermissions(t *testing.T) {
 	v := newVolume(t, nil)
 	if _, errOut, code := run(t, nil, "mount", "--allow-other", "--default-permissions=false", v.Dir, t.TempDir()); code != 2 || !strings.Contains(errOut, "would let every user past the files' modes") {
 		t.Errorf("--allow-other --default-permissions=false: exit %d, %q; want 2 and why", code, errOut)
+	}
+	// Not root: refused before anything else (a copy of the binary that
+	// nobody can run, CIPHERDIR need not exist).
+	bin := filepath.Join(t.TempDir(), "kmsfs")
+	writeFile(t, bin, readFile(t, kmsfsBin))
+	if err := os.Chmod(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	traversable(t, filepath.Dir(bin))
+	if _, errOut, code := asUser(t, nobody, nobody, "/", bin+" mount --default-permissions=false /nonexistent /nonexistent"); code != 2 || !strings.Contains(errOut, "only a mount by root") {
+		t.Errorf("--default-permissions=false as uid %d: exit %d, %q; want 2 and why", nobody, code, errOut)
 	}
 	for _, c := range []struct {
 		flags  []string

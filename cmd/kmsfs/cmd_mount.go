@@ -82,7 +82,7 @@ func (m *mountFlags) check() error {
 		case m.allowOther:
 			return fail(exitUsage, "--default-permissions=false with --allow-other would let every user past the files' modes: drop one of them")
 		case !kfs.CanDropKernelChecks(kfs.MountOptions{}, os.Getuid(), os.Geteuid()):
-			return fail(exitUsage, "--default-permissions=false: only a mount by root (user ID 0, not a set-user-ID program) may go without the kernel's permission checks")
+			return fail(exitUsage, "--default-permissions=false: only a mount by root (user ID 0 in the initial user namespace, not a set-user-ID program) may go without the kernel's permission checks")
 		}
 	}
 	return nil
