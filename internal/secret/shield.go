@@ -23,7 +23,8 @@ import (
 // until a later signal happens to overwrite that frame. Blocked, a signal
 // waits until f is done and the registers hold zeros. Synchronous
 // signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP) are not blocked,
-// so a fault in f is still a Go panic.
+// so a fault in f is still a Go panic, nor are the two with which every
+// thread is made to change credentials (asyncSignals).
 //
 // The cost is two system calls and a locked thread for f's duration,
 // about 0.45 µs; a goroutine that waits in f (for a lock) holds its
@@ -47,7 +48,7 @@ func unshield(old uint64, blocked bool) {
 // AESGCM returns AES-GCM under key (16, 24 or 32 bytes), built under
 // Shield, with aes.NewCipher's key schedule wiped: the only copy of the
 // key left is the one inside the AEAD, which the caller wipes with Wipe
-// once done with it.
+// once done with it. Its Seal and Open belong under Shield too.
 func AESGCM(key []byte) (aead cipher.AEAD, err error) {
 	Shield(func() { aead, err = newAESGCM(key) })
 	return aead, err
@@ -102,7 +103,7 @@ func newAESGCM(key []byte) (cipher.AEAD, error) {
 }
 
 // AESBlock returns the AES block cipher under key, built under Shield;
-// the caller wipes it with Wipe.
+// the caller calls it under Shield and wipes it with Wipe.
 func AESBlock(key []byte) (block cipher.Block, err error) {
 	Shield(func() { block, err = aes.NewCipher(key) })
 	return block, err
