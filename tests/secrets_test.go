@@ -19,17 +19,16 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/internal/secret/secrettest"
 	"github.com/kmsfs/kmsfs/keyring"
 	kvolume "github.com/kmsfs/kmsfs/volume"
 )
@@ -110,15 +109,7 @@ const localKEK = "local key-encryption key"
 // hold it once loaded: as big-endian 32-bit words in little-endian
 // memory.
 func wordSwapped(secrets map[string][]byte) map[string][]byte {
-	out := map[string][]byte{}
-	for name, b := range secrets {
-		w := make([]byte, len(b)/4*4)
-		for i := 0; i < len(w); i += 4 {
-			w[i], w[i+1], w[i+2], w[i+3] = b[i+3], b[i+2], b[i+1], b[i]
-		}
-		out["word-swapped "+name] = w
-	}
-	return out
+	return secrettest.WordSwapped(secrets)
 }
 
 func localKeyFile(t *testing.T, v *volume) string {
@@ -583,20 +574,9 @@ func aesRoundKeys(t *testing.T, secrets map[string][]byte) map[string][]byte {
 			strings.HasPrefix(name, "XAES key") || name == localKEK || strings.HasPrefix(name, "branch wrapping key")) {
 			continue
 		}
-		b, err := aes.NewCipher(key)
+		pairs, err := secrettest.RoundKeyPairs(name, key)
 		if err != nil {
 			t.Fatal(err)
-		}
-		rv := reflect.ValueOf(b)
-		mem := unsafe.Slice((*byte)(rv.UnsafePointer()), rv.Type().Elem().Size())
-		i := bytes.Index(mem, key)
-		if i < 0 {
-			t.Fatalf("the %s is not in its AES key schedule (%T): the test cannot find its round keys", name, b)
-		}
-		sched := bytes.Clone(mem[i : i+15*16])
-		pairs := map[string][]byte{}
-		for r := 1; r < 14; r++ {
-			pairs[fmt.Sprintf("round keys %d and %d of the %s", r, r+1, name)] = sched[16*r : 16*r+32]
 		}
 		maps.Copy(out, pairs)
 		maps.Copy(out, wordSwapped(pairs))

@@ -3,7 +3,6 @@ package secret
 import (
 	"bufio"
 	"bytes"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/sha256"
@@ -12,14 +11,14 @@ import (
 	"maps"
 	"os"
 	"os/exec"
-	"reflect"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
+
+	"github.com/kmsfs/kmsfs/internal/secret/secrettest"
 )
 
 // signalChildEnv makes the test binary the child of
@@ -133,35 +132,16 @@ func signalChild(op string) {
 	os.Exit(0)
 }
 
-// roundKeyPairs returns every two consecutive round keys of AES-256
-// under key but the first two (the key itself), as the key schedule of
-// crypto/aes holds them (read from its memory) and word-swapped, as a
-// schedule without AES-NI would hold them: any such pair gives the key
-// back.
+// roundKeyPairs is secrettest.RoundKeyPairs of key, raw and
+// word-swapped (as a schedule without AES-NI holds them).
 func roundKeyPairs(t *testing.T, name string, key []byte) map[string][]byte {
 	t.Helper()
-	b, err := aes.NewCipher(key)
+	pairs, err := secrettest.RoundKeyPairs(name, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rv := reflect.ValueOf(b)
-	mem := unsafe.Slice((*byte)(rv.UnsafePointer()), rv.Type().Elem().Size())
-	i := bytes.Index(mem, key)
-	if i < 0 {
-		t.Fatalf("%s is not in its AES key schedule (%T): the test cannot find its round keys", name, b)
-	}
-	sched := bytes.Clone(mem[i : i+15*16])
-	out := map[string][]byte{}
-	for r := 1; r < 14; r++ {
-		pair := sched[16*r : 16*r+32]
-		swapped := make([]byte, 32)
-		for j := 0; j < 32; j += 4 {
-			swapped[j], swapped[j+1], swapped[j+2], swapped[j+3] = pair[j+3], pair[j+2], pair[j+1], pair[j]
-		}
-		out[fmt.Sprintf("round keys %d and %d of the %s", r, r+1, name)] = pair
-		out[fmt.Sprintf("word-swapped round keys %d and %d of the %s", r, r+1, name)] = swapped
-	}
-	return out
+	maps.Copy(pairs, secrettest.WordSwapped(pairs))
+	return pairs
 }
 
 // spin loops for d on integer arithmetic only.
