@@ -1,5 +1,10 @@
 package secret
 
+import (
+	"crypto/aes"
+	"crypto/cipher"
+)
+
 // A KDF derives keys from one secret with HKDF-SHA256 (RFC 5869): NewKDF
 // runs HKDF-Extract once, and each Expand, Key or MAC reuses its
 // pseudorandom key. A KDF holds that key in its work area until Wipe,
@@ -8,11 +13,27 @@ type KDF struct{ wk *work }
 
 // NewKDF runs HKDF-Extract(salt, secret); a nil salt is HashLen zeros,
 // as the RFC says. It keeps no copy of secret.
-func NewKDF(secret, salt []byte) *KDF {
+func NewKDF(secret, salt []byte) *KDF { return newKDF(secret, salt, false) }
+
+// WithKDF runs f with NewKDF(secret, salt), all under one Shield, and
+// wipes the KDF when f returns; f must not keep it. Inside, SHA-256 runs
+// on the SHA extensions where the CPU has them, and the KDF's AESBlock,
+// AESGCM and WithAESGCM build under this Shield rather than their own:
+// a file's whole key setup costs one Shield.
+func WithKDF(secret, salt []byte, f func(*KDF)) {
+	Shield(func() {
+		k := newKDF(secret, salt, true)
+		defer k.Wipe()
+		f(k)
+	})
+}
+
+func newKDF(secret, salt []byte, shielded bool) *KDF {
 	wk := getWork()
+	wk.shielded, wk.s.vec = shielded, shielded && useSHANI
 	wk.setKey(&wk.mk, salt)
 	wk.macBegin(&wk.mk)
-	wk.d.write(&wk.w, secret)
+	wk.d.write(&wk.s, secret)
 	wk.macEnd(&wk.mk, &wk.t) // PRK
 	wk.setKey(&wk.prk, wk.t[:])
 	clear(wk.t[:])
@@ -33,10 +54,10 @@ func (k *KDF) Expand(out []byte, info string) {
 	for i := 1; len(out) > 0; i++ {
 		wk.macBegin(&wk.prk)
 		if i > 1 {
-			wk.d.write(&wk.w, wk.t[:]) // T(i-1)
+			wk.d.write(&wk.s, wk.t[:]) // T(i-1)
 		}
-		wk.d.writeString(&wk.w, info)
-		wk.d.write(&wk.w, []byte{byte(i)})
+		wk.d.writeString(&wk.s, info)
+		wk.d.write(&wk.s, []byte{byte(i)})
 		wk.macEnd(&wk.prk, &wk.t) // T(i)
 		out = out[Copy(out, wk.t[:]):]
 	}
@@ -60,7 +81,7 @@ func (k *KDF) MAC(out *[size]byte, info string, msg ...[]byte) {
 	clear(wk.out[:])
 	wk.macBegin(&wk.mk)
 	for _, p := range msg {
-		wk.d.write(&wk.w, p)
+		wk.d.write(&wk.s, p)
 	}
 	wk.macEnd(&wk.mk, out)
 	wk.mk = hmacKey{}
@@ -73,4 +94,45 @@ func (k *KDF) Wipe() {
 		putWork(k.wk)
 		k.wk = nil
 	}
+}
+
+// AESBlock returns the AES block cipher under Key(info), built under
+// Shield (the KDF's own, in WithKDF); the caller wipes it with Wipe and
+// calls it under Shield.
+func (k *KDF) AESBlock(info string) (cipher.Block, error) {
+	key := k.Key(info)
+	defer clear(key)
+	if k.wk.shielded {
+		return aes.NewCipher(key)
+	}
+	return AESBlock(key)
+}
+
+// AESGCM returns AES-256-GCM under Key(info), built under Shield (the
+// KDF's own, in WithKDF); the caller wipes it with Wipe and makes every
+// Seal and Open under Shield.
+func (k *KDF) AESGCM(info string) (cipher.AEAD, error) {
+	key := k.Key(info)
+	defer clear(key)
+	if k.wk.shielded {
+		return newAESGCM(key)
+	}
+	return AESGCM(key)
+}
+
+// WithAESGCM is WithAESGCM under Key(info): f runs with the AEAD, under
+// Shield (the KDF's own, in WithKDF), and it is wiped when f returns.
+func (k *KDF) WithAESGCM(info string, f func(cipher.AEAD)) error {
+	if !k.wk.shielded {
+		key := k.Key(info)
+		defer clear(key)
+		return WithAESGCM(key, f)
+	}
+	aead, err := k.AESGCM(info)
+	if err != nil {
+		return err
+	}
+	defer Wipe(aead)
+	f(aead)
+	return nil
 }

@@ -5,13 +5,17 @@ import "sync"
 // work is the memory of one computation: every secret byte it touches is
 // here. It comes from pool and is zeroed before it goes back.
 type work struct {
-	w   [64]uint32      // SHA-256 message schedule
+	s   sched           // SHA-256's scratch
 	pad [blockSize]byte // K0 ^ ipad, then K0 ^ opad
 	d   digest          // the hash being computed
 	prk hmacKey         // HKDF: the pseudorandom key, keyed for Expand
 	mk  hmacKey         // a MAC key
 	t   [size]byte      // an inner hash; HKDF's T(i)
 	out [size]byte      // KDF.Key's result
+	// shielded: the computation runs under a Shield its owner holds
+	// (WithKDF), so AES states built from its keys need no Shield of
+	// their own.
+	shielded bool
 }
 
 var pool = sync.Pool{New: func() any { return new(work) }}
@@ -41,8 +45,8 @@ func (wk *work) setKey(m *hmacKey, key []byte) {
 	clear(wk.pad[:])
 	if len(key) > blockSize {
 		wk.d.reset()
-		wk.d.write(&wk.w, key)
-		wk.d.sum(&wk.w, &wk.t)
+		wk.d.write(&wk.s, key)
+		wk.d.sum(&wk.s, &wk.t)
 		Copy(wk.pad[:], wk.t[:])
 	} else {
 		Copy(wk.pad[:], key)
@@ -51,12 +55,12 @@ func (wk *work) setKey(m *hmacKey, key []byte) {
 		wk.pad[i] ^= 0x36
 	}
 	m.inner.reset()
-	m.inner.write(&wk.w, wk.pad[:])
+	m.inner.write(&wk.s, wk.pad[:])
 	for i := range wk.pad {
 		wk.pad[i] ^= 0x36 ^ 0x5c
 	}
 	m.outer.reset()
-	m.outer.write(&wk.w, wk.pad[:])
+	m.outer.write(&wk.s, wk.pad[:])
 	clear(wk.pad[:])
 }
 
@@ -67,10 +71,10 @@ func (wk *work) macBegin(m *hmacKey) { wk.d.set(&m.inner) }
 // macEnd finishes the HMAC begun by macBegin and writes it to out, which
 // may be &wk.t.
 func (wk *work) macEnd(m *hmacKey, out *[size]byte) {
-	wk.d.sum(&wk.w, &wk.t)
+	wk.d.sum(&wk.s, &wk.t)
 	wk.d.set(&m.outer)
-	wk.d.write(&wk.w, wk.t[:])
-	wk.d.sum(&wk.w, out)
+	wk.d.write(&wk.s, wk.t[:])
+	wk.d.sum(&wk.s, out)
 }
 
 // HMAC writes HMAC-SHA256(key, the concatenation of msg) to out. It
@@ -81,7 +85,7 @@ func HMAC(out *[size]byte, key []byte, msg ...[]byte) {
 	wk.setKey(&wk.mk, key)
 	wk.macBegin(&wk.mk)
 	for _, p := range msg {
-		wk.d.write(&wk.w, p)
+		wk.d.write(&wk.s, p)
 	}
 	wk.macEnd(&wk.mk, out)
 }

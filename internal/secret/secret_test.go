@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"math/big"
 	"reflect"
 	"testing"
@@ -59,8 +60,18 @@ func randBytes(n int) []byte {
 }
 
 func sha(msg ...[]byte) [size]byte {
+	if useSHANI { // both ways must agree
+		a, b := shaWith(sched{}, msg...), shaWith(sched{vec: true}, msg...)
+		if a != b {
+			panic(fmt.Sprintf("SHA-256 in Go %x, on the SHA extensions %x", a, b))
+		}
+		return b
+	}
+	return shaWith(sched{}, msg...)
+}
+
+func shaWith(w sched, msg ...[]byte) [size]byte {
 	var d digest
-	var w [64]uint32
 	var out [size]byte
 	d.reset()
 	for _, p := range msg {
@@ -89,7 +100,7 @@ func TestSHA256MatchesStdlib(t *testing.T) {
 	}
 	// writeString, across block boundaries.
 	var d digest
-	var w [64]uint32
+	var w sched
 	var out [size]byte
 	s := string(randBytes(150))
 	d.reset()
@@ -327,5 +338,66 @@ func TestWipeRefusesPointers(t *testing.T) {
 	v.s.x[1] = 9
 	if !Wipe(v) || *v != (ok{}) {
 		t.Errorf("Wipe of a pointer-free struct left %+v", *v)
+	}
+}
+
+// TestWithKDF checks that a KDF made under WithKDF (SHA extensions where
+// the CPU has them, its AES states built under its Shield) derives what
+// NewKDF's does, and that its AES states are those of the derived key.
+func TestWithKDF(t *testing.T) {
+	ikm, salt := randBytes(32), randBytes(16)
+	k := NewKDF(ikm, salt)
+	defer k.Wipe()
+	var wantMAC [size]byte
+	k.MAC(&wantMAC, "mac", []byte("a message"))
+	wantKey := bytes.Clone(k.Key("key"))
+	nonce := make([]byte, 12)
+	wantSealed := func() []byte {
+		a, err := k.AESGCM("key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer Wipe(a)
+		var out []byte
+		Shield(func() { out = a.Seal(nil, nonce, []byte("plaintext"), nil) })
+		return out
+	}()
+	for _, shielded := range []bool{false, true} {
+		check := func(k *KDF) {
+			var mac [size]byte
+			k.MAC(&mac, "mac", []byte("a message"))
+			if mac != wantMAC {
+				t.Errorf("shielded %v: MAC differs", shielded)
+			}
+			if !bytes.Equal(k.Key("key"), wantKey) {
+				t.Errorf("shielded %v: Key differs", shielded)
+			}
+			var sealed []byte
+			if err := k.WithAESGCM("key", func(a cipher.AEAD) { sealed = a.Seal(nil, nonce, []byte("plaintext"), nil) }); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(sealed, wantSealed) {
+				t.Errorf("shielded %v: WithAESGCM seals differently", shielded)
+			}
+			b, err := k.AESBlock("key")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer Wipe(b)
+			var got, want [16]byte
+			Shield(func() { b.Encrypt(got[:], make([]byte, 16)) })
+			ref, _ := aes.NewCipher(wantKey)
+			ref.Encrypt(want[:], make([]byte, 16))
+			if got != want {
+				t.Errorf("shielded %v: AESBlock encrypts differently", shielded)
+			}
+		}
+		if shielded {
+			WithKDF(ikm, salt, check)
+		} else {
+			k2 := NewKDF(ikm, salt)
+			check(k2)
+			k2.Wipe()
+		}
 	}
 }

@@ -56,7 +56,11 @@ func TestNoKeyInSignalFrames(t *testing.T) {
 	}
 	needles := map[string][]byte{"input key": key, "pseudorandom key": prk, "derived key": derived}
 	maps.Copy(needles, roundKeyPairs(t, "input key", key))
-	for _, op := range []string{"hmac", "newkdf", "expand", "aesgcm", "seal", "hmac", "newkdf", "expand", "aesgcm", "seal"} {
+	// SHA-256 on the SHA extensions holds message blocks as big-endian
+	// words; a derived key is also the one WithKDF's AEAD runs under.
+	maps.Copy(needles, secrettest.WordSwapped(map[string][]byte{"input key": key, "pseudorandom key": prk, "derived key": derived}))
+	maps.Copy(needles, roundKeyPairs(t, "derived key", derived))
+	for _, op := range []string{"hmac", "newkdf", "expand", "aesgcm", "seal", "withkdf", "hmac", "newkdf", "expand", "aesgcm", "seal", "withkdf"} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestNoKeyInSignalFrames$")
 		cmd.Env = append(os.Environ(), signalChildEnv+"="+op)
 		cmd.Stdin = bytes.NewReader(append(bytes.Clone(key), salt...))
@@ -83,7 +87,7 @@ func TestNoKeyInSignalFrames(t *testing.T) {
 }
 
 // signalChild reads a key and a salt from stdin, computes with them
-// (op: hmac, newkdf, expand, aesgcm or seal), wipes everything, takes profiling
+// (op: hmac, newkdf, expand, aesgcm, seal or withkdf), wipes everything, takes profiling
 // signals for a while and says "ready"; then waits to be killed.
 func signalChild(op string) {
 	var in [48]byte
@@ -114,6 +118,17 @@ func signalChild(op string) {
 				panic(err)
 			}
 			Wipe(a)
+		}
+	case "withkdf":
+		// Many derivations (on the SHA extensions, where the CPU has
+		// them) and seals under the derived key, all under WithKDF's
+		// one Shield.
+		for start := time.Now(); time.Since(start) < time.Second; {
+			WithKDF(in[:32], in[32:], func(k *KDF) {
+				if err := k.WithAESGCM("test label", func(a cipher.AEAD) { a.Seal(nil, in[32:44], in[:32], nil) }); err != nil {
+					panic(err)
+				}
+			})
 		}
 	case "seal":
 		// Seal of a short message: AES-GCM's path for it holds seven

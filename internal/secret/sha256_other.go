@@ -1,0 +1,7 @@
+//go:build !amd64
+
+package secret
+
+const useSHANI = false
+
+func compressSHANI(*[8]uint32, *byte) { panic("secret: no SHA extensions") }
