@@ -18,33 +18,34 @@ const (
 // DataKeySize is the size of a data key: AES-256.
 const DataKeySize = 32
 
-// newKDF runs HKDF-Extract on the data key with the file ID as salt; each
-// derived key is one Expand of it. The derivation runs in package
+// withKDF runs f with HKDF-Extract of the data key, the file ID as salt;
+// each derived key is one Expand of it. The derivation runs in package
 // secret, whose buffers are cleared, because crypto/hkdf leaves the data
 // key and every derived key in memory it never clears
-// (docs/THREAT_MODEL.md, "Limits"). The caller wipes the KDF.
-func newKDF(dataKey []byte, fileID [IDSize]byte) *secret.KDF {
+// (docs/THREAT_MODEL.md, "Limits"), and under one secret.Shield for the
+// whole of f, so that SHA-256 may run on the SHA extensions and the
+// content key's AES state is built without a Shield of its own.
+func withKDF(dataKey []byte, fileID [IDSize]byte, f func(*secret.KDF)) {
 	if len(dataKey) != DataKeySize {
 		panic("blockcipher: internal error: data key of wrong size")
 	}
-	return secret.NewKDF(dataKey, fileID[:])
+	secret.WithKDF(dataKey, fileID[:], f)
 }
 
 // Seal computes the key commitment and the header MAC of h from dataKey,
 // stores them in h, and returns the encoded header slot and the Cipher for
 // the file's blocks. dataKey is not retained, nor copied.
-func (h *Header) Seal(dataKey []byte) ([]byte, *Cipher, error) {
-	kdf := newKDF(dataKey, h.FileID)
-	defer kdf.Wipe()
-	kdf.Expand(h.Commitment[:], labelCommitment)
-	h.MAC = [MACSize]byte{}
-	slot, err := h.Marshal()
-	if err != nil {
-		return nil, nil, err
-	}
-	h.MAC = headerMAC(kdf, slot[:len(slot)-MACSize])
-	copy(slot[len(slot)-MACSize:], h.MAC[:])
-	c, err := newCipher(kdf, h)
+func (h *Header) Seal(dataKey []byte) (slot []byte, c *Cipher, err error) {
+	withKDF(dataKey, h.FileID, func(kdf *secret.KDF) {
+		kdf.Expand(h.Commitment[:], labelCommitment)
+		h.MAC = [MACSize]byte{}
+		if slot, err = h.Marshal(); err != nil {
+			return
+		}
+		h.MAC = headerMAC(kdf, slot[:len(slot)-MACSize])
+		copy(slot[len(slot)-MACSize:], h.MAC[:])
+		c, err = newCipher(kdf, h)
+	})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -59,12 +60,14 @@ func (h *Header) Open(dataKey []byte) (*Cipher, error) {
 	if len(dataKey) != DataKeySize {
 		return nil, fmt.Errorf("%w: data key has %d bytes", ErrHeaderAuth, len(dataKey))
 	}
-	kdf := newKDF(dataKey, h.FileID)
-	defer kdf.Wipe()
-	if err := h.verify(kdf); err != nil {
-		return nil, err
-	}
-	return newCipher(kdf, h)
+	var c *Cipher
+	var err error
+	withKDF(dataKey, h.FileID, func(kdf *secret.KDF) {
+		if err = h.verify(kdf); err == nil {
+			c, err = newCipher(kdf, h)
+		}
+	})
+	return c, err
 }
 
 // Verify checks h against dataKey: first the key commitment (constant
@@ -74,9 +77,9 @@ func (h *Header) Verify(dataKey []byte) error {
 	if len(dataKey) != DataKeySize {
 		return fmt.Errorf("%w: data key has %d bytes", ErrHeaderAuth, len(dataKey))
 	}
-	kdf := newKDF(dataKey, h.FileID)
-	defer kdf.Wipe()
-	return h.verify(kdf)
+	var err error
+	withKDF(dataKey, h.FileID, func(kdf *secret.KDF) { err = h.verify(kdf) })
+	return err
 }
 
 func (h *Header) verify(kdf *secret.KDF) error {
@@ -115,13 +118,13 @@ func newCipher(kdf *secret.KDF, h *Header) (*Cipher, error) {
 	}
 	c := &Cipher{fileID: h.FileID, layout: layout}
 	if layout.Version == Version2 {
-		block, err := secret.AESBlock(kdf.Key(labelContent))
+		block, err := kdf.AESBlock(labelContent)
 		if err != nil {
 			return nil, fmt.Errorf("blockcipher: %v", err)
 		}
 		c.x = newXAES(block)
 	} else {
-		aead, err := secret.AESGCM(kdf.Key(labelContent))
+		aead, err := kdf.AESGCM(labelContent)
 		if err != nil {
 			return nil, fmt.Errorf("blockcipher: %v", err)
 		}

@@ -66,15 +66,18 @@ func (b *Branch) Describe() string { return "branch key " + b.id }
 // withAEAD passes f the AEAD that wraps the data keys of ec: AES-256-GCM
 // under the file's wrapping key, derived from the branch key and ec with
 // HKDF-SHA256 (docs/FORMAT.md) by package secret, so that no copy of
-// either key is left in a hash state or a stack frame. Building it, f's
-// Seal or Open and its wipe run under one secret.Shield.
+// either key is left in a hash state or a stack frame. The derivation,
+// building the AEAD, f's Seal or Open and its wipe run under one
+// secret.Shield.
 func (b *Branch) withAEAD(ec EncryptionContext, f func(cipher.AEAD)) error {
 	if b.key.Wiped() {
 		return errors.New("keyring: branch key used after Wipe")
 	}
-	kdf := secret.NewKDF(b.key.Bytes(), ec.Canonical())
-	defer kdf.Wipe()
-	return secret.WithAESGCM(kdf.Key("kmsfs branch wrap key v1"), f)
+	var err error
+	secret.WithKDF(b.key.Bytes(), ec.Canonical(), func(kdf *secret.KDF) {
+		err = kdf.WithAESGCM("kmsfs branch wrap key v1", f)
+	})
+	return err
 }
 
 func (b *Branch) aad(ec EncryptionContext) []byte {
