@@ -4,7 +4,7 @@
 # workloads on native, loopback, gocryptfs, securefs and kmsfs over tmpfs
 # and disk, interleaved, and writes bench/RESULTS.md.
 #
-#   bench/run.sh                 # full run (about half an hour on 2 cores)
+#   bench/run.sh                 # full run (about 70 minutes on 2 cores)
 #   bench/run.sh -quick -rounds 1   # a trial run
 #
 # Flags go to bench/runner (see go run ./bench/runner -h).
