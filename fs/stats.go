@@ -61,8 +61,9 @@ func (r *Root) Stats() Stats {
 		},
 	}
 	if r.ahead != nil {
-		s.Prefetched = int64(r.ahead.Len())
+		// Held, not Len: Len counts unwraps still in flight too.
 		s.Prefetch = r.ahead.Stats()
+		s.Prefetched = int64(s.Prefetch.Held)
 	}
 	s.KeptForOutage = int64(r.outage.len())
 	if r.pool != nil {
