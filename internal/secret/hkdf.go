@@ -3,6 +3,7 @@ package secret
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"runtime"
 )
 
 // A KDF derives keys from one secret with HKDF-SHA256 (RFC 5869): NewKDF
@@ -13,24 +14,30 @@ type KDF struct{ wk *work }
 
 // NewKDF runs HKDF-Extract(salt, secret); a nil salt is HashLen zeros,
 // as the RFC says. It keeps no copy of secret.
-func NewKDF(secret, salt []byte) *KDF { return newKDF(secret, salt, false) }
+func NewKDF(secret, salt []byte) *KDF { return newKDF(secret, salt, false, false) }
 
 // WithKDF runs f with NewKDF(secret, salt), all under one Shield, and
-// wipes the KDF when f returns; f must not keep it. Inside, SHA-256 runs
-// on the SHA extensions where the CPU has them, and the KDF's AESBlock,
-// AESGCM and WithAESGCM build under this Shield rather than their own:
-// a file's whole key setup costs one Shield.
+// wipes the KDF when f returns; f must not keep it, nor hand it to
+// another goroutine (which would run outside the Shield). Inside, SHA-256
+// runs on the SHA extensions where the CPU has them and the signals are
+// blocked, and the KDF's AESBlock, AESGCM and WithAESGCM build under this
+// Shield rather than their own: a file's whole key setup costs one
+// Shield.
 func WithKDF(secret, salt []byte, f func(*KDF)) {
-	Shield(func() {
-		k := newKDF(secret, salt, true)
-		defer k.Wipe()
-		f(k)
-	})
+	// Shield's body, so that the SHA extensions run only where the
+	// signals are blocked indeed.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	old, blocked := blockSignals()
+	defer unshield(old, blocked)
+	k := newKDF(secret, salt, true, blocked && useSHANI)
+	defer k.Wipe()
+	f(k)
 }
 
-func newKDF(secret, salt []byte, shielded bool) *KDF {
+func newKDF(secret, salt []byte, shielded, vec bool) *KDF {
 	wk := getWork()
-	wk.shielded, wk.s.vec = shielded, shielded && useSHANI
+	wk.shielded, wk.s.vec = shielded, vec
 	wk.setKey(&wk.mk, salt)
 	wk.macBegin(&wk.mk)
 	wk.d.write(&wk.s, secret)

@@ -9,8 +9,9 @@ import (
 )
 
 // TestCompressSHANI checks the SHA-extension compression against the Go
-// one from random states and blocks, and that it leaves the schedule
-// alone; TestSHA256MatchesStdlib checks whichever compress runs.
+// one from random states and blocks, and that compress with vec set
+// leaves the Go schedule alone; TestSHA256MatchesStdlib checks whichever
+// compress runs.
 func TestCompressSHANI(t *testing.T) {
 	if !useSHANI {
 		t.Skip("this CPU has no SHA extensions: compress runs in Go, which TestSHA256MatchesStdlib checks")
@@ -28,10 +29,18 @@ func TestCompressSHANI(t *testing.T) {
 		}
 		want = h
 		compressGeneric(&want, &w, p)
-		w = [64]uint32{}
-		compressSHANI(&h, &p[0])
+		s := sched{vec: true}
+		for j := range s.w {
+			s.w[j] = 0x5a5a5a5a
+		}
+		compress(&h, &s, p)
 		if h != want {
 			t.Fatalf("block %d: SHA extensions give %08x, Go gives %08x", i, h, want)
+		}
+		for j := range s.w {
+			if s.w[j] != 0x5a5a5a5a {
+				t.Fatalf("block %d: compress on the SHA extensions wrote the Go schedule", i)
+			}
 		}
 	}
 }

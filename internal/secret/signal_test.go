@@ -60,7 +60,7 @@ func TestNoKeyInSignalFrames(t *testing.T) {
 	// words; a derived key is also the one WithKDF's AEAD runs under.
 	maps.Copy(needles, secrettest.WordSwapped(map[string][]byte{"input key": key, "pseudorandom key": prk, "derived key": derived}))
 	maps.Copy(needles, roundKeyPairs(t, "derived key", derived))
-	for _, op := range []string{"hmac", "newkdf", "expand", "aesgcm", "seal", "withkdf", "hmac", "newkdf", "expand", "aesgcm", "seal", "withkdf"} {
+	for _, op := range []string{"hmac", "newkdf", "expand", "aesgcm", "seal", "withkdf", "withkdfkey", "hmac", "newkdf", "expand", "aesgcm", "seal", "withkdf", "withkdfkey"} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestNoKeyInSignalFrames$")
 		cmd.Env = append(os.Environ(), signalChildEnv+"="+op)
 		cmd.Stdin = bytes.NewReader(append(bytes.Clone(key), salt...))
@@ -87,7 +87,7 @@ func TestNoKeyInSignalFrames(t *testing.T) {
 }
 
 // signalChild reads a key and a salt from stdin, computes with them
-// (op: hmac, newkdf, expand, aesgcm, seal or withkdf), wipes everything, takes profiling
+// (op: hmac, newkdf, expand, aesgcm, seal, withkdf or withkdfkey), wipes everything, takes profiling
 // signals for a while and says "ready"; then waits to be killed.
 func signalChild(op string) {
 	var in [48]byte
@@ -129,6 +129,11 @@ func signalChild(op string) {
 					panic(err)
 				}
 			})
+		}
+	case "withkdfkey":
+		// Derivations alone, SHA-256 on the SHA extensions and no AES.
+		for start := time.Now(); time.Since(start) < time.Second; {
+			WithKDF(in[:32], in[32:], func(k *KDF) { k.Key("test label") })
 		}
 	case "seal":
 		// Seal of a short message: AES-GCM's path for it holds seven
