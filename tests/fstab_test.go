@@ -173,9 +173,7 @@ func TestFstabMountHelper(t *testing.T) {
 func TestFstabMountCommand(t *testing.T) {
 	t.Parallel()
 	requireFUSE(t)
-	if os.Geteuid() != 0 {
-		t.Skip("mount(8) mounts an fstab line as root")
-	}
+	skipUnlessRoot(t, "mount(8) mounts an fstab line as root")
 	for _, tool := range []string{"unshare", "mount", "umount"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is missing (install util-linux and mount): %v", tool, err)

@@ -181,9 +181,7 @@ func TestMountpointRefusals(t *testing.T) {
 // alone (as root it once unmounted a tmpfs).
 func TestUnmountOnlyKmsfs(t *testing.T) {
 	t.Parallel()
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
+	skipUnlessRoot(t, "mounting a tmpfs needs root")
 	dir := t.TempDir()
 	if err := unix.Mount("none", dir, "tmpfs", 0, "size=1m"); err != nil {
 		t.Fatalf("mount a tmpfs: %v", err)

@@ -100,6 +100,19 @@ func requireFUSE(t testing.TB) {
 	t.Skipf("/dev/fuse is not usable (%v); set KMSFS_REQUIRE_FUSE=1 to make this a failure", err)
 }
 
+// skipUnlessRoot skips a test that needs root for why, or fails it under
+// KMSFS_REQUIRE_FUSE=1: CI runs as root and must not skip it.
+func skipUnlessRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("KMSFS_REQUIRE_FUSE") == "1" {
+		t.Fatalf("%s, and KMSFS_REQUIRE_FUSE=1: run CI as root", why)
+	}
+	t.Skip(why)
+}
+
 // longRun reports whether this is the long run (KMSFS_LONG=1; .ci/run makes
 // it after the default run): the tests that take minutes run, and the
 // scaled ones at full size. Any other value than 1, 0 or none fails the
