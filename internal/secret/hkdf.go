@@ -3,7 +3,6 @@ package secret
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"runtime"
 )
 
 // A KDF derives keys from one secret with HKDF-SHA256 (RFC 5869): NewKDF
@@ -26,9 +25,7 @@ func NewKDF(secret, salt []byte) *KDF { return newKDF(secret, salt, false, false
 func WithKDF(secret, salt []byte, f func(*KDF)) {
 	// Shield's body, so that the SHA extensions run only where the
 	// signals are blocked indeed.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	old, blocked := blockSignals()
+	old, blocked := shield()
 	defer unshield(old, blocked)
 	k := newKDF(secret, salt, true, blocked && useSHANI)
 	defer k.Wipe()
@@ -104,37 +101,26 @@ func (k *KDF) Wipe() {
 }
 
 // AESBlock returns the AES block cipher under Key(info), built under
-// Shield (the KDF's own, in WithKDF); the caller wipes it with Wipe and
-// calls it under Shield.
+// WithKDF's Shield; the caller wipes it with Wipe and calls it under
+// Shield. It panics outside WithKDF.
 func (k *KDF) AESBlock(info string) (cipher.Block, error) {
-	key := k.Key(info)
+	key := k.shieldedKey(info)
 	defer clear(key)
-	if k.wk.shielded {
-		return aes.NewCipher(key)
-	}
-	return AESBlock(key)
+	return aes.NewCipher(key)
 }
 
-// AESGCM returns AES-256-GCM under Key(info), built under Shield (the
-// KDF's own, in WithKDF); the caller wipes it with Wipe and makes every
-// Seal and Open under Shield.
+// AESGCM returns AES-256-GCM under Key(info), built under WithKDF's
+// Shield; the caller wipes it with Wipe and makes every Seal and Open
+// under Shield. It panics outside WithKDF.
 func (k *KDF) AESGCM(info string) (cipher.AEAD, error) {
-	key := k.Key(info)
+	key := k.shieldedKey(info)
 	defer clear(key)
-	if k.wk.shielded {
-		return newAESGCM(key)
-	}
-	return AESGCM(key)
+	return newAESGCM(key)
 }
 
-// WithAESGCM is WithAESGCM under Key(info): f runs with the AEAD, under
-// Shield (the KDF's own, in WithKDF), and it is wiped when f returns.
+// WithAESGCM runs f with AESGCM(info), still under WithKDF's Shield,
+// and wipes it when f returns. It panics outside WithKDF.
 func (k *KDF) WithAESGCM(info string, f func(cipher.AEAD)) error {
-	if !k.wk.shielded {
-		key := k.Key(info)
-		defer clear(key)
-		return WithAESGCM(key, f)
-	}
 	aead, err := k.AESGCM(info)
 	if err != nil {
 		return err
@@ -142,4 +128,12 @@ func (k *KDF) WithAESGCM(info string, f func(cipher.AEAD)) error {
 	defer Wipe(aead)
 	f(aead)
 	return nil
+}
+
+// shieldedKey is Key(info), for an AES state built in WithKDF's Shield.
+func (k *KDF) shieldedKey(info string) []byte {
+	if !k.wk.shielded {
+		panic("secret: internal error: an AES state from a KDF outside WithKDF")
+	}
+	return k.Key(info)
 }

@@ -30,19 +30,26 @@ import (
 // about 0.45 µs; a goroutine that waits in f (for a lock) holds its
 // thread meanwhile.
 func Shield(f func()) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	old, blocked := blockSignals()
+	old, blocked := shield()
 	defer unshield(old, blocked)
 	f()
 }
 
-// unshield zeroes the vector registers, then lets the signals through.
+// shield locks the thread and blocks its asynchronous signals (blocked:
+// whether that worked); unshield undoes it.
+func shield() (old uint64, blocked bool) {
+	runtime.LockOSThread()
+	return blockSignals()
+}
+
+// unshield zeroes the vector registers, lets the signals through, and
+// unlocks the thread.
 func unshield(old uint64, blocked bool) {
 	zeroVectors()
 	if blocked {
 		restoreSignals(old)
 	}
+	runtime.UnlockOSThread()
 }
 
 // AESGCM returns AES-GCM under key (16, 24 or 32 bytes), built under
