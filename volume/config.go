@@ -82,6 +82,17 @@ type KeyringSpec struct {
 // ErrNoConfig: the directory has no kmsfs.json.
 var ErrNoConfig = errors.New("not a kmsfs volume (no " + ConfigName + ")")
 
+// ErrNewerFormat: the config names a format version this kmsfs does not
+// read (a newer kmsfs made it).
+var ErrNewerFormat = errors.New("upgrade kmsfs to use it")
+
+// ConfigError is a kmsfs.json that is there but is not a valid config:
+// damaged, or changed by hand. Its text says what is wrong.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
 // ParseConfig decodes and validates a config. It refuses unknown fields,
 // unknown versions and features, and trailing data, and never panics.
 func ParseConfig(b []byte) (*Config, error) {
@@ -100,7 +111,7 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, fmt.Errorf("%s has no format_version", ConfigName)
 	}
 	if *v.FormatVersion < ConfigVersion1 || *v.FormatVersion > ConfigVersion3 {
-		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 to 3)", *v.FormatVersion)
+		return nil, fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 to 3): %w", *v.FormatVersion, ErrNewerFormat)
 	}
 	// encoding/json matches field names case-insensitively and lets a
 	// duplicate key win silently; a config is stricter than that.
@@ -131,6 +142,11 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if _, err := blockcipher.NewLayout(c.HeaderSize, c.BlockSize, c.FileVersion()); err != nil {
+		// Named as the config's fields, not as the header's.
+		var fe *blockcipher.FormatError
+		if errors.As(err, &fe) && fe.Msg != "" {
+			return fmt.Errorf("%s: %s %s", ConfigName, strings.ReplaceAll(fe.Field, " ", "_"), fe.Msg)
+		}
 		return fmt.Errorf("%s: %v", ConfigName, err)
 	}
 	if len(c.Keyrings) == 0 {
@@ -160,7 +176,7 @@ func (c *Config) validateMode() error {
 		return nil
 	case ConfigVersion2, ConfigVersion3:
 	default:
-		return fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 to 3)", c.FormatVersion)
+		return fmt.Errorf("volume format version %d is not supported by this kmsfs (it reads versions 1 to 3): %w", c.FormatVersion, ErrNewerFormat)
 	}
 	switch c.KeyMode {
 	case KeyModePerFile:
@@ -271,7 +287,7 @@ func ReadConfig(cipherDir string) (*Config, []byte, error) {
 	}
 	c, err := ParseConfig(b)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, &ConfigError{err}
 	}
 	return c, b, nil
 }
@@ -282,7 +298,7 @@ func readConfigFile(cipherDir string) ([]byte, error) {
 	case errors.Is(err, unix.ENOENT):
 		return nil, ErrNoConfig
 	case errors.Is(err, unix.ELOOP):
-		return nil, fmt.Errorf("%s is a symlink, not a volume config", ConfigName)
+		return nil, &ConfigError{fmt.Errorf("%s is a symlink, not a volume config", ConfigName)}
 	case err != nil:
 		return nil, fmt.Errorf("open %s: %w", ConfigName, err)
 	}
@@ -293,7 +309,7 @@ func readConfigFile(cipherDir string) ([]byte, error) {
 		return nil, err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%v)", ConfigName, st.Mode().Type())
+		return nil, &ConfigError{fmt.Errorf("%s is %s, not a regular file", ConfigName, typeName(st.Mode()))}
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
 	if err != nil {
@@ -448,4 +464,21 @@ func checkConfigKeys(b []byte) error {
 			stack[len(stack)-1].wantKey = true
 		}
 	}
+}
+
+// typeName names a file type for a message.
+func typeName(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeSymlink != 0:
+		return "a symlink"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return "a special file"
 }

@@ -180,17 +180,17 @@ func TestParseConfigRejects(t *testing.T) {
 		{"volume id not hex", configWith(t, field("volume_id", "0123456789abcdef0123456789abcdeg")), "volume_id"},
 		{"volume id empty", configWith(t, field("volume_id", "")), "volume_id"},
 		{"volume id missing", configWith(t, field("volume_id", nil)), "volume_id"},
-		{"block size 4095", configWith(t, field("block_size", 4095)), "block size"},
-		{"block size 3000", configWith(t, field("block_size", 3000)), "block size"},
-		{"block size 6144", configWith(t, field("block_size", 6144)), "block size"},
-		{"block size 256", configWith(t, field("block_size", 256)), "block size"},
-		{"block size 2 MiB", configWith(t, field("block_size", 2<<20)), "block size"},
-		{"block size 0", configWith(t, field("block_size", 0)), "block size"},
-		{"block size negative", configWith(t, field("block_size", -4096)), "block size"},
-		{"header size 255", configWith(t, field("header_size", 255)), "header size"},
-		{"header size 0", configWith(t, field("header_size", 0)), "header size"},
-		{"header size 256 KiB + 1", configWith(t, field("header_size", 256<<10+1)), "header size"},
-		{"header size negative", configWith(t, field("header_size", -512)), "header size"},
+		{"block size 4095", configWith(t, field("block_size", 4095)), "block_size"},
+		{"block size 3000", configWith(t, field("block_size", 3000)), "block_size"},
+		{"block size 6144", configWith(t, field("block_size", 6144)), "block_size"},
+		{"block size 256", configWith(t, field("block_size", 256)), "block_size"},
+		{"block size 2 MiB", configWith(t, field("block_size", 2<<20)), "block_size"},
+		{"block size 0", configWith(t, field("block_size", 0)), "block_size"},
+		{"block size negative", configWith(t, field("block_size", -4096)), "block_size"},
+		{"header size 255", configWith(t, field("header_size", 255)), "header_size"},
+		{"header size 0", configWith(t, field("header_size", 0)), "header_size"},
+		{"header size 256 KiB + 1", configWith(t, field("header_size", 256<<10+1)), "header_size"},
+		{"header size negative", configWith(t, field("header_size", -512)), "header_size"},
 		{"no keyrings", configWith(t, field("keyrings", []any{})), "no keyring"},
 		{"keyrings missing", configWith(t, field("keyrings", nil)), "no keyring"},
 		{"17 keyrings", configWith(t, func(m map[string]any) { m["keyrings"] = repeat(m["keyrings"].([]any)[1], 17) }), "at most 16"},
@@ -315,7 +315,7 @@ func TestWriteConfigRefusesInvalid(t *testing.T) {
 	dir := t.TempDir()
 	c := validConfig()
 	c.BlockSize = 3000
-	if err := volume.WriteConfig(dir, c); err == nil || !strings.Contains(err.Error(), "block size") {
+	if err := volume.WriteConfig(dir, c); err == nil || !strings.Contains(err.Error(), "block_size") {
 		t.Fatalf("WriteConfig of an invalid config: %v", err)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {

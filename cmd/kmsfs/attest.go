@@ -70,10 +70,10 @@ func attest(ctx context.Context, vol *volume.Volume, members []keyring.Keyring) 
 		return "", fail(exitVolume, "look for a file that attests %s: %v", volume.ConfigName, err)
 	}
 	if keyErr != nil {
-		return "", keyError("this machine has no trusted copy of "+volume.ConfigName+", and checking it against the volume's files failed", keyErr)
+		return "", keyError("this machine has no trusted copy of "+volume.ConfigName+trustedWhere()+", and checking it against the volume's files failed", keyErr)
 	}
-	return "", fail(exitVolume, "this machine has no trusted copy of %s, and no file of the volume (%d examined) has a data key wrapped under every keyring it names %s, so kmsfs cannot tell a config you made from one someone else put there. If this volume and these keys are yours, mount once with --trust-config",
-		volume.ConfigName, scanned, keyringList(vol.Config.Keyrings))
+	return "", fail(exitVolume, "this machine has no trusted copy of %s%s, and no file of the volume (%d examined) has a data key wrapped under every keyring it names %s, so kmsfs cannot tell a config you made from one someone else put there. If this volume and these keys are yours, mount once with --trust-config",
+		volume.ConfigName, trustedWhere(), scanned, keyringList(vol.Config.Keyrings))
 }
 
 // readHeaderAt reads the header of a file Walk visits; nil if it has none
@@ -136,4 +136,13 @@ func unwrapEach(ctx context.Context, h *blockcipher.Header, ec keyring.Encryptio
 		return fmt.Errorf("no keyring of the volume can unwrap: %w", keyring.ErrNoUsableKey)
 	}
 	return nil
+}
+
+// trustedWhere names the folder a trusted copy was looked for in (a mount
+// run by mount(8) or systemd may have another HOME than the user's).
+func trustedWhere() string {
+	if d, err := trustDir(); err == nil {
+		return " (looked in " + d + ")"
+	}
+	return ""
 }

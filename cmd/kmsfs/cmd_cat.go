@@ -19,7 +19,7 @@ import (
 // relative FILE is then a path inside it (as with tar -C).
 
 func cmdCat(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("cat", "[-C CIPHERDIR] [--keep-going] [flags] FILE...", stderr)
+	fl := newFlagSet("cat", "[-C CIPHERDIR] [--keep-going] [flags] FILE...", stdout)
 	var o offlineFlags
 	o.define(fl)
 	var cipherDir string

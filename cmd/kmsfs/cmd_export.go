@@ -25,7 +25,7 @@ import (
 // CIPHERDIR someone else could write is not made by root on their word.
 
 func cmdExport(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("export", "[--keep-going] [flags] CIPHERDIR DEST", stderr)
+	fl := newFlagSet("export", "[--keep-going] [flags] CIPHERDIR DEST", stdout)
 	var o offlineFlags
 	o.define(fl)
 	keepGoing := fl.Bool("keep-going", false, "write damaged blocks as zeros (holes), skip files that cannot be decrypted, list both on stderr and go on")

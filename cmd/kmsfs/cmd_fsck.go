@@ -93,7 +93,7 @@ type fsckRun struct {
 }
 
 func cmdFsck(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("fsck", "[--json] [--repair] [flags] CIPHERDIR", stderr)
+	fl := newFlagSet("fsck", "[--json] [--repair] [flags] CIPHERDIR", stdout)
 	var o offlineFlags
 	o.define(fl)
 	asJSON := fl.Bool("json", false, "print one JSON document (README, \"kmsfs fsck\") instead of lines")

@@ -31,7 +31,7 @@ type infoOutput struct {
 // cmdInfo prints a volume's settings and whether this machine trusts its
 // config. It makes no key service call and reads no file of the volume.
 func cmdInfo(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("info", "CIPHERDIR", stderr)
+	fl := newFlagSet("info", "CIPHERDIR", stdout)
 	pos, err := parseArgs(fl, args, "CIPHERDIR")
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
@@ -21,7 +22,7 @@ import (
 )
 
 func cmdInit(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("init", "[flags] CIPHERDIR", stderr)
+	fl := newFlagSet("init", "[flags] CIPHERDIR", stdout)
 	var kf keyringFlags
 	kf.register(fl)
 	blockSize := fl.Int("block-size", 4096, "plaintext bytes per encrypted block: a power of two from 512 to 1048576")
@@ -103,7 +104,11 @@ func (kf *keyringFlags) register(fl *flag.FlagSet) {
 	fl.Var(&kf.kmsKeys, "kms-key", "KMS key `ID|ARN|alias/NAME` to wrap data keys with (repeat for several: any one can unwrap)")
 	fl.Var(&kf.region, "region", "AWS `region` of the KMS keys (default: the SDK's, or the key ARN's), or KEY=REGION for one of them (repeat)")
 	fl.Var(&kf.endpoint, "kms-endpoint", "KMS endpoint `URL` (a VPC endpoint, or local-kms) of the KMS keys, or KEY=URL for one of them (repeat)")
-	fl.StringVar(&kf.localKey, "local-key", "", "local key `FILE` (created with mode 0600 if missing); the default when no --kms-key is given is $XDG_CONFIG_HOME/kmsfs/VOLUME_ID.key")
+	localHelp := "local key `FILE` (created with mode 0600 if missing)"
+	if fl.Name() == "init" {
+		localHelp += "; the default when no --kms-key is given is $XDG_CONFIG_HOME/kmsfs/VOLUME_ID.key"
+	}
+	fl.StringVar(&kf.localKey, "local-key", "", localHelp)
 	fl.Var(&kf.recipients, "recipient", "age recipient `age1...` (age-keygen) to wrap every data key to as well: a recovery key that stays offline, unwrapped only with its identity file (repeat for several)")
 }
 
@@ -273,7 +278,11 @@ func localKeyFor(path, volumeHex string) (*keyring.Local, string, string, error)
 // writeNewVolume creates dir if needed and writes cfg as its config.
 func writeNewVolume(dir string, cfg *volume.Config) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fail(exitVolume, "create %s: %v", dir, err)
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is in the line already
+		}
+		return fail(exitVolume, "cannot create %s (%v): name a directory kmsfs init may create, under an existing, writable parent", dir, err)
 	}
 	if err := volume.WriteConfig(dir, cfg); err != nil {
 		return fail(exitVolume, "write %s: %v", filepath.Join(dir, volume.ConfigName), err)
@@ -323,6 +332,12 @@ func checkInitDir(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
+	}
+	if errors.Is(err, syscall.ENOTDIR) {
+		if st, serr := os.Stat(dir); serr == nil && !st.IsDir() {
+			return fail(exitVolume, "%s is a file, not a directory: name an empty or missing directory for the new volume", dir)
+		}
+		return fail(exitVolume, "%s: a parent of it is a file, not a directory: name an empty or missing directory for the new volume", dir)
 	}
 	if err != nil {
 		return fail(exitVolume, "%v", err)

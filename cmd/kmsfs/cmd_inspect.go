@@ -43,7 +43,7 @@ type wrappedJSON struct {
 // cmdInspect prints a cipher file's header. It makes no keyring call and
 // needs no volume config: the header carries its own sizes.
 func cmdInspect(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("inspect", "CIPHERFILE", stderr)
+	fl := newFlagSet("inspect", "CIPHERFILE", stdout)
 	pos, err := parseArgs(fl, args, "CIPHERFILE")
 	if err != nil {
 		return err

@@ -43,7 +43,7 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.StringVar(&m.localKey, "local-key", "", "local key `FILE`, replacing the volume's key file path")
 	fl.DurationVar(&m.keyCacheTTL, "key-cache-ttl", 0, "keep unwrapped data keys this long after the last close (0: wipe on last close)")
 	fl.StringVar(&m.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
-	fl.StringVar(&m.logFile, "log-file", "", "append the log to `FILE` instead of stderr (with -d, the default is syslog)")
+	fl.StringVar(&m.logFile, "log-file", "", "append the log to `FILE` instead of stderr (with -d, the default is syslog, or without one $XDG_STATE_HOME/kmsfs/mount-NAME-HASH.log)")
 	fl.BoolVar(&m.daemon, "daemon", false, "detach once the mount is ready; the exit status says whether it mounted")
 	fl.BoolVar(&m.daemon, "d", false, "short for --daemon")
 	fl.IntVar(&m.keyPool, "key-pool", 64, "data keys for new files generated ahead in the background (0: generate on create); not used with branch keys")
@@ -89,7 +89,7 @@ func (m *mountFlags) check() error {
 }
 
 func cmdMount(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("mount", "[flags] CIPHERDIR MOUNTPOINT", stderr)
+	fl := newFlagSet("mount", "[flags] CIPHERDIR MOUNTPOINT", stdout)
 	var m mountFlags
 	m.define(fl)
 	pos, err := parseArgs(fl, args, "CIPHERDIR", "MOUNTPOINT")
@@ -146,6 +146,11 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 	cfg := vol.Config
 	if err := checkMountpoint(mountpoint, cipherDir, m.nonempty); err != nil {
 		return err
+	}
+	if mnts, err := kmsfsMounts(vol.Dir); err == nil && len(mnts) > 0 && !m.readOnly {
+		// Supported, as two hosts sharing it are (README, "Sharing a
+		// CIPHERDIR"), but more often a mistake than a plan.
+		log.Info("this CIPHERDIR is mounted already: write each file through one of the mounts only", "cipherdir", vol.Dir, "mounted_on", mnts[0])
 	}
 	// Only once this machine trusts the config: see trust.go.
 	ctx := context.Background()
@@ -406,12 +411,25 @@ func loadVolume(cipherDir string) (*volume.Volume, error) {
 		if len(entries) == 0 {
 			return nil, fail(exitVolume, "%s is not a kmsfs volume yet: run kmsfs init %s first", cipherDir, cipherDir)
 		}
-		return nil, fail(exitVolume, "%s is not a kmsfs volume (no %s); refusing to mount a directory that holds other data", cipherDir, volume.ConfigName)
+		return nil, fail(exitVolume, "%s is not a kmsfs volume (no %s) but holds other data: name the CIPHERDIR kmsfs init made", cipherDir, volume.ConfigName)
 	}
 	if err != nil {
-		return nil, fail(exitVolume, "%s: %v", cipherDir, err)
+		return nil, fail(exitVolume, "%s: %v%s", cipherDir, err, restoreHint(err))
 	}
 	return vol, nil
+}
+
+// restoreHint says where a good kmsfs.json may be found when the one in
+// CIPHERDIR does not parse: this machine's trusted copies are exact copies.
+func restoreHint(err error) string {
+	var ce *volume.ConfigError
+	if !errors.As(err, &ce) || errors.Is(err, volume.ErrNewerFormat) {
+		return ""
+	}
+	if d, derr := trustDir(); derr == nil {
+		return fmt.Sprintf("; restore %s from a backup, or from this machine's trusted copy %s/VOLUME_ID.json if it has one", volume.ConfigName, d)
+	}
+	return fmt.Sprintf("; restore %s from a backup", volume.ConfigName)
 }
 
 // localOnly reports whether every keyring of the volume is a local key.

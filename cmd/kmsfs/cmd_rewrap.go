@@ -50,7 +50,7 @@ type rewrapFlags struct {
 }
 
 func cmdRewrap(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("rewrap", "[flags] CIPHERDIR", stderr)
+	fl := newFlagSet("rewrap", "[flags] CIPHERDIR", stdout)
 	var f rewrapFlags
 	f.keys.register(fl)
 	fl.StringVar(&f.identity, "identity", "", "age identity `FILE` (age-keygen): unwrap the volume's recovery entries with it too (when the old keys are gone), and check new recipients it holds")
@@ -153,6 +153,14 @@ func rewrap(ctx context.Context, vol *volume.Volume, f *rewrapFlags, id *agekey.
 	if err != nil {
 		return err
 	}
+	// A local key file made for this run goes again unless the run starts
+	// to wrap files to it.
+	started := false
+	defer func() {
+		if !started {
+			removeCreated(keys.createdKey)
+		}
+	}()
 	if used, err := volume.HeaderUsedSize(keys.wrapped); err != nil || used+headerSlack > int(vol.Layout.HeaderSize) {
 		return fail(exitUsage, "the new keyrings need about %d bytes of header, and this volume's header slot holds %d (chosen at init): name fewer keys", used+headerSlack, vol.Layout.HeaderSize)
 	}
@@ -186,6 +194,12 @@ func rewrap(ctx context.Context, vol *volume.Volume, f *rewrapFlags, id *agekey.
 
 	if err := vol.StartRewrap(keys.specs); err != nil {
 		return fail(exitVolume, "%v", err)
+	}
+	started = true
+	if keys.createdKey != "" {
+		// Said now, not in the report: a run that fails half way has
+		// wrapped files to it already.
+		fmt.Fprintf(stderr, "kmsfs: the local key file %s was created: back it up; the files rewrapped to it cannot be read without it\n", keys.createdKey)
 	}
 	if err := r.run(ctx, f.parallel, stderr); err != nil {
 		return err

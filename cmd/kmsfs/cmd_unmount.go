@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -11,7 +12,7 @@ import (
 
 // cmdUnmount unmounts a kmsfs mount: umount(2) as root, else fusermount3.
 func cmdUnmount(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("unmount", "MOUNTPOINT", stderr)
+	fl := newFlagSet("unmount", "MOUNTPOINT", stdout)
 	pos, err := parseArgs(fl, args, "MOUNTPOINT")
 	if err != nil {
 		return err
@@ -25,6 +26,12 @@ func cmdUnmount(args []string, stdout, stderr io.Writer) error {
 	case err != nil:
 		return fail(exitUnmount, "read the mount table: %v", err)
 	case fstype == "":
+		// Stat only now: a stat of a mount whose daemon hangs would hang.
+		if st, err := os.Stat(mnt); errors.Is(err, os.ErrNotExist) {
+			return fail(exitUnmount, "%s does not exist: name the MOUNTPOINT of a kmsfs mount (see /proc/mounts)", mnt)
+		} else if err == nil && !st.IsDir() {
+			return fail(exitUnmount, "%s is a file, not a mountpoint", mnt)
+		}
 		return fail(exitUnmount, "%s is not mounted", mnt)
 	case fstype != "fuse.kmsfs":
 		return fail(exitUnmount, "%s is a %s mount, not a kmsfs one: kmsfs unmount leaves it alone", mnt, fstype)

@@ -25,16 +25,23 @@ import (
 const usage = `kmsfs: a directory encrypted at rest under AWS KMS data keys, mounted with FUSE
 
 usage:
-  kmsfs init [--kms-key KEY]... [--region R] [--kms-endpoint URL] [--local-key FILE] [--recipient AGE]... [--block-size N] CIPHERDIR
-  kmsfs mount [--read-only] [--allow-other] [--key-cache-ttl D] [--log-level L] [-d|--daemon] CIPHERDIR MOUNTPOINT
+  kmsfs init [--kms-key KEY]... [--region R] [--kms-endpoint URL] [--local-key FILE]
+             [--recipient AGE]... [--branch-keys [--branch-key-rotation D]] [--block-size N] CIPHERDIR
+  kmsfs mount [--read-only] [--allow-other] [--nonempty] [--idle D] [--key-cache-ttl D]
+              [--metrics-addr HOST:PORT] [--log-level L] [--trust-config] [-d|--daemon] CIPHERDIR MOUNTPOINT
   kmsfs unmount MOUNTPOINT
   kmsfs inspect CIPHERFILE
-  kmsfs rewrap [--kms-key KEY]... [--local-key FILE] [--recipient AGE]... [--identity FILE] [--dry-run] [--json] CIPHERDIR
+  kmsfs rewrap [--kms-key KEY]... [--local-key FILE] [--recipient AGE]... [--identity FILE]
+               [--parallel N] [--dry-run] [--json] CIPHERDIR
   kmsfs info CIPHERDIR
   kmsfs fsck [--json] [--repair] CIPHERDIR
   kmsfs cat [-C CIPHERDIR] [--keep-going] FILE...
   kmsfs export [--keep-going] CIPHERDIR DEST
   kmsfs version
+
+mount, rewrap, fsck, cat and export also take --local-key FILE, --kms-endpoint
+URL, --region R and --trust-config; rewrap, fsck, cat and export take
+--identity FILE (an age recovery key) too.
 
 Run "kmsfs COMMAND -h" for a command's flags.
 `
@@ -128,7 +135,7 @@ func parsePositional(fs *flag.FlagSet, args []string) ([]string, error) {
 				helps[fs]()
 				return nil, err
 			}
-			return nil, fail(exitUsage, "%v (see kmsfs %s -h)", err, fs.Name())
+			return nil, fail(exitUsage, "%s (see kmsfs %s -h)", flagErrorText(fs, err), fs.Name())
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -144,20 +151,64 @@ func parsePositional(fs *flag.FlagSet, args []string) ([]string, error) {
 	return pos, nil
 }
 
+// flagErrorText is the flag package's error, spelled with the README's
+// --name, and with the form a duration takes where one did not parse.
+func flagErrorText(fs *flag.FlagSet, err error) string {
+	msg := strings.Replace(err.Error(), " -", " --", 1)
+	if i := strings.Index(msg, "for flag --"); i >= 0 {
+		name, _, _ := strings.Cut(msg[i+len("for flag --"):], ":")
+		if f := fs.Lookup(name); f != nil && fmt.Sprintf("%T", f.Value) == "*flag.durationValue" {
+			msg += ": a duration has a unit, as in 90s, 15m or 24h"
+		}
+	}
+	return msg
+}
+
 // newFlagSet makes a flag set for a command. Parsing prints nothing:
 // parseArgs turns an error into the one line every kmsfs error is, and -h
-// into the usage on stderr.
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+// into the usage on stdout (asked for, so output, not an error).
+func newFlagSet(name, synopsis string, stdout io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {} // called by Parse on every error, not only -h
 	helps[fs] = func() {
-		fmt.Fprintf(stderr, "usage: kmsfs %s %s\n\nflags:\n", name, synopsis)
-		fs.SetOutput(stderr)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+		fmt.Fprintf(stdout, "usage: kmsfs %s\n", strings.TrimSpace(name+" "+synopsis))
+		printFlags(stdout, fs)
 	}
 	return fs
+}
+
+// printFlags lists a command's flags as the README spells them: --name
+// (-d for a one-letter name), its argument, what it does, and its default
+// where it has one.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	first := true
+	fs.VisitAll(func(f *flag.Flag) {
+		if first {
+			fmt.Fprint(w, "\nflags:\n")
+			first = false
+		}
+		dash := "--"
+		if len(f.Name) == 1 {
+			dash = "-"
+		}
+		arg, usage := flag.UnquoteUsage(f)
+		if arg == "value" { // a flag.Value without a `NAME` in its usage
+			arg = "VALUE"
+		}
+		if arg != "" {
+			arg = " " + arg
+		}
+		def := ""
+		switch d := f.DefValue; {
+		case d == "" || d == "0" || d == "false" || d == "0s":
+		case fmt.Sprintf("%T", f.Value) == "*flag.stringValue":
+			def = fmt.Sprintf(" (default %q)", d)
+		default:
+			def = fmt.Sprintf(" (default %s)", d)
+		}
+		fmt.Fprintf(w, "  %s%s%s\n    \t%s%s\n", dash, f.Name, arg, strings.ReplaceAll(usage, "\n", "\n    \t"), def)
+	})
 }
 
 // helps holds each flag set's usage printer (one command runs per process).

@@ -96,14 +96,20 @@ func mountType(mountpoint string) (string, error) {
 
 // mountError turns a failed mount into one line that says what to do.
 func mountError(mountpoint string, err error) error {
-	msg := err.Error()
+	msg := strings.TrimSpace(err.Error()) // go-fuse ends some in a newline
 	switch {
 	case strings.Contains(msg, "fusermount"):
-		return fail(exitMount, "mount %s: %v: install fuse3 (apt-get install fuse3), or run as root", mountpoint, err)
+		_, err3 := exec.LookPath("fusermount3")
+		_, err2 := exec.LookPath("fusermount")
+		if err3 != nil && err2 != nil {
+			return fail(exitMount, "mount %s: %v: install fuse3 (apt-get install fuse3), or run as root", mountpoint, msg)
+		}
+		// Installed, and it refused: as a user, that is permission.
+		return fail(exitMount, "mount %s: fusermount3 refused it (%v): a user needs read and write on /dev/fuse, a mountpoint of their own, and user_allow_other in /etc/fuse.conf for --allow-other; or mount as root", mountpoint, msg)
 	case strings.Contains(msg, "/dev/fuse"):
-		return fail(exitMount, "mount %s: %v: this machine has no usable /dev/fuse (load the fuse module, or give the container the device)", mountpoint, err)
+		return fail(exitMount, "mount %s: %v: this machine has no usable /dev/fuse (load the fuse module, or give the container the device)", mountpoint, msg)
 	}
-	return fail(exitMount, "mount %s: %v", mountpoint, err)
+	return fail(exitMount, "mount %s: %v", mountpoint, msg)
 }
 
 // unmountRetry unmounts; while files are open (EBUSY) it retries for ten

@@ -106,7 +106,7 @@ func unwrapKeyring(ctx context.Context, vol *volume.Volume, o offlineFlags, stde
 	}
 	inner := withIdentity(volumeKeys, id)
 	if state == trustNone {
-		fmt.Fprintf(stderr, "kmsfs: this machine has no trusted copy of %s: unwrapping with the keyrings it names, %s\n", name, keyringList(vol.Config.Keyrings))
+		fmt.Fprintf(stderr, "kmsfs: this machine has no trusted copy of %s%s: unwrapping with the keyrings it names, %s\n", name, trustedWhere(), keyringList(vol.Config.Keyrings))
 	}
 	k := &offlineKeys{metrics: keyring.NewMetrics(inner), trust: state}
 	k.kr = k.metrics

@@ -39,7 +39,7 @@ func versionLine() string {
 }
 
 func cmdVersion(args []string, stdout, stderr io.Writer) error {
-	fl := newFlagSet("version", "", stderr)
+	fl := newFlagSet("version", "", stdout)
 	pos, err := parsePositional(fl, args)
 	if err != nil {
 		return err
