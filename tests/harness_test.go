@@ -54,6 +54,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build kmsfs:", err)
 		os.Exit(1)
 	}
+	// Every child gets config and state directories of the run's own
+	// (a test may still name others): trusted copies, default key files
+	// and daemon logs do not pile up in the user's home.
+	for _, v := range []string{"XDG_CONFIG_HOME", "XDG_STATE_HOME"} {
+		os.Setenv(v, filepath.Join(dir, strings.ToLower(v)))
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
