@@ -181,17 +181,55 @@ func (v *Volume) openStoreDir(dir string, create bool) (int, error) {
 	}
 	defer unix.Close(root)
 	if create {
-		for _, d := range []string{StoreName, dir} {
-			if err := unix.Mkdirat(root, d, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
-				return -1, err
-			}
+		if err := mkdirsBeneath(root, dir); err != nil {
+			return -1, err
 		}
 	}
 	how := unix.OpenHow{
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	}
-	return unix.Openat2(root, dir, &how)
+	fd, err := unix.Openat2(root, dir, &how)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return -1, fmt.Errorf("%s in CIPHERDIR is a symlink or not a directory, where kmsfs keeps its own files: remove it", dir)
+	}
+	return fd, err
+}
+
+// mkdirsBeneath makes each directory of the slash-separated path dir
+// below root, one at a time, each made in the one before it as opened with
+// no symlink followed: a symlink in CIPHERDIR where a directory of the
+// store belongs cannot make kmsfs create anything outside CIPHERDIR.
+func mkdirsBeneath(root int, dir string) error {
+	how := unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	at := root
+	defer func() {
+		if at != root {
+			unix.Close(at)
+		}
+	}()
+	for _, name := range strings.Split(dir, "/") {
+		// mkdirat follows no symlink in its last component: a symlink
+		// there is EEXIST, then refused by the open.
+		if err := unix.Mkdirat(at, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			return err
+		}
+		next, err := unix.Openat2(at, name, &how)
+		if err != nil {
+			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+				return fmt.Errorf("%s in CIPHERDIR is a symlink or not a directory, where kmsfs keeps its own files: remove it", dir)
+			}
+			return err
+		}
+		if at != root {
+			unix.Close(at)
+		}
+		at = next
+	}
+	return nil
 }
 
 // StoreStrays lists, as paths relative to CIPHERDIR, what in the key
@@ -217,7 +255,11 @@ func (v *Volume) StoreStrays() ([]string, error) {
 	}
 	var strays []string
 	for _, e := range top {
-		if e.Name() != "branch" || !v.Config.Branch() {
+		switch {
+		case e.Name() == "branch" && v.Config.Branch():
+		case StoreName+"/"+e.Name() == RewrapStore && e.IsDir():
+			// kmsfs rewrap's records and marker (rewrite.go).
+		default:
 			strays = append(strays, StoreName+"/"+e.Name())
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,6 +101,31 @@ func TestFind(t *testing.T) {
 	}
 	if _, _, err := Find(filepath.Join(base, "elsewhere", "f")); !errors.Is(err, ErrNoConfig) {
 		t.Fatalf("Find outside any volume: %v, want ErrNoConfig", err)
+	}
+	// A valid config planted in a directory of the volume (naming keys
+	// of the planter's) is refused, not taken as the nearer volume.
+	planted := perFileVolume(t, filepath.Join(v.Dir, "docs", "inner"), testLocal(t))
+	if got, _, err := Find(filepath.Join(planted.Dir, "f")); err == nil || !strings.Contains(err.Error(), "-C CIPHERDIR") {
+		t.Fatalf("Find below a planted config found %v (err %v); want an error", got != nil, err)
+	}
+}
+
+// A symlink where a directory of kmsfs's store belongs makes nothing
+// outside CIPHERDIR: not the store's subdirectory, not a record.
+func TestStoreSymlinkCreatesNothingOutside(t *testing.T) {
+	for _, link := range []string{StoreName, RewrapStore} {
+		t.Run(link, func(t *testing.T) {
+			x := newRewrapFixture(t)
+			outside := t.TempDir()
+			mustDo(t, os.MkdirAll(filepath.Dir(filepath.Join(x.v.Dir, link)), 0o755))
+			mustDo(t, os.Symlink(outside, filepath.Join(x.v.Dir, link)))
+			if err := x.v.StartRewrap(nil); err == nil || !strings.Contains(err.Error(), "symlink") {
+				t.Errorf("StartRewrap through a symlinked %s: %v, want a refusal", link, err)
+			}
+			if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+				t.Errorf("made %v outside CIPHERDIR", ents)
+			}
+		})
 	}
 }
 
