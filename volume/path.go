@@ -48,7 +48,9 @@ func (v *Volume) Open(rel string) (*os.File, error) {
 // to it: the nearest directory above path whose kmsfs.json is a volume
 // config. (Below the root, a file of that name is a stored file of the
 // volume, whose bytes are no config.) The directories above path are
-// found lexically, from its absolute form, not through symlinks. Without
+// found lexically, from its absolute form, not through symlinks. A volume
+// config in a directory above that one is an error: nested configs are no
+// layout kmsfs makes, and a planted one could choose the keys. Without
 // a volume above path it returns ErrNoConfig, or the error of the first
 // config found that did not parse.
 func Find(path string) (*Volume, string, error) {
@@ -60,7 +62,15 @@ func Find(path string) (*Volume, string, error) {
 	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
 		v, err := Open(dir)
 		if err == nil {
-			rel, err := filepath.Rel(dir, abs)
+			// A config above this one makes this one suspect: whoever
+			// can write CIPHERDIR could put a config naming keys of
+			// theirs in a directory of it, and a file under them.
+			for up := filepath.Dir(dir); up != dir; dir, up = up, filepath.Dir(up) {
+				if _, err := Open(up); err == nil {
+					return nil, "", fmt.Errorf("%s and %s both hold a volume config, and a volume's directories hold none of their own: name the volume with -C CIPHERDIR", up, v.Dir)
+				}
+			}
+			rel, err := filepath.Rel(v.Dir, abs)
 			return v, filepath.ToSlash(rel), err
 		}
 		if !errors.Is(err, ErrNoConfig) && firstErr == nil {
