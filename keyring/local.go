@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kmsfs/kmsfs/internal/secret"
 )
 
@@ -101,11 +103,43 @@ func CreateLocalKeyFile(path string) error {
 	return nil
 }
 
+// ErrNotRegular: a file that must be a regular file is not.
+var ErrNotRegular = errors.New("not a regular file")
+
+// OpenRegularFile opens the file at path for reading only if it is a regular
+// file: the path may come from a config that is not trusted yet, and a
+// FIFO there would block the open, a device's driver would run. It looks
+// at the file through an O_PATH descriptor (which opens nothing), then
+// reopens that same file. Errors carry no path (the caller names it).
+func OpenRegularFile(path string) (*os.File, error) {
+	pfd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(pfd)
+	var st unix.Stat_t
+	if err := unix.Fstat(pfd, &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s is %w", path, ErrNotRegular)
+	}
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		// No /proc: open by path again, unable to block or reach a driver.
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
 // LoadLocal reads the key file at path. It refuses a file that group or
 // others may read or write (a key file must be mode 0600 or stricter) and a
 // file that is not exactly LocalKeyFileSize bytes.
 func LoadLocal(path string) (*Local, error) {
-	f, err := os.Open(path)
+	f, err := OpenRegularFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrPermission) {
 			return nil, fmt.Errorf("open key file: %w (%v)", ErrAccessDenied, err)

@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kmsfs/kmsfs/keyring"
 )
@@ -138,6 +140,22 @@ func TestLoadLocalRefusesOthers(t *testing.T) {
 	}
 	if _, err := keyring.LoadLocal(sub); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("directory as key file: %v, want 'not a regular file'", err)
+	}
+	// A FIFO (a config not trusted yet may name one) is refused without
+	// an open, which would wait for a writer forever.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := keyring.LoadLocal(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, keyring.ErrNotRegular) {
+			t.Errorf("FIFO as key file: %v, want ErrNotRegular", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("LoadLocal of a FIFO blocks")
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"io/fs"
-	"os"
 	"time"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
@@ -49,10 +48,15 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	path := pos[0]
-	f, err := os.Open(path)
+	// Opened only if it is a regular file: a FIFO in CIPHERDIR would
+	// block the open, a device's driver would run.
+	f, err := keyring.OpenRegularFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Not "not a kmsfs file": there is no file at all.
 		return fail(exitError, "no such file: %s", path)
+	}
+	if errors.Is(err, keyring.ErrNotRegular) {
+		return fail(exitInspect, "%v", err)
 	}
 	if err != nil {
 		return fail(exitError, "%v", err)
