@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -222,6 +224,18 @@ func TestRewrapKilled(t *testing.T) {
 	if _, errOut, code := run(t, env.vol.Env, "mount", env.vol.Dir, mnt); code != cliExitVolume || !strings.Contains(errOut, "rewrap") {
 		t.Errorf("mount of a half-rewrapped volume: exit %d, %s; want %d naming the rewrap", code, errOut, cliExitVolume)
 	}
+	// So do the offline commands: the config's keyrings no longer open
+	// every file.
+	for _, args := range [][]string{{"fsck"}, {"export", filepath.Join(t.TempDir(), "out")}, {"cat", "-C", env.vol.Dir, rewrapName(0)}} {
+		cmdArgs := args
+		if args[0] != "cat" {
+			cmdArgs = []string{args[0], env.vol.Dir}
+			cmdArgs = append(cmdArgs, args[1:]...)
+		}
+		if _, errOut, code := run(t, env.vol.Env, cmdArgs...); code != cliExitVolume || !strings.Contains(errOut, "interrupted") {
+			t.Errorf("%s of a half-rewrapped volume: exit %d, %s; want %d naming the rewrap", args[0], code, errOut, cliExitVolume)
+		}
+	}
 	// Another target is refused until this one is finished.
 	if _, errOut, code := run(t, env.vol.Env, "rewrap", "--kms-key", kmstest.KeyAARN, "--kms-endpoint", env.proxy.Endpoint(), env.vol.Dir); code == cliExitOK || !strings.Contains(errOut, "interrupted") {
 		t.Errorf("rewrap to another key while one is unfinished: exit %d, %s", code, errOut)
@@ -235,8 +249,11 @@ func TestRewrapKilled(t *testing.T) {
 	if re := env.proxy.Count("ReEncrypt"); re != onA {
 		t.Errorf("second run: %d ReEncrypt, want %d (only the files left)", re, onA)
 	}
-	if ents, _ := os.ReadDir(filepath.Join(env.vol.Dir, ".kmsfs", "rewrap")); len(ents) != 0 {
-		t.Errorf("left in .kmsfs/rewrap: %v", ents)
+	if ents, err := os.ReadDir(filepath.Join(env.vol.Dir, ".kmsfs", "rewrap")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("left in .kmsfs/rewrap: %v (%v); want it gone", ents, err)
+	}
+	if r, code, _ := fsck(t, env.vol); code != cliExitOK || !r.Clean {
+		t.Errorf("fsck after the rewrap finished: exit %d, %+v", code, r.Problems)
 	}
 	checkVolume(t, env.vol, n, "--key-pool", "0")
 }
@@ -254,6 +271,13 @@ func TestRewrapRefusesMounted(t *testing.T) {
 	}
 	if _, err := os.Stat(newKey); err == nil {
 		t.Error("the refused rewrap created the new key file")
+	}
+	// fsck --repair writes too; fsck alone only reads, and runs.
+	if _, errOut, code := run(t, v.Env, "fsck", "--repair", v.Dir); code != cliExitVolume || !strings.Contains(errOut, "is mounted on "+m.Dir) {
+		t.Errorf("fsck --repair of a mounted volume: exit %d, %q; want %d naming the mountpoint", code, errOut, cliExitVolume)
+	}
+	if out, errOut, code := run(t, v.Env, "fsck", v.Dir); code != cliExitOK {
+		t.Errorf("fsck of a mounted volume: exit %d, %s%s", code, out, errOut)
 	}
 }
 

@@ -322,7 +322,16 @@ func (v *Volume) EndRewrap() error {
 		return err
 	}
 	removeTemps(dfd)
-	return unix.Fsync(dfd)
+	if err := unix.Fsync(dfd); err != nil {
+		return err
+	}
+	// The store goes too once it is empty (best effort: a record left
+	// by a crash keeps it, and is still read).
+	if sfd, err := v.openStoreDir(StoreName, false); err == nil {
+		unix.Unlinkat(sfd, "rewrap", unix.AT_REMOVEDIR)
+		unix.Close(sfd)
+	}
+	return nil
 }
 
 // removeTemps removes what writeWhole left in directory dfd when its

@@ -107,6 +107,15 @@ func cmdFsck(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *repair {
+		// A mount settles its own files' journals; a repair beside it
+		// would race the writes it has in flight.
+		if mnts, err := kmsfsMounts(vol.Dir); err != nil {
+			return fail(exitVolume, "look for mounts of %s: %v", vol.Dir, err)
+		} else if len(mnts) > 0 {
+			return fail(exitVolume, "%s is mounted on %s: unmount it first (kmsfs unmount %s); fsck --repair works on an unmounted volume (fsck without --repair only reads)", vol.Dir, mnts[0], mnts[0])
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	keys, err := unwrapKeyring(ctx, vol, o, stderr)
@@ -377,7 +386,7 @@ func (r *fsckRun) checkFile(ctx context.Context, rel string, f *os.File) (c file
 				Message: fmt.Sprintf("a write to block %d was interrupted after the block was in place: its journal record is left over", block)})
 		}
 	}
-	err = pf.read(func(int64, []byte) error { return nil }, func(idx uint64, off, n int64) error {
+	err = pf.read(true, func(int64, []byte) error { return nil }, func(idx uint64, off, n int64) error {
 		add(fsckProblem{Kind: problemBlock, Block: &idx, Offset: &off, Length: n,
 			Message: fmt.Sprintf("block %d (plaintext bytes %d-%d) fails authentication: damaged (torn by a crash, or changed by someone)", idx, off, off+n-1)})
 		return nil

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/blockfile"
 	"github.com/kmsfs/kmsfs/keyring"
@@ -80,6 +82,10 @@ func (k *offlineKeys) close() {
 // added here, for all of them.
 func unwrapKeyring(ctx context.Context, vol *volume.Volume, o offlineFlags, stderr io.Writer) (*offlineKeys, error) {
 	name := filepath.Join(vol.Dir, volume.ConfigName)
+	if pending, _ := vol.PendingRewrap(); pending {
+		// As a mount: some files are under the new keyrings already.
+		return nil, fail(exitVolume, "a kmsfs rewrap of %s was interrupted: its files are wrapped under the old keyrings or the new ones. Finish it first: run the same kmsfs rewrap command again", vol.Dir)
+	}
 	t, err := configTrust(vol)
 	if err != nil {
 		return nil, fail(exitVolume, "%s: %v", name, err)
@@ -137,9 +143,10 @@ func keyServiceFailure(err error) bool {
 // plainFile is a stored file opened for offline reading.
 type plainFile struct {
 	bf      blockfile.File
-	stored  int64 // stored bytes
-	size    int64 // plaintext bytes (of the readable part, if sizeErr)
-	sizeErr error // the stored size is one no writer produces
+	f       *os.File // the stored file, for finding its holes
+	stored  int64    // stored bytes
+	size    int64    // plaintext bytes (of the readable part, if sizeErr)
+	sizeErr error    // the stored size is one no writer produces
 }
 
 // wipe zeroes the file's keys (its cipher's). Safe on nil and on an empty
@@ -169,20 +176,50 @@ func openPlain(ctx context.Context, vol *volume.Volume, kr keyring.Keyring, f *o
 	if pf.stored == 0 {
 		return pf, nil
 	}
-	h, err := vol.ReadHeader(f, pf.stored)
-	if err != nil {
-		return nil, &headerError{err}
-	}
-	c, err := vol.Unwrap(ctx, kr, h)
+	// OpenHeader, as a mount: a header whose rewrite a crash cut short
+	// is read through its record.
+	h, dk, _, err := vol.OpenHeader(f, pf.stored, func(h *blockcipher.Header) (*keyring.DataKey, error) {
+		dk, err := kr.Decrypt(ctx, volume.Entries(h), vol.FileContext(h.FileID))
+		if err != nil {
+			return nil, fmt.Errorf("unwrap data key: %w", err)
+		}
+		return dk, nil
+	})
 	if err != nil && !keyServiceFailure(err) {
 		err = &headerError{err}
 	}
 	if err != nil {
 		return nil, err
 	}
+	if h == nil {
+		return nil, &headerError{errors.New("no header")} // not reached: the file is not empty
+	}
+	c, err := h.Open(dk.Bytes())
+	dk.Wipe()
+	if err != nil {
+		return nil, &headerError{err}
+	}
 	pf.bf = blockfile.File{C: c, S: f}
+	pf.f = f
 	pf.size, pf.sizeErr = vol.Layout.PlainSize(pf.stored)
 	return pf, nil
+}
+
+// nextData returns the plaintext offset of the first block at or after
+// off (block-aligned) that the stored file holds data for, by SEEK_DATA;
+// never past the last block, and off itself where the filesystem cannot
+// tell.
+func (pf *plainFile) nextData(off int64) int64 {
+	l := pf.bf.C.Layout()
+	lastOff := (int64(l.BlockCount(pf.size)) - 1) * l.BlockSize
+	d, err := unix.Seek(int(pf.f.Fd()), l.BlockToCipherOff(uint64(off/l.BlockSize)), unix.SEEK_DATA)
+	switch {
+	case errors.Is(err, unix.ENXIO):
+		return max(off, lastOff) // no data after off
+	case err != nil || d < l.DataOff():
+		return off
+	}
+	return min(max(off, (d-l.DataOff())/l.StoredBlockSize()*l.BlockSize), max(off, lastOff))
 }
 
 // readChunk is how much plaintext offline reads decrypt at once.
@@ -191,8 +228,12 @@ const readChunk = 1 << 20
 // read hands the plaintext of pf to out in order, in runs of whole blocks
 // (the last may be short). A block that fails authentication goes to bad
 // instead, with its plaintext offset and length; bad's error stops the
-// read, nil skips the block. Any other error (I/O) stops it too.
-func (pf *plainFile) read(out func(plainOff int64, p []byte) error, bad func(blockIdx uint64, plainOff, n int64) error) error {
+// read, nil skips the block. Any other error (I/O) stops it too. With
+// skipHoles, blocks the stored file has no data for (holes, which read as
+// zeros) are not handed to out at all: a sparse file of any size costs
+// what its data does. The last block is always read (a hole there is
+// damage, not a hole).
+func (pf *plainFile) read(skipHoles bool, out func(plainOff int64, p []byte) error, bad func(blockIdx uint64, plainOff, n int64) error) error {
 	if pf.size == 0 {
 		return nil
 	}
@@ -200,6 +241,9 @@ func (pf *plainFile) read(out func(plainOff int64, p []byte) error, bad func(blo
 	chunk := max(readChunk/l.BlockSize, 1) * l.BlockSize
 	buf := make([]byte, min(chunk, (pf.size+l.BlockSize-1)/l.BlockSize*l.BlockSize))
 	for off := int64(0); off < pf.size; off += chunk {
+		if skipHoles {
+			off = pf.nextData(off)
+		}
 		n, err := pf.bf.ReadAt(buf, off, pf.size)
 		if err == nil || errors.Is(err, io.EOF) {
 			if err := out(off, buf[:n]); err != nil {
