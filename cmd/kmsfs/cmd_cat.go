@@ -115,7 +115,7 @@ func (c *catRun) cat(name string) error {
 	}
 	defer pf.wipe()
 	damaged := false
-	err = pf.read(func(_ int64, p []byte) error {
+	err = pf.read(false, func(_ int64, p []byte) error {
 		_, err := c.stdout.Write(p)
 		return err
 	}, func(idx uint64, off, n int64) error {

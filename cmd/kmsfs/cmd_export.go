@@ -361,7 +361,7 @@ func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *
 		return e.failed(rel, err)
 	}
 	bs := int(e.vol.Layout.BlockSize)
-	err = pf.read(func(off int64, p []byte) error {
+	err = pf.read(true, func(off int64, p []byte) error {
 		for i := 0; i < len(p); i += bs {
 			b := p[i:min(i+bs, len(p))]
 			if allZero(b) {
