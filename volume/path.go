@@ -30,18 +30,11 @@ func (v *Volume) Open(rel string) (*os.File, error) {
 		return nil, &fs.PathError{Op: "open", Path: v.Dir, Err: err}
 	}
 	defer unix.Close(root)
-	how := unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	}
-	fd, err := unix.Openat2(root, rel, &how)
+	f, err := openRegularAt(root, rel, unix.RESOLVE_BENEATH|unix.RESOLVE_NO_SYMLINKS|unix.RESOLVE_NO_MAGICLINKS, unix.O_RDONLY)
 	if errors.Is(err, unix.ELOOP) {
-		err = errors.New("a symlink, or beneath one: kmsfs follows no symlink inside CIPHERDIR")
+		err = &fs.PathError{Op: "open", Path: rel, Err: errors.New("a symlink, or beneath one: kmsfs follows no symlink inside CIPHERDIR")}
 	}
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: rel, Err: err}
-	}
-	return checkedFile(fd, rel)
+	return f, err
 }
 
 // Find returns the volume whose CIPHERDIR holds path, and path relative

@@ -107,31 +107,57 @@ func walkDir(fd int, rel string, all bool, visit func(Entry) error) error {
 // CAP_FOWNER): reading a header or checking blocks is kmsfs's business,
 // not an access of the file.
 func OpenFile(dirfd int, name string) (*os.File, error) {
-	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	return openRegularAt(dirfd, name, 0, unix.O_RDONLY)
+}
+
+// openRegularAt opens name below dirfd with flags (O_RDONLY or O_RDWR) if
+// it is a regular file, following no symlink in its last component and
+// resolving the rest as resolve says (openat2's RESOLVE_ flags). It looks
+// first through an O_PATH descriptor, which opens nothing, and then opens
+// that same file through /proc/self/fd: a FIFO or a device put there
+// (CIPHERDIR is hostile) is never opened, so no open blocks and no
+// driver runs, even if it is swapped in after a listing. Without /proc it
+// opens by name with O_NONBLOCK and checks that it got the same file.
+// Reads set O_NOATIME where the process may.
+func openRegularAt(dirfd int, name string, resolve uint64, flags int) (*os.File, error) {
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC, Resolve: resolve}
+	pfd, err := unix.Openat2(dirfd, name, &how)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
-	return checkedFile(fd, name)
-}
-
-// checkedFile keeps fd, opened with O_NONBLOCK, if it is a regular file,
-// and closes it otherwise.
-func checkedFile(fd int, name string) (*os.File, error) {
+	defer unix.Close(pfd)
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
+	if err := unix.Fstat(pfd, &st); err != nil {
 		return nil, &fs.PathError{Op: "stat", Path: name, Err: err}
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFLNK: // O_PATH|O_NOFOLLOW gives the link itself
+		return nil, &fs.PathError{Op: "open", Path: name, Err: unix.ELOOP}
+	default:
 		return nil, &fs.PathError{Op: "open", Path: name, Err: errNotRegular}
 	}
-	// Reads of a regular file never block; clear the flag for tidiness.
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), flags|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		how.Flags = uint64(flags | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC)
+		fd, err = unix.Openat2(dirfd, name, &how)
+		var again unix.Stat_t
+		if err == nil && (unix.Fstat(fd, &again) != nil || again.Dev != st.Dev || again.Ino != st.Ino) {
+			unix.Close(fd)
+			return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("replaced while it was opened")}
+		}
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
 	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
 		fl &^= unix.O_NONBLOCK
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME); err != nil {
-			unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl) // EPERM: not ours
+		if flags&unix.O_ACCMODE == unix.O_RDONLY {
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME); err == nil {
+				return os.NewFile(uintptr(fd), name), nil
+			}
 		}
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl) // EPERM for O_NOATIME: not ours
 	}
 	return os.NewFile(uintptr(fd), name), nil
 }

@@ -5,9 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/volume"
 )
@@ -108,5 +111,24 @@ func TestOpenFileRefusesNonRegular(t *testing.T) {
 	case <-done:
 	case <-time.After(time.Minute): // a hang, not a slow machine
 		t.Fatal("OpenFile hung")
+	}
+}
+
+// A device node where a file was is not opened: its driver's open does
+// not run. (/dev/tty's fails with ENXIO in a process without a terminal,
+// so that error would show the open ran.)
+func TestOpenFileOpensNoDevice(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mknod(filepath.Join(dir, "tty"), unix.S_IFCHR|0o600, int(unix.Mkdev(5, 0))); err != nil {
+		t.Skipf("mknod needs CAP_MKNOD: %v", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	_, err = volume.OpenFile(int(d.Fd()), "tty")
+	if err == nil || errors.Is(err, unix.ENXIO) || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("OpenFile of a device: %v, want 'not a regular file' without opening it", err)
 	}
 }
