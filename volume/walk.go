@@ -49,16 +49,22 @@ func walk(cipherDir string, all bool, visit func(Entry) error) error {
 	if err != nil {
 		return fmt.Errorf("open %s: %w", cipherDir, err)
 	}
-	err = walkDir(fd, "", all, visit)
+	err = walkDir(fd, "", 0, all, visit)
 	if errors.Is(err, SkipDir) {
 		err = nil
 	}
 	return err
 }
 
-// walkDir visits the entries of the directory open at fd (rel its path)
-// and closes fd.
-func walkDir(fd int, rel string, all bool, visit func(Entry) error) error {
+// MaxWalkDepth bounds how deep Walk descends. Each level holds a
+// descriptor and its path, so a tree made deep on purpose (CIPHERDIR is
+// hostile) would exhaust descriptors and memory; no path 2048 levels deep
+// fits in PATH_MAX (4096 bytes), so no tool could name a file there.
+const MaxWalkDepth = 2048
+
+// walkDir visits the entries of the directory open at fd (rel its path,
+// depth its level below CIPHERDIR) and closes fd.
+func walkDir(fd int, rel string, depth int, all bool, visit func(Entry) error) error {
 	d := os.NewFile(uintptr(fd), rel)
 	defer d.Close()
 	entries, err := d.ReadDir(-1)
@@ -88,11 +94,14 @@ func walkDir(fd int, rel string, all bool, visit func(Entry) error) error {
 		if err != nil {
 			return err
 		}
+		if depth+1 >= MaxWalkDepth {
+			return fmt.Errorf("directory %q is %d levels deep: kmsfs walks no deeper than %d (no path that deep fits in PATH_MAX)", p, depth+2, MaxWalkDepth)
+		}
 		sub, err := unix.Openat(fd, e.Name(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("open directory %q: %w", p, err)
 		}
-		if err := walkDir(sub, p, all, visit); err != nil {
+		if err := walkDir(sub, p, depth+1, all, visit); err != nil {
 			return err
 		}
 	}

@@ -132,3 +132,33 @@ func TestOpenFileOpensNoDevice(t *testing.T) {
 		t.Errorf("OpenFile of a device: %v, want 'not a regular file' without opening it", err)
 	}
 }
+
+// A tree deeper than MaxWalkDepth stops the walk with an error naming the
+// directory, instead of holding a descriptor per level without bound.
+func TestWalkDepthBound(t *testing.T) {
+	dir := t.TempDir()
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	// mkdirat level by level: the path is too long for mkdir -p.
+	fd, _ := unix.Dup(int(d.Fd()))
+	for range volume.MaxWalkDepth + 5 {
+		if err := unix.Mkdirat(fd, "d", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd = next
+	}
+	unix.Close(fd)
+	dirs := 0
+	err = volume.Walk(dir, func(e volume.Entry) error { dirs++; return nil })
+	if err == nil || !strings.Contains(err.Error(), "levels deep") || dirs > volume.MaxWalkDepth {
+		t.Errorf("Walk of a tree %d deep: %d directories, %v; want a refusal at %d", volume.MaxWalkDepth+5, dirs, err, volume.MaxWalkDepth)
+	}
+}
