@@ -180,6 +180,26 @@ func TestExportLocal(t *testing.T) {
 		t.Errorf("sparse: %d bytes allocated for a 40-block hole and 3 bytes: not sparse", st.Blocks*512)
 	}
 
+	// Set-ID bits and trusted.*/security.* xattrs put on a stored file
+	// (CIPHERDIR's metadata is not authenticated) grant nothing in DEST.
+	if err := unix.Chmod(filepath.Join(v.Dir, "a"), 0o6755); err != nil {
+		t.Fatal(err)
+	}
+	planted := unix.Setxattr(filepath.Join(v.Dir, "a"), "trusted.overlay.redirect", []byte("/etc"), 0)
+	destP := filepath.Join(t.TempDir(), "dest")
+	out, errOut, code = run(t, v.Env, "export", v.Dir, destP)
+	if code != 0 || !strings.Contains(errOut, "left out 1 set-user-ID") {
+		t.Errorf("export of a set-ID file: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if st := lstat(t, filepath.Join(destP, "a")); st.Mode&0o7777 != 0o755 {
+		t.Errorf("exported a: mode %o, want 755 (no set-ID bits)", st.Mode&0o7777)
+	}
+	if planted == nil {
+		if _, err := unix.Getxattr(filepath.Join(destP, "a"), "trusted.overlay.redirect", buf); err == nil {
+			t.Error("exported a has the trusted.* xattr planted in CIPHERDIR")
+		}
+	}
+
 	for _, tc := range []struct {
 		name, dest string
 		want       string

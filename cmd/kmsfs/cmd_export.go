@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -62,6 +63,9 @@ func cmdExport(args []string, stdout, stderr io.Writer) error {
 		return e.fatal
 	case err != nil:
 		return fail(exitError, "export stopped: %v; %s holds a partial export", err, dest)
+	}
+	if n, x := e.droppedSetID.Load(), e.droppedXattrs.Load(); n+x > 0 {
+		fmt.Fprintf(stderr, "kmsfs: export: left out %d set-user-ID or set-group-ID bits and %d trusted.* or security.* xattrs (file capabilities, labels): CIPHERDIR's metadata is not authenticated, so export grants no privilege on its word; set them again by hand where they belong\n", n, x)
 	}
 	n := e.count
 	fmt.Fprintf(stdout, "kmsfs export: %s: %d files (%s), %d directories, %d symlinks, %d hard links, %d FIFOs into %s in %.1fs with %d key service calls\n",
@@ -139,6 +143,9 @@ type exportRun struct {
 	damaged int   // files with damage (--keep-going)
 	notKept int   // metadata DEST did not take
 	fatal   error // stops the run: a key service failure, or damage without --keep-going
+
+	// What setMeta (run by the workers) left out on purpose.
+	droppedSetID, droppedXattrs atomic.Int64
 }
 
 type exportCounts struct {
@@ -420,9 +427,15 @@ func allZero(b []byte) bool {
 }
 
 // setMeta gives the object at target (in DEST) the owner (as root), the
-// xattrs, the mode and the times of st, in that order: a chown clears
-// the set-ID bits and file capabilities, which the xattrs and the mode
-// then set. It returns what could not be kept, one line each.
+// xattrs, the mode and the times of st, in that order. It returns what
+// could not be kept, one line each.
+//
+// Modes, owners and xattrs in CIPHERDIR are not authenticated: whoever can
+// write it can set them. The mount shows them under nosuid, where they
+// grant nothing; in DEST they would. So export leaves out the set-user-ID
+// and set-group-ID bits of files, and the trusted.* and security.* xattrs
+// (file capabilities, overlayfs's redirects, security labels), and says
+// how many at the end: set them again by hand where they belong.
 func (e *exportRun) setMeta(target string, st *unix.Stat_t, x []xattr, link bool) []string {
 	var notes []string
 	note := func(what string, err error) {
@@ -434,12 +447,21 @@ func (e *exportRun) setMeta(target string, st *unix.Stat_t, x []xattr, link bool
 		}
 	}
 	for _, a := range x {
+		if strings.HasPrefix(a.name, "trusted.") || strings.HasPrefix(a.name, "security.") {
+			e.droppedXattrs.Add(1)
+			continue
+		}
 		if err := unix.Lsetxattr(target, a.name, a.value, 0); err != nil {
 			note("xattr "+a.name, err)
 		}
 	}
 	if !link {
-		if err := unix.Chmod(target, st.Mode&0o7777); err != nil {
+		mode := st.Mode & 0o7777
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR && mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+			mode &^= unix.S_ISUID | unix.S_ISGID
+			e.droppedSetID.Add(1)
+		}
+		if err := unix.Chmod(target, mode); err != nil {
 			note("mode", err)
 		}
 	}
