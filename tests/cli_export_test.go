@@ -213,6 +213,19 @@ func TestExportLocal(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(v.Dir, "d", "x")); !os.IsNotExist(err) {
 		t.Errorf("a refused export made %s", filepath.Join(v.Dir, "d", "x"))
 	}
+	t.Run("DEST in CIPHERDIR through a bind mount", func(t *testing.T) {
+		skipUnlessRoot(t, "a bind mount")
+		bind := t.TempDir()
+		if err := unix.Mount(filepath.Join(v.Dir, "d"), bind, "", unix.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Unmount(bind, unix.MNT_DETACH)
+		out, errOut, code := run(t, v.Env, "export", v.Dir, filepath.Join(bind, "x"))
+		cliWantFail(t, "DEST through a bind mount", out, errOut, code, cliExitUsage, "through a bind mount")
+		if _, err := os.Stat(filepath.Join(v.Dir, "d", "x")); !os.IsNotExist(err) {
+			t.Errorf("a refused export made %s", filepath.Join(v.Dir, "d", "x"))
+		}
+	})
 
 	// Damage: block 2 of a, and the header of d/e/deep.
 	cipherFile{t: t, path: filepath.Join(v.Dir, "a")}.flip(g.blockOff(2) + 9)

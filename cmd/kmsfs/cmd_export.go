@@ -86,6 +86,33 @@ func keyCalls(k *offlineKeys) int64 {
 
 // prepareDest checks DEST: outside CIPHERDIR (after symlinks), and a new
 // or empty directory, which it makes if need be. Nothing is overwritten.
+// dirOfCipher returns the directory of CIPHERDIR (its path, "." for
+// CIPHERDIR itself) that is the directory at path, or "": a bind mount
+// can put a directory of CIPHERDIR at a path that a check of paths cannot
+// see through, and an export there would write into CIPHERDIR.
+func dirOfCipher(cipherDir, path string) (string, error) {
+	var want, st unix.Stat_t
+	if err := unix.Stat(path, &want); err != nil {
+		return "", err
+	}
+	if err := unix.Stat(cipherDir, &st); err == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+		return ".", nil
+	}
+	found := ""
+	errFound := errors.New("found")
+	err := volume.Walk(cipherDir, func(e volume.Entry) error {
+		if e.Type.IsDir() && unix.Fstatat(e.DirFd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+			found = e.Rel
+			return errFound
+		}
+		return nil
+	})
+	if errors.Is(err, errFound) {
+		err = nil
+	}
+	return found, err
+}
+
 func prepareDest(cipherDir, dest string) (string, error) {
 	dest, err := filepath.Abs(dest)
 	if err != nil {
@@ -110,6 +137,15 @@ func prepareDest(cipherDir, dest string) (string, error) {
 	realDest = filepath.Join(realDest, rest)
 	if realDest == realCipher || strings.HasPrefix(realDest, realCipher+string(filepath.Separator)) {
 		return "", fail(exitUsage, "DEST %s is inside CIPHERDIR %s: export to a directory outside it", dest, cipherDir)
+	}
+	if in, err := dirOfCipher(cipherDir, existing); err != nil {
+		return "", fail(exitVolume, "walk %s: %v", cipherDir, err)
+	} else if in != "" {
+		what := "its directory " + in
+		if in == "." {
+			what = "CIPHERDIR itself"
+		}
+		return "", fail(exitUsage, "DEST %s is inside CIPHERDIR %s (%s is %s, through a bind mount): export to a directory outside it", dest, cipherDir, existing, what)
 	}
 	if ents, err := os.ReadDir(dest); err == nil {
 		if len(ents) > 0 {
