@@ -298,6 +298,17 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 		done(e.unreadable(en.Rel, err))
 		return nil
 	}
+	if isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR; isDir != en.Type.IsDir() {
+		// The walk descends by the listing's type, and DEST is made by
+		// this one. A directory swapped for a symlink between the two
+		// would have DEST/d made a symlink and the walk write the
+		// directory's files through it, outside DEST. So neither.
+		done(e.failed(en.Rel, errors.New("it changed while it was exported (a directory became something else, or the reverse): export again")))
+		if en.Type.IsDir() {
+			return volume.SkipDir
+		}
+		return nil
+	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
 		id := [2]uint64{st.Dev, st.Ino}
 		if first, ok := e.links[id]; ok {
