@@ -75,6 +75,55 @@ func treeVolume(t *testing.T, v *volume) map[string][]byte {
 // it refuses symlinks, kmsfs's own files and missing files; a damaged
 // block stops it, naming the file and offset, and --keep-going writes
 // zeros for it.
+// TestCatPlantedConfig: a volume config planted in a directory of a
+// volume, naming the planter's key, with a file under it beside it: kmsfs
+// cat of that file refuses, whether the volume's own config is intact,
+// spoiled or removed (this machine trusts the volume's directory).
+func TestCatPlantedConfig(t *testing.T) {
+	t.Parallel()
+	v := newVolume(t, nil)
+	m := mountVolume(t, v)
+	writeFile(t, m.path("x"), []byte("the volume's"))
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	evil := newVolume(t, nil)
+	em := mountVolume(t, evil)
+	writeFile(t, em.path("f"), []byte("ATTACKER CHOSEN PLAINTEXT"))
+	if err := em.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	inner := filepath.Join(v.Dir, "docs", "inner")
+	if err := os.MkdirAll(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"kmsfs.json", "f"} {
+		writeFile(t, filepath.Join(inner, name), readFile(t, filepath.Join(evil.Dir, name)))
+	}
+	cfg := filepath.Join(v.Dir, "kmsfs.json")
+	good := readFile(t, cfg)
+	for _, tc := range []struct {
+		name  string
+		spoil func()
+	}{
+		{"config intact", func() {}},
+		{"config spoiled", func() { writeFile(t, cfg, []byte("junk")) }},
+		{"config removed", func() { os.Remove(cfg) }},
+	} {
+		tc.spoil()
+		out, errOut, code := run(t, v.Env, "cat", filepath.Join(inner, "f"))
+		if code != cliExitVolume || strings.Contains(out, "ATTACKER") || !strings.Contains(errOut, "-C CIPHERDIR") {
+			t.Errorf("%s: cat of a file under a planted config: exit %d, stdout %q, stderr %q; want %d, nothing", tc.name, code, out, errOut, cliExitVolume)
+		}
+		writeFile(t, cfg, good)
+	}
+	// Named with -C, the volume's own keys are used: the planted file
+	// does not open under them.
+	if out, _, code := run(t, v.Env, "cat", "-C", v.Dir, "docs/inner/f"); code == 0 || strings.Contains(out, "ATTACKER") {
+		t.Errorf("cat -C of the planted file: exit %d, stdout %q", code, out)
+	}
+}
+
 func TestCatLocal(t *testing.T) {
 	t.Parallel()
 	v := newVolume(t, nil)

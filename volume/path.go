@@ -58,9 +58,11 @@ func Find(path string) (*Volume, string, error) {
 			// A config above this one makes this one suspect: whoever
 			// can write CIPHERDIR could put a config naming keys of
 			// theirs in a directory of it, and a file under them.
+			// Any kmsfs.json counts, valid or not: the planter could
+			// have spoiled the real one.
 			for up := filepath.Dir(dir); up != dir; dir, up = up, filepath.Dir(up) {
-				if _, err := Open(up); err == nil {
-					return nil, "", fmt.Errorf("%s and %s both hold a volume config, and a volume's directories hold none of their own: name the volume with -C CIPHERDIR", up, v.Dir)
+				if _, err := os.Lstat(filepath.Join(up, ConfigName)); err == nil {
+					return nil, "", fmt.Errorf("%s and %s both hold a %s, and a volume's directories hold no config of their own: name the volume with -C CIPHERDIR", up, v.Dir, ConfigName)
 				}
 			}
 			rel, err := filepath.Rel(v.Dir, abs)

@@ -145,6 +145,26 @@ func (c *catRun) cat(name string) error {
 
 // locate finds the volume of the stored file name, and name relative to
 // its CIPHERDIR.
+// trustedAbove returns a directory above vol's for which this machine
+// keeps a trusted config, if vol's own config is not trusted here: a
+// config planted inside a trusted volume (its real one removed) would
+// otherwise choose the keys for the files beside it.
+func trustedAbove(vol *volume.Volume) string {
+	if t, err := configTrust(vol); err != nil || t.state != trustNone {
+		return ""
+	}
+	d, err := trustDir()
+	if err != nil {
+		return ""
+	}
+	for dir, up := vol.Dir, filepath.Dir(vol.Dir); up != dir; dir, up = up, filepath.Dir(up) {
+		if _, err := os.Stat(dirCopy(d, up)); err == nil {
+			return up
+		}
+	}
+	return ""
+}
+
 func (c *catRun) locate(name string) (*volume.Volume, string, error) {
 	if c.vol == nil {
 		vol, rel, err := volume.Find(name)
@@ -153,6 +173,9 @@ func (c *catRun) locate(name string) (*volume.Volume, string, error) {
 		}
 		if err != nil {
 			return nil, "", fail(exitVolume, "find the volume of %s: %v", name, err)
+		}
+		if above := trustedAbove(vol); above != "" {
+			return nil, "", fail(exitVolume, "%s is inside %s, a volume this machine trusts, but the config found nearer, in %s, is not trusted here (whoever can write CIPHERDIR could have put it there): name the volume with -C CIPHERDIR", name, above, vol.Dir)
 		}
 		return vol, rel, nil
 	}
