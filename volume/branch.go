@@ -211,7 +211,8 @@ func mkdirsBeneath(root int, dir string) error {
 			unix.Close(at)
 		}
 	}()
-	for _, name := range strings.Split(dir, "/") {
+	parts := strings.Split(dir, "/")
+	for i, name := range parts {
 		// mkdirat follows no symlink in its last component: a symlink
 		// there is EEXIST, then refused by the open.
 		if err := unix.Mkdirat(at, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
@@ -220,7 +221,7 @@ func mkdirsBeneath(root int, dir string) error {
 		next, err := unix.Openat2(at, name, &how)
 		if err != nil {
 			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
-				return fmt.Errorf("%s in CIPHERDIR is a symlink or not a directory, where kmsfs keeps its own files: remove it", dir)
+				return fmt.Errorf("%s in CIPHERDIR is a symlink or not a directory, where kmsfs keeps its own files: remove it", strings.Join(parts[:i+1], "/"))
 			}
 			return err
 		}

@@ -146,9 +146,11 @@ func openRegularAt(dirfd int, name string, resolve uint64, flags int) (*os.File,
 	default:
 		return nil, &fs.PathError{Op: "open", Path: name, Err: errNotRegular}
 	}
-	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), flags|unix.O_CLOEXEC, 0)
+	// O_NONBLOCK: a lease on the file (its owner's F_SETLEASE) makes the
+	// open fail at once instead of waiting lease-break-time; cleared below.
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), flags|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOENT) {
-		how.Flags = uint64(flags | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC)
+		how.Flags = uint64(flags | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_NOCTTY | unix.O_CLOEXEC)
 		fd, err = unix.Openat2(dirfd, name, &how)
 		var again unix.Stat_t
 		if err == nil && (unix.Fstat(fd, &again) != nil || again.Dev != st.Dev || again.Ino != st.Ino) {

@@ -143,8 +143,21 @@ func kmsfsMounts(cipherDir string) ([]string, error) {
 	if real, err := filepath.EvalSymlinks(cipherDir); err == nil {
 		names[real] = true
 	}
+	// A mount made through another path to the same directory (a
+	// symlink, a bind mount) has another source string: compare the
+	// directories themselves too. (Sources are CIPHERDIRs, not
+	// mountpoints: a stat of one cannot wait on a FUSE daemon.)
+	var want unix.Stat_t
+	haveWant := unix.Stat(cipherDir, &want) == nil
+	same := func(source string) bool {
+		if names[source] {
+			return true
+		}
+		var st unix.Stat_t
+		return haveWant && unix.Stat(source, &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino
+	}
 	mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
-		return !(i.FSType == "fuse.kmsfs" || i.FSType == "fuse" && i.Source == cipherDir) || !names[i.Source], false
+		return !(i.FSType == "fuse.kmsfs" || i.FSType == "fuse" && i.Source == cipherDir) || !same(i.Source), false
 	})
 	var out []string
 	for _, m := range mounts {
