@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmsfs/kmsfs/internal/regfile"
 	"github.com/kmsfs/kmsfs/internal/secret"
 )
 
@@ -104,35 +105,14 @@ func CreateLocalKeyFile(path string) error {
 }
 
 // ErrNotRegular: a file that must be a regular file is not.
-var ErrNotRegular = errors.New("not a regular file")
+var ErrNotRegular = regfile.ErrNotRegular
 
-// OpenRegularFile opens the file at path for reading only if it is a regular
-// file: the path may come from a config that is not trusted yet, and a
-// FIFO there would block the open, a device's driver would run. It looks
-// at the file through an O_PATH descriptor (which opens nothing), then
-// reopens that same file. Errors carry no path (the caller names it).
+// OpenRegularFile opens the file at path for reading only if it is a
+// regular file (following symlinks): the path may come from a config that
+// is not trusted yet, and a FIFO there would block the open, a device's
+// driver would run (regfile.Open).
 func OpenRegularFile(path string) (*os.File, error) {
-	pfd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer unix.Close(pfd)
-	var st unix.Stat_t
-	if err := unix.Fstat(pfd, &st); err != nil {
-		return nil, &fs.PathError{Op: "stat", Path: path, Err: err}
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("%s is %w", path, ErrNotRegular)
-	}
-	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.ENOENT) {
-		// No /proc: open by path again, unable to block or reach a driver.
-		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	}
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	return os.NewFile(uintptr(fd), path), nil
+	return regfile.Open(unix.AT_FDCWD, path, 0, unix.O_RDONLY, true)
 }
 
 // LoadLocal reads the key file at path. It refuses a file that group or

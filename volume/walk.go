@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/regfile"
 )
 
 // Entry is one object Walk visits.
@@ -121,57 +123,8 @@ func OpenFile(dirfd int, name string) (*os.File, error) {
 
 // openRegularAt opens name below dirfd with flags (O_RDONLY or O_RDWR) if
 // it is a regular file, following no symlink in its last component and
-// resolving the rest as resolve says (openat2's RESOLVE_ flags). It looks
-// first through an O_PATH descriptor, which opens nothing, and then opens
-// that same file through /proc/self/fd: a FIFO or a device put there
-// (CIPHERDIR is hostile) is never opened, so no open blocks and no
-// driver runs, even if it is swapped in after a listing. Without /proc it
-// opens by name with O_NONBLOCK and checks that it got the same file.
-// Reads set O_NOATIME where the process may.
+// resolving the rest as resolve says; nothing else is ever opened
+// (regfile.Open).
 func openRegularAt(dirfd int, name string, resolve uint64, flags int) (*os.File, error) {
-	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC, Resolve: resolve}
-	pfd, err := unix.Openat2(dirfd, name, &how)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
-	}
-	defer unix.Close(pfd)
-	var st unix.Stat_t
-	if err := unix.Fstat(pfd, &st); err != nil {
-		return nil, &fs.PathError{Op: "stat", Path: name, Err: err}
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-	case unix.S_IFLNK: // O_PATH|O_NOFOLLOW gives the link itself
-		return nil, &fs.PathError{Op: "open", Path: name, Err: unix.ELOOP}
-	default:
-		return nil, &fs.PathError{Op: "open", Path: name, Err: errNotRegular}
-	}
-	// O_NONBLOCK: a lease on the file (its owner's F_SETLEASE) makes the
-	// open fail at once instead of waiting lease-break-time; cleared below.
-	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), flags|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.ENOENT) {
-		how.Flags = uint64(flags | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_NOCTTY | unix.O_CLOEXEC)
-		fd, err = unix.Openat2(dirfd, name, &how)
-		var again unix.Stat_t
-		if err == nil && (unix.Fstat(fd, &again) != nil || again.Dev != st.Dev || again.Ino != st.Ino) {
-			unix.Close(fd)
-			return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("replaced while it was opened")}
-		}
-	}
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
-	}
-	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
-		fl &^= unix.O_NONBLOCK
-		if flags&unix.O_ACCMODE == unix.O_RDONLY {
-			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME); err == nil {
-				return os.NewFile(uintptr(fd), name), nil
-			}
-		}
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl) // EPERM for O_NOATIME: not ours
-	}
-	return os.NewFile(uintptr(fd), name), nil
+	return regfile.Open(dirfd, name, resolve, flags, false)
 }
-
-// errNotRegular: what OpenFile found is not a regular file.
-var errNotRegular = errors.New("not a regular file")

@@ -56,7 +56,7 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 		return fail(exitError, "no such file: %s", path)
 	}
 	if errors.Is(err, keyring.ErrNotRegular) {
-		return fail(exitInspect, "%v", err)
+		return fail(exitInspect, "%s is not a regular file", path)
 	}
 	if err != nil {
 		return fail(exitError, "%v", err)
