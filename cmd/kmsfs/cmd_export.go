@@ -39,7 +39,7 @@ func cmdExport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dest, err := prepareDest(vol.Dir, pos[1])
+	dest, files, bytes, err := prepareDest(vol.Dir, pos[1])
 	if err != nil {
 		return err
 	}
@@ -50,10 +50,6 @@ func cmdExport(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer keys.close()
-	files, bytes, err := countFiles(vol.Dir)
-	if err != nil {
-		return fail(exitVolume, "walk %s: %v", vol.Dir, err)
-	}
 	e := &exportRun{vol: vol, keys: keys, dest: dest, keepGoing: *keepGoing, stderr: stderr,
 		root: os.Geteuid() == 0, links: map[[2]uint64]string{}, prog: newProgress(stderr, "export", files, bytes)}
 	err = e.run(ctx, cancel)
@@ -84,43 +80,18 @@ func keyCalls(k *offlineKeys) int64 {
 	return n
 }
 
-// prepareDest checks DEST: outside CIPHERDIR (after symlinks), and a new
-// or empty directory, which it makes if need be. Nothing is overwritten.
-// dirOfCipher returns the directory of CIPHERDIR (its path, "." for
-// CIPHERDIR itself) that is the directory at path, or "": a bind mount
-// can put a directory of CIPHERDIR at a path that a check of paths cannot
-// see through, and an export there would write into CIPHERDIR.
-func dirOfCipher(cipherDir, path string) (string, error) {
-	var want, st unix.Stat_t
-	if err := unix.Stat(path, &want); err != nil {
-		return "", err
-	}
-	if err := unix.Stat(cipherDir, &st); err == nil && st.Dev == want.Dev && st.Ino == want.Ino {
-		return ".", nil
-	}
-	found := ""
-	errFound := errors.New("found")
-	err := volume.Walk(cipherDir, func(e volume.Entry) error {
-		if e.Type.IsDir() && unix.Fstatat(e.DirFd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Dev == want.Dev && st.Ino == want.Ino {
-			found = e.Rel
-			return errFound
-		}
-		return nil
-	})
-	if errors.Is(err, errFound) {
-		err = nil
-	}
-	return found, err
-}
-
-func prepareDest(cipherDir, dest string) (string, error) {
+// prepareDest checks DEST: outside CIPHERDIR (after symlinks, and through
+// bind mounts), and a new or empty directory, which it makes if need be.
+// Nothing is overwritten. It returns DEST's absolute path, and CIPHERDIR's
+// regular files and their stored bytes, counted by the same walk.
+func prepareDest(cipherDir, dest string) (string, int, int64, error) {
 	dest, err := filepath.Abs(dest)
 	if err != nil {
-		return "", err
+		return "", 0, 0, err
 	}
 	realCipher, err := filepath.EvalSymlinks(cipherDir)
 	if err != nil {
-		return "", fail(exitVolume, "%s: %v", cipherDir, err)
+		return "", 0, 0, fail(exitVolume, "%s: %v", cipherDir, err)
 	}
 	// The nearest existing ancestor, resolved, with the rest of the path.
 	existing, rest := dest, ""
@@ -132,33 +103,41 @@ func prepareDest(cipherDir, dest string) (string, error) {
 	}
 	realDest, err := filepath.EvalSymlinks(existing)
 	if err != nil {
-		return "", fail(exitUsage, "DEST %s: %v", dest, err)
+		return "", 0, 0, fail(exitUsage, "DEST %s: %v", dest, err)
 	}
 	realDest = filepath.Join(realDest, rest)
 	if realDest == realCipher || strings.HasPrefix(realDest, realCipher+string(filepath.Separator)) {
-		return "", fail(exitUsage, "DEST %s is inside CIPHERDIR %s: export to a directory outside it", dest, cipherDir)
+		return "", 0, 0, fail(exitUsage, "DEST %s is inside CIPHERDIR %s: export to a directory outside it", dest, cipherDir)
 	}
-	if in, err := dirOfCipher(cipherDir, existing); err != nil {
-		return "", fail(exitVolume, "walk %s: %v", cipherDir, err)
-	} else if in != "" {
+	// One walk counts the files (for the progress bar) and looks for
+	// DEST's nearest existing directory among CIPHERDIR's.
+	var want unix.Stat_t
+	if err := unix.Stat(existing, &want); err != nil {
+		return "", 0, 0, fail(exitUsage, "DEST %s: %v", dest, err)
+	}
+	files, bytes, in, err := surveyFiles(cipherDir, &want)
+	if err != nil {
+		return "", 0, 0, fail(exitVolume, "walk %s: %v", cipherDir, err)
+	}
+	if in != "" {
 		what := "its directory " + in
 		if in == "." {
 			what = "CIPHERDIR itself"
 		}
-		return "", fail(exitUsage, "DEST %s is inside CIPHERDIR %s (%s is %s, through a bind mount): export to a directory outside it", dest, cipherDir, existing, what)
+		return "", 0, 0, fail(exitUsage, "DEST %s is inside CIPHERDIR %s (%s is %s, through a bind mount): export to a directory outside it", dest, cipherDir, existing, what)
 	}
 	if ents, err := os.ReadDir(dest); err == nil {
 		if len(ents) > 0 {
-			return "", fail(exitUsage, "DEST %s is not empty: export into a new or empty directory", dest)
+			return "", 0, 0, fail(exitUsage, "DEST %s is not empty: export into a new or empty directory", dest)
 		}
-		return dest, nil
+		return dest, files, bytes, nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return "", fail(exitUsage, "DEST %s: %v", dest, err)
+		return "", 0, 0, fail(exitUsage, "DEST %s: %v", dest, err)
 	}
 	if err := os.MkdirAll(dest, 0o700); err != nil {
-		return "", fail(exitError, "create DEST: %v", err)
+		return "", 0, 0, fail(exitError, "create DEST: %v", err)
 	}
-	return dest, nil
+	return dest, files, bytes, nil
 }
 
 type exportRun struct {
