@@ -86,6 +86,13 @@ func (c *catRun) cat(name string) error {
 	ctx := context.Background()
 	keys := c.keys[vol.Dir]
 	if keys == nil {
+		// Once per volume: a volume found from a FILE's path (not -C)
+		// must not sit inside one this machine trusts.
+		if c.vol == nil {
+			if above := trustedAbove(vol); above != "" {
+				return fail(exitVolume, "%s is inside %s, a volume this machine trusts, but the config found nearer, in %s, is not trusted here (whoever can write CIPHERDIR could have put it there): name the volume with -C CIPHERDIR", name, above, vol.Dir)
+			}
+		}
 		if keys, err = unwrapKeyring(ctx, vol, c.o, c.stderr); err != nil {
 			return err
 		}
@@ -173,9 +180,6 @@ func (c *catRun) locate(name string) (*volume.Volume, string, error) {
 		}
 		if err != nil {
 			return nil, "", fail(exitVolume, "find the volume of %s: %v", name, err)
-		}
-		if above := trustedAbove(vol); above != "" {
-			return nil, "", fail(exitVolume, "%s is inside %s, a volume this machine trusts, but the config found nearer, in %s, is not trusted here (whoever can write CIPHERDIR could have put it there): name the volume with -C CIPHERDIR", name, above, vol.Dir)
 		}
 		return vol, rel, nil
 	}
