@@ -39,6 +39,8 @@ type rewrapSummary struct {
 	Failures       []any          `json:"failures"`
 	BranchKeys     int            `json:"branch_keys"`
 	BranchRewrap   int            `json:"branch_keys_rewrapped"`
+	BranchSkipped  []string       `json:"branch_keys_left"`
+	NewBranchKey   string         `json:"new_branch_key"`
 	Calls          map[string]int `json:"kms_calls"`
 	OfflineWraps   int            `json:"offline_wraps"`
 	Seconds        float64        `json:"seconds"`

@@ -38,7 +38,7 @@ import (
 // BranchStore is the path of the branch key store below CIPHERDIR.
 const BranchStore = StoreName + "/branch"
 
-// maxBranchKeys bounds the branch key files a mount considers: at one key
+// maxBranchKeys bounds the branch key files a volume may hold: at one key
 // a day, more than a century of them.
 const maxBranchKeys = 65536
 
@@ -83,9 +83,14 @@ func (v *Volume) BranchIDs() ([][blockcipher.IDSize]byte, error) {
 	}
 	d := os.NewFile(uintptr(fd), BranchStore)
 	defer d.Close()
-	names, err := d.Readdirnames(maxBranchKeys)
+	names, err := d.Readdirnames(maxBranchKeys + 1)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("list %s: %w", BranchStore, err)
+	}
+	if len(names) > maxBranchKeys {
+		// Listing part of them would leave keys out unseen (a rewrap
+		// would not rewrap them).
+		return nil, fmt.Errorf("%s holds more than %d files, more than a volume makes: remove those that are not branch keys", BranchStore, maxBranchKeys)
 	}
 	var ids [][blockcipher.IDSize]byte
 	for _, n := range names {

@@ -183,17 +183,32 @@ func (k *BranchKeyring) activeBranch(ctx context.Context) (*heldBranch, error) {
 		return nil, err
 	}
 	const tries = 3 // newer key files that fail to unwrap: damage, or someone's planting
-	for i := 0; i < len(ids) && i < tries; i++ {
-		if k.now().Sub(BranchCreated(ids[i])) >= k.rotation {
+	tried := 0
+	for _, id := range ids {
+		age := k.now().Sub(BranchCreated(id))
+		if age < -MaxBranchClockSkew {
+			// Dated ahead of this clock by more than clocks drift: a key
+			// so dated would stay the newest, and wrap every new file,
+			// for as long as its date says. It is read, never used to
+			// wrap.
+			continue
+		}
+		if age >= k.rotation || tried == tries {
 			break
 		}
-		if h, err := k.acquire(ctx, ids[i]); err == nil {
-			k.setActive(ids[i])
+		tried++
+		if h, err := k.acquire(ctx, id); err == nil {
+			k.setActive(id)
 			return h, nil
 		}
 	}
 	return k.create(ctx)
 }
+
+// MaxBranchClockSkew is how far ahead of a mount's clock a branch key
+// may be dated and still wrap new files: another host's clock may run
+// ahead by that much.
+const MaxBranchClockSkew = 5 * time.Minute
 
 func (k *BranchKeyring) setActive(id [blockcipher.IDSize]byte) {
 	k.mu.Lock()
@@ -204,7 +219,42 @@ func (k *BranchKeyring) setActive(id [blockcipher.IDSize]byte) {
 // create makes a new branch key with one inner GenerateDataKey, stores its
 // key file, and holds it, acquired.
 func (k *BranchKeyring) create(ctx context.Context) (*heldBranch, error) {
-	id := NewBranchID(k.now())
+	return k.createAt(ctx, NewBranchID(k.now()))
+}
+
+// Rotate makes a new branch key, dated after every branch key in the
+// store that a mount could take for new files, so that mounts wrap new
+// files under it from now on. kmsfs rewrap ends with it: a branch key
+// file it carried over to the new keys, whatever its date, then wraps no
+// new file (one planted for a recovery recipient, which a recovery
+// cannot tell from a genuine one, among them).
+func (k *BranchKeyring) Rotate(ctx context.Context) ([blockcipher.IDSize]byte, error) {
+	k.activeMu.Lock()
+	defer k.activeMu.Unlock()
+	ids, err := k.vol.BranchIDs()
+	if err != nil {
+		return [blockcipher.IDSize]byte{}, err
+	}
+	now := k.now()
+	at := now
+	for _, id := range ids { // newest first
+		if c := BranchCreated(id); c.Sub(now) < MaxBranchClockSkew {
+			if !c.Before(at) {
+				at = c.Add(time.Nanosecond)
+			}
+			break
+		}
+	}
+	id := NewBranchID(at)
+	h, err := k.createAt(ctx, id)
+	if err != nil {
+		return [blockcipher.IDSize]byte{}, err
+	}
+	k.release(h)
+	return id, nil
+}
+
+func (k *BranchKeyring) createAt(ctx context.Context, id [blockcipher.IDSize]byte) (*heldBranch, error) {
 	dk, wrapped, err := k.inner.GenerateDataKey(ctx, k.vol.BranchContext(id))
 	if err != nil {
 		return nil, fmt.Errorf("make a branch key: %w", err)

@@ -290,3 +290,51 @@ func mkfifo(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// A branch key dated ahead of the clock by more than MaxBranchClockSkew
+// wraps no new file, though it reads its own; one within the skew (a
+// host whose clock runs ahead) does. Rotate dates its key after the
+// newest one a mount could take, so that new files go under it.
+func TestBranchKeyringDatedAhead(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	v := branchVolume(t, dir, l)
+	c := &clock{t: time.Now()}
+	k := newTestBranchKeyring(t, v, l, time.Hour, c)
+
+	// Made by a host whose clock ran a day ahead.
+	c.advance(24 * time.Hour)
+	ahead := newBranchFiles(t, k, v, 1)
+	c.advance(-24 * time.Hour)
+	k2 := newTestBranchKeyring(t, v, l, time.Hour, c)
+	now := newBranchFiles(t, k2, v, 1)
+	if now[0].wrapped[0].KeyID == ahead[0].wrapped[0].KeyID {
+		t.Fatal("a branch key dated a day ahead wraps new files")
+	}
+	checkBranchFiles(t, k2, append(ahead, now...))
+
+	// A minute ahead: another host's clock. Taken.
+	c.advance(time.Minute)
+	k3 := newTestBranchKeyring(t, v, l, time.Hour, c)
+	soon := newBranchFiles(t, k3, v, 1)
+	c.advance(-time.Minute)
+	k4 := newTestBranchKeyring(t, v, l, time.Hour, c)
+	if f := newBranchFiles(t, k4, v, 1); f[0].wrapped[0].KeyID != soon[0].wrapped[0].KeyID {
+		t.Fatal("a branch key dated a minute ahead is not taken")
+	}
+
+	// Rotate: after the one a minute ahead, not after the one a day ahead.
+	k5 := newTestBranchKeyring(t, v, l, time.Hour, c)
+	id, err := k5.Rotate(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	soonID, _ := hex.DecodeString(soon[0].wrapped[0].KeyID)
+	if got, floor := BranchCreated(id), BranchCreated([blockcipher.IDSize]byte(soonID)); !got.After(floor) || got.Sub(c.now()) > 2*time.Minute {
+		t.Fatalf("Rotate dated its key %v; want just after %v", got, floor)
+	}
+	k6 := newTestBranchKeyring(t, v, l, time.Hour, c)
+	if f := newBranchFiles(t, k6, v, 1); f[0].wrapped[0].KeyID != hex.EncodeToString(id[:]) {
+		t.Fatal("new files do not go under the key Rotate made")
+	}
+}

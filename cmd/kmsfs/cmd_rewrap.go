@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/internal/regfile"
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/agekey"
 	"github.com/kmsfs/kmsfs/keyring/awskms"
@@ -141,6 +143,8 @@ type rewrapSummary struct {
 	Failures       []rewrapFailure `json:"failures,omitempty"`
 	BranchKeys     int             `json:"branch_keys"`
 	BranchRewrap   int             `json:"branch_keys_rewrapped"`
+	BranchSkipped  []string        `json:"branch_keys_left,omitempty"` // branch key files that are no branch key of the volume's keys: left as they are
+	NewBranchKey   string          `json:"new_branch_key,omitempty"`   // the branch key made at the end, which new files go under
 	Calls          map[string]int  `json:"kms_calls"`
 	OfflineWraps   int             `json:"offline_wraps"`
 	Seconds        float64         `json:"seconds"`
@@ -209,6 +213,20 @@ func rewrap(ctx context.Context, vol *volume.Volume, f *rewrapFlags, id *agekey.
 		return fail(exitError, "%d of %d files could not be rewrapped (first: %s: %s); the others are. Fix the cause and run kmsfs rewrap again with the same flags: it does only what is left. Until then mounts refuse the volume",
 			r.summary.Failed, r.summary.Files, r.failed[0].Path, r.failed[0].Error)
 	}
+	if vol.Config.Branch() {
+		// New files go under a branch key this run made, not under one
+		// it carried over (see BranchKeyring.Rotate).
+		bk, err := volume.NewBranchKeyring(vol, keys.kr, time.Minute)
+		if err != nil {
+			return fail(exitVolume, "%v", err)
+		}
+		bid, err := bk.Rotate(ctx)
+		bk.Close()
+		if err != nil {
+			return keyError("make a new branch key under the new keys", err)
+		}
+		r.summary.NewBranchKey = hex.EncodeToString(bid[:])
+	}
 	// Every header is under the new keyrings: the config says so, then
 	// this machine's trusted copies, then the marker goes.
 	if err := volume.ReplaceConfig(vol.Dir, &target); err != nil {
@@ -234,8 +252,8 @@ const headerSlack = 64
 
 // unwrapper returns the keyring that unwraps the files: old and new
 // keyrings, the ones that cost no key service call first, each keyring
-// once, then the identity (for files no key at hand opens). KMS keyrings are counted, and remembered by
-// ARN as sources for ReEncrypt.
+// once, then the identity where those cannot answer (recovery). KMS
+// keyrings are counted, and remembered by ARN as sources for ReEncrypt.
 func (r *rewrapRun) unwrapper(old, target []keyring.Keyring, id *agekey.Identity) keyring.Keyring {
 	var offline, kms []keyring.Keyring
 	seen := map[string]bool{}
@@ -254,7 +272,11 @@ func (r *rewrapRun) unwrapper(old, target []keyring.Keyring, id *agekey.Identity
 			}
 		}
 	}
-	return withIdentity(anyOf(append(offline, kms...)), id)
+	var kr keyring.Keyring
+	if all := append(offline, kms...); len(all) > 0 {
+		kr = anyOf(all)
+	}
+	return withIdentity(kr, id, unwrappingKeys(r.vol.Config.Keyrings, r.specs))
 }
 
 // countedDecrypt counts a KMS keyring's Decrypt calls.
@@ -269,14 +291,6 @@ func (k countedDecrypt) Decrypt(ctx context.Context, w []keyring.WrappedKey, ec 
 		k.c.add(&k.c.decrypt)
 	}
 	return dk, err
-}
-
-// specKeyID is the key ID a header entry of spec's keyring names.
-func specKeyID(s volume.KeyringSpec) string {
-	if s.Kind == keyring.KindAWSKMS {
-		return s.KeyARN
-	}
-	return s.KeyID
 }
 
 func specList(specs []volume.KeyringSpec) []string {
@@ -394,12 +408,31 @@ func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) err
 	bctx := func(id [blockcipher.IDSize]byte) func(*blockcipher.Header) keyring.EncryptionContext {
 		return func(*blockcipher.Header) keyring.EncryptionContext { return r.vol.BranchContext(id) }
 	}
+	now := time.Now()
 	for _, id := range branches {
-		wrote, err := r.vol.RewrapBranch(id, r.rewrapFor(ctx, bctx(id)))
-		if err != nil {
-			return keyError(fmt.Sprintf("rewrap branch key %x", id), err)
+		rw := r.rewrapFor(ctx, bctx(id))
+		created := volume.BranchCreated(id)
+		if created.Sub(now) >= volume.MaxBranchClockSkew {
+			// Checked once it unwraps: a file that does not is left
+			// as it is below, whatever its name says.
+			rw.Entries = func(*blockcipher.Header, *keyring.DataKey) ([]keyring.WrappedKey, error) {
+				return nil, errBranchAhead
+			}
 		}
-		if wrote {
+		wrote, err := r.vol.RewrapBranch(id, rw)
+		name := volume.BranchStore + "/" + hex.EncodeToString(id[:])
+		switch {
+		case errors.Is(err, errBranchAhead):
+			return fail(exitVolume, "branch key file %s is dated %s, ahead of this machine's clock (%s): rewrap does not carry it over, since a key so dated would wrap new files once its date comes. If this clock is right, the file was planted: move it out of CIPHERDIR and run kmsfs rewrap again; if the clock is wrong, set it first",
+				name, created.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+		case err != nil && notABranchKey(err):
+			// Mounts ignore it too. Not carried over, it stays what it
+			// is: nothing the new keys open.
+			r.summary.BranchSkipped = append(r.summary.BranchSkipped, name)
+			fmt.Fprintf(stderr, "kmsfs: %s left as it is: it is no branch key of this volume's keys (%v); no file can be read with it: move it out of CIPHERDIR\n", name, err)
+		case err != nil:
+			return keyError(fmt.Sprintf("rewrap branch key %x", id), err)
+		case wrote:
 			r.summary.BranchRewrap++
 		}
 	}
@@ -428,6 +461,18 @@ func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) err
 	wg.Wait()
 	prog.done()
 	return nil
+}
+
+// errBranchAhead: a branch key dated ahead of the clock (run).
+var errBranchAhead = errors.New("branch key dated ahead of the clock")
+
+// notABranchKey reports whether err, from rewrapping a branch key file,
+// says the file is no genuine branch key of the volume (damaged, planted,
+// or of another volume) rather than that a key service failed.
+func notABranchKey(err error) bool {
+	var fe *blockcipher.FormatError
+	return errors.As(err, &fe) || errors.Is(err, blockcipher.ErrHeaderAuth) || errors.Is(err, keyring.ErrInvalidCiphertext) ||
+		errors.Is(err, keyring.ErrNoUsableKey) || errors.Is(err, regfile.ErrNotRegular) || errors.Is(err, unix.ELOOP)
 }
 
 func (r *rewrapRun) record(rel string, out volume.RewrapOutcome, err error) {

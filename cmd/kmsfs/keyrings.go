@@ -83,6 +83,9 @@ func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (key
 			ov.log.Warn("leaving out a keyring that cannot be loaded: the files are read with the others", "keyring", keyringList([]volume.KeyringSpec{s.spec}), "err", s.err.Error())
 		}
 	}
+	if unwrapping == 0 {
+		return nil, nil, nil // only the identity unwraps
+	}
 	switch len(members) {
 	case 0:
 		return nil, nil, nil
@@ -253,17 +256,116 @@ func loadIdentity(path string) (*agekey.Identity, error) {
 }
 
 // withIdentity returns the keyring an offline command unwraps with: kr,
-// the volume's keyrings, then the identity if one was given (nil: kr
-// alone). kr may be nil when none of the volume's keyrings can be loaded
-// and the identity is the way in.
-func withIdentity(kr keyring.Keyring, id *agekey.Identity) keyring.Keyring {
-	switch {
-	case id == nil:
+// the volume's keyrings, then the identity where they cannot answer (see
+// recovery); id nil: kr alone. kr is nil when none of the volume's
+// keyrings that unwrap can be loaded. keys are the (kind, key ID) of the
+// keyrings of the volume's config that unwrap (unwrappingKeys).
+func withIdentity(kr keyring.Keyring, id *agekey.Identity, keys map[[2]string]bool) keyring.Keyring {
+	if id == nil {
 		return kr
-	case kr == nil:
-		return id
 	}
-	return anyOf{kr, id}
+	return recovery{kr: kr, id: id, keys: keys}
+}
+
+// unwrappingKeys are the (kind, key ID) a header entry of each of specs'
+// keyrings that unwrap names (a recipient does not unwrap).
+func unwrappingKeys(specs ...[]volume.KeyringSpec) map[[2]string]bool {
+	out := map[[2]string]bool{}
+	for _, ss := range specs {
+		for _, s := range ss {
+			if s.Kind != keyring.KindAge {
+				out[[2]string{string(s.Kind), specKeyID(s)}] = true
+			}
+		}
+	}
+	return out
+}
+
+// specKeyID is the key ID a header entry of spec's keyring names.
+func specKeyID(s volume.KeyringSpec) string {
+	if s.Kind == keyring.KindAWSKMS {
+		return s.KeyARN
+	}
+	return s.KeyID
+}
+
+// recovery unwraps with the volume's keyrings, and with the identity only
+// where they had an entry and could not answer for it.
+//
+// A recipient is a public key, in kmsfs.json for anyone to read, and age
+// does not say who wrapped to it. Whoever can write CIPHERDIR can make a
+// header, or a branch key file, whose only entry the identity opens, for
+// a key they know. Taking it would export their plaintext as the
+// volume's, and a rewrap would wrap it under the new keys: a branch key
+// planted so would then wrap every new file. kmsfs writes an entry for
+// every keyring of the config into every header, so the identity is
+// asked only for a header that has an entry of the volume's own keys,
+// and only when those could not answer for it: disabled, deleted,
+// unreachable, access denied, or their key file not loaded. The loss the
+// identity is for. A header with no entry of the volume's keys, or with
+// one they find invalid (made for another file, or forged), is refused.
+//
+// Where the volume's keys cannot answer at all, nothing tells a planted
+// entry from a genuine one (docs/THREAT_MODEL.md).
+type recovery struct {
+	kr   keyring.Keyring // nil: none of the volume's keyrings loaded
+	id   *agekey.Identity
+	keys map[[2]string]bool
+}
+
+func (r recovery) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
+	if r.kr == nil {
+		return nil, nil, errors.New("no keyring of the volume is loaded to wrap with")
+	}
+	return r.kr.GenerateDataKey(ctx, ec)
+}
+
+func (r recovery) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
+	err := fmt.Errorf("no keyring of the volume loaded: %w", keyring.ErrNoUsableKey)
+	if r.kr != nil {
+		var dk *keyring.DataKey
+		if dk, err = r.kr.Decrypt(ctx, wrapped, ec); err == nil {
+			return dk, nil
+		}
+	}
+	switch {
+	case errors.Is(err, keyring.ErrInvalidCiphertext):
+		return nil, fmt.Errorf("%w (the recovery identity is not used where the volume's keys find an entry invalid)", err)
+	case !errors.Is(err, keyring.ErrNoUsableKey) && !keyUnavailable(err):
+		return nil, err
+	}
+	ours := false
+	for _, w := range wrapped {
+		ours = ours || r.keys[[2]string{string(w.Kind), w.KeyID}]
+	}
+	if !ours {
+		return nil, plainError{"no entry for the volume's keys, though kmsfs writes one for each: planted or damaged (the recovery identity is not used for it)", keyring.ErrNoUsableKey}
+	}
+	dk, idErr := r.id.Decrypt(ctx, wrapped, ec)
+	if idErr != nil {
+		return nil, errors.Join(err, idErr)
+	}
+	return dk, nil
+}
+
+// plainError says msg and wraps err, without err's text.
+type plainError struct {
+	msg string
+	err error
+}
+
+func (e plainError) Error() string { return e.msg }
+func (e plainError) Unwrap() error { return e.err }
+
+// keyUnavailable reports whether err says a key service could not answer
+// (rather than that an entry is not genuine).
+func keyUnavailable(err error) bool {
+	for _, e := range []error{keyring.ErrAccessDenied, keyring.ErrKeyDisabled, keyring.ErrKeyNotFound, keyring.ErrUnreachable, keyring.ErrThrottled} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // anyOf unwraps with the first keyring that can; it generates with the
