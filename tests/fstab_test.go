@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -216,6 +218,48 @@ umount "$MNT"
 	}
 }
 
+// TestFstabRefusesFirstUse: a mount from fstab does not trust a volume
+// this machine has no trusted copy of (nobody is there at boot to check
+// the keys it names), and with no HOME, as systemd runs mount units, it
+// looks for the copies in the user's home from the password database.
+func TestFstabRefusesFirstUse(t *testing.T) {
+	t.Parallel()
+	v := newVolume(t, nil)
+	fillVolume(t, v, 2) // files that attest its keys: a first use by hand would mount
+	mnt := t.TempDir()
+	t.Cleanup(func() { // should a mount happen
+		if cliMounted(t, mnt) {
+			exec.Command("fusermount3", "-u", "-z", mnt).Run()
+		}
+	})
+	other := "XDG_CONFIG_HOME=" + t.TempDir() // a machine that never saw it
+	out, errOut, code := run(t, []string{other}, v.Dir, mnt, "-o", "ro")
+	cliWantFail(t, "a first mount from fstab", out, errOut, code, cliExitVolume, "does not trust a volume on first sight")
+	if cliMounted(t, mnt) {
+		t.Fatal("a volume never seen here was mounted from fstab")
+	}
+
+	u, err := user.LookupId(strconv.Itoa(os.Geteuid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(kmsfsBin, v.Dir, mnt, "-o", "ro")
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "HOME=") && !strings.HasPrefix(e, "XDG_CONFIG_HOME=") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if want := filepath.Join(u.HomeDir, ".config", "kmsfs", "trusted"); err == nil || !strings.Contains(stderr.String(), want) {
+		t.Errorf("mount from fstab without HOME: %v, %s; want a refusal that looked in %s", err, stderr.String(), want)
+	}
+	if cliMounted(t, mnt) {
+		t.Fatal("mounted without HOME")
+	}
+}
+
 // TestFstabOptionErrors: an unknown option, or one that needs a value and
 // has none, is refused in one line before anything is mounted; so is
 // trust_config, which in fstab would re-trust any kmsfs.json at each boot.
@@ -228,6 +272,8 @@ func TestFstabOptionErrors(t *testing.T) {
 		{"key_cache_ttl", "-o key_cache_ttl needs a value"},
 		{"key_cache_ttl=soon", "-o key_cache_ttl=soon:"},
 		{"trust_config", "-o trust_config: accept a changed kmsfs.json once, by hand"},
+		{"rw,trust-config", "-o trust_config: accept a changed kmsfs.json once, by hand"},
+		{"debug_fuse", "-o debug_fuse logs plaintext"},
 		{"daemon", "-o daemon: unknown mount option"},
 		{"fsname=x", "-o fsname=x: unknown mount option"},
 	} {

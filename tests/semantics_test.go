@@ -1089,6 +1089,7 @@ func TestRootMountPermissions(t *testing.T) {
 		t.Run(strings.Join(append([]string{"root"}, c.flags...), " "), func(t *testing.T) {
 			t.Parallel()
 			m := mountVolume(t, newVolume(t, nil), append([]string{"--debug-fuse"}, c.flags...)...)
+			m.AllowWarnings = true // --debug-fuse says it logs plaintext
 			mustOK := func(err error) {
 				t.Helper()
 				if err != nil {

@@ -54,7 +54,9 @@ func cmdMountHelper(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return cmdMount(append(append(flags, "--daemon", "--"), args[0], args[1]), stdout, stderr)
+	// Last, so no option turns it off: at boot nobody is there to check
+	// a volume trusted on first sight.
+	return cmdMount(append(append(flags, "--daemon", "--require-trusted", "--"), args[0], args[1]), stdout, stderr)
 }
 
 // ignoredMountOptions are for mount(8), systemd and fstab (noauto, nofail,
@@ -84,6 +86,11 @@ func mountOptionFlags(opts string) ([]string, error) {
 	var out []string
 	for _, opt := range strings.Split(opts, ",") {
 		name, value, hasValue := strings.Cut(opt, "=")
+		if !strings.HasPrefix(name, "x-") {
+			// One spelling, so that the refusals below see every form:
+			// -o trust-config is trust_config.
+			name = strings.ReplaceAll(name, "-", "_")
+		}
 		if alias, ok := optionAliases[name]; ok {
 			name = alias
 		}
@@ -95,6 +102,10 @@ func mountOptionFlags(opts string) ([]string, error) {
 			// At every boot it would trust whatever kmsfs.json
 			// CIPHERDIR holds then: the check would never run.
 			return nil, fail(exitUsage, "-o trust_config: accept a changed kmsfs.json once, by hand (kmsfs mount --trust-config CIPHERDIR MOUNTPOINT, then unmount), not in fstab")
+		case name == "debug_fuse":
+			// It would log file names and the first bytes of every read
+			// and write, plaintext, at every boot.
+			return nil, fail(exitUsage, "-o debug_fuse logs plaintext: use kmsfs mount --debug-fuse by hand while debugging, not in fstab")
 		case name == "daemon" || name == "d":
 			return nil, fail(exitUsage, "-o %s: unknown mount option (kmsfs options are the mount flags spelled with _: key_cache_ttl=30s)", opt)
 		}

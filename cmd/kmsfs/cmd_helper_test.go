@@ -28,6 +28,9 @@ func TestMountOptionFlags(t *testing.T) {
 		{"key_pool", nil, "-o key_pool needs a value (key_pool=INT)"},
 		{"key_pool=many", nil, `-o key_pool=many: "many" is not a valid int`},
 		{"trust_config", nil, "-o trust_config: accept a changed kmsfs.json once"},
+		{"rw,trust-config", nil, "-o trust_config: accept a changed kmsfs.json once"},
+		{"debug_fuse", nil, "-o debug_fuse logs plaintext"},
+		{"debug-fuse=true", nil, "-o debug_fuse logs plaintext"},
 		{"d", nil, "-o d: unknown mount option"},
 		{"noexec=1", nil, "-o noexec=1: unknown mount option"},
 	} {

@@ -23,7 +23,7 @@ import (
 type mountFlags struct {
 	readOnly, allowOther, daemon, debugFUSE bool
 	defaultPermissions                      bool
-	trustConfig, nonempty                   bool
+	trustConfig, nonempty, requireTrusted   bool
 	localKey, logLevel                      string
 	endpoint, region                        keyedValue
 	keyCacheTTL, branchKeyTTL, releaseIdle  time.Duration
@@ -51,12 +51,13 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files as it is listed, ahead of their opens (eager, for backup tools; keys unused for 30s are wiped)")
 	fl.BoolVar(&m.keyReadahead, "key-readahead", true, "when files of a directory are opened one after the other, unwrap the next ones' keys ahead (--key-readahead=false: off; off by default when every keyring is a local key)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
-	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request")
+	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request, with file names and the first bytes of each read and write: plaintext in the log")
 	fl.StringVar(&m.cpuProfile, "debug-cpuprofile", "", "debugging aid: write a CPU profile of the mount process to `FILE` until it unmounts (go tool pprof)")
 	fl.StringVar(&m.trace, "debug-trace", "", "debugging aid: write an execution trace of the mount process to `FILE` until it unmounts (go tool trace)")
 	fl.DurationVar(&m.releaseIdle, "release-memory-after", 30*time.Second, "return memory a burst of work left behind to the system once the mount has been idle this long (0: leave it to the Go runtime)")
 	fl.DurationVar(&m.idle, "idle", 0, "unmount after this long with no request and no open file (0: never)")
 	fl.BoolVar(&m.nonempty, "nonempty", false, "mount over a mountpoint that is not empty, hiding its files")
+	fl.BoolVar(&m.requireTrusted, "require-trusted", false, "refuse a volume this machine has no trusted copy of the config of, instead of trusting it on first use (a mount from fstab always does)")
 	fl.BoolVar(&m.trustConfig, "trust-config", false, "trust CIPHERDIR/kmsfs.json as it is now, though it differs from the copy this machine trusts (after you changed it yourself)")
 }
 
@@ -157,7 +158,7 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 	if pending, _ := vol.PendingRewrap(); pending {
 		return fail(exitVolume, "a kmsfs rewrap of %s was interrupted: its files are wrapped under the old keyrings or the new ones. Finish it first: run the same kmsfs rewrap command again", cipherDir)
 	}
-	ov := keyOverrides{region: m.region, endpoint: m.endpoint, localKey: m.localKey, skipUnavailable: m.readOnly, log: log}
+	ov := keyOverrides{region: m.region, endpoint: m.endpoint, localKey: m.localKey, skipUnavailable: m.readOnly, requireTrusted: m.requireTrusted, log: log}
 	kr, err := trustedKeyring(ctx, vol, m.trustConfig, ov, log)
 	if err != nil {
 		if !m.readOnly {
@@ -359,6 +360,9 @@ func startAids(m mountFlags, keys *mountKeys, root *kfs.Root, log *slog.Logger) 
 // SIGTERM, or --idle); then it calls what mounted returned. It tells a
 // service manager STOPPING=1 as the unmount begins.
 func serve(root *kfs.Root, mountpoint string, m mountFlags, log *slog.Logger, mounted func() (unmounted func())) error {
+	if m.debugFUSE {
+		log.Warn("--debug-fuse: every FUSE request is logged, with file names and the first bytes of each read and write: plaintext in the log")
+	}
 	srv, err := kfs.Mount(mountpoint, root, kfs.MountOptions{AllowOther: m.allowOther, NoDefaultPermissions: !m.defaultPermissions, Debug: m.debugFUSE})
 	if err != nil {
 		return mountError(mountpoint, err)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/agekey"
@@ -31,7 +33,10 @@ type keyOverrides struct {
 	// identityGiven says an age identity unwraps too (--identity of an
 	// offline command): the volume's keyrings may all be unavailable.
 	identityGiven bool
-	log           *slog.Logger // for skipUnavailable's warnings
+	// requireTrusted refuses a config this machine has no trusted copy
+	// of, rather than trusting it on first use (mount --require-trusted).
+	requireTrusted bool
+	log            *slog.Logger // for skipUnavailable's warnings
 }
 
 // buildKeyring makes the keyring a volume config names: one provider, or
@@ -216,11 +221,25 @@ func defaultKeyDir() (string, error) {
 	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" && filepath.IsAbs(d) {
 		return filepath.Join(d, "kmsfs"), nil
 	}
-	home, err := os.UserHomeDir()
-	if err != nil {
+	home := homeDir()
+	if home == "" {
 		return "", fmt.Errorf("no $XDG_CONFIG_HOME or home directory for the key file: give one with --local-key")
 	}
 	return filepath.Join(home, ".config", "kmsfs"), nil
+}
+
+// homeDir is $HOME, or where it is unset (systemd gives mount units and
+// services none) the home directory the password database gives the
+// effective user, so that a mount at boot finds what kmsfs init kept
+// under /root. "" if neither.
+func homeDir() string {
+	if h := os.Getenv("HOME"); h != "" {
+		return h
+	}
+	if u, err := user.LookupId(strconv.Itoa(os.Geteuid())); err == nil && filepath.IsAbs(u.HomeDir) {
+		return u.HomeDir
+	}
+	return ""
 }
 
 // keyError turns a keyring failure into one actionable line.

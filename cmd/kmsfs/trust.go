@@ -135,6 +135,9 @@ func trustedKeyrings(ctx context.Context, vol *volume.Volume, accept bool, ov ke
 		}
 		return kr, members, nil
 	}
+	if t.state == trustNone && !accept && ov.requireTrusted {
+		return nil, nil, fail(exitVolume, "this machine has no trusted copy of %s%s, and a mount from fstab or with --require-trusted does not trust a volume on first sight: whoever can write CIPHERDIR could have replaced the whole volume. Mount it once by hand (kmsfs mount CIPHERDIR MOUNTPOINT, as the same user), check the keys it names, and unmount", name, trustedWhere())
+	}
 	attestedBy := ""
 	if !accept {
 		if attestedBy, err = attest(ctx, vol, members); err != nil {
