@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keyring"
@@ -36,12 +37,19 @@ func newMetricsRegistry(keys *mountKeys, root *kfs.Root) *prometheus.Registry {
 	return reg
 }
 
+// maxMetricsConns bounds the metrics endpoint's open connections.
+const maxMetricsConns = 16
+
 // serveMetrics serves /metrics in the Prometheus text format.
 func serveMetrics(addr string, keys *mountKeys, root *kfs.Root, log *slog.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
+	// Anyone who can reach addr can connect: connections past the limit
+	// wait in the kernel's backlog, not on the mount's descriptors, and
+	// the timeouts close the ones that idle or trickle.
+	ln = netutil.LimitListener(ln, maxMetricsConns)
 	reg := newMetricsRegistry(keys, root)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
@@ -49,7 +57,8 @@ func serveMetrics(addr string, keys *mountKeys, root *kfs.Root, log *slog.Logger
 		// A scrape never waits for another: each reads atomics.
 		MaxRequestsInFlight: 4,
 	}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10}
 	go func() {
 		if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
 			log.Warn("metrics server stopped", "err", err.Error())
