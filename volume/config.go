@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -195,6 +197,14 @@ func (c *Config) validateMode() error {
 }
 
 func (k KeyringSpec) validate() error {
+	for _, f := range []struct{ name, v string }{{"kind", string(k.Kind)}, {"key_id", k.KeyID}, {"key_arn", k.KeyARN},
+		{"region", k.Region}, {"endpoint", k.Endpoint}, {"key_file", k.KeyFile}} {
+		// These are printed in messages and logs: a newline or an
+		// escape sequence there would forge lines or drive the terminal.
+		if !utf8.ValidString(f.v) || strings.IndexFunc(f.v, unicode.IsControl) >= 0 {
+			return fmt.Errorf("keyring %s %q holds a control character or is not UTF-8", f.name, f.v)
+		}
+	}
 	switch k.Kind {
 	case keyring.KindAWSKMS:
 		if k.KeyID == "" || k.KeyARN == "" {

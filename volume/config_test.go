@@ -151,6 +151,8 @@ func TestParseConfigRejects(t *testing.T) {
 	}{
 		{"unknown field", configWith(t, field("compression", "zstd")), `unknown field "compression"`},
 		{"unknown keyring field", configWith(t, keyringField(1, "passphrase", "x")), `unknown field "passphrase"`},
+		{"newline in key_file", configWith(t, keyringField(0, "key_file", "/tmp/x\n[INFO] all good")), "control character"},
+		{"escape in region", configWith(t, keyringField(1, "region", "eu-west-2\x1b]0;pwned\x07")), "control character"},
 		{"format version 4", configWith(t, field("format_version", 4)), "volume format version 4 is not supported"},
 		{"format version 3 without key_mode", configWith(t, field("format_version", 3)), "key_mode"},
 		{"format version 2 without key_mode", configWith(t, field("format_version", 2)), "key_mode"},

@@ -26,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"filippo.io/age"
@@ -132,7 +131,12 @@ type Identity struct {
 // file, it must not be readable by group or others. Only X25519
 // identities are accepted.
 func LoadIdentity(path string) (*Identity, error) {
-	f, err := os.Open(path)
+	// As a key file: a FIFO or a device there must not hang the command
+	// or run a driver's open.
+	f, err := keyring.OpenRegularFile(path)
+	if errors.Is(err, keyring.ErrNotRegular) {
+		return nil, fmt.Errorf("identity file %s is not a regular file", path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open identity file: %w", err)
 	}
@@ -140,9 +144,6 @@ func LoadIdentity(path string) (*Identity, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("identity file %s is not a regular file", path)
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("identity file %s has mode %04o, open to group or others: run chmod 600 %s", path, perm, path)

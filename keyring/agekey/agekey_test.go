@@ -6,9 +6,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"filippo.io/age"
+	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/keyring"
 )
@@ -146,5 +148,13 @@ func TestLoadIdentityRefuses(t *testing.T) {
 	}
 	if _, err := ParseRecipient("age1notarecipient"); err == nil {
 		t.Error("a bad recipient was accepted")
+	}
+	// A FIFO would block the open for good (no writer ever comes).
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadIdentity(fifo); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a FIFO as the identity file: %v", err)
 	}
 }
