@@ -41,7 +41,10 @@ func openat(dirfd int, path string, flags int, mode uint32) (int, error) {
 	var fd int
 	err := retryEINTR(func() error {
 		var err error
-		fd, err = unix.Openat(dirfd, path, flags|unix.O_CLOEXEC, mode)
+		// O_NOCTTY: a terminal planted in CIPHERDIR in place of a
+		// stored file must not become the daemon's controlling
+		// terminal (whose hangup would end the mount).
+		fd, err = unix.Openat(dirfd, path, flags|unix.O_CLOEXEC|unix.O_NOCTTY, mode)
 		return err
 	})
 	return fd, err

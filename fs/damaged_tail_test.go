@@ -47,3 +47,26 @@ func TestStrayTailServesReadablePart(t *testing.T) {
 		t.Errorf("read %d bytes, want the %d readable ones", n, len(want))
 	}
 }
+
+// TestTruncateGetsPastStrayTail: a stored file cut a few bytes into its
+// first block reads as empty; O_TRUNC (truncate to 0) must cut it back
+// to its header so that it can be written again, rather than take the
+// "nothing to cut" path and leave every later write failing (found by
+// review).
+func TestTruncateGetsPastStrayTail(t *testing.T) {
+	mnt, root := mountInProcess(t, Options{})
+	p := filepath.Join(mnt, "f")
+	if err := os.WriteFile(p, bytes.Repeat([]byte("x"), 5000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := root.layout
+	if err := os.Truncate(filepath.Join(root.vol.Dir, "f"), l.HeaderSize+l.JournalSize()+10); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("written again"), 0o644); err != nil {
+		t.Fatalf("O_TRUNC and write after the cut: %v", err)
+	}
+	if got, err := os.ReadFile(p); err != nil || string(got) != "written again" {
+		t.Fatalf("read back %q, %v", got, err)
+	}
+}

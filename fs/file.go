@@ -223,8 +223,11 @@ func (f *file) truncate(size int64) error {
 	if err != nil {
 		return err
 	}
-	cur, _ := f.n.r.layout.PlainSize(stored)
-	if size == cur {
+	// A stored size no writer makes (cut inside a block) reads as the
+	// whole blocks before the cut; truncating to 0 still works, so that
+	// O_TRUNC gets past the damage.
+	cur, damaged := f.n.r.layout.PlainSize(stored)
+	if size == cur && damaged == nil {
 		// Nothing to cut, but a truncate (and O_TRUNC) still updates
 		// mtime and ctime, as on ext4: truncate the stored file to
 		// its own size.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -172,7 +173,7 @@ func (f *file) ensureHeader() (int64, error) {
 		return -1, nil
 	}
 	r := f.n.r
-	if err := retryEINTR(func() error { return unix.Flock(f.fd, unix.LOCK_EX) }); err != nil && !errors.Is(err, unix.ENOLCK) {
+	if err := lockHeader(f.fd); err != nil {
 		return -1, err
 	}
 	defer unix.Flock(f.fd, unix.LOCK_UN)
@@ -222,4 +223,33 @@ func (f *file) ensureKey() error {
 	}
 	st.key = k
 	return nil
+}
+
+// headerLockWait bounds how long ensureHeader waits for another holder of
+// the stored file's flock: another mount writing the header holds it for
+// one key service call at most.
+var headerLockWait = 10 * time.Second
+
+// lockHeader takes the exclusive flock ensureHeader writes a header under,
+// without blocking for good: whoever can read CIPHERDIR can hold a shared
+// flock on a stored file, and a blocking flock would then hold the
+// writer, unkillable, and a daemon thread with it, for as long as they
+// like. It polls instead, and gives up after headerLockWait (EIO, with a
+// warning naming the file). A filesystem without flock (ENOLCK) needs none.
+func lockHeader(fd int) error {
+	wait := time.Millisecond
+	deadline := time.Now().Add(headerLockWait)
+	for {
+		err := retryEINTR(func() error { return unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) })
+		switch {
+		case err == nil, errors.Is(err, unix.ENOLCK):
+			return nil
+		case !errors.Is(err, unix.EWOULDBLOCK):
+			return err
+		case time.Now().After(deadline):
+			return fmt.Errorf("the stored file has been locked (flock) by another process for %v: it has no header yet, and kmsfs writes one only under an exclusive lock", headerLockWait)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 100*time.Millisecond)
+	}
 }

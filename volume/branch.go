@@ -35,6 +35,10 @@ import (
 // and a key file counts only once the volume's keyrings unwrap it and it
 // verifies (BranchKeyring).
 
+// ErrBranchKeyGone: the branch key file a header names is not in the
+// store (removed, moved, or replaced by a symlink).
+var ErrBranchKeyGone = errors.New("the branch key file is gone or replaced")
+
 // BranchStore is the path of the branch key store below CIPHERDIR.
 const BranchStore = StoreName + "/branch"
 
@@ -122,6 +126,11 @@ func (v *Volume) ReadBranch(id [blockcipher.IDSize]byte) (*blockcipher.Header, e
 	}
 	defer unix.Close(dfd)
 	f, err := OpenFile(dfd, hex.EncodeToString(id[:]))
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		// Not an errno for the reader of a file under it: the volume is
+		// damaged (EIO, and a warning naming it), not the file missing.
+		return nil, fmt.Errorf("branch key %x: %v: %w", id, err, ErrBranchKeyGone)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("branch key %x: %w", id, err)
 	}

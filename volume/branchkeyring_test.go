@@ -338,3 +338,29 @@ func TestBranchKeyringDatedAhead(t *testing.T) {
 		t.Fatal("new files do not go under the key Rotate made")
 	}
 }
+
+// A branch key file removed or replaced by a symlink is damage to the
+// volume (EIO for the reader), not an errno of the file being opened.
+func TestBranchKeyGone(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	v := branchVolume(t, dir, l)
+	c := &clock{t: time.Now()}
+	files := newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 1)
+	ids, _ := v.BranchIDs()
+	name := filepath.Join(dir, BranchStore, hex.EncodeToString(ids[0][:]))
+	for _, replace := range []func() error{
+		func() error { return os.Rename(name, name+".moved") },
+		func() error { return os.Symlink(name+".moved", name) },
+	} {
+		if err := replace(); err != nil {
+			t.Fatal(err)
+		}
+		k := newTestBranchKeyring(t, v, l, time.Hour, c)
+		_, err := k.Decrypt(context.Background(), files[0].wrapped, files[0].ec)
+		var errno unix.Errno
+		if !errors.Is(err, ErrBranchKeyGone) || errors.As(err, &errno) {
+			t.Errorf("open under a branch key file gone: %v; want ErrBranchKeyGone and no errno", err)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -169,13 +170,28 @@ func openBeneath(root int, rel string, flags int) (*os.File, error) {
 }
 
 func flock(f *os.File) error {
+	// Polled, not blocking: whoever can read CIPHERDIR can hold a shared
+	// flock on a stored file for as long as they like.
+	wait := time.Millisecond
+	deadline := time.Now().Add(flockWait)
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			if errors.Is(err, unix.ENOLCK) {
-				return nil
-			}
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		switch {
+		case err == nil, errors.Is(err, unix.ENOLCK):
+			return nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case !errors.Is(err, unix.EWOULDBLOCK):
 			return err
+		case time.Now().After(deadline):
+			return fmt.Errorf("locked (flock) by another process for %v: find it with fuser, then run again", flockWait)
 		}
+		time.Sleep(wait)
+		wait = min(2*wait, 100*time.Millisecond)
 	}
 }
+
+// flockWait bounds how long a rewrap waits for another holder of a
+// stored file's flock (a mount writing its header holds it for one key
+// service call).
+var flockWait = 30 * time.Second

@@ -378,6 +378,14 @@ func serve(root *kfs.Root, mountpoint string, m mountFlags, log *slog.Logger, mo
 	})
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	if os.Getenv(daemonChildEnv) != "" {
+		// A session leader with no terminal: a hangup can only come
+		// from a terminal someone planted for the mount to open.
+		signal.Ignore(syscall.SIGHUP)
+	} else {
+		// The terminal went away: unmount cleanly rather than die.
+		signal.Notify(sigs, syscall.SIGHUP)
+	}
 	go func() {
 		for sig := range sigs {
 			log.Info("unmounting", "signal", sig.String(), "mountpoint", mountpoint)

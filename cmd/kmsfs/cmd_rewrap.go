@@ -472,7 +472,7 @@ var errBranchAhead = errors.New("branch key dated ahead of the clock")
 func notABranchKey(err error) bool {
 	var fe *blockcipher.FormatError
 	return errors.As(err, &fe) || errors.Is(err, blockcipher.ErrHeaderAuth) || errors.Is(err, keyring.ErrInvalidCiphertext) ||
-		errors.Is(err, keyring.ErrNoUsableKey) || errors.Is(err, regfile.ErrNotRegular) || errors.Is(err, unix.ELOOP)
+		errors.Is(err, keyring.ErrNoUsableKey) || errors.Is(err, regfile.ErrNotRegular) || errors.Is(err, volume.ErrBranchKeyGone)
 }
 
 func (r *rewrapRun) record(rel string, out volume.RewrapOutcome, err error) {
