@@ -2,7 +2,6 @@ package fs
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -231,25 +230,12 @@ func (f *file) ensureKey() error {
 var headerLockWait = 10 * time.Second
 
 // lockHeader takes the exclusive flock ensureHeader writes a header under,
-// without blocking for good: whoever can read CIPHERDIR can hold a shared
-// flock on a stored file, and a blocking flock would then hold the
-// writer, unkillable, and a daemon thread with it, for as long as they
-// like. It polls instead, and gives up after headerLockWait (EIO, with a
-// warning naming the file). A filesystem without flock (ENOLCK) needs none.
+// giving up after headerLockWait (EIO, with a warning naming the file)
+// rather than waiting for good on a reader of CIPHERDIR who holds a shared
+// one (volume.LockExclusive).
 func lockHeader(fd int) error {
-	wait := time.Millisecond
-	deadline := time.Now().Add(headerLockWait)
-	for {
-		err := retryEINTR(func() error { return unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) })
-		switch {
-		case err == nil, errors.Is(err, unix.ENOLCK):
-			return nil
-		case !errors.Is(err, unix.EWOULDBLOCK):
-			return err
-		case time.Now().After(deadline):
-			return fmt.Errorf("the stored file has been locked (flock) by another process for %v: it has no header yet, and kmsfs writes one only under an exclusive lock", headerLockWait)
-		}
-		time.Sleep(wait)
-		wait = min(2*wait, 100*time.Millisecond)
+	if err := volume.LockExclusive(fd, headerLockWait); err != nil {
+		return fmt.Errorf("the stored file has no header yet, and kmsfs writes one only under an exclusive lock: %w", err)
 	}
+	return nil
 }

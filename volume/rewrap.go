@@ -170,12 +170,22 @@ func openBeneath(root int, rel string, flags int) (*os.File, error) {
 }
 
 func flock(f *os.File) error {
-	// Polled, not blocking: whoever can read CIPHERDIR can hold a shared
-	// flock on a stored file for as long as they like.
-	wait := time.Millisecond
-	deadline := time.Now().Add(flockWait)
+	if err := LockExclusive(int(f.Fd()), flockWait); err != nil {
+		return fmt.Errorf("%w: find the holder with fuser, then run again", err)
+	}
+	return nil
+}
+
+// LockExclusive takes an exclusive flock on fd, polling rather than
+// blocking: whoever can read CIPHERDIR can hold a shared flock on a
+// stored file for as long as they like, and a blocking flock would hold
+// the caller (unkillable, in a mount's FUSE request) as long. It gives up
+// after wait. A filesystem without flock (ENOLCK) needs none.
+func LockExclusive(fd int, wait time.Duration) error {
+	pause := time.Millisecond
+	deadline := time.Now().Add(wait)
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
 		switch {
 		case err == nil, errors.Is(err, unix.ENOLCK):
 			return nil
@@ -184,10 +194,10 @@ func flock(f *os.File) error {
 		case !errors.Is(err, unix.EWOULDBLOCK):
 			return err
 		case time.Now().After(deadline):
-			return fmt.Errorf("locked (flock) by another process for %v: find it with fuser, then run again", flockWait)
+			return fmt.Errorf("locked (flock) by another process for %v", wait)
 		}
-		time.Sleep(wait)
-		wait = min(2*wait, 100*time.Millisecond)
+		time.Sleep(pause)
+		pause = min(2*pause, 100*time.Millisecond)
 	}
 }
 
