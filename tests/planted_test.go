@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -37,8 +38,10 @@ func volumeAndRecipient(t *testing.T, dir, recipient string) (*kvolume.Volume, *
 }
 
 // plantForRecipient writes a stored file at rel in the volume in dir,
-// holding plain, whose only wrapped key is to recipient.
-func plantForRecipient(t *testing.T, dir, rel, recipient string, plain []byte) {
+// holding plain, whose key is wrapped to recipient, after the entries
+// claims (copied from another file: they claim the volume's keys, and do
+// not open for this one).
+func plantForRecipient(t *testing.T, dir, rel, recipient string, plain []byte, claims ...keyring.WrappedKey) {
 	t.Helper()
 	vol, r := volumeAndRecipient(t, dir, recipient)
 	id := blockcipher.NewID()
@@ -47,7 +50,7 @@ func plantForRecipient(t *testing.T, dir, rel, recipient string, plain []byte) {
 		t.Fatal(err)
 	}
 	defer dk.Wipe()
-	h, err := vol.NewHeader(id, w)
+	h, err := vol.NewHeader(id, append(claims, w...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +128,7 @@ func TestIdentityRefusesPlanted(t *testing.T) {
 			os.Rename(key, key+".lost")
 		}
 		out, errOut, code := run(t, v.Env, "cat", "--identity", identity, planted)
-		if code == cliExitOK || out != "" || !strings.Contains(errOut, "no entry for the volume's keys") {
+		if code == cliExitOK || out != "" || !strings.Contains(errOut, "no entry for each of the volume's keys") {
 			t.Errorf("key lost %v: cat --identity of a planted file: exit %d, %q, %q; want a refusal", lost, code, out, errOut)
 		}
 		if out, errOut, code := run(t, v.Env, "cat", "--identity", identity, filepath.Join(v.Dir, "f2")); code != cliExitOK || out != string(patterned(2, 100+2*37)) {
@@ -228,4 +231,62 @@ func TestIdentityWhenKMSKeyDisabled(t *testing.T) {
 	if out, errOut, code := run(t, v.Env, "cat", "--identity", identity, filepath.Join(v.Dir, "planted")); code == cliExitOK || out != "" {
 		t.Errorf("cat --identity of a planted file with the KMS key disabled: exit %d, %q, %s", code, out, errOut)
 	}
+}
+
+// claimsOf returns the entries of the stored file at path but its age
+// ones, for plantForRecipient.
+func claimsOf(t *testing.T, path string) []keyring.WrappedKey {
+	t.Helper()
+	var out []keyring.WrappedKey
+	for _, w := range cliInspect(t, path).WrappedKeys {
+		if w.Keyring == "age" {
+			continue
+		}
+		blob, err := base64.StdEncoding.DecodeString(w.CiphertextBlob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, keyring.WrappedKey{Kind: keyring.Kind(w.Keyring), KeyID: w.KeyID, Blob: blob})
+	}
+	return out
+}
+
+// TestIdentityPartialLoss: with one of the volume's keys lost and another
+// still there, a planted header passes neither by leaving out the entry
+// of the key that is there, nor by carrying a copy of another file's (found
+// by review); a genuine file still opens.
+func TestIdentityPartialLoss(t *testing.T) {
+	t.Parallel()
+	srv := kmstest.Start(t)
+	identity, recipient := newAgeIdentity(t)
+	base := t.TempDir()
+	key := filepath.Join(base, "main.key")
+	v := newVolumeIn(t, base, srv.Env(), "--kms-key", kmstest.KeyAARN, "--kms-endpoint", srv.Endpoint(), "--local-key", key, "--recipient", recipient)
+	fillVolume(t, v, 3)
+	claims := claimsOf(t, filepath.Join(v.Dir, "f2")) // KMS, then local
+	if len(claims) != 2 {
+		t.Fatalf("f2's entries: %+v", claims)
+	}
+	plantForRecipient(t, v.Dir, "local-only", recipient, []byte("planted\n"), claims[1])
+	plantForRecipient(t, v.Dir, "kms-only", recipient, []byte("planted\n"), claims[0])
+	plantForRecipient(t, v.Dir, "both", recipient, []byte("planted\n"), claims...)
+	cat := func(name string) (string, string, int) {
+		return run(t, v.Env, "cat", "--identity", identity, filepath.Join(v.Dir, name))
+	}
+	check := func(when string, planted ...string) {
+		t.Helper()
+		for _, p := range planted {
+			if out, errOut, code := cat(p); code == cliExitOK || out != "" {
+				t.Errorf("%s: cat --identity %s: exit %d, %q, %s; want a refusal", when, p, code, out, errOut)
+			}
+		}
+		if out, errOut, code := cat("f2"); code != cliExitOK || out != string(patterned(2, 100+2*37)) {
+			t.Errorf("%s: cat --identity f2: exit %d, %s", when, code, errOut)
+		}
+	}
+	os.Rename(key, key+".lost")
+	check("local key lost, KMS there", "local-only", "kms-only", "both")
+	os.Rename(key+".lost", key)
+	srv.DisableKey(t, kmstest.KeyAARN)
+	check("KMS key disabled, local key there", "local-only", "kms-only", "both")
 }

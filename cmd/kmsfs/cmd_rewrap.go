@@ -276,7 +276,7 @@ func (r *rewrapRun) unwrapper(old, target []keyring.Keyring, id *agekey.Identity
 	if all := append(offline, kms...); len(all) > 0 {
 		kr = anyOf(all)
 	}
-	return withIdentity(kr, id, unwrappingKeys(r.vol.Config.Keyrings, r.specs))
+	return withIdentity(kr, id, r.vol.Config.Keyrings, r.specs)
 }
 
 // countedDecrypt counts a KMS keyring's Decrypt calls.

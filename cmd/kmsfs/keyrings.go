@@ -277,24 +277,26 @@ func loadIdentity(path string) (*agekey.Identity, error) {
 // withIdentity returns the keyring an offline command unwraps with: kr,
 // the volume's keyrings, then the identity where they cannot answer (see
 // recovery); id nil: kr alone. kr is nil when none of the volume's
-// keyrings that unwrap can be loaded. keys are the (kind, key ID) of the
-// keyrings of the volume's config that unwrap (unwrappingKeys).
-func withIdentity(kr keyring.Keyring, id *agekey.Identity, keys map[[2]string]bool) keyring.Keyring {
+// keyrings that unwrap can be loaded. sets are the keyring sets a genuine
+// header is wrapped under (unwrappingKeys of each).
+func withIdentity(kr keyring.Keyring, id *agekey.Identity, sets ...[]volume.KeyringSpec) keyring.Keyring {
 	if id == nil {
 		return kr
 	}
-	return recovery{kr: kr, id: id, keys: keys}
+	r := recovery{kr: kr, id: id}
+	for _, s := range sets {
+		r.sets = append(r.sets, unwrappingKeys(s))
+	}
+	return r
 }
 
 // unwrappingKeys are the (kind, key ID) a header entry of each of specs'
 // keyrings that unwrap names (a recipient does not unwrap).
-func unwrappingKeys(specs ...[]volume.KeyringSpec) map[[2]string]bool {
-	out := map[[2]string]bool{}
-	for _, ss := range specs {
-		for _, s := range ss {
-			if s.Kind != keyring.KindAge {
-				out[[2]string{string(s.Kind), specKeyID(s)}] = true
-			}
+func unwrappingKeys(specs []volume.KeyringSpec) [][2]string {
+	var out [][2]string
+	for _, s := range specs {
+		if s.Kind != keyring.KindAge {
+			out = append(out, [2]string{string(s.Kind), specKeyID(s)})
 		}
 	}
 	return out
@@ -309,27 +311,31 @@ func specKeyID(s volume.KeyringSpec) string {
 }
 
 // recovery unwraps with the volume's keyrings, and with the identity only
-// where they had an entry and could not answer for it.
+// where every one of them had an entry and could not answer for it.
 //
 // A recipient is a public key, in kmsfs.json for anyone to read, and age
 // does not say who wrapped to it. Whoever can write CIPHERDIR can make a
-// header, or a branch key file, whose only entry the identity opens, for
-// a key they know. Taking it would export their plaintext as the
-// volume's, and a rewrap would wrap it under the new keys: a branch key
-// planted so would then wrap every new file. kmsfs writes an entry for
-// every keyring of the config into every header, so the identity is
-// asked only for a header that has an entry of the volume's own keys,
-// and only when those could not answer for it: disabled, deleted,
-// unreachable, access denied, or their key file not loaded. The loss the
-// identity is for. A header with no entry of the volume's keys, or with
-// one they find invalid (made for another file, or forged), is refused.
+// header, or a branch key file, whose key the identity opens, for a key
+// they know, with entries that merely claim the volume's keys beside it.
+// Taking it would export their plaintext as the volume's, and a rewrap
+// would wrap it under the new keys: a branch key planted so would then
+// wrap every new file. kmsfs writes an entry for every keyring of the
+// config into every header, so the identity is asked only for a header
+// that has an entry for each of the volume's keys (of the config, or of
+// the rewrap's target), and only when those the command holds said the
+// key is gone: disabled, deleted, access denied, or its key file not
+// loaded. Any of them that is there checks its entry, so a planted header
+// passes only where none of the volume's keys can answer: the loss the
+// identity is for. A header short of an entry, or with one a key finds
+// invalid (made for another file, or forged), is refused; so is one a key
+// service could not answer for now (throttled, unreachable): run again.
 //
-// Where the volume's keys cannot answer at all, nothing tells a planted
+// Where none of the volume's keys can answer, nothing tells a planted
 // entry from a genuine one (docs/THREAT_MODEL.md).
 type recovery struct {
 	kr   keyring.Keyring // nil: none of the volume's keyrings loaded
 	id   *agekey.Identity
-	keys map[[2]string]bool
+	sets [][][2]string // a genuine header has an entry for each key of one
 }
 
 func (r recovery) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
@@ -350,21 +356,38 @@ func (r recovery) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec 
 	switch {
 	case errors.Is(err, keyring.ErrInvalidCiphertext):
 		return nil, fmt.Errorf("%w (the recovery identity is not used where the volume's keys find an entry invalid)", err)
+	case errors.Is(err, keyring.ErrUnreachable), errors.Is(err, keyring.ErrThrottled):
+		return nil, err // it may yet answer: run again
 	case !errors.Is(err, keyring.ErrNoUsableKey) && !keyUnavailable(err):
 		return nil, err
 	}
-	ours := false
-	for _, w := range wrapped {
-		ours = ours || r.keys[[2]string{string(w.Kind), w.KeyID}]
-	}
-	if !ours {
-		return nil, plainError{"no entry for the volume's keys, though kmsfs writes one for each: planted or damaged (the recovery identity is not used for it)", keyring.ErrNoUsableKey}
+	if !r.complete(wrapped) {
+		return nil, plainError{"no entry for each of the volume's keys, though kmsfs writes one for each: planted or damaged (the recovery identity is not used for it)", keyring.ErrNoUsableKey}
 	}
 	dk, idErr := r.id.Decrypt(ctx, wrapped, ec)
 	if idErr != nil {
 		return nil, errors.Join(err, idErr)
 	}
 	return dk, nil
+}
+
+// complete reports whether wrapped has an entry for every key of one of
+// the sets.
+func (r recovery) complete(wrapped []keyring.WrappedKey) bool {
+	has := map[[2]string]bool{}
+	for _, w := range wrapped {
+		has[[2]string{string(w.Kind), w.KeyID}] = true
+	}
+	for _, set := range r.sets {
+		all := len(set) > 0
+		for _, k := range set {
+			all = all && has[k]
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
 
 // plainError says msg and wraps err, without err's text.
@@ -376,10 +399,10 @@ type plainError struct {
 func (e plainError) Error() string { return e.msg }
 func (e plainError) Unwrap() error { return e.err }
 
-// keyUnavailable reports whether err says a key service could not answer
-// (rather than that an entry is not genuine).
+// keyUnavailable reports whether err says a key is gone (rather than that
+// an entry is not genuine, or that a key service could not answer now).
 func keyUnavailable(err error) bool {
-	for _, e := range []error{keyring.ErrAccessDenied, keyring.ErrKeyDisabled, keyring.ErrKeyNotFound, keyring.ErrUnreachable, keyring.ErrThrottled} {
+	for _, e := range []error{keyring.ErrAccessDenied, keyring.ErrKeyDisabled, keyring.ErrKeyNotFound} {
 		if errors.Is(err, e) {
 			return true
 		}

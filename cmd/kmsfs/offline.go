@@ -110,7 +110,7 @@ func unwrapKeyring(ctx context.Context, vol *volume.Volume, o offlineFlags, stde
 	if err != nil {
 		return nil, err
 	}
-	inner := withIdentity(volumeKeys, id, unwrappingKeys(vol.Config.Keyrings))
+	inner := withIdentity(volumeKeys, id, vol.Config.Keyrings)
 	if state == trustNone {
 		fmt.Fprintf(stderr, "kmsfs: this machine has no trusted copy of %s%s: unwrapping with the keyrings it names, %s\n", name, trustedWhere(), keyringList(vol.Config.Keyrings))
 	}

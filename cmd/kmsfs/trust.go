@@ -120,6 +120,10 @@ func trustedKeyrings(ctx context.Context, vol *volume.Volume, accept bool, ov ke
 	if err != nil {
 		return nil, nil, err
 	}
+	// Before any key file the untrusted config names is read.
+	if t.state == trustNone && !accept && ov.requireTrusted {
+		return nil, nil, fail(exitVolume, "this machine has no trusted copy of %s%s, and a mount from fstab or with --require-trusted does not trust a volume on first sight: whoever can write CIPHERDIR could have replaced the whole volume. Mount it once by hand (kmsfs mount CIPHERDIR MOUNTPOINT, as the same user), check the keys it names, and unmount", name, trustedWhere())
+	}
 	ov.configEndpoint = t.state == trustTrusted || accept
 	kr, members, err := buildKeyring(ctx, vol.Config, ov)
 	if err != nil {
@@ -134,9 +138,6 @@ func trustedKeyrings(ctx context.Context, vol *volume.Volume, accept bool, ov ke
 			}
 		}
 		return kr, members, nil
-	}
-	if t.state == trustNone && !accept && ov.requireTrusted {
-		return nil, nil, fail(exitVolume, "this machine has no trusted copy of %s%s, and a mount from fstab or with --require-trusted does not trust a volume on first sight: whoever can write CIPHERDIR could have replaced the whole volume. Mount it once by hand (kmsfs mount CIPHERDIR MOUNTPOINT, as the same user), check the keys it names, and unmount", name, trustedWhere())
 	}
 	attestedBy := ""
 	if !accept {
