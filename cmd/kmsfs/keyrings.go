@@ -91,10 +91,7 @@ func buildKeyring(ctx context.Context, cfg *volume.Config, ov keyOverrides) (key
 	if unwrapping == 0 {
 		return nil, nil, nil // only the identity unwraps
 	}
-	switch len(members) {
-	case 0:
-		return nil, nil, nil
-	case 1:
+	if len(members) == 1 {
 		return members[0], members, nil
 	}
 	m, err := keyring.NewMulti(members...)
