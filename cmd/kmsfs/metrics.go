@@ -46,6 +46,11 @@ func serveMetrics(addr string, keys *mountKeys, root *kfs.Root, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
+	return serveMetricsOn(ln, keys, root, log), nil
+}
+
+// serveMetricsOn serves /metrics on ln until stop is called.
+func serveMetricsOn(ln net.Listener, keys *mountKeys, root *kfs.Root, log *slog.Logger) (stop func()) {
 	// Anyone who can reach addr can connect: connections past the limit
 	// wait in the kernel's backlog, not on the mount's descriptors, and
 	// the timeouts close the ones that idle or trickle.
@@ -69,7 +74,7 @@ func serveMetrics(addr string, keys *mountKeys, root *kfs.Root, log *slog.Logger
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-	}, nil
+	}
 }
 
 // keyringLabel names one of the volume's keyrings for the keyring label:

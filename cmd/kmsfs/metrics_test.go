@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -21,30 +25,8 @@ import (
 // counters reach the registry under the documented names, with the Go and
 // process collectors beside them, and pass promlint.
 func TestMetricsCollector(t *testing.T) {
-	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
-	dir := filepath.Join(t.TempDir(), "vol")
-	if err := cmdInit([]string{dir}, io.Discard, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	vol, err := volume.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	vol, inner, keys, root := metricsFixture(t)
 	ctx := context.Background()
-	inner, _, err := buildKeyring(ctx, vol.Config, keyOverrides{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := assembleKeyring(vol, inner, mountFlags{keyCacheTTL: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer keys.stop()
-	root, err := kfs.NewRoot(kfs.Options{Volume: vol, Keyring: keys.kr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
 
 	// A create's key (cached as it is made), its reopen (a cache hit),
 	// another file's key made beneath the cache and opened (a miss), and
@@ -114,6 +96,88 @@ func TestMetricsCollector(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
+}
+
+// TestMetricsConnectionLimit: connections that send nothing take at most
+// maxMetricsConns of the endpoint's descriptors, and only until the
+// server's header timeout closes them; a scrape past them waits in the
+// backlog and is answered then (about 5 s).
+func TestMetricsConnectionLimit(t *testing.T) {
+	_, _, keys, root := metricsFixture(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := serveMetricsOn(ln, keys, root, slog.New(slog.DiscardHandler))
+	defer stop()
+	addr := ln.Addr().String()
+
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	// The listen backlog hands connections out in the order they came,
+	// so the idle ones are accepted before the scrape's.
+	for range maxMetricsConns + 4 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	scraped := make(chan error, 1)
+	go func() {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		scraped <- err
+	}()
+	select {
+	case err := <-scraped:
+		t.Fatalf("a scrape was answered past %d idle connections (err %v)", maxMetricsConns, err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	// The server closes a connection that sends no request header
+	// within its timeout, which frees the slots the silent ones hold:
+	// the scrape is answered without any of them closing on its own.
+	if err := <-scraped; err != nil {
+		t.Fatalf("the scrape once the silent connections timed out: %v", err)
+	}
+}
+
+// metricsFixture opens a new local-key volume and builds a mount's
+// keyring chain and file system over it, as a mount does, without FUSE.
+func metricsFixture(t *testing.T) (*volume.Volume, keyring.Keyring, *mountKeys, *kfs.Root) {
+	t.Helper()
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	dir := filepath.Join(t.TempDir(), "vol")
+	if err := cmdInit([]string{dir}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	vol, err := volume.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	inner, _, err := buildKeyring(ctx, vol.Config, keyOverrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := assembleKeyring(vol, inner, mountFlags{keyCacheTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(keys.stop)
+	root, err := kfs.NewRoot(kfs.Options{Volume: vol, Keyring: keys.kr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	return vol, inner, keys, root
 }
 
 // samples spells each gathered series as the text format does, labels
