@@ -33,10 +33,6 @@ func retryEINTR(f func() error) error {
 	}
 }
 
-func fstatat(dirfd int, path string, st *unix.Stat_t, flags int) error {
-	return retryEINTR(func() error { return unix.Fstatat(dirfd, path, st, flags) })
-}
-
 func openat(dirfd int, path string, flags int, mode uint32) (int, error) {
 	var fd int
 	err := retryEINTR(func() error {

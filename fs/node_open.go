@@ -86,34 +86,45 @@ type backingFd struct {
 	setfl  int   // the status flags ready sets; -1: none to change
 }
 
-// openBacking opens n's stored file. A write-only file cannot be opened
-// for reading and writing by its unprivileged owner: like gocryptfs, add
-// the owner's read bit for the open and take it away again.
+// openBacking opens n's stored file. It looks first through an O_PATH
+// descriptor, which opens nothing, checks that it holds n's own regular
+// file (checkSame), and then opens that same file through its
+// /proc/self/fd link. Another mount of the CIPHERDIR, or anyone who can
+// write it, may have put something else under n's name since the kernel
+// looked it up: a device node found there is never opened, so no driver's
+// open runs for it (a watchdog armed, a tape rewound), and a FIFO never
+// blocks the open. Without /proc it opens by name and checks afterwards.
 //
-// The open does not block: a FIFO put where the file was (by another
-// mount, or whoever can write CIPHERDIR) would otherwise hang the open,
-// and the reader with it, in an uninterruptible sleep. checkSame then
-// refuses anything but n's own regular file, and ready clears O_NONBLOCK
-// again unless the caller asked for it. The open also asks for O_NOATIME
-// (ownership or CAP_FOWNER, as root): reading the header and the journal
-// is kmsfs's business, not an access the user made, and must not move the
-// file's atime; ready clears it too. Doing both in the one fcntl of ready
-// saves four per cold open over setting and restoring O_NOATIME around
-// each read.
+// The open does not block: a lease on the file would otherwise hold it
+// for lease-break-time. ready clears O_NONBLOCK again unless the caller
+// asked for it. The open also asks for O_NOATIME (ownership or
+// CAP_FOWNER, as root): reading the header and the journal is kmsfs's
+// business, not an access the user made, and must not move the file's
+// atime; ready clears it too. Doing both in the one fcntl of ready saves
+// four per cold open over setting and restoring O_NOATIME around each
+// read.
 func (n *node) openBacking(flags int) (backingFd, error) {
-	extra := unix.O_NONBLOCK | unix.O_NOATIME
-	fd, err := n.openBackingAny(flags | extra)
-	if err == unix.EPERM && flags&unix.O_NOATIME == 0 {
-		// Neither the owner nor CAP_FOWNER: the atime may move.
-		extra = unix.O_NONBLOCK
-		fd, err = n.openBackingAny(flags | extra)
-	}
+	pfd, name, err := n.parentAt()
 	if err != nil {
 		return backingFd{fd: -1}, err
 	}
+	ofd, err := openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return backingFd{fd: -1}, err
+	}
+	defer unix.Close(ofd)
 	var stx unix.Statx_t
-	if err := n.checkSameStatx(fd, "", &stx); err != nil {
-		unix.Close(fd)
+	if err := n.checkSameStatx(ofd, "", &stx); err != nil {
+		return backingFd{fd: -1}, err
+	}
+	extra := unix.O_NONBLOCK | unix.O_NOATIME
+	fd, err := n.openHeld(pfd, name, ofd, flags|extra)
+	if err == unix.EPERM && flags&unix.O_NOATIME == 0 {
+		// Neither the owner nor CAP_FOWNER: the atime may move.
+		extra = unix.O_NONBLOCK
+		fd, err = n.openHeld(pfd, name, ofd, flags|extra)
+	}
+	if err != nil {
 		return backingFd{fd: -1}, err
 	}
 	b := backingFd{fd: fd, stored: int64(stx.Size), setfl: -1}
@@ -169,25 +180,44 @@ func (n *node) checkSameStatx(dirfd int, name string, stx *unix.Statx_t) error {
 	return nil
 }
 
-func (n *node) openBackingAny(flags int) (int, error) {
-	pfd, name, err := n.parentAt()
-	if err != nil {
-		return -1, err
-	}
-	fd, err := openat(pfd, name, flags, 0)
+// openHeld opens the file ofd holds (checked to be n's by the
+// caller) with flags. A write-only file cannot be opened for reading and
+// writing by its unprivileged owner: like gocryptfs, add the owner's read
+// bit for the open and take it away again.
+func (n *node) openHeld(pfd int, name string, ofd, flags int) (int, error) {
+	fd, err := n.reopen(pfd, name, ofd, flags)
 	if err != unix.EACCES || flags&unix.O_ACCMODE != unix.O_RDWR || processUID() == 0 {
 		return fd, err
 	}
 	var st unix.Stat_t
-	if fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Uid != processUID() || st.Mode&0o400 != 0 {
+	if unix.Fstat(ofd, &st) != nil || st.Uid != processUID() || st.Mode&0o400 != 0 {
 		return fd, err
 	}
-	if chmodAt(pfd, name, (st.Mode&0o7777)|0o400) != nil {
+	if chmodFd(ofd, (st.Mode&0o7777)|0o400) != nil {
 		return fd, err
 	}
-	fd, err = openat(pfd, name, flags, 0)
-	chmodAt(pfd, name, st.Mode&0o7777)
+	fd, err = n.reopen(pfd, name, ofd, flags)
+	chmodFd(ofd, st.Mode&0o7777)
 	return fd, err
+}
+
+// reopen opens the object the O_PATH descriptor ofd holds through its
+// /proc/self/fd link. Without /proc it opens name in pfd, following no
+// symlink, and checks that it got n's file.
+func (n *node) reopen(pfd int, name string, ofd, flags int) (int, error) {
+	// The link is a symlink of sorts: O_NOFOLLOW would refuse it.
+	fd, err := openat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(ofd), flags&^unix.O_NOFOLLOW, 0)
+	if err != unix.ENOENT {
+		return fd, err
+	}
+	if fd, err = openat(pfd, name, flags|unix.O_NOFOLLOW, 0); err != nil {
+		return -1, err
+	}
+	if err := n.checkSame(fd, ""); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // Create makes an empty regular file: no header and no keyring call yet

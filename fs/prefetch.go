@@ -2,6 +2,7 @@ package fs
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,20 +90,29 @@ func (r *Root) pathOpen(path string) bool {
 // headerLoader reads the wrapped keys of the file at path, for Ahead.
 func (r *Root) headerLoader(path string) func() ([]keyring.WrappedKey, keyring.EncryptionContext, error) {
 	return func() ([]keyring.WrappedKey, keyring.EncryptionContext, error) {
-		// O_NOATIME where the daemon may (see openBacking): no fcntl
-		// around the header read.
-		fd, err := openBeneath(r.rootFd, path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOATIME)
-		if err == unix.EPERM {
-			fd, err = openBeneath(r.rootFd, path, unix.O_RDONLY|unix.O_NONBLOCK)
-		}
+		// Looked at through an O_PATH descriptor first, as openBacking
+		// does, so that nothing but a regular file is ever opened: the
+		// listing that named it may be out of date.
+		ofd, err := openBeneath(r.rootFd, path, unix.O_PATH)
 		if err != nil {
 			return nil, nil, err
 		}
-		defer unix.Close(fd)
+		defer unix.Close(ofd)
 		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		if err := unix.Fstat(ofd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			return nil, nil, errNothingToPrefetch
 		}
+		// O_NOATIME where the daemon may (see openBacking): no fcntl
+		// around the header read. Without /proc, nothing is read ahead.
+		link := "/proc/self/fd/" + strconv.Itoa(ofd)
+		fd, err := openat(unix.AT_FDCWD, link, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOATIME, 0)
+		if err == unix.EPERM {
+			fd, err = openat(unix.AT_FDCWD, link, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+		}
+		if err != nil {
+			return nil, nil, errNothingToPrefetch
+		}
+		defer unix.Close(fd)
 		h, err := r.vol.ReadHeader(fdStore(fd), st.Size)
 		if err != nil || h == nil {
 			return nil, nil, errNothingToPrefetch

@@ -104,3 +104,37 @@ func TestStaleNodeOpensNoOtherFile(t *testing.T) {
 		t.Errorf("%d uses refused as stale, want 4 (open, chmod, utimes, setxattr)", n)
 	}
 }
+
+// TestStaleNodeOpensNoDevice: a device node put under an open file's name
+// (by whoever can write CIPHERDIR: a hostile file server, a synced share)
+// is never opened by the daemon, so no driver's open runs for it. Its
+// major number has no driver, so an open of it would fail with ENXIO; the
+// look through an O_PATH descriptor refuses it as stale first.
+func TestStaleNodeOpensNoDevice(t *testing.T) {
+	_, root, keep := replaceBehind(t)
+	cipher := root.vol.Dir
+	dev := filepath.Join(cipher, "dev")
+	if err := unix.Mknod(dev, unix.S_IFCHR|0o666, int(unix.Mkdev(60, 0))); err != nil {
+		if os.Getenv("KMSFS_REQUIRE_FUSE") == "1" { // .ci/run runs as root
+			t.Fatalf("mknod (KMSFS_REQUIRE_FUSE=1: CI must run this test): %v", err)
+		}
+		t.Skipf("mknod needs CAP_MKNOD: %v", err)
+	}
+	if err := os.Rename(dev, filepath.Join(cipher, "f")); err != nil {
+		t.Fatal(err)
+	}
+	before := root.stats.stale.Load()
+	for _, flag := range []int{os.O_RDONLY, os.O_RDWR} {
+		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", keep.Fd()), flag, 0)
+		if err == nil {
+			f.Close()
+			t.Fatal("opened the device through the old file's descriptor")
+		}
+		if errors.Is(err, syscall.ENXIO) || !errors.Is(err, syscall.ESTALE) {
+			t.Errorf("open (flags %#x) through the old descriptor: %v, want ESTALE without the device's open", flag, err)
+		}
+	}
+	if n := root.stats.stale.Load() - before; n < 2 {
+		t.Errorf("%d opens refused as stale, want at least 2", n)
+	}
+}
