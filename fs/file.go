@@ -64,24 +64,21 @@ var errNeedKey = errors.New("file was given a header by another mount while open
 // journal first, as an open would, rather than overwrite that record.
 // Caller holds st.content for writing.
 func (f *file) change(fn func(bf blockfile.File, size int64) error) error {
-	stored, err := f.ensureHeader()
+	stored, done, err := f.ensureHeader()
 	if err != nil {
 		return err
 	}
+	defer done()
 	if f.st.unsettled {
 		if err := f.n.r.settle(f.fd, f.st.cipher(), f.n.relPath); err != nil {
 			return err
 		}
 		f.st.unsettled = false
+		if stored, err = fdStore(f.fd).size(); err != nil {
+			return err
+		}
 	}
-	var bf blockfile.File
-	var size int64
-	if stored >= 0 {
-		// Just given its header: no need to ask the size.
-		bf, size, err = f.blocksOf(stored)
-	} else {
-		bf, size, err = f.blocks()
-	}
+	bf, size, err := f.blocksOf(stored)
 	if err != nil {
 		return err
 	}
@@ -214,8 +211,8 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	return uint32(len(data)), 0
 }
 
-// truncate sets the plaintext size. Truncating to 0 keeps the header and
-// needs no key.
+// truncate sets the plaintext size. Truncating to 0 needs no key: it
+// empties the stored file, header and all, as a new file is.
 func (f *file) truncate(size int64) error {
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
@@ -234,7 +231,14 @@ func (f *file) truncate(size int64) error {
 		return fdStore(f.fd).Truncate(stored)
 	}
 	if size == 0 {
-		return fdStore(f.fd).Truncate(f.n.r.layout.HeaderSize)
+		// The header goes too: the next write starts the file over
+		// with a new ID and key (ensureHeader).
+		if err := fdStore(f.fd).Truncate(0); err != nil {
+			return err
+		}
+		f.st.key.wipe()
+		f.st.key = nil
+		return nil
 	}
 	return f.change(func(bf blockfile.File, cur int64) error { return bf.Truncate(cur, size) })
 }

@@ -158,39 +158,76 @@ func (r *Root) sealNewHeader(k *pooledKey) ([]byte, *fileKey, error) {
 	return slot, fk, nil
 }
 
-// ensureHeader gives a file that has no header yet (every new file, until
-// its first write) one, so it can be written. Caller holds st.content for
-// writing. The header is written in one pwrite before any block: a crash
-// in between leaves a header-only file, a valid empty file. An exclusive
-// flock on the stored file keeps two mounts of one CIPHERDIR from both
-// writing a header; the one that finds a header already there takes its
-// key instead. It returns the stored size when it wrote the header (the
-// header's), and -1 otherwise.
-func (f *file) ensureHeader() (int64, error) {
+// ensureHeader makes sure a file about to change has a header of its own,
+// and returns the stored size and a func to call once the change is done.
+// Caller holds st.content for writing.
+//
+// A file with no blocks (0 bytes, or a header alone) always gets a new
+// header, with a new file ID and data key, and never keeps one it found
+// in CIPHERDIR: whoever can write CIPHERDIR could have put another
+// file's header there, and the file's new blocks, sealed under that
+// file's ID and key, would then authenticate in the other file too. Only
+// a header this mount made, in this open state, is kept for a file with
+// no blocks yet.
+//
+// The header is written in one pwrite before any block: a crash in
+// between leaves a header-only file, a valid empty file. An exclusive
+// flock on the stored file, held until the change is done, keeps two
+// mounts of one CIPHERDIR from both writing a header: the second finds
+// the first's blocks and takes its key.
+func (f *file) ensureHeader() (stored int64, done func(), err error) {
 	st := f.st
-	if st.key != nil {
-		return -1, nil
-	}
 	r := f.n.r
+	noBlocks := func(stored int64) bool { return stored <= int64(r.layout.HeaderSize) }
+	if st.key != nil {
+		if st.key.made {
+			return f.storedSize()
+		}
+		if stored, err = fdStore(f.fd).size(); err != nil || !noBlocks(stored) {
+			return stored, func() {}, err
+		}
+	}
 	if err := lockHeader(f.fd); err != nil {
-		return -1, err
+		return -1, nil, err
 	}
-	defer unix.Flock(f.fd, unix.LOCK_UN)
-	k, err := r.loadKey(f.fd, nil)
-	if err != nil {
-		return -1, err
+	unlock := func() { unix.Flock(f.fd, unix.LOCK_UN) }
+	if stored, err = fdStore(f.fd).size(); err != nil {
+		unlock()
+		return -1, nil, err
 	}
-	if k != nil {
-		st.key = k
-		return -1, nil
+	if !noBlocks(stored) {
+		// Another mount wrote the file since it was opened here (or
+		// since this mount found it without blocks).
+		if st.key == nil {
+			k, err := r.loadKey(f.fd, nil)
+			if err != nil {
+				unlock()
+				return -1, nil, err
+			}
+			st.key = k
+		}
+		unlock()
+		return stored, func() {}, nil
 	}
+	// Start over: drop a header found here, and its key.
+	st.key.wipe()
+	st.key = nil
 	pk, err := r.newFileKey()
 	if err != nil {
-		return -1, err
+		unlock()
+		return -1, nil, err
 	}
 	slot, nk, err := r.sealNewHeader(pk)
 	if err != nil {
-		return -1, err
+		unlock()
+		return -1, nil, err
+	}
+	if stored > 0 {
+		if err := fdStore(f.fd).Truncate(0); err != nil {
+			nk.wipe()
+			unlock()
+			return -1, nil, err
+		}
 	}
 	// No fallocate first: a header cut short by a full disk is cut off
 	// again, leaving the empty file this was. On ext4 a fallocate here
@@ -200,10 +237,17 @@ func (f *file) ensureHeader() (int64, error) {
 		nk.wipe()
 		// Leave no partial header behind.
 		unix.Ftruncate(f.fd, 0)
-		return -1, err
+		unlock()
+		return -1, nil, err
 	}
 	st.key = nk
-	return int64(len(slot)), nil
+	return int64(len(slot)), unlock, nil
+}
+
+// storedSize is the stored file's size, for ensureHeader's fast path.
+func (f *file) storedSize() (int64, func(), error) {
+	stored, err := fdStore(f.fd).size()
+	return stored, func() {}, err
 }
 
 // ensureKey loads the key of a file that was empty when this mount opened

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
 )
 
 // replaceBehind makes a mount with files f and new, keeps f open, and
@@ -136,5 +138,60 @@ func TestStaleNodeOpensNoDevice(t *testing.T) {
 	}
 	if n := root.stats.stale.Load() - before; n < 2 {
 		t.Errorf("%d opens refused as stale, want at least 2", n)
+	}
+}
+
+// TestPlantedHeaderStartsOver: another file's header put into a file
+// with no blocks (by whoever can write CIPHERDIR; the file reads as
+// empty) is never written under. The next write, with O_TRUNC or
+// without, gives the file a new ID and key, so no block it writes
+// authenticates in the file the header came from (found by review: it
+// did, and blocks moved between the two without an error).
+func TestPlantedHeaderStartsOver(t *testing.T) {
+	mnt, root := mountInProcess(t, Options{})
+	cipher := root.vol.Dir
+	a := bytes.Repeat([]byte("role=user\n"), 1000)
+	if err := os.WriteFile(filepath.Join(mnt, "a"), a, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := os.ReadFile(filepath.Join(cipher, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	headerOf := func(name string) *blockcipher.Header {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(cipher, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := root.vol.ReadHeader(bytes.NewReader(b), int64(len(b)))
+		if err != nil || h == nil {
+			t.Fatalf("header of %s: %v", name, err)
+		}
+		return h
+	}
+	for _, flag := range []int{os.O_TRUNC, 0} {
+		name := fmt.Sprintf("b%d", flag)
+		if err := os.WriteFile(filepath.Join(mnt, name), []byte("other\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(cipher, name), stored[:root.layout.HeaderSize], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// A second mount, with nothing cached, writes the file.
+		other, _ := mountInProcess(t, Options{Volume: root.vol, Keyring: root.opts.Keyring})
+		w, err := os.OpenFile(filepath.Join(other, name), os.O_WRONLY|flag, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(bytes.Repeat([]byte("role=admin"), 1000)); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if headerOf(name).FileID == headerOf("a").FileID {
+			t.Errorf("a write to %s (flags %#x) kept the planted header: both files have one ID", name, flag)
+		}
 	}
 }

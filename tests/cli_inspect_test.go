@@ -169,12 +169,11 @@ func TestInspectKMSVolume(t *testing.T) {
 		rand.Read(b)
 		writeFile(t, m.path(name), b)
 	}
-	// A file written and then truncated to 0 keeps its header: plaintext
-	// size 0. (A file never written has no header yet: TestInspectRejects.)
+	// A header alone (what a crash between a first write's header and
+	// its block leaves, made below by cutting the stored file): plaintext
+	// size 0. (A file never written, or truncated to 0, has no header:
+	// TestInspectRejects.)
 	writeFile(t, m.path("empty"), []byte("soon gone"))
-	if err := os.Truncate(m.path("empty"), 0); err != nil {
-		t.Fatal(err)
-	}
 	sizes["empty"] = 0
 	// A file with a hole: its plaintext size counts the hole.
 	f, err := os.Create(m.path("holey"))
@@ -191,6 +190,9 @@ func TestInspectKMSVolume(t *testing.T) {
 	}
 	if proxy.Count("GenerateDataKey") == 0 {
 		t.Fatalf("the mount made no GenerateDataKey call through the proxy: the proxy is not on the path")
+	}
+	if err := os.Truncate(filepath.Join(v.Dir, "empty"), int64(c.HeaderSize)); err != nil {
+		t.Fatal(err)
 	}
 
 	proxy.Reset()
