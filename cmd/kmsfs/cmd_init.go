@@ -316,7 +316,11 @@ func reportInit(dir string, cfg *volume.Config, keys *volumeKeys, stdout, stderr
 		fmt.Fprintf(stdout, "Key: %s\n", describe(m))
 	}
 	if keys.createdKey != "" {
-		fmt.Fprintf(stdout, "The local key file %s was created: back it up; without it this volume cannot be read.\n", keys.createdKey)
+		if len(keys.members) == 1 {
+			fmt.Fprintf(stdout, "The local key file %s was created: back it up; without it this volume cannot be read.\n", keys.createdKey)
+		} else {
+			fmt.Fprintf(stdout, "The local key file %s was created: back it up; without it this volume is read only with its other keys.\n", keys.createdKey)
+		}
 	}
 	fmt.Fprintf(stdout, "Mount it with: kmsfs mount %s MOUNTPOINT\n", dir)
 }
