@@ -24,8 +24,9 @@ type activity struct {
 type Activity struct {
 	// Requests counts the FUSE requests served since the mount, but
 	// FORGET (the kernel dropping inodes from its cache, under memory
-	// pressure as much as after use) and STATFS (df, and the monitoring
-	// agents that call it on every mount): neither is a use of the files.
+	// pressure as much as after use), and STATFS and the root's GETATTR,
+	// STATX, OPENDIR and RELEASEDIR (df, and the monitoring agents that
+	// run it on every mount; see beginOn): none is a use of the files.
 	Requests uint64
 	// InFlight is the number of requests being served now.
 	InFlight int64
@@ -49,6 +50,19 @@ func (a *activity) begin() {
 }
 
 func (a *activity) end() { a.inFlight.Add(-1) }
+
+// beginOn is begin for a request on node, which does not count as a use
+// when node is the root and the request one of those df makes besides
+// STATFS (GETATTR or STATX, and OPENDIR and RELEASEDIR with `df PATH`):
+// df, and the monitoring agents that run it on every mount, would
+// otherwise keep an idle mount forever. An open handle of the root
+// still keeps the mount while it is held.
+func (a *activity) beginOn(node uint64) {
+	if node != fuse.FUSE_ROOT_ID {
+		a.requests.Add(1)
+	}
+	a.inFlight.Add(1)
+}
 
 // activityFS counts every request it passes on. The methods that open and
 // release handles also count the handles.
@@ -95,7 +109,7 @@ func (a activityFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 }
 
 func (a activityFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	a.begin()
+	a.beginOn(in.NodeId)
 	defer a.end()
 	st := a.RawFileSystem.OpenDir(cancel, in, out)
 	if st.Ok() {
@@ -105,7 +119,7 @@ func (a activityFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.O
 }
 
 func (a activityFS) ReleaseDir(in *fuse.ReleaseIn) {
-	a.begin()
+	a.beginOn(in.NodeId)
 	defer a.end()
 	a.RawFileSystem.ReleaseDir(in)
 	a.dirs.Add(-1)
@@ -120,7 +134,7 @@ func (a activityFS) Lookup(cancel <-chan struct{}, header *fuse.InHeader, name s
 }
 
 func (a activityFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
-	a.begin()
+	a.beginOn(in.NodeId)
 	defer a.end()
 	return a.RawFileSystem.GetAttr(cancel, in, out)
 }
@@ -300,7 +314,7 @@ func (a activityFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Stat
 }
 
 func (a activityFS) Statx(cancel <-chan struct{}, in *fuse.StatxIn, out *fuse.StatxOut) fuse.Status {
-	a.begin()
+	a.beginOn(in.NodeId)
 	defer a.end()
 	return a.RawFileSystem.Statx(cancel, in, out)
 }

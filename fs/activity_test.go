@@ -41,6 +41,20 @@ func TestActivity(t *testing.T) {
 	if a := root.Activity(); a.Requests != before {
 		t.Errorf("statfs counted as %d requests", a.Requests-before)
 	}
+	// What `df MOUNTPOINT` does besides: stat the root, and open and
+	// close it.
+	if _, err := os.Stat(mnt); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := os.Open(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd.Close()
+	waitActivity(t, root, func(a Activity) bool { return a.OpenDirs == 0 && a.InFlight == 0 })
+	if a := root.Activity(); a.Requests != before {
+		t.Errorf("df's stat, open and close of the root counted as %d requests", a.Requests-before)
+	}
 	if _, err := os.Stat(filepath.Join(mnt, "missing")); !os.IsNotExist(err) {
 		t.Fatal(err)
 	}

@@ -130,7 +130,7 @@ func newMountCollector(keys *mountKeys, root *kfs.Root) *mountCollector {
 		keysHeld:         d("keys_held", "Keys held in memory, by holder: open_files, pool (keys for new files made ahead), prefetch, outage (keys of files this mount wrote, kept past their close while the key service may be down), cache, branch.", "holder"),
 		integrity:        d("integrity_failures_total", "Stored data that failed its check, by kind: block_auth and format count each operation that failed (EIO) on a block or on malformed bytes, header_auth each open on a header that does not match its key, journal_record each journal record erased because it does not authenticate.", "kind"),
 		journalRepairs:   d("journal_repairs_total", "Blocks repaired from their journal record: writes a crash interrupted, finished on the next open."),
-		fuseRequests:     d("fuse_requests_total", "FUSE requests served, but FORGET and STATFS."),
+		fuseRequests:     d("fuse_requests_total", "FUSE requests served, but FORGET and what df sends (STATFS; the root's GETATTR, STATX, OPENDIR, RELEASEDIR)."),
 		openHandles:      d("open_handles", "File and directory handles open on the mount.", "kind"),
 	}
 }
