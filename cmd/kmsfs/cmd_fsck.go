@@ -526,9 +526,9 @@ func (r *fsckRun) summary() {
 	verdict := "clean"
 	switch {
 	case !rep.Complete:
-		verdict = fmt.Sprintf("stopped early with %d problems found so far", left)
+		verdict = fmt.Sprintf("stopped early with %s found so far", plural(left, "problem"))
 	case left > 0:
-		verdict = fmt.Sprintf("%d problems in %d objects", left, len(files))
+		verdict = fmt.Sprintf("%s in %s", plural(left, "problem"), plural(len(files), "object"))
 		if repairable > 0 && !r.repair {
 			verdict += fmt.Sprintf(" (%d can be settled with --repair)", repairable)
 		}
@@ -537,4 +537,12 @@ func (r *fsckRun) summary() {
 		verdict += fmt.Sprintf("; %d repaired", repaired)
 	}
 	fmt.Fprintf(r.stdout, "kmsfs fsck: %s: checked %s in %.1fs with %d key service calls: %s\n", rep.CipherDir, what, rep.Seconds, rep.KeyServiceCalls, verdict)
+}
+
+// plural spells n things, with an s unless n is 1.
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
