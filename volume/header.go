@@ -173,6 +173,12 @@ func readSlot(r io.ReaderAt, size int) (*blockcipher.Header, error) {
 	}
 	h, err := blockcipher.ParseHeader(slot)
 	if err != nil {
+		if l, perr := blockcipher.ParsePrefix(slot[:min(len(slot), blockcipher.PrefixSize)]); perr == nil && int(l.HeaderSize) != size {
+			// Read with this volume's header size, the slot says
+			// another: a file of another volume, more likely than
+			// a cut one.
+			return nil, fmt.Errorf("it declares a header of %d bytes, this volume's are %d: a file of another volume, or damaged: %w", l.HeaderSize, size, err)
+		}
 		return nil, err
 	}
 	for i, k := range h.Keys {
