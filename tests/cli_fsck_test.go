@@ -43,6 +43,7 @@ type fsckJSON struct {
 		BranchKeys     int   `json:"branch_keys"`
 	} `json:"checked"`
 	KeyServiceCalls int64         `json:"key_service_calls"`
+	IdentityUnwraps int64         `json:"identity_unwraps"`
 	Seconds         float64       `json:"seconds"`
 	Problems        []fsckProblem `json:"problems"`
 }

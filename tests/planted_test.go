@@ -231,6 +231,19 @@ func TestIdentityWhenKMSKeyDisabled(t *testing.T) {
 	if out, errOut, code := run(t, v.Env, "cat", "--identity", identity, filepath.Join(v.Dir, "planted")); code == cliExitOK || out != "" {
 		t.Errorf("cat --identity of a planted file with the KMS key disabled: exit %d, %q, %s", code, out, errOut)
 	}
+	// fsck says which keys came from the identity: the calls the key
+	// service refused are not keys it gave.
+	out, errOut, _ := run(t, v.Env, "fsck", "--json", "--identity", identity, v.Dir)
+	var rep struct {
+		Calls    int64 `json:"key_service_calls"`
+		Identity int64 `json:"identity_unwraps"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("fsck --json: %v: %s %s", err, out, errOut)
+	}
+	if rep.Identity == 0 || rep.Calls < rep.Identity {
+		t.Errorf("fsck --identity with the KMS key disabled: %d key service calls, %d identity unwraps; want every genuine file's key from the identity", rep.Calls, rep.Identity)
+	}
 }
 
 // claimsOf returns the entries of the stored file at path but its age

@@ -43,6 +43,7 @@ type rewrapSummary struct {
 	NewBranchKey   string         `json:"new_branch_key"`
 	Calls          map[string]int `json:"kms_calls"`
 	OfflineWraps   int            `json:"offline_wraps"`
+	IdentityKeys   int64          `json:"identity_unwraps"`
 	Seconds        float64        `json:"seconds"`
 	FilesPerSecond float64        `json:"files_per_second"`
 }

@@ -64,8 +64,8 @@ func cmdExport(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "kmsfs: export: left out %d set-user-ID or set-group-ID bits and %d trusted.* or security.* xattrs (file capabilities, labels): CIPHERDIR's metadata is not authenticated, so export grants no privilege on its word; set them again by hand where they belong\n", n, x)
 	}
 	n := e.count
-	fmt.Fprintf(stdout, "kmsfs export: %s: %d files (%s), %d directories, %d symlinks, %d hard links, %d FIFOs into %s in %.1fs with %d key service calls\n",
-		vol.Dir, n.files, mib(n.plain), n.dirs, n.symlinks, n.links, n.fifos, dest, time.Since(start).Seconds(), keyCalls(keys))
+	fmt.Fprintf(stdout, "kmsfs export: %s: %d files (%s), %d directories, %d symlinks, %d hard links, %d FIFOs into %s in %.1fs with %d key service calls%s\n",
+		vol.Dir, n.files, mib(n.plain), n.dirs, n.symlinks, n.links, n.fifos, dest, time.Since(start).Seconds(), keyCalls(keys), identityNote(keys.byIdentity.Load()))
 	switch {
 	case e.damaged > 0:
 		return fail(exitDamage, "export: %d files are damaged: what could not be read is listed above", e.damaged)
@@ -73,6 +73,16 @@ func cmdExport(args []string, stdout, stderr io.Writer) error {
 		return fail(exitError, "export: %d things could not be kept in %s (listed above)", e.notKept, dest)
 	}
 	return nil
+}
+
+// identityNote says how many keys the recovery identity unwrapped, if
+// any: the key service calls counted before it include any the service
+// refused for those keys.
+func identityNote(n int64) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", %d keys unwrapped with the recovery identity", n)
 }
 
 func keyCalls(k *offlineKeys) int64 {

@@ -74,6 +74,7 @@ type fsckReport struct {
 	Clean           bool          `json:"clean"` // complete, and no problem left unrepaired
 	Checked         fsckCounts    `json:"checked"`
 	KeyServiceCalls int64         `json:"key_service_calls"`
+	IdentityUnwraps int64         `json:"identity_unwraps"`
 	Seconds         float64       `json:"seconds"`
 	Problems        []fsckProblem `json:"problems"`
 }
@@ -131,6 +132,7 @@ func cmdFsck(args []string, stdout, stderr io.Writer) error {
 	err = r.run(ctx, cancel, stderr)
 	r.report.Seconds = time.Since(start).Seconds()
 	r.report.KeyServiceCalls, _ = keys.metrics.Calls("decrypt")
+	r.report.IdentityUnwraps = keys.byIdentity.Load()
 	r.report.Complete = err == nil
 	r.report.Clean = err == nil
 	for _, p := range r.report.Problems {
@@ -536,7 +538,7 @@ func (r *fsckRun) summary() {
 	if repaired > 0 {
 		verdict += fmt.Sprintf("; %d repaired", repaired)
 	}
-	fmt.Fprintf(r.stdout, "kmsfs fsck: %s: checked %s in %.1fs with %d key service calls: %s\n", rep.CipherDir, what, rep.Seconds, rep.KeyServiceCalls, verdict)
+	fmt.Fprintf(r.stdout, "kmsfs fsck: %s: checked %s in %.1fs with %d key service calls%s: %s\n", rep.CipherDir, what, rep.Seconds, rep.KeyServiceCalls, identityNote(rep.IdentityUnwraps), verdict)
 }
 
 // plural spells n things, with an s unless n is 1.

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -124,6 +125,10 @@ type rewrapFailure struct {
 type callCounts struct {
 	mu                                   sync.Mutex
 	decrypt, reEncrypt, encrypt, offline int
+	// byIdentity counts the keys the recovery identity unwrapped, where
+	// the volume's keys said they were gone (their refused Decrypt calls
+	// are counted in decrypt).
+	byIdentity atomic.Int64
 }
 
 func (c *callCounts) add(p *int) { c.mu.Lock(); *p++; c.mu.Unlock() }
@@ -147,6 +152,7 @@ type rewrapSummary struct {
 	NewBranchKey   string          `json:"new_branch_key,omitempty"`   // the branch key made at the end, which new files go under
 	Calls          map[string]int  `json:"kms_calls"`
 	OfflineWraps   int             `json:"offline_wraps"`
+	IdentityKeys   int64           `json:"identity_unwraps"`
 	Seconds        float64         `json:"seconds"`
 	FilesPerSecond float64         `json:"files_per_second"`
 }
@@ -276,7 +282,7 @@ func (r *rewrapRun) unwrapper(old, target []keyring.Keyring, id *agekey.Identity
 	if all := append(offline, kms...); len(all) > 0 {
 		kr = anyOf(all)
 	}
-	return withIdentity(kr, id, r.vol.Config.Keyrings, r.specs)
+	return withIdentity(kr, id, &r.calls.byIdentity, r.vol.Config.Keyrings, r.specs)
 }
 
 // countedDecrypt counts a KMS keyring's Decrypt calls.
@@ -537,6 +543,7 @@ func (r *rewrapRun) report(jsonOut bool, start time.Time, stdout io.Writer) {
 	r.calls.mu.Lock()
 	s.Calls = map[string]int{"decrypt": r.calls.decrypt, "re_encrypt": r.calls.reEncrypt, "encrypt": r.calls.encrypt}
 	s.OfflineWraps = r.calls.offline
+	s.IdentityKeys = r.calls.byIdentity.Load()
 	r.calls.mu.Unlock()
 	s.Failures = r.failed[:min(len(r.failed), 20)]
 	if jsonOut {
@@ -546,6 +553,9 @@ func (r *rewrapRun) report(jsonOut bool, start time.Time, stdout io.Writer) {
 	}
 	fmt.Fprintf(stdout, "Rewrapped %d files of %d (%d empty, %d already done, %d finished from an interrupted run, %d failed), %d of %d branch keys, in %.1fs: %d Decrypt, %d ReEncrypt, %d Encrypt.\n",
 		s.Rewrapped, s.Files, s.Empty, s.Unchanged, s.Finished, s.Failed, s.BranchRewrap, s.BranchKeys, s.Seconds, s.Calls["decrypt"], s.Calls["re_encrypt"], s.Calls["encrypt"])
+	if s.IdentityKeys > 0 {
+		fmt.Fprintf(stdout, "%d keys were unwrapped with the recovery identity (the Decrypt calls above include any the key service refused for them).\n", s.IdentityKeys)
+	}
 	if s.Failed == 0 {
 		fmt.Fprintf(stdout, "Keyrings now: %s\n", keyringList(r.specs))
 	}

@@ -9,6 +9,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/agekey"
@@ -276,11 +277,11 @@ func loadIdentity(path string) (*agekey.Identity, error) {
 // recovery); id nil: kr alone. kr is nil when none of the volume's
 // keyrings that unwrap can be loaded. sets are the keyring sets a genuine
 // header is wrapped under (unwrappingKeys of each).
-func withIdentity(kr keyring.Keyring, id *agekey.Identity, sets ...[]volume.KeyringSpec) keyring.Keyring {
+func withIdentity(kr keyring.Keyring, id *agekey.Identity, used *atomic.Int64, sets ...[]volume.KeyringSpec) keyring.Keyring {
 	if id == nil {
 		return kr
 	}
-	r := recovery{kr: kr, id: id}
+	r := recovery{kr: kr, id: id, used: used}
 	for _, s := range sets {
 		r.sets = append(r.sets, unwrappingKeys(s))
 	}
@@ -333,6 +334,7 @@ type recovery struct {
 	kr   keyring.Keyring // nil: none of the volume's keyrings loaded
 	id   *agekey.Identity
 	sets [][][2]string // a genuine header has an entry for each key of one
+	used *atomic.Int64 // counts the keys the identity unwrapped; may be nil
 }
 
 func (r recovery) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
@@ -364,6 +366,9 @@ func (r recovery) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec 
 	dk, idErr := r.id.Decrypt(ctx, wrapped, ec)
 	if idErr != nil {
 		return nil, errors.Join(err, idErr)
+	}
+	if r.used != nil {
+		r.used.Add(1)
 	}
 	return dk, nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -65,6 +66,9 @@ type offlineKeys struct {
 	metrics *keyring.Metrics      // counts the calls that reach the volume's keyrings
 	branch  *volume.BranchKeyring // nil for a per-file volume
 	trust   trustState            // of the config; trustDiffers only with --trust-config
+	// byIdentity counts the keys the recovery identity unwrapped, where
+	// the volume's keys said they were gone (counted in metrics too).
+	byIdentity atomic.Int64
 }
 
 // close wipes the branch keys held.
@@ -110,11 +114,12 @@ func unwrapKeyring(ctx context.Context, vol *volume.Volume, o offlineFlags, stde
 	if err != nil {
 		return nil, err
 	}
-	inner := withIdentity(volumeKeys, id, vol.Config.Keyrings)
+	k := &offlineKeys{trust: state}
+	inner := withIdentity(volumeKeys, id, &k.byIdentity, vol.Config.Keyrings)
 	if state == trustNone {
 		fmt.Fprintf(stderr, "kmsfs: this machine has no trusted copy of %s%s: unwrapping with the keyrings it names, %s\n", name, trustedWhere(), keyringList(vol.Config.Keyrings))
 	}
-	k := &offlineKeys{metrics: keyring.NewMetrics(inner), trust: state}
+	k.metrics = keyring.NewMetrics(inner)
 	k.kr = k.metrics
 	if vol.Config.Branch() {
 		if k.branch, err = volume.NewBranchKeyring(vol, k.metrics, offlineBranchTTL); err != nil {
