@@ -211,8 +211,7 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	return uint32(len(data)), 0
 }
 
-// truncate sets the plaintext size. Truncating to 0 needs no key: it
-// empties the stored file, header and all, as a new file is.
+// truncate sets the plaintext size. Truncating to 0 needs no key.
 func (f *file) truncate(size int64) error {
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
@@ -228,17 +227,18 @@ func (f *file) truncate(size int64) error {
 		// Nothing to cut, but a truncate (and O_TRUNC) still updates
 		// mtime and ctime, as on ext4: truncate the stored file to
 		// its own size.
+		if size == 0 {
+			f.st.restart = true
+		}
 		return fdStore(f.fd).Truncate(stored)
 	}
 	if size == 0 {
-		// The header goes too: the next write starts the file over
-		// with a new ID and key (ensureHeader).
-		if err := fdStore(f.fd).Truncate(0); err != nil {
-			return err
-		}
-		f.st.key.wipe()
-		f.st.key = nil
-		return nil
+		// Cut to the header alone, as far as there is one: the next
+		// write starts the file over with a new ID and key, or, while
+		// the key service cannot give one, goes on under this one
+		// (ensureHeader).
+		f.st.restart = true
+		return fdStore(f.fd).Truncate(min(stored, f.n.r.layout.HeaderSize))
 	}
 	return f.change(func(bf blockfile.File, cur int64) error { return bf.Truncate(cur, size) })
 }

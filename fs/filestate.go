@@ -28,6 +28,10 @@ type fileState struct {
 	// a block it rewrote may read only through its journal record, so the
 	// next change settles the journal first. Guarded by content.
 	unsettled bool
+	// restart is set when the file was truncated to 0: its next write
+	// starts it over with a new ID and key (ensureHeader). Guarded by
+	// content.
+	restart bool
 }
 
 // cipher returns the file's cipher, nil while it has no header.
@@ -50,6 +54,10 @@ type fileKey struct {
 	// may keep the key past the last close.
 	made bool
 	h    *blockcipher.Header
+	// own: made here, or this mount has seen the file hold blocks under
+	// it: the file's own key, not one a header put into an empty file
+	// brought (ensureHeader). Guarded by the content lock.
+	own bool
 }
 
 // openFileKey checks h against dk (key commitment, header MAC) and returns

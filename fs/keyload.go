@@ -162,13 +162,16 @@ func (r *Root) sealNewHeader(k *pooledKey) ([]byte, *fileKey, error) {
 // and returns the stored size and a func to call once the change is done.
 // Caller holds st.content for writing.
 //
-// A file with no blocks (0 bytes, or a header alone) always gets a new
-// header, with a new file ID and data key, and never keeps one it found
-// in CIPHERDIR: whoever can write CIPHERDIR could have put another
-// file's header there, and the file's new blocks, sealed under that
-// file's ID and key, would then authenticate in the other file too. Only
-// a header this mount made, in this open state, is kept for a file with
-// no blocks yet.
+// A file with no content (no block, or none readable: a header alone, or
+// 0 bytes) gets a new header, with a new file ID and data key, and never
+// goes on under a header it was found with: whoever can write CIPHERDIR
+// could have put another file's header there, and the file's new blocks,
+// sealed under that file's ID and key, would then authenticate in the
+// other file too. The same holds after a truncate to 0 (O_TRUNC): the
+// file starts over. Only while the key service cannot give a new key
+// does an emptied file go on under its own key (own: made here, or seen
+// holding blocks), so that a file truncated and written again during an
+// outage, as log rotation does, keeps working.
 //
 // The header is written in one pwrite before any block: a crash in
 // between leaves a header-only file, a valid empty file. An exclusive
@@ -178,13 +181,17 @@ func (r *Root) sealNewHeader(k *pooledKey) ([]byte, *fileKey, error) {
 func (f *file) ensureHeader() (stored int64, done func(), err error) {
 	st := f.st
 	r := f.n.r
-	noBlocks := func(stored int64) bool { return stored <= int64(r.layout.HeaderSize) }
+	noop := func() {}
+	if stored, err = fdStore(f.fd).size(); err != nil {
+		return -1, nil, err
+	}
 	if st.key != nil {
-		if st.key.made {
-			return f.storedSize()
+		if !r.noContent(stored) {
+			st.key.own = true
+			return stored, noop, nil
 		}
-		if stored, err = fdStore(f.fd).size(); err != nil || !noBlocks(stored) {
-			return stored, func() {}, err
+		if st.key.made && !st.restart {
+			return stored, noop, nil
 		}
 	}
 	if err := lockHeader(f.fd); err != nil {
@@ -195,9 +202,9 @@ func (f *file) ensureHeader() (stored int64, done func(), err error) {
 		unlock()
 		return -1, nil, err
 	}
-	if !noBlocks(stored) {
+	if !r.noContent(stored) {
 		// Another mount wrote the file since it was opened here (or
-		// since this mount found it without blocks).
+		// since this mount found it empty).
 		if st.key == nil {
 			k, err := r.loadKey(f.fd, nil)
 			if err != nil {
@@ -206,17 +213,25 @@ func (f *file) ensureHeader() (stored int64, done func(), err error) {
 			}
 			st.key = k
 		}
+		if st.key != nil {
+			st.key.own = true
+		}
 		unlock()
-		return stored, func() {}, nil
+		return stored, noop, nil
 	}
-	// Start over: drop a header found here, and its key.
-	st.key.wipe()
-	st.key = nil
 	pk, err := r.newFileKey()
 	if err != nil {
+		if unavailable(err) && st.key != nil && st.key.own && r.headerOf(f.fd, stored, st.key) {
+			r.log.Info("the key service cannot give a new key: an emptied file goes on under its own", "path", f.n.relPath(), "err", err.Error())
+			st.restart = false
+			return stored, unlock, nil
+		}
 		unlock()
 		return -1, nil, err
 	}
+	// Start over: drop the header found here, and its key.
+	st.key.wipe()
+	st.key = nil
 	slot, nk, err := r.sealNewHeader(pk)
 	if err != nil {
 		unlock()
@@ -240,14 +255,27 @@ func (f *file) ensureHeader() (stored int64, done func(), err error) {
 		unlock()
 		return -1, nil, err
 	}
-	st.key = nk
+	nk.own = true
+	st.key, st.restart = nk, false
 	return int64(len(slot)), unlock, nil
 }
 
-// storedSize is the stored file's size, for ensureHeader's fast path.
-func (f *file) storedSize() (int64, func(), error) {
-	stored, err := fdStore(f.fd).size()
-	return stored, func() {}, err
+// noContent reports whether a stored file of stored bytes holds no
+// readable block: 0 bytes, a header alone (with or without a journal
+// record), or a cut inside block 0's overhead or the header.
+func (r *Root) noContent(stored int64) bool {
+	plain, _ := r.layout.PlainSize(stored)
+	return plain == 0
+}
+
+// headerOf reports whether the stored file still begins with the header
+// of k's file, for an emptied file going on under its own key.
+func (r *Root) headerOf(fd int, stored int64, k *fileKey) bool {
+	if stored < r.layout.HeaderSize {
+		return false
+	}
+	h, err := r.vol.ReadHeader(fdStore(fd), stored)
+	return err == nil && h != nil && h.FileID == k.c.FileID()
 }
 
 // ensureKey loads the key of a file that was empty when this mount opened

@@ -2,10 +2,12 @@ package fs
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
 )
 
 // replaceBehind makes a mount with files f and new, keeps f open, and
@@ -142,11 +145,13 @@ func TestStaleNodeOpensNoDevice(t *testing.T) {
 }
 
 // TestPlantedHeaderStartsOver: another file's header put into a file
-// with no blocks (by whoever can write CIPHERDIR; the file reads as
-// empty) is never written under. The next write, with O_TRUNC or
+// with no content (by whoever can write CIPHERDIR; the file reads as
+// empty), alone or with a journal area's worth of bytes or a cut block
+// after it, is never written under. The next write, with O_TRUNC or
 // without, gives the file a new ID and key, so no block it writes
 // authenticates in the file the header came from (found by review: it
-// did, and blocks moved between the two without an error).
+// did, and blocks moved between the two without an error; then again
+// with a few bytes after the header).
 func TestPlantedHeaderStartsOver(t *testing.T) {
 	mnt, root := mountInProcess(t, Options{})
 	cipher := root.vol.Dir
@@ -170,28 +175,106 @@ func TestPlantedHeaderStartsOver(t *testing.T) {
 		}
 		return h
 	}
-	for _, flag := range []int{os.O_TRUNC, 0} {
-		name := fmt.Sprintf("b%d", flag)
-		if err := os.WriteFile(filepath.Join(mnt, name), []byte("other\n"), 0o644); err != nil {
-			t.Fatal(err)
+	l := root.layout
+	for _, tail := range []int64{0, 1, l.DataOff() - l.HeaderSize, l.DataOff() - l.HeaderSize + l.Overhead()} {
+		for _, flag := range []int{os.O_TRUNC, 0} {
+			name := fmt.Sprintf("b%d-%d", flag, tail)
+			if err := os.WriteFile(filepath.Join(mnt, name), []byte("other\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			planted := append(append([]byte{}, stored[:l.HeaderSize]...), make([]byte, tail)...)
+			if err := os.WriteFile(filepath.Join(cipher, name), planted, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			// A second mount, with nothing cached, writes the file.
+			other, _ := mountInProcess(t, Options{Volume: root.vol, Keyring: root.opts.Keyring})
+			w, err := os.OpenFile(filepath.Join(other, name), os.O_WRONLY|flag, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(bytes.Repeat([]byte("role=admin"), 1000)); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if headerOf(name).FileID == headerOf("a").FileID {
+				t.Errorf("a write to %s (flags %#x, %d bytes after the header) kept the planted header: both files have one ID", name, flag, tail)
+			}
 		}
-		if err := os.WriteFile(filepath.Join(cipher, name), stored[:root.layout.HeaderSize], 0o644); err != nil {
-			t.Fatal(err)
-		}
-		// A second mount, with nothing cached, writes the file.
-		other, _ := mountInProcess(t, Options{Volume: root.vol, Keyring: root.opts.Keyring})
-		w, err := os.OpenFile(filepath.Join(other, name), os.O_WRONLY|flag, 0)
+	}
+}
+
+// outageKeyring fails GenerateDataKey as an unreachable key service does
+// while down is set.
+type outageKeyring struct {
+	keyring.Keyring
+	down atomic.Bool
+}
+
+func (o *outageKeyring) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
+	if o.down.Load() {
+		return nil, nil, fmt.Errorf("kms GenerateDataKey: %w", keyring.ErrUnreachable)
+	}
+	return o.Keyring.GenerateDataKey(ctx, ec)
+}
+
+// TestTruncatedWriteInOutage: a file held open, truncated to 0 and
+// written again while the key service cannot give a new key (log
+// rotation by copytruncate, `: > file` beside a writer) goes on under
+// its own key, as open files do through an outage; once the service is
+// back, the next emptying starts it over with a new ID (found by review:
+// every such write failed with EIO and the file was left empty).
+func TestTruncatedWriteInOutage(t *testing.T) {
+	vol, key := testVolume(t, 4096)
+	kr := &outageKeyring{Keyring: key}
+	mnt, root := mountInProcess(t, Options{Volume: vol, Keyring: kr})
+	p := filepath.Join(mnt, "log")
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte("first generation\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	id := func() [blockcipher.IDSize]byte {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(root.vol.Dir, "log"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := w.Write(bytes.Repeat([]byte("role=admin"), 1000)); err != nil {
+		h, err := root.vol.ReadHeader(bytes.NewReader(b), int64(len(b)))
+		if err != nil || h == nil {
+			t.Fatalf("header: %v", err)
+		}
+		return h.FileID
+	}
+	before := id()
+	kr.down.Store(true)
+	for i := range 3 {
+		if err := f.Truncate(0); err != nil {
 			t.Fatal(err)
 		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
+		line := fmt.Sprintf("generation %d, in the outage\n", i)
+		if _, err := f.WriteAt([]byte(line), 0); err != nil {
+			t.Fatalf("write after truncate %d in the outage: %v", i, err)
 		}
-		if headerOf(name).FileID == headerOf("a").FileID {
-			t.Errorf("a write to %s (flags %#x) kept the planted header: both files have one ID", name, flag)
+		if got, err := os.ReadFile(p); err != nil || string(got) != line {
+			t.Fatalf("after truncate %d in the outage: %q, %v", i, got, err)
 		}
+	}
+	if id() != before {
+		t.Error("the file changed ID in the outage, with no key service to give a key")
+	}
+	kr.down.Store(false)
+	if err := f.Truncate(0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("after the outage\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if id() == before {
+		t.Error("emptied and written with the key service back, the file kept its ID")
 	}
 }
