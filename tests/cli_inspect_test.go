@@ -169,10 +169,10 @@ func TestInspectKMSVolume(t *testing.T) {
 		rand.Read(b)
 		writeFile(t, m.path(name), b)
 	}
-	// A header alone (what a crash between a first write's header and
-	// its block leaves, made below by cutting the stored file): plaintext
-	// size 0. (A file never written, or truncated to 0, has no header:
-	// TestInspectRejects.)
+	// A header alone (what a truncate to 0 leaves, or a crash between a
+	// first write's header and its block; made below by cutting the
+	// stored file): plaintext size 0. (A file never written has no
+	// header yet: TestInspectRejects.)
 	writeFile(t, m.path("empty"), []byte("soon gone"))
 	sizes["empty"] = 0
 	// A file with a hole: its plaintext size counts the hole.
