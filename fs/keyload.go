@@ -187,7 +187,9 @@ func (f *file) ensureHeader() (stored int64, done func(), err error) {
 	}
 	if st.key != nil {
 		if !r.noContent(stored) {
-			st.key.own = true
+			if err := f.proveOwn(stored); err != nil {
+				return -1, nil, err
+			}
 			return stored, noop, nil
 		}
 		if st.key.made && !st.restart {
@@ -214,7 +216,10 @@ func (f *file) ensureHeader() (stored int64, done func(), err error) {
 			st.key = k
 		}
 		if st.key != nil {
-			st.key.own = true
+			if err := f.proveOwn(stored); err != nil {
+				unlock()
+				return -1, nil, err
+			}
 		}
 		unlock()
 		return stored, noop, nil
@@ -258,6 +263,30 @@ func (f *file) ensureHeader() (stored int64, done func(), err error) {
 	nk.own = true
 	st.key, st.restart = nk, false
 	return int64(len(slot)), unlock, nil
+}
+
+// proveOwn makes sure the key of a file with content, found in its
+// header, is the file's own before the file is written under it: its
+// final block must authenticate (once per open state). Whoever can write
+// CIPHERDIR could otherwise put another file's header in front of a
+// block of garbage, and whole blocks written over it, never read, would
+// be sealed under the other file's ID and key. Passing takes the other
+// file's blocks themselves: a copy of that file (THREAT_MODEL.md).
+func (f *file) proveOwn(stored int64) error {
+	k := f.st.key
+	if k.own {
+		return nil
+	}
+	bf, size, err := f.blocksOf(stored)
+	if err != nil {
+		return err
+	}
+	var b [1]byte
+	if _, err := bf.ReadAt(b[:], size-1, size); err != nil {
+		return fmt.Errorf("its final block does not authenticate under its header, so nothing is written under that key: %w", err)
+	}
+	k.own = true
+	return nil
 }
 
 // noContent reports whether a stored file of stored bytes holds no

@@ -101,8 +101,11 @@ func mountInProcessWith(t testing.TB, opts Options, mo MountOptions) (string, *R
 			opts.Keyring = kr
 		}
 	}
+	// A test that expects warnings passes its own Logger.
 	rec := &warnRecorder{}
-	opts.Logger = slog.New(slog.NewTextHandler(rec, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(rec, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	root, err := NewRoot(opts)
 	if err != nil {
 		t.Fatal(err)

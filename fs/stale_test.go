@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -202,6 +204,46 @@ func TestPlantedHeaderStartsOver(t *testing.T) {
 				t.Errorf("a write to %s (flags %#x, %d bytes after the header) kept the planted header: both files have one ID", name, flag, tail)
 			}
 		}
+	}
+}
+
+// TestPlantedHeaderBeforeGarbage: another file's header put in front of
+// a block of garbage: whole blocks written over it, never read, must not
+// be sealed under that file's ID and key (found by review: they were,
+// and moved into the other file without an error). The write fails.
+func TestPlantedHeaderBeforeGarbage(t *testing.T) {
+	mnt, root := mountInProcess(t, Options{})
+	cipher := root.vol.Dir
+	if err := os.WriteFile(filepath.Join(mnt, "a"), bytes.Repeat([]byte("role=user\n"), 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "b"), []byte("other\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := os.ReadFile(filepath.Join(cipher, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := root.layout
+	garbage := bytes.Repeat([]byte{0x5a}, int(l.StoredBlockSize()))
+	if err := os.WriteFile(filepath.Join(cipher, "b"), append(append([]byte{}, stored[:l.DataOff()]...), garbage...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	warns := &warnRecorder{}
+	log := slog.New(slog.NewTextHandler(warns, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	other, _ := mountInProcess(t, Options{Volume: root.vol, Keyring: root.opts.Keyring, Logger: log})
+	w, err := os.OpenFile(filepath.Join(other, "b"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.WriteAt(bytes.Repeat([]byte("role=admin"), 4096/10+1)[:4096], 0); !errors.Is(err, syscall.EIO) {
+		t.Errorf("a whole block written over garbage behind another file's header: %v, want EIO", err)
+	}
+	warns.mu.Lock()
+	defer warns.mu.Unlock()
+	if got := strings.Join(warns.records, ""); !strings.Contains(got, "path=b") || !strings.Contains(got, "does not authenticate") {
+		t.Errorf("the refused write's warning: %q, want one naming b and why", got)
 	}
 }
 
