@@ -200,53 +200,58 @@ func (f *file) ensureHeader() (stored int64, done func(), err error) {
 		return -1, nil, err
 	}
 	unlock := func() { unix.Flock(f.fd, unix.LOCK_UN) }
-	if stored, err = fdStore(f.fd).size(); err != nil {
+	stored, keep, err := f.ensureHeaderLocked()
+	if err != nil || !keep {
 		unlock()
-		return -1, nil, err
+		unlock = noop
+	}
+	return stored, unlock, err
+}
+
+// ensureHeaderLocked is ensureHeader's work under the stored file's
+// flock; keep says to hold the flock until the change is done (a new
+// header, or an emptied file going on under its own key).
+func (f *file) ensureHeaderLocked() (stored int64, keep bool, err error) {
+	st := f.st
+	r := f.n.r
+	if stored, err = fdStore(f.fd).size(); err != nil {
+		return -1, false, err
 	}
 	if !r.noContent(stored) {
 		// Another mount wrote the file since it was opened here (or
 		// since this mount found it empty).
 		if st.key == nil {
-			k, err := r.loadKey(f.fd, nil)
-			if err != nil {
-				unlock()
-				return -1, nil, err
+			if st.key, err = r.loadKey(f.fd, nil); err != nil {
+				return -1, false, err
 			}
-			st.key = k
 		}
 		if st.key != nil {
 			if err := f.proveOwn(stored); err != nil {
-				unlock()
-				return -1, nil, err
+				return -1, false, err
 			}
 		}
-		unlock()
-		return stored, noop, nil
+		return stored, false, nil
 	}
 	pk, err := r.newFileKey()
 	if err != nil {
 		if unavailable(err) && st.key != nil && st.key.own && r.headerOf(f.fd, stored, st.key) {
 			r.log.Info("the key service cannot give a new key: an emptied file goes on under its own", "path", f.n.relPath(), "err", err.Error())
 			st.restart = false
-			return stored, unlock, nil
+			return stored, true, nil
 		}
-		unlock()
-		return -1, nil, err
+		return -1, false, err
 	}
 	// Start over: drop the header found here, and its key.
 	st.key.wipe()
 	st.key = nil
 	slot, nk, err := r.sealNewHeader(pk)
 	if err != nil {
-		unlock()
-		return -1, nil, err
+		return -1, false, err
 	}
 	if stored > 0 {
 		if err := fdStore(f.fd).Truncate(0); err != nil {
 			nk.wipe()
-			unlock()
-			return -1, nil, err
+			return -1, false, err
 		}
 	}
 	// No fallocate first: a header cut short by a full disk is cut off
@@ -257,12 +262,11 @@ func (f *file) ensureHeader() (stored int64, done func(), err error) {
 		nk.wipe()
 		// Leave no partial header behind.
 		unix.Ftruncate(f.fd, 0)
-		unlock()
-		return -1, nil, err
+		return -1, false, err
 	}
 	nk.own = true
 	st.key, st.restart = nk, false
-	return int64(len(slot)), unlock, nil
+	return int64(len(slot)), true, nil
 }
 
 // proveOwn makes sure the key of a file with content, found in its
