@@ -82,7 +82,7 @@ func (p *progress) line() {
 	rate := float64(p.files) / max(time.Since(p.start).Seconds(), 1e-9)
 	left := time.Duration(float64(p.totalFiles-p.files) / max(rate, 1e-9) * float64(time.Second)).Round(time.Second)
 	if p.totalBytes > 0 {
-		fmt.Fprintf(p.w, "kmsfs %s: %d of %d files, %s of %s, %v left\n", p.what, p.files, p.totalFiles, mib(p.bytes), mib(p.totalBytes), left)
+		fmt.Fprintf(p.w, "kmsfs %s: %d of %d files, %s of %s, %v left\n", p.what, p.files, p.totalFiles, humanBytes(p.bytes), humanBytes(p.totalBytes), left)
 		return
 	}
 	fmt.Fprintf(p.w, "kmsfs %s: %d of %d files, %.0f files/s, %v left\n", p.what, p.files, p.totalFiles, rate, left)
@@ -102,4 +102,16 @@ func (p *progress) done() {
 	}
 }
 
-func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+// humanBytes gives a size for a person: bytes below 1 KiB, then KiB, MiB or GiB
+// with one decimal, so that a small volume does not read "0.0 MiB".
+func humanBytes(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+}
