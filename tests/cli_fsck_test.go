@@ -41,6 +41,7 @@ type fsckJSON struct {
 		Symlinks       int   `json:"symlinks"`
 		Special        int   `json:"special"`
 		BranchKeys     int   `json:"branch_keys"`
+		HardLinks      int   `json:"hard_links"`
 	} `json:"checked"`
 	KeyServiceCalls int64         `json:"key_service_calls"`
 	IdentityUnwraps int64         `json:"identity_unwraps"`
@@ -107,7 +108,7 @@ func kinds(ps []fsckProblem) []string {
 
 // TestFsckCleanAndStray: a volume written through a mount, with every
 // kind of object, is clean; a key service call is made per file with a
-// header. Leftover temporary files and unknown names in the key store
+// header, and a file with two names is checked once. Leftover temporary files and unknown names in the key store
 // are reported as strays, and --repair leaves them alone.
 func TestFsckCleanAndStray(t *testing.T) {
 	t.Parallel()
@@ -121,6 +122,9 @@ func TestFsckCleanAndStray(t *testing.T) {
 	}
 	writeFile(t, m.path("d", "e", "b"), patterned(2, 10))
 	if err := os.Symlink("../a", m.path("d", "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(m.path("a"), m.path("d", "a2")); err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Mkfifo(m.path("fifo"), 0o644); err != nil {
@@ -143,8 +147,8 @@ func TestFsckCleanAndStray(t *testing.T) {
 		t.Fatalf("fsck of a clean volume: exit %d, %+v", code, r)
 	}
 	c := r.Checked
-	if c.Files != 4 || c.Directories != 2 || c.Symlinks != 1 || c.Special != 1 || c.Blocks != 4+1+51 {
-		t.Errorf("checked %+v: want 4 files, 2 directories, 1 symlink, 1 FIFO, 56 blocks", c)
+	if c.Files != 4 || c.HardLinks != 1 || c.Directories != 2 || c.Symlinks != 1 || c.Special != 1 || c.Blocks != 4+1+51 {
+		t.Errorf("checked %+v: want 4 files (one with a second name, checked once), 2 directories, 1 symlink, 1 FIFO, 56 blocks", c)
 	}
 	if r.KeyServiceCalls != 3 || r.KeyMode != "per-file" || r.ConfigTrust != "trusted" || r.VolumeID != g.VolumeID {
 		t.Errorf("report %+v: want 3 key service calls (the empty file has no key), per-file, trusted", r)

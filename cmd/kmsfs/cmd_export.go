@@ -65,7 +65,7 @@ func cmdExport(args []string, stdout, stderr io.Writer) error {
 	}
 	n := e.count
 	fmt.Fprintf(stdout, "kmsfs export: %s: %d files (%s), %d directories, %d symlinks, %d hard links, %d FIFOs into %s in %.1fs with %d key service calls%s\n",
-		vol.Dir, n.files, mib(n.plain), n.dirs, n.symlinks, n.links, n.fifos, dest, time.Since(start).Seconds(), keyCalls(keys), identityNote(keys.byIdentity.Load()))
+		vol.Dir, n.files, humanBytes(n.plain), n.dirs, n.symlinks, n.links, n.fifos, dest, time.Since(start).Seconds(), keyCalls(keys), identityNote(keys.byIdentity.Load()))
 	switch {
 	case e.damaged > 0:
 		return fail(exitDamage, "export: %d files are damaged: what could not be read is listed above", e.damaged)
@@ -194,7 +194,6 @@ type exportResult struct {
 	notKept int
 	fatal   error
 	link    [2]string // for kind "link": the first path, and the new one
-	regular bool      // for kind "link": to a regular file (progress counts it)
 }
 
 func (e *exportRun) run(ctx context.Context, cancel func()) error {
@@ -256,9 +255,7 @@ func (e *exportRun) consume(r exportResult) {
 	case "fifo":
 		e.count.fifos++
 	case "link":
-		if r.regular {
-			e.prog.file(r.stored)
-		}
+		// The progress total counts a file once, whatever its names.
 		e.count.links++
 	}
 	if r.notKept < 0 {
@@ -301,7 +298,7 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
 		id := [2]uint64{st.Dev, st.Ino}
 		if first, ok := e.links[id]; ok {
-			done(exportResult{kind: "link", link: [2]string{first, target}, stored: st.Size, regular: st.Mode&unix.S_IFMT == unix.S_IFREG})
+			done(exportResult{kind: "link", link: [2]string{first, target}})
 			return nil
 		}
 		e.links[id] = target

@@ -59,7 +59,8 @@ type fsckCounts struct {
 	PlaintextBytes int64 `json:"plaintext_bytes"`
 	Directories    int   `json:"directories"`
 	Symlinks       int   `json:"symlinks"`
-	Special        int   `json:"special"` // FIFOs, sockets, devices
+	Special        int   `json:"special"`    // FIFOs, sockets, devices
+	HardLinks      int   `json:"hard_links"` // names of a regular file beyond its first, not checked again
 	BranchKeys     int   `json:"branch_keys"`
 }
 
@@ -91,6 +92,9 @@ type fsckRun struct {
 	human     bool
 	prog      *progress
 	fatal     error // a key service failure: the run stops
+	// linked holds the (dev, ino) of each regular file with more than
+	// one name seen so far: it is checked and counted at its first name.
+	linked map[[2]uint64]bool
 }
 
 func cmdFsck(args []string, stdout, stderr io.Writer) error {
@@ -124,7 +128,7 @@ func cmdFsck(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer keys.close()
-	r := &fsckRun{vol: vol, keys: keys, repair: *repair, badBranch: map[string]bool{}, stdout: stdout, human: !*asJSON}
+	r := &fsckRun{vol: vol, keys: keys, repair: *repair, badBranch: map[string]bool{}, linked: map[[2]uint64]bool{}, stdout: stdout, human: !*asJSON}
 	r.report = fsckReport{CipherDir: vol.Dir, VolumeID: vol.IDHex, KeyMode: volume.KeyModePerFile, ConfigTrust: string(keys.trust), Problems: []fsckProblem{}}
 	if vol.Config.Branch() {
 		r.report.KeyMode = volume.KeyModeBranch
@@ -208,6 +212,8 @@ func (r *fsckRun) run(ctx context.Context, cancel func(), stderr io.Writer) erro
 			n.Symlinks++
 		case objectSpecial:
 			n.Special++
+		case objectLink:
+			n.HardLinks++
 		}
 		for _, p := range c.problems {
 			r.add(p)
@@ -237,6 +243,7 @@ func countFiles(dir string) (files int, bytes int64, err error) {
 func surveyFiles(dir string, want *unix.Stat_t) (files int, bytes int64, found string, err error) {
 	var st unix.Stat_t
 	is := func() bool { return want != nil && st.Dev == want.Dev && st.Ino == want.Ino }
+	linked := map[[2]uint64]bool{}
 	if unix.Stat(dir, &st) == nil && is() {
 		return 0, 0, ".", nil
 	}
@@ -245,6 +252,13 @@ func surveyFiles(dir string, want *unix.Stat_t) (files int, bytes int64, found s
 		switch {
 		case e.Type.IsRegular():
 			if unix.Fstatat(e.DirFd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+				if st.Nlink > 1 {
+					id := [2]uint64{st.Dev, st.Ino}
+					if linked[id] {
+						return nil
+					}
+					linked[id] = true
+				}
 				files++
 				bytes += st.Size
 			}
@@ -298,6 +312,16 @@ func (r *fsckRun) visit(ctx context.Context, e volume.Entry, submit func(func() 
 			found(problem(problemUnreadable, err.Error()))
 			return nil
 		}
+		var st unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &st) == nil && st.Nlink > 1 {
+			id := [2]uint64{st.Dev, st.Ino}
+			if r.linked[id] {
+				f.Close()
+				found(fileCheck{object: objectLink})
+				return nil
+			}
+			r.linked[id] = true
+		}
 		submit(func() fileCheck { return r.checkFile(ctx, e.Rel, f) })
 	default:
 		// FIFOs, sockets and devices are made through the mount
@@ -349,6 +373,7 @@ const (
 	objectDir
 	objectSymlink
 	objectSpecial
+	objectLink // another name of a regular file checked at its first
 )
 
 func (r *fsckRun) checkFile(ctx context.Context, rel string, f *os.File) (c fileCheck) {
@@ -521,7 +546,10 @@ func (r *fsckRun) summary() {
 			}
 		}
 	}
-	what := fmt.Sprintf("%d files (%d blocks, %s of plaintext), %d directories, %d symlinks, %d other", c.Files, c.Blocks, mib(c.PlaintextBytes), c.Directories, c.Symlinks, c.Special)
+	what := fmt.Sprintf("%d files (%d blocks, %s of plaintext), %d directories, %d symlinks, %d other", c.Files, c.Blocks, humanBytes(c.PlaintextBytes), c.Directories, c.Symlinks, c.Special)
+	if c.HardLinks > 0 {
+		what += fmt.Sprintf(", %d more names of files (hard links)", c.HardLinks)
+	}
 	if rep.KeyMode == volume.KeyModeBranch {
 		what += fmt.Sprintf(", %d branch keys", c.BranchKeys)
 	}
