@@ -130,6 +130,17 @@ func TestMountErrors(t *testing.T) {
 		})
 	}
 
+	// A mount from fstab or a unit is read from its log: a refused one
+	// says why there too, not only on stderr.
+	t.Run("refused with a log file", func(t *testing.T) {
+		logFile := filepath.Join(t.TempDir(), "kmsfs.log")
+		out, errOut, code := cliRunBounded(t, 30*time.Second, v.Env, "mount", "--log-file", logFile, "--local-key", otherKey, v.Dir, mnt)
+		cliWantFail(t, "mount with the wrong key and a log file", out, errOut, code, cliExitKey, otherKey)
+		if got := string(readFile(t, logFile)); !strings.Contains(got, "mount failed") || !strings.Contains(got, otherKey) {
+			t.Errorf("the log of a refused mount reads %q, want its reason", got)
+		}
+	})
+
 	t.Run("busy mountpoint", func(t *testing.T) {
 		m := mountVolume(t, v)
 		writeFile(t, m.path("f"), []byte("first mount"))
@@ -314,8 +325,8 @@ func TestMountDaemon(t *testing.T) {
 		t.Fatalf("mount -d: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
 	t.Logf("mount -d returned after %v", elapsed.Round(time.Millisecond))
-	if !strings.Contains(out, "mounted") {
-		t.Errorf("mount -d stdout = %q, want a mounted line", out)
+	if want := "kmsfs: mounted " + v.Dir + " on " + mnt + "\n"; out != want {
+		t.Errorf("mount -d stdout = %q, want %q", out, want)
 	}
 	// Mounted the moment it returns: no polling here.
 	if !cliMounted(t, mnt) {

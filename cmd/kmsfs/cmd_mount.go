@@ -117,7 +117,13 @@ func cmdMount(args []string, stdout, stderr io.Writer) error {
 		out.set(f)
 	}
 	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
-	return mount(pos[0], pos[1], m, fl, log, stdout, out)
+	err = mount(pos[0], pos[1], m, fl, log, stdout, out)
+	if err != nil && m.logFile != "" {
+		// stderr has the line too, but a mount from fstab or a unit file
+		// is often read from its log alone.
+		log.Error("mount failed", "cipherdir", pos[0], "mountpoint", pos[1], "err", err.Error())
+	}
+	return err
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -211,14 +217,15 @@ func mount(cipherDir, mountpoint string, m mountFlags, fl *flag.FlagSet, log *sl
 	defer stopAids()
 	return serve(root, mountpoint, m, log, func() (unmounted func()) {
 		log.Info("mounted", "cipherdir", cipherDir, "mountpoint", mountpoint, "volume", cfg.VolumeID, "locked_key_memory", keyring.LockedMemory())
-		fmt.Fprintf(stdout, "kmsfs: mounted %s on %s\n", cipherDir, mountpoint)
+		mounted := fmt.Sprintf("kmsfs: mounted %s on %s", cipherDir, mountpoint)
+		fmt.Fprintln(stdout, mounted)
 		if f, ok := stdout.(*os.File); ok {
 			f.Sync()
 		}
 		if err := sdNotify("READY=1\nSTATUS=Mounted " + cipherDir + " on " + mountpoint); err != nil {
 			log.Warn("could not tell the service manager that the mount is ready", "err", err.Error())
 		}
-		return daemonReady(logOut, m.logFile)
+		return daemonReady(logOut, m.logFile, mounted)
 	})
 }
 

@@ -117,9 +117,9 @@ func fallbackLog(mountpoint string) (string, error) {
 	return filepath.Join(dir, fmt.Sprintf("mount-%s-%x.log", filepath.Base(abs), sum[:4])), nil
 }
 
-// reportReady tells a waiting daemonize parent that the mount is up, and
-// reports whether there was one.
-func reportReady() bool {
+// reportReady tells a waiting daemonize parent that the mount is up,
+// with the line it prints (one line), and reports whether there was one.
+func reportReady(line string) bool {
 	fdStr := os.Getenv(readyEnv)
 	if fdStr == "" {
 		return false
@@ -129,7 +129,7 @@ func reportReady() bool {
 		return false
 	}
 	f := os.NewFile(uintptr(fd), "ready")
-	fmt.Fprintln(f, "ok kmsfs: mounted")
+	fmt.Fprintln(f, "ok "+strings.ReplaceAll(line, "\n", " "))
 	f.Close()
 	os.Unsetenv(readyEnv)
 	return true
@@ -152,10 +152,10 @@ func detachStdio() {
 // waiting parent, moves the log to syslog unless it goes to a --log-file
 // (the parent's stderr may go away), and lets go of the parent's stdio.
 // It returns what closes the syslog writer. Outside a daemonized child it
-// does nothing.
-func daemonReady(logOut *swapWriter, logFile string) (closeLog func()) {
+// does nothing. line is what the parent prints.
+func daemonReady(logOut *swapWriter, logFile, line string) (closeLog func()) {
 	closeLog = func() {}
-	if reportReady() && logFile == "" {
+	if reportReady(line) && logFile == "" {
 		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "kmsfs"); err == nil {
 			logOut.set(w)
 			closeLog = func() { w.Close() }
