@@ -443,3 +443,89 @@ func TestMultiKMSKeyDown(t *testing.T) {
 		}
 	}
 }
+
+// TestRewrapRerunChecksTrust: a rewrap whose flags name the keyrings
+// kmsfs.json names already (the run after one killed once it replaced
+// kmsfs.json, or one with nothing to do) still checks the config against
+// this machine's trusted copies. Only its keyrings may differ from them
+// (the interrupted run's old config); a key_mode, rotation or volume ID
+// changed in CIPHERDIR is refused, and neither written back nor trusted.
+func TestRewrapRerunChecksTrust(t *testing.T) {
+	t.Parallel()
+	v := newVolume(t, nil)
+	newKey := filepath.Join(t.TempDir(), "new.key")
+	cfgPath := filepath.Join(v.Dir, "kmsfs.json")
+	copies := func() map[string]string {
+		out := map[string]string{}
+		ents, err := os.ReadDir(trustedDir(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			out[e.Name()] = string(readFile(t, filepath.Join(trustedDir(v), e.Name())))
+		}
+		return out
+	}
+	restore := func(c map[string]string) {
+		for name, b := range c {
+			writeFile(t, filepath.Join(trustedDir(v), name), []byte(b))
+		}
+	}
+	before := copies()
+	runRewrap(t, v, "--local-key", newKey)
+	after, good := copies(), readFile(t, cfgPath)
+
+	// Killed between replacing kmsfs.json and the trusted copies: the
+	// copies name the old keyrings, and a second run finishes.
+	restore(before)
+	runRewrap(t, v, "--local-key", newKey)
+	if got := copies(); fmt.Sprint(got) != fmt.Sprint(after) {
+		t.Errorf("after the finishing run the trusted copies are\n%v\nwant\n%v", got, after)
+	}
+
+	edit := func(f func(map[string]any)) {
+		t.Helper()
+		var c map[string]any
+		if err := json.Unmarshal(good, &c); err != nil {
+			t.Fatal(err)
+		}
+		f(c)
+		b, err := json.MarshalIndent(c, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, cfgPath, b)
+	}
+	for _, tc := range []struct {
+		name        string
+		interrupted bool
+		edit        func(map[string]any)
+		want        string
+	}{
+		{"key_mode", false, func(c map[string]any) { c["key_mode"], c["branch_key_rotation"] = "branch", "87600h" }, "key_mode"},
+		{"key_mode after a kill", true, func(c map[string]any) { c["key_mode"], c["branch_key_rotation"] = "branch", "87600h" }, "key_mode"},
+		{"volume_id", false, func(c map[string]any) { c["volume_id"] = "0123456789abcdef0123456789abcdef" }, "volume_id"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			trusted := after
+			if tc.interrupted {
+				trusted = before
+			}
+			restore(trusted)
+			edit(tc.edit)
+			tampered := readFile(t, cfgPath)
+			out, errOut, code := run(t, v.Env, "rewrap", "--local-key", newKey, v.Dir)
+			cliWantFail(t, "rewrap of a config changed beside its keyrings", out, errOut, code, cliExitVolume, tc.want, "--trust-config")
+			if got := copies(); fmt.Sprint(got) != fmt.Sprint(trusted) {
+				t.Errorf("the refused rewrap changed the trusted copies:\n%v", got)
+			}
+			if !bytes.Equal(readFile(t, cfgPath), tampered) {
+				t.Error("the refused rewrap rewrote kmsfs.json")
+			}
+			if _, err := os.Stat(filepath.Join(v.Dir, ".kmsfs", "branch")); err == nil {
+				t.Error("the refused rewrap made a branch key")
+			}
+			writeFile(t, cfgPath, good)
+		})
+	}
+}

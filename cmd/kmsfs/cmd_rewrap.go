@@ -194,8 +194,12 @@ func rewrap(ctx context.Context, vol *volume.Volume, f *rewrapFlags, id *agekey.
 		if _, old, err = trustedKeyrings(ctx, vol, f.trustCfg, ov, log); err != nil {
 			return err
 		}
+	} else if err := trustRerun(ctx, vol, f.trustCfg, keys.members, log); err != nil {
+		// A run after the config was replaced (the new keyrings unwrap),
+		// or one with nothing to do: the fields target keeps from
+		// CIPHERDIR are trusted at the end, so they are checked too.
+		return err
 	}
-	// else: a run after the config was replaced: the new keyrings unwrap.
 	r.unwrap = r.unwrapper(old, keys.members, id)
 	for _, s := range keys.specs {
 		r.want = append(r.want, [2]string{string(s.Kind), specKeyID(s)})

@@ -276,3 +276,87 @@ func keyringList(specs []volume.KeyringSpec) string {
 	}
 	return "[" + strings.Join(parts, "; ") + "]"
 }
+
+// trustRerun checks the config of a volume whose keyrings are already the
+// ones kmsfs rewrap's flags name: a run after an interrupted one replaced
+// kmsfs.json, or one with nothing to do. Its keyrings are the operator's,
+// but every other field (volume_id, key_mode, branch_key_rotation, the
+// sizes) still comes from CIPHERDIR, and the run ends by trusting them:
+// so they must be those of this machine's trusted copies. A copy that
+// differs in its keyrings alone is the config before the interrupted run
+// (killed between replacing kmsfs.json and the copies). With no copy, the
+// volume's files attest the keyrings, as on a first mount; accept
+// (--trust-config) takes the config as it is.
+func trustRerun(ctx context.Context, vol *volume.Volume, accept bool, members []keyring.Keyring, log *slog.Logger) error {
+	name := filepath.Join(vol.Dir, volume.ConfigName)
+	t, err := lookupTrust(vol, true)
+	if err != nil {
+		return err
+	}
+	switch {
+	case t.state == trustTrusted:
+		return nil
+	case accept:
+		log.Warn("trusting the changed volume config (--trust-config)", "config", name, "copies", strings.Join(t.paths, " "), "keyrings", keyringList(vol.Config.Keyrings))
+		return nil
+	case t.state == trustNone:
+		by, err := attest(ctx, vol, members)
+		if err != nil {
+			return err
+		}
+		log.Warn("first use of this volume here: trusting its config from now on, and refusing a changed one", "config", name, "keyrings", keyringList(vol.Config.Keyrings), "attested_by", by, "copies", strings.Join(t.paths, " "))
+		return nil
+	}
+	for _, p := range t.paths {
+		old, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fail(exitVolume, "%s: read the trusted copy %s: %v", name, p, err)
+		}
+		if diff := otherFieldsChange(old, vol.Config); diff != "" {
+			return fail(exitVolume, "%s names the keyrings of these flags already, but differs from the copy of it this machine trusts (%s) in more than its keyrings: %s. Whoever can write CIPHERDIR can change those, and rewrap would trust them from now on; if you changed them yourself, pass --trust-config", name, p, diff)
+		}
+	}
+	return nil
+}
+
+// otherFieldsChange says how cfg differs from old, a trusted copy, in
+// fields other than its keyrings; "" if in none.
+func otherFieldsChange(old []byte, cfg *volume.Config) string {
+	prev, err := volume.ParseConfig(old)
+	if err != nil {
+		return "the trusted copy does not parse (" + err.Error() + ")"
+	}
+	// Compared whole, so a field added to Config is not missed; the
+	// list below only names what changed.
+	same := *prev
+	same.Keyrings = cfg.Keyrings
+	a, errA := volume.ConfigBytes(&same)
+	b, errB := volume.ConfigBytes(cfg)
+	if errA == nil && errB == nil && bytes.Equal(a, b) {
+		return ""
+	}
+	var out []string
+	for _, f := range []struct {
+		name     string
+		was, now any
+	}{
+		{"format_version", prev.FormatVersion, cfg.FormatVersion},
+		{"volume_id", prev.VolumeID, cfg.VolumeID},
+		{"block_size", prev.BlockSize, cfg.BlockSize},
+		{"header_size", prev.HeaderSize, cfg.HeaderSize},
+		{"features", strings.Join(prev.Features, ","), strings.Join(cfg.Features, ",")},
+		{"key_mode", prev.KeyMode, cfg.KeyMode},
+		{"branch_key_rotation", prev.BranchKeyRotation, cfg.BranchKeyRotation},
+	} {
+		if f.was != f.now {
+			out = append(out, fmt.Sprintf("%s was %q and is now %q", f.name, fmt.Sprint(f.was), fmt.Sprint(f.now)))
+		}
+	}
+	if len(out) == 0 {
+		return "fields other than its keyrings differ"
+	}
+	return strings.Join(out, ", ")
+}
