@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/internal/regfile"
 	"github.com/kmsfs/kmsfs/keyring"
 )
 
@@ -286,10 +287,12 @@ func (c *Config) Layout() blockcipher.Layout {
 // and as the bytes it was parsed from (for a caller that compares them
 // with a copy it trusts). A missing file is ErrNoConfig.
 //
-// CIPHERDIR is not trusted: the config is opened without following a
-// symlink and without blocking (a FIFO put in its place would hang the
-// open), must be a regular file, and at most maxConfigSize bytes are read
-// (a symlink to /dev/zero would otherwise grow memory without bound).
+// CIPHERDIR is not trusted: the config is opened as the stored files are
+// (regfile.Open: looked at through O_PATH first, so a FIFO or a device
+// node there is never opened, and no driver's open runs), without
+// following a symlink, only if it is a regular file, and at most
+// maxConfigSize bytes are read (a symlink to /dev/zero would otherwise
+// grow memory without bound).
 func ReadConfig(cipherDir string) (*Config, []byte, error) {
 	b, err := readConfigFile(cipherDir)
 	if err != nil {
@@ -303,24 +306,23 @@ func ReadConfig(cipherDir string) (*Config, []byte, error) {
 }
 
 func readConfigFile(cipherDir string) ([]byte, error) {
-	fd, err := unix.Open(filepath.Join(cipherDir, ConfigName), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	name := filepath.Join(cipherDir, ConfigName)
+	f, err := openRegularAt(unix.AT_FDCWD, name, 0, unix.O_RDONLY)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		return nil, ErrNoConfig
 	case errors.Is(err, unix.ELOOP):
 		return nil, &ConfigError{fmt.Errorf("%s is a symlink, not a volume config", ConfigName)}
+	case errors.Is(err, regfile.ErrNotRegular):
+		what := "not a regular file"
+		if st, err := os.Lstat(name); err == nil {
+			what = typeName(st.Mode()) + ", not a regular file"
+		}
+		return nil, &ConfigError{fmt.Errorf("%s is %s", ConfigName, what)}
 	case err != nil:
 		return nil, fmt.Errorf("open %s: %w", ConfigName, err)
 	}
-	f := os.NewFile(uintptr(fd), ConfigName)
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, &ConfigError{fmt.Errorf("%s is %s, not a regular file", ConfigName, typeName(st.Mode()))}
-	}
 	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", ConfigName, err)

@@ -110,6 +110,33 @@ func TestFind(t *testing.T) {
 	}
 }
 
+// Find reads no kmsfs.json through a symlinked directory: not one inside
+// the volume (a directory swapped for a symlink to a config elsewhere),
+// nor a CIPHERDIR reached through one (named with -C instead).
+func TestFindFollowsNoSymlink(t *testing.T) {
+	base := t.TempDir()
+	v := perFileVolume(t, filepath.Join(base, "vol"), testLocal(t))
+	elsewhere := perFileVolume(t, filepath.Join(base, "elsewhere"), testLocal(t))
+	mustDo(t, os.MkdirAll(filepath.Join(v.Dir, "d"), 0o755))
+	mustDo(t, os.Symlink(elsewhere.Dir, filepath.Join(v.Dir, "d", "sub")))
+	mustDo(t, os.Symlink(filepath.Join(base, "nothing"), filepath.Join(v.Dir, "empty")))
+	mustDo(t, os.Symlink(v.Dir, filepath.Join(base, "link-to-vol")))
+	for _, p := range []string{
+		filepath.Join(v.Dir, "d", "sub", "f"),
+		filepath.Join(v.Dir, "empty", "f"),
+		filepath.Join(base, "link-to-vol", "f"),
+	} {
+		got, _, err := Find(p)
+		if err == nil || !strings.Contains(err.Error(), "symlink") {
+			dir := ""
+			if got != nil {
+				dir = got.Dir
+			}
+			t.Errorf("Find(%s) = %q, %v; want an error naming the symlink", p, dir, err)
+		}
+	}
+}
+
 // A symlink where a directory of kmsfs's store belongs makes nothing
 // outside CIPHERDIR: not the store's subdirectory, not a record.
 func TestStoreSymlinkCreatesNothingOutside(t *testing.T) {

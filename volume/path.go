@@ -41,20 +41,33 @@ func (v *Volume) Open(rel string) (*os.File, error) {
 // to it: the nearest directory above path whose kmsfs.json is a volume
 // config. (Below the root, a file of that name is a stored file of the
 // volume, whose bytes are no config.) The directories above path are
-// found lexically, from its absolute form, not through symlinks. A volume
-// config in a directory above that one is an error: nested configs are no
-// layout kmsfs makes, and a planted one could choose the keys. Without
-// a volume above path it returns ErrNoConfig, or the error of the first
-// config found that did not parse.
+// found lexically, from its absolute form, and none of them is followed
+// if it is a symlink: a directory of the volume swapped for one would
+// otherwise have a kmsfs.json outside CIPHERDIR read, and decide where
+// the volume starts. A volume above a symlink is an error (kmsfs follows
+// no symlink inside CIPHERDIR), and so is a symlink with no volume above
+// it (a CIPHERDIR reached through a symlink is named with -C). A volume
+// config in a directory above the one found is an error: nested configs
+// are no layout kmsfs makes, and a planted one could choose the keys.
+// Without a volume above path it returns ErrNoConfig, or the error of the
+// first config found that did not parse.
 func Find(path string) (*Volume, string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, "", err
 	}
 	var firstErr error
+	symlink := "" // the nearest directory above path that is a symlink
 	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
-		v, err := Open(dir)
-		if err == nil {
+		st, err := os.Lstat(dir)
+		if err == nil && st.Mode()&os.ModeSymlink != 0 {
+			if symlink == "" {
+				symlink = dir
+			}
+		} else if v, err := Open(dir); err == nil {
+			if symlink != "" {
+				return nil, "", fmt.Errorf("%s is a symlink inside the volume %s, and kmsfs follows no symlink inside CIPHERDIR: name the file by its path in the volume", symlink, v.Dir)
+			}
 			// A config above this one makes this one suspect: whoever
 			// can write CIPHERDIR could put a config naming keys of
 			// theirs in a directory of it, and a file under them.
@@ -67,13 +80,15 @@ func Find(path string) (*Volume, string, error) {
 			}
 			rel, err := filepath.Rel(v.Dir, abs)
 			return v, filepath.ToSlash(rel), err
-		}
-		if !errors.Is(err, ErrNoConfig) && firstErr == nil {
+		} else if !errors.Is(err, ErrNoConfig) && firstErr == nil {
 			firstErr = fmt.Errorf("%s: %w", dir, err)
 		}
 		if dir == filepath.Dir(dir) {
 			break
 		}
+	}
+	if symlink != "" {
+		return nil, "", fmt.Errorf("no directory above %s holds a %s without following a symlink, and %s is one: if it leads to CIPHERDIR, name the volume with -C CIPHERDIR", path, ConfigName, symlink)
 	}
 	if firstErr != nil {
 		return nil, "", firstErr
