@@ -2,9 +2,12 @@ package tests
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -372,4 +375,100 @@ func TestExportKMSNewMachine(t *testing.T) {
 		t.Errorf("info after cat --trust-config: trusted_copy %q, want differs (the copy is not changed)", info.TrustedCopy)
 	}
 	writeFile(t, cfgPath, orig)
+}
+
+// runCapped runs kmsfs like cliRunBounded, but keeps only the first MiB
+// of stdout and counts the rest: a command that writes without bound
+// neither fills memory nor runs past timeout (it is killed, and the test
+// fails).
+func runCapped(t *testing.T, timeout time.Duration, env []string, args ...string) (string, int64, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kmsfsBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.WaitDelay = 5 * time.Second
+	out := &cappedWriter{limit: 1 << 20}
+	var errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("kmsfs %v did not finish within %v (%d bytes on stdout)\nstderr: %s", args, timeout, out.n, errb.String())
+	}
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run kmsfs %v: %v", args, err)
+	}
+	return out.buf.String(), out.n, errb.String(), code
+}
+
+type cappedWriter struct {
+	buf   bytes.Buffer
+	n     int64
+	limit int
+}
+
+func (w *cappedWriter) Write(p []byte) (int, error) {
+	w.n += int64(len(p))
+	if room := w.limit - w.buf.Len(); room > 0 {
+		w.buf.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
+
+// TestOfflineHugeUnauthenticatedSize: a genuine header copied in front of
+// truncate -s 8T is a file of 8 TiB of holes whose final block does not
+// authenticate. cat fails at once, exit 15, with no byte written (before,
+// it wrote terabytes of zeros first); --keep-going skips it and goes on;
+// export makes no file for it (not even a sparse one) and fsck reports
+// its final block, both within a bound.
+func TestOfflineHugeUnauthenticatedSize(t *testing.T) {
+	t.Parallel()
+	v := newVolume(t, nil)
+	g := geometryOf(t, v)
+	m := mountVolume(t, v)
+	a := patterned(7, 2*g.BlockSize+5)
+	writeFile(t, m.path("a"), a)
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(v.Dir, "big")
+	writeFile(t, big, readFile(t, filepath.Join(v.Dir, "a"))[:g.HeaderSize])
+	if err := os.Truncate(big, 8<<40); err != nil {
+		t.Skipf("this filesystem holds no 8 TiB sparse file: %v", err)
+	}
+
+	_, n, errOut, code := runCapped(t, time.Minute, v.Env, "cat", big)
+	if code != cliExitDamage || n != 0 || !strings.Contains(errOut, "final block") {
+		t.Errorf("cat of a header before 8 TiB of holes: exit %d, %d bytes written, stderr %q; want %d, none, naming the final block", code, n, errOut, cliExitDamage)
+	}
+	cliOneLine(t, "cat of the 8 TiB file", errOut)
+	out, n, errOut, code := runCapped(t, time.Minute, v.Env, "cat", "--keep-going", big, filepath.Join(v.Dir, "a"))
+	if code != cliExitDamage || n != int64(len(a)) || out != string(a) || !strings.Contains(errOut, "big: its final block") {
+		t.Errorf("cat --keep-going of it and a: exit %d, %d bytes (want %d: a's alone), stderr %q", code, n, len(a), errOut)
+	}
+
+	dest := filepath.Join(t.TempDir(), "dest")
+	_, _, errOut, code = runCapped(t, time.Minute, v.Env, "export", v.Dir, dest)
+	if code != cliExitDamage || !strings.Contains(errOut, "final block") {
+		t.Errorf("export: exit %d, stderr %q; want %d naming the final block", code, errOut, cliExitDamage)
+	}
+	dest = filepath.Join(t.TempDir(), "dest")
+	_, _, errOut, code = runCapped(t, time.Minute, v.Env, "export", "--keep-going", v.Dir, dest)
+	if code != cliExitDamage || !strings.Contains(errOut, "big: its final block") {
+		t.Errorf("export --keep-going: exit %d, stderr %q; want %d naming big's final block", code, errOut, cliExitDamage)
+	}
+	if st, err := os.Lstat(filepath.Join(dest, "big")); err == nil {
+		t.Errorf("export --keep-going made DEST/big, %d bytes", st.Size())
+	}
+	if got := readFile(t, filepath.Join(dest, "a")); !bytes.Equal(got, a) {
+		t.Errorf("export --keep-going: a has %d bytes, want %d", len(got), len(a))
+	}
+	out, _, errOut, code = runCapped(t, time.Minute, v.Env, "fsck", "--json", v.Dir)
+	if code != cliExitDamage || !strings.Contains(out, `"path": "big"`) {
+		t.Errorf("fsck: exit %d, want %d reporting big\n%s%s", code, cliExitDamage, out, errOut)
+	}
 }

@@ -121,6 +121,18 @@ func (c *catRun) cat(name string) error {
 		return fail(exitError, "%s: %v", name, err)
 	}
 	defer pf.wipe()
+	// Before the first byte: a file whose size is not sound stops here
+	// (with --keep-going, a final block that fails skips the file, since
+	// its size could be anything, terabytes of holes among them).
+	if err := pf.finalBlock(); err != nil {
+		if msg := pf.finalBlockMessage(name, err); msg != "" {
+			return fail(exitDamage, "%s; nothing was written for it", msg)
+		}
+		return fail(exitError, "%s: %v", name, err)
+	}
+	if pf.sizeErr != nil && !c.keepGoing {
+		return fail(exitDamage, "%s: damaged at plaintext offset %d: the stored file ends in %d bytes that cannot hold a block (it was cut, or appended to); nothing was written for it (--keep-going writes the part before)", name, pf.size, pf.stored-vol.Layout.CipherSize(pf.size))
+	}
 	damaged := false
 	err = pf.read(false, func(_ int64, p []byte) error {
 		_, err := c.stdout.Write(p)

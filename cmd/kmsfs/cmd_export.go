@@ -396,6 +396,23 @@ func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *
 		return e.unreadable(rel, err)
 	}
 	defer pf.wipe()
+	// Before DEST gets the file: a final block that fails leaves its size
+	// unknown (it could be terabytes of holes), so the file is not
+	// exported even with --keep-going; a stored size no writer leaves
+	// stops the export here.
+	if err := pf.finalBlock(); err != nil {
+		msg := pf.finalBlockMessage(rel, err)
+		switch {
+		case msg == "":
+			return e.unreadable(rel, err)
+		case !e.keepGoing:
+			return exportResult{fatal: fail(exitDamage, "export stopped: %s; %s holds a partial export (--keep-going exports the rest)", msg, e.dest)}
+		}
+		return exportResult{damaged: true, notes: []string{msg + ": not exported"}}
+	}
+	if pf.sizeErr != nil && !e.keepGoing {
+		return exportResult{fatal: fail(exitDamage, "export stopped: %s: damaged at plaintext offset %d: the stored file ends in %d bytes that cannot hold a block (it was cut, or appended to); %s holds a partial export (--keep-going exports the readable part)", rel, pf.size, pf.stored-e.vol.Layout.CipherSize(pf.size), e.dest)}
+	}
 	out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return e.failed(rel, err)
@@ -436,10 +453,6 @@ func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *
 	}
 	if pf.sizeErr != nil {
 		msg := fmt.Sprintf("%s: damaged at plaintext offset %d: the stored file ends in %d bytes that cannot hold a block (it was cut, or appended to)", rel, pf.size, pf.stored-e.vol.Layout.CipherSize(pf.size))
-		if !e.keepGoing {
-			os.Remove(target)
-			return exportResult{fatal: fail(exitDamage, "export stopped: %s; %s holds a partial export (--keep-going exports the readable part)", msg, e.dest)}
-		}
 		r.damaged = true
 		r.notes = append(r.notes, msg+": exported up to there")
 	}

@@ -210,6 +210,38 @@ func openPlain(ctx context.Context, vol *volume.Volume, kr keyring.Keyring, f *o
 	return pf, nil
 }
 
+// finalBlock authenticates pf's final block. The plaintext size is the
+// stored file's word until it does: whoever can write CIPHERDIR can put a
+// genuine header in front of truncate -s 8T, whose blocks all read as
+// holes (zeros) but the final one, which can never be a hole. So cat and
+// export call it before they write a byte of the file. It returns the
+// *blockcipher.BlockError of a final block that fails, or an I/O error.
+func (pf *plainFile) finalBlock() error {
+	if pf.size == 0 {
+		return nil
+	}
+	l := pf.bf.C.Layout()
+	buf := make([]byte, l.BlockSize)
+	_, err := pf.bf.ReadAt(buf, (pf.size-1)/l.BlockSize*l.BlockSize, pf.size)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return err
+}
+
+// finalBlockMessage says that pf's final block failed with err, for cat
+// and export; what is not wrapped in a *blockcipher.BlockError is "".
+func (pf *plainFile) finalBlockMessage(name string, err error) string {
+	var be *blockcipher.BlockError
+	if !errors.As(err, &be) {
+		return ""
+	}
+	l := pf.bf.C.Layout()
+	off := int64(be.Block) * l.BlockSize
+	return fmt.Sprintf("%s: its final block %d (plaintext bytes %d-%d) fails authentication, so its size (%d bytes) is not known to be true: damaged, or tampered with (kmsfs fsck lists its other blocks)",
+		name, be.Block, off, off+l.BlockPlainLen(be.Block, pf.size)-1, pf.size)
+}
+
 // nextData returns the plaintext offset of the first block at or after
 // off (block-aligned) that the stored file holds data for, by SEEK_DATA;
 // never past the last block, and off itself where the filesystem cannot
