@@ -529,3 +529,29 @@ func TestRewrapRerunChecksTrust(t *testing.T) {
 		})
 	}
 }
+
+// TestRewrapStopsOnKeyServiceFailure: the new key refuses ReEncrypt
+// (access denied). The run stops at the first file, with the key error's
+// exit code (11) and a line saying so, instead of counting a failure per
+// file (exit 1) after calling KMS for every one; once the key can be used,
+// a second run finishes.
+func TestRewrapStopsOnKeyServiceFailure(t *testing.T) {
+	t.Parallel()
+	const n = 40
+	env := newKMSEnv(t)
+	fillVolume(t, env.vol, n, "--key-pool", "0")
+	env.proxy.SetFault(kmstest.Fault{Op: "ReEncrypt", ErrorCode: "AccessDeniedException"})
+	env.proxy.Reset()
+	out, errOut, code := run(t, env.vol.Env, "rewrap", "--parallel", "2", "--kms-key", kmstest.KeyBARN, "--kms-endpoint", env.proxy.Endpoint(), env.vol.Dir)
+	if code != cliExitKey || !strings.Contains(errOut, "rewrap stopped at") {
+		t.Errorf("rewrap with the new key denied: exit %d, want %d and a line saying it stopped\nstdout: %s\nstderr: %s", code, cliExitKey, out, errOut)
+	}
+	if re := env.proxy.Count("ReEncrypt"); re > 4 {
+		t.Errorf("the run made %d ReEncrypt calls after access was denied; want it to stop at once (at most one per worker and a spare)", re)
+	}
+	env.proxy.Heal()
+	s := runRewrap(t, env.vol, "--kms-key", kmstest.KeyBARN, "--kms-endpoint", env.proxy.Endpoint())
+	if s.Failed != 0 || s.Rewrapped+s.Finished+s.Unchanged != n {
+		t.Errorf("second run: %+v", s)
+	}
+}

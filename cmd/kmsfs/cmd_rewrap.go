@@ -405,7 +405,12 @@ func findEntry(entries []keyring.WrappedKey, want [2]string) (keyring.WrappedKey
 }
 
 // run rewraps every branch key file and every file, parallel at a time.
+// A key service failure (access denied, a disabled key, throttling after
+// the SDK's retries, no answer) stops it, as it stops fsck: the next
+// files would fail alike, each after its own calls.
 func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	files, err := listFiles(r.vol)
 	if err != nil {
 		return fail(exitVolume, "list the files of %s: %v", r.vol.Dir, err)
@@ -455,21 +460,40 @@ func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) err
 	prog := newProgress(stderr, "rewrap", len(files), 0)
 	work := make(chan string)
 	var wg sync.WaitGroup
+	var fatal error     // the first key service failure; guarded by r.mu
+	var fatalRel string // its file
 	for range parallel {
 		wg.Go(func() {
 			for rel := range work {
 				out, err := r.vol.RewrapFile(root, rel, rw)
+				if keyServiceFailure(err) {
+					r.mu.Lock()
+					if fatal == nil && ctx.Err() == nil {
+						fatal, fatalRel = err, rel
+						cancel()
+					}
+					r.mu.Unlock()
+				}
+				if ctx.Err() != nil {
+					continue // stopped: left for the next run, not a failure
+				}
 				r.record(rel, out, err)
 				prog.file(0)
 			}
 		})
 	}
 	for _, rel := range files {
+		if ctx.Err() != nil {
+			break
+		}
 		work <- rel
 	}
 	close(work)
 	wg.Wait()
 	prog.done()
+	if fatal != nil {
+		return keyError(fmt.Sprintf("rewrap stopped at %s (the files done so far stay done; once the key can be used, run it again with the same flags: until then mounts refuse the volume)", fatalRel), fatal)
+	}
 	return nil
 }
 
