@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -499,5 +500,68 @@ func TestOfflineSparseFile(t *testing.T) {
 	stored.Close()
 	if r, code, _ := fsck(t, v); code != cliExitDamage || len(r.Problems) != 1 || r.Problems[0].Kind != "block" {
 		t.Errorf("fsck of a sparse file with a damaged last block: exit %d, %+v", code, r.Problems)
+	}
+}
+
+// TestOfflineQuotesNames: file names in CIPHERDIR are the writer's
+// choice. Where fsck, export and rewrap print one for a person, a name
+// holding \r, \n or an escape sequence is quoted ("a\rb"), so it can
+// neither erase nor forge lines on the terminal; an ordinary name is
+// printed as it is.
+func TestOfflineQuotesNames(t *testing.T) {
+	t.Parallel()
+	v := newVolume(t, nil)
+	g := geometryOf(t, v)
+	m := mountVolume(t, v)
+	for _, name := range []string{"plain-name", "b", "c"} {
+		writeFile(t, m.path(name), patterned(4, 2*g.BlockSize+3))
+	}
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	const fake = "kmsfs fsck: all clean"
+	evil := map[string]string{"b": "ok\r" + fake + "\n", "c": "x\x1b[2Jy"}
+	for from, to := range evil {
+		if err := os.Rename(filepath.Join(v.Dir, from), filepath.Join(v.Dir, to)); err != nil {
+			t.Fatal(err)
+		}
+		cipherFile{t: t, path: filepath.Join(v.Dir, to)}.flip(g.blockOff(0) + 50)
+	}
+	cipherFile{t: t, path: filepath.Join(v.Dir, "plain-name")}.flip(g.blockOff(0) + 50)
+	check := func(what, out string) {
+		t.Helper()
+		for _, name := range evil {
+			if !strings.Contains(out, strconv.Quote(name)) {
+				t.Errorf("%s does not name %q quoted:\n%s", what, name, out)
+			}
+		}
+		if strings.ContainsAny(out, "\r\x1b") || strings.Contains(out, "\n"+fake) {
+			t.Errorf("%s prints a name raw:\n%q", what, out)
+		}
+	}
+	out, errOut, code := run(t, v.Env, "fsck", v.Dir)
+	if code != cliExitDamage || !strings.Contains(out, "\nplain-name: block") && !strings.HasPrefix(out, "plain-name: block") {
+		t.Errorf("fsck: exit %d, want %d and plain-name unquoted\n%s%s", code, cliExitDamage, out, errOut)
+	}
+	check("fsck", out)
+	_, errOut, code = run(t, v.Env, "export", "--keep-going", v.Dir, filepath.Join(t.TempDir(), "dest"))
+	if code != cliExitDamage || !strings.Contains(errOut, "kmsfs: plain-name: block 0") {
+		t.Errorf("export --keep-going: exit %d, want %d and plain-name unquoted\n%s", code, cliExitDamage, errOut)
+	}
+	check("export", errOut)
+	// Rewrap reads headers: spoil them.
+	cipherFile{t: t, path: filepath.Join(v.Dir, "plain-name")}.flip(60)
+	for _, name := range evil {
+		cipherFile{t: t, path: filepath.Join(v.Dir, name)}.flip(60)
+	}
+	away := t.TempDir() // out of CIPHERDIR, so b is the one failure
+	for i, name := range []string{"plain-name", evil["c"]} {
+		if err := os.Rename(filepath.Join(v.Dir, name), filepath.Join(away, strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, errOut, code = run(t, v.Env, "rewrap", "--local-key", filepath.Join(t.TempDir(), "new.key"), v.Dir)
+	if code != cliExitError || !strings.Contains(errOut, strconv.Quote(evil["b"])) || strings.ContainsAny(errOut, "\r\x1b") {
+		t.Errorf("rewrap of a file whose header is spoiled: exit %d, want %d naming it quoted\n%q", code, cliExitError, errOut)
 	}
 }

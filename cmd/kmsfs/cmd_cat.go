@@ -50,7 +50,7 @@ func cmdCat(args []string, stdout, stderr io.Writer) error {
 		if !*keepGoing || !errors.As(err, &ce) || ce.code == exitKey || ce.code == exitVolume {
 			return err
 		}
-		fmt.Fprintln(stderr, "kmsfs:", ce.msg)
+		fmt.Fprintln(stderr, "kmsfs:", oneLine(ce.msg))
 		if failed == nil || ce.code == exitDamage {
 			failed = err
 		}
@@ -83,6 +83,7 @@ func (c *catRun) cat(name string) error {
 	if err != nil {
 		return err
 	}
+	name = quoteName(name) // from here on, for messages
 	ctx := context.Background()
 	keys := c.keys[vol.Dir]
 	if keys == nil {

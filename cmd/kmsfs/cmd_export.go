@@ -222,7 +222,7 @@ func (e *exportRun) run(ctx context.Context, cancel func()) error {
 		}
 		if r.kind == "link" {
 			if err := os.Link(r.link[0], r.link[1]); err != nil {
-				r.notes = append(r.notes, fmt.Sprintf("%s: not exported: a hard link to %s: %v", r.link[1], r.link[0], err))
+				r.notes = append(r.notes, fmt.Sprintf("%s: not exported: a hard link to %s: %v", quoteName(r.link[1]), quoteName(r.link[0]), err))
 				r.notKept++
 			}
 		}
@@ -269,7 +269,7 @@ func (e *exportRun) consume(r exportResult) {
 		e.prog.clear()
 	}
 	for _, n := range r.notes {
-		fmt.Fprintln(e.stderr, "kmsfs:", n)
+		fmt.Fprintln(e.stderr, "kmsfs:", oneLine(n))
 	}
 }
 
@@ -279,9 +279,10 @@ func (e *exportRun) consume(r exportResult) {
 func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func() exportResult)) error {
 	done := func(r exportResult) { submit(func() exportResult { return r }) }
 	target := filepath.Join(e.dest, filepath.FromSlash(en.Rel))
+	name := quoteName(en.Rel) // for messages
 	var st unix.Stat_t
 	if err := unix.Fstatat(en.DirFd, en.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		done(e.unreadable(en.Rel, err))
+		done(e.unreadable(name, err))
 		return nil
 	}
 	if isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR; isDir != en.Type.IsDir() {
@@ -289,7 +290,7 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 		// this one. A directory swapped for a symlink between the two
 		// would have DEST/d made a symlink and the walk write the
 		// directory's files through it, outside DEST. So neither.
-		done(e.failed(en.Rel, errors.New("it changed while it was exported (a directory became something else, or the reverse): export again")))
+		done(e.failed(name, errors.New("it changed while it was exported (a directory became something else, or the reverse): export again")))
 		if en.Type.IsDir() {
 			return volume.SkipDir
 		}
@@ -311,7 +312,7 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 			err = os.Mkdir(target, 0o700)
 		}
 		if err != nil {
-			done(e.failed(en.Rel, err))
+			done(e.failed(name, err))
 			return volume.SkipDir
 		}
 		e.dirs = append(e.dirs, dirMeta{target: target, st: st, xattrs: x})
@@ -326,7 +327,7 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 			err = os.Symlink(to, target)
 		}
 		if err != nil {
-			done(e.failed(en.Rel, err))
+			done(e.failed(name, err))
 			return nil
 		}
 		notes := e.setMeta(target, &st, x, true)
@@ -337,7 +338,7 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 			err = unix.Mknod(target, unix.S_IFIFO|0o600, 0)
 		}
 		if err != nil {
-			done(e.failed(en.Rel, err))
+			done(e.failed(name, err))
 			return nil
 		}
 		notes := e.setMeta(target, &st, x, false)
@@ -345,13 +346,13 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 	case unix.S_IFREG:
 		f, err := volume.OpenFile(en.DirFd, en.Name)
 		if err != nil {
-			done(e.unreadable(en.Rel, err))
+			done(e.unreadable(name, err))
 			return nil
 		}
-		submit(func() exportResult { return e.exportFile(ctx, en.Rel, f, &st, target) })
+		submit(func() exportResult { return e.exportFile(ctx, name, f, &st, target) })
 	default:
 		what := map[uint32]string{unix.S_IFSOCK: "a socket", unix.S_IFCHR: "a character device", unix.S_IFBLK: "a block device"}[st.Mode&unix.S_IFMT]
-		done(exportResult{notes: []string{en.Rel + ": not exported: " + what + " (export makes no sockets or device nodes)"}})
+		done(exportResult{notes: []string{name + ": not exported: " + what + " (export makes no sockets or device nodes)"}})
 	}
 	return nil
 }
@@ -371,7 +372,8 @@ func (e *exportRun) failed(rel string, err error) exportResult {
 }
 
 // exportFile decrypts the stored file f into target, sparse where whole
-// blocks are zeros, then gives it f's metadata.
+// blocks are zeros, then gives it f's metadata. rel names it in messages
+// (quoteName).
 func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *unix.Stat_t, target string) (r exportResult) {
 	defer f.Close()
 	r = exportResult{kind: "file", stored: st.Size}
@@ -485,7 +487,7 @@ func allZero(b []byte) bool {
 func (e *exportRun) setMeta(target string, st *unix.Stat_t, x []xattr, link bool) []string {
 	var notes []string
 	note := func(what string, err error) {
-		notes = append(notes, fmt.Sprintf("%s: %s not kept: %v", target, what, err))
+		notes = append(notes, fmt.Sprintf("%s: %s not kept: %v", quoteName(target), what, err))
 	}
 	if e.root {
 		if err := unix.Lchown(target, int(st.Uid), int(st.Gid)); err != nil {
@@ -498,7 +500,7 @@ func (e *exportRun) setMeta(target string, st *unix.Stat_t, x []xattr, link bool
 			continue
 		}
 		if err := unix.Lsetxattr(target, a.name, a.value, 0); err != nil {
-			note("xattr "+a.name, err)
+			note("xattr "+quoteName(a.name), err)
 		}
 	}
 	if !link {

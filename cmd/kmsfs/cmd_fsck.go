@@ -522,11 +522,11 @@ func (r *fsckRun) add(p fsckProblem) {
 	if r.prog != nil {
 		r.prog.clear()
 	}
-	line := p.Path + ": " + p.Kind + ": " + p.Message
+	line := quoteName(p.Path) + ": " + p.Kind + ": " + p.Message
 	if p.Repaired != "" {
 		line += "; repaired: " + p.Repaired
 	}
-	fmt.Fprintln(r.stdout, line)
+	fmt.Fprintln(r.stdout, oneLine(line))
 }
 
 // summary prints the closing line of a human report.

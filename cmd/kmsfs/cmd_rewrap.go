@@ -221,7 +221,7 @@ func rewrap(ctx context.Context, vol *volume.Volume, f *rewrapFlags, id *agekey.
 	if r.summary.Failed > 0 {
 		r.report(f.jsonOut, start, stdout)
 		return fail(exitError, "%d of %d files could not be rewrapped (first: %s: %s); the others are. Fix the cause and run kmsfs rewrap again with the same flags: it does only what is left. Until then mounts refuse the volume",
-			r.summary.Failed, r.summary.Files, r.failed[0].Path, r.failed[0].Error)
+			r.summary.Failed, r.summary.Files, quoteName(r.failed[0].Path), r.failed[0].Error)
 	}
 	if vol.Config.Branch() {
 		// New files go under a branch key this run made, not under one
@@ -492,7 +492,7 @@ func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) err
 	wg.Wait()
 	prog.done()
 	if fatal != nil {
-		return keyError(fmt.Sprintf("rewrap stopped at %s (the files done so far stay done; once the key can be used, run it again with the same flags: until then mounts refuse the volume)", fatalRel), fatal)
+		return keyError(fmt.Sprintf("rewrap stopped at %s (the files done so far stay done; once the key can be used, run it again with the same flags: until then mounts refuse the volume)", quoteName(fatalRel)), fatal)
 	}
 	return nil
 }

@@ -107,10 +107,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	var ce *cliError
 	if errors.As(err, &ce) {
-		fmt.Fprintln(stderr, "kmsfs:", ce.msg)
+		fmt.Fprintln(stderr, "kmsfs:", oneLine(ce.msg))
 		return ce.code
 	}
-	fmt.Fprintln(stderr, "kmsfs:", err)
+	fmt.Fprintln(stderr, "kmsfs:", oneLine(err.Error()))
 	return exitError
 }
 
