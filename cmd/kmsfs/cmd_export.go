@@ -304,10 +304,16 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 		}
 		e.links[id] = target
 	}
+	if testOnlyAfterStat != nil {
+		testOnlyAfterStat(en)
+	}
+	// Its xattrs are read by name, never following it: an object swapped
+	// for a symlink since the Fstatat above would otherwise have the
+	// xattrs of what it points to, outside CIPHERDIR, read and exported.
 	proc := "/proc/self/fd/" + strconv.Itoa(en.DirFd) + "/" + en.Name
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
-		x, err := e.sourceXattrs(proc, false)
+		x, err := e.sourceXattrs(proc, true)
 		if err == nil {
 			err = os.Mkdir(target, 0o700)
 		}
@@ -333,7 +339,7 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 		notes := e.setMeta(target, &st, x, true)
 		done(exportResult{kind: "symlink", notes: notes, notKept: len(notes)})
 	case unix.S_IFIFO:
-		x, err := e.sourceXattrs(proc, false)
+		x, err := e.sourceXattrs(proc, true)
 		if err == nil {
 			err = unix.Mknod(target, unix.S_IFIFO|0o600, 0)
 		}
@@ -356,6 +362,10 @@ func (e *exportRun) visit(ctx context.Context, en volume.Entry, submit func(func
 	}
 	return nil
 }
+
+// testOnlyAfterStat, if set, runs in visit between its look at an object
+// and its reads of it: a test swaps the object there.
+var testOnlyAfterStat func(volume.Entry)
 
 // unreadable: an object of CIPHERDIR that cannot be read. Damage with
 // --keep-going, otherwise the end of the run.
@@ -527,8 +537,9 @@ type xattr struct {
 }
 
 // sourceXattrs reads the xattrs of an object of CIPHERDIR, named by a
-// /proc/self/fd path (its parent's descriptor and its name, for a
-// symlink), but POSIX ACLs, which kmsfs refuses.
+// /proc/self/fd path (its own descriptor, or its parent's and its name,
+// read with link set, so that a symlink found there is not followed), but
+// POSIX ACLs, which kmsfs refuses.
 func (e *exportRun) sourceXattrs(path string, link bool) ([]xattr, error) {
 	x, err := listXattrs(path, link)
 	if errors.Is(err, unix.ENOTSUP) {

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -39,5 +40,67 @@ func TestExportVisitRefusesTypeChange(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(dest, "d")); !os.IsNotExist(err) {
 		t.Errorf("DEST/d made: %v", err)
+	}
+}
+
+// A directory or FIFO of CIPHERDIR swapped for a symlink after export
+// looked at it has its xattrs read from the symlink, never from what the
+// symlink points to, outside CIPHERDIR.
+func TestExportXattrsFollowNoSymlink(t *testing.T) {
+	src, dest, outside := t.TempDir(), t.TempDir(), t.TempDir()
+	if err := unix.Setxattr(outside, "user.secret", []byte("outside"), 0); err != nil {
+		t.Skipf("no user xattrs here: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		make func(string) error
+	}{
+		{"dir", func(p string) error { return os.Mkdir(p, 0o755) }},
+		{"fifo", func(p string) error { return unix.Mkfifo(p, 0o644) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(src, tc.name)
+			if err := tc.make(p); err != nil {
+				t.Fatal(err)
+			}
+			dfd, err := unix.Open(src, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(dfd)
+			testOnlyAfterStat = func(volume.Entry) {
+				if err := os.Remove(p); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(outside, p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer func() { testOnlyAfterStat = nil }()
+			e := &exportRun{dest: dest, links: map[[2]uint64]string{}}
+			typ := fs.ModeDir
+			if tc.name == "fifo" {
+				typ = fs.ModeNamedPipe
+			}
+			var got []exportResult
+			e.visit(context.Background(), volume.Entry{Rel: tc.name, DirFd: dfd, Name: tc.name, Type: typ}, func(f func() exportResult) { got = append(got, f()) })
+			for _, d := range e.dirs {
+				for _, x := range d.xattrs {
+					if x.name == "user.secret" {
+						t.Errorf("the xattrs of %s, outside CIPHERDIR, were read: %s=%q", outside, x.name, x.value)
+					}
+				}
+			}
+			for _, r := range got {
+				for _, n := range r.notes {
+					if strings.Contains(n, "user.secret") {
+						t.Errorf("the xattrs of %s, outside CIPHERDIR, were read: %s", outside, n)
+					}
+				}
+			}
+			if v, err := unix.Getxattr(filepath.Join(dest, tc.name), "user.secret", make([]byte, 64)); err == nil {
+				t.Errorf("DEST/%s has user.secret (%d bytes)", tc.name, v)
+			}
+		})
 	}
 }
