@@ -472,3 +472,62 @@ func TestOfflineHugeUnauthenticatedSize(t *testing.T) {
 		t.Errorf("fsck: exit %d, want %d reporting big\n%s%s", code, cliExitDamage, out, errOut)
 	}
 }
+
+// TestExportRefusesForeignDest: an existing DEST that another user owns,
+// or that group or others may write, is refused before anything is
+// written: its owner could swap a subdirectory for a symlink during the
+// run and have files land outside DEST. A DEST export makes, or an empty
+// one of this user's with mode 0755, is fine.
+func TestExportRefusesForeignDest(t *testing.T) {
+	t.Parallel()
+	v := newVolume(t, nil)
+	m := mountVolume(t, v)
+	writeFile(t, m.path("f"), []byte("x"))
+	if err := m.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	open := filepath.Join(t.TempDir(), "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := run(t, v.Env, "export", v.Dir, open)
+	cliWantFail(t, "export into a world-writable DEST", out, errOut, code, cliExitUsage, "writable by group or others", "new directory")
+	if ents, _ := os.ReadDir(open); len(ents) != 0 {
+		t.Errorf("the refused export wrote %d entries", len(ents))
+	}
+	t.Run("owned by another user", func(t *testing.T) {
+		skipUnlessRoot(t, "chown to another user")
+		other := filepath.Join(t.TempDir(), "other")
+		if err := os.Mkdir(other, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(other, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		out, errOut, code := run(t, v.Env, "export", v.Dir, other)
+		cliWantFail(t, "export into another user's DEST", out, errOut, code, cliExitUsage, "owned by uid 65534", "new directory")
+		link := filepath.Join(t.TempDir(), "link")
+		if err := os.Symlink(t.TempDir(), link); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(link, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		out, errOut, code = run(t, v.Env, "export", v.Dir, link)
+		cliWantFail(t, "export through another user's symlink", out, errOut, code, cliExitUsage, "symlink owned by uid 65534")
+	})
+	mine := filepath.Join(t.TempDir(), "mine")
+	if err := os.Mkdir(mine, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := run(t, v.Env, "export", v.Dir, mine); code != cliExitOK {
+		t.Errorf("export into an empty DEST of this user's, mode 0755: exit %d\n%s%s", code, out, errOut)
+	}
+	made := filepath.Join(t.TempDir(), "new", "dest")
+	if out, errOut, code := run(t, v.Env, "export", v.Dir, made); code != cliExitOK || string(readFile(t, filepath.Join(made, "f"))) != "x" {
+		t.Errorf("export into a new DEST: exit %d\n%s%s", code, out, errOut)
+	}
+}

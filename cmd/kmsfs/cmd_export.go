@@ -136,18 +136,60 @@ func prepareDest(cipherDir, dest string) (string, int, int64, error) {
 		}
 		return "", 0, 0, fail(exitUsage, "DEST %s is inside CIPHERDIR %s (%s is %s, through a bind mount): export to a directory outside it", dest, cipherDir, existing, what)
 	}
-	if ents, err := os.ReadDir(dest); err == nil {
-		if len(ents) > 0 {
-			return "", 0, 0, fail(exitUsage, "DEST %s is not empty: export into a new or empty directory", dest)
+	if _, err := os.Lstat(dest); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dest), 0o700); err != nil {
+			return "", 0, 0, fail(exitError, "create DEST: %v", err)
 		}
-		return dest, files, bytes, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return "", 0, 0, fail(exitUsage, "DEST %s: %v", dest, err)
+		// Mkdir, not MkdirAll: one made by someone else meanwhile is
+		// checked below as any existing DEST, not taken as export's.
+		err := os.Mkdir(dest, 0o700)
+		if err == nil {
+			return dest, files, bytes, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", 0, 0, fail(exitError, "create DEST: %v", err)
+		}
 	}
-	if err := os.MkdirAll(dest, 0o700); err != nil {
-		return "", 0, 0, fail(exitError, "create DEST: %v", err)
+	if err := checkDestOwner(dest); err != nil {
+		return "", 0, 0, err
+	}
+	if ents, err := os.ReadDir(dest); err != nil {
+		return "", 0, 0, fail(exitUsage, "DEST %s: %v", dest, err)
+	} else if len(ents) > 0 {
+		return "", 0, 0, fail(exitUsage, "DEST %s is not empty: export into a new or empty directory", dest)
 	}
 	return dest, files, bytes, nil
+}
+
+// checkDestOwner refuses an existing DEST that someone else could change
+// while export writes beneath it: not owned by this user, or writable by
+// group or others (or a symlink someone else owns). Such a one could have
+// a subdirectory swapped for a symlink during the run, and files (made by
+// root, if export runs as root) land outside DEST. A DEST export makes is
+// its own, mode 0700, and stays so until the last file is in.
+func checkDestOwner(dest string) error {
+	euid := uint32(os.Geteuid())
+	var st unix.Stat_t
+	if err := unix.Lstat(dest, &st); err != nil {
+		return fail(exitUsage, "DEST %s: %v", dest, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		if st.Uid != euid {
+			return fail(exitUsage, "DEST %s is a symlink owned by uid %d, not by this user (%d): export into a new directory", dest, st.Uid, euid)
+		}
+		if err := unix.Stat(dest, &st); err != nil {
+			return fail(exitUsage, "DEST %s: %v", dest, err)
+		}
+	}
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return fail(exitUsage, "DEST %s is not a directory: export into a new or empty directory", dest)
+	case st.Uid != euid:
+		return fail(exitUsage, "DEST %s is owned by uid %d, not by this user (%d), who could change it during the export: export into a new directory (kmsfs export makes it), or chown it first", dest, st.Uid, euid)
+	case st.Mode&0o022 != 0:
+		return fail(exitUsage, "DEST %s is writable by group or others (mode %04o), who could change it during the export: export into a new directory (kmsfs export makes it), or chmod go-w it first", dest, st.Mode&0o7777)
+	}
+	return nil
 }
 
 type exportRun struct {
