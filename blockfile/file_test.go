@@ -328,7 +328,19 @@ func checkSettled(t *testing.T, f File, m *MemStore, mayFail func(int64) bool, o
 	if pending, _ := sf.JournalPending(m.Size()); pending {
 		t.Fatalf("%s: the journal is not empty after Settle", what)
 	}
-	return checkReads(t, sf, m, mayFail, old, newM, what)
+	got := checkReads(t, sf, m, mayFail, old, newM, what)
+	// A writer goes on under the file's key after the crash (Authentic)
+	// as long as a block of the old file that the change keeps is left.
+	size, _ := sf.C.Layout().PlainSize(m.Size())
+	for idx := int64(0); idx*512 < min(size, int64(len(old))); idx++ {
+		if !mayFail(idx) {
+			if _, ok, err := sf.Authentic(size); !ok || err != nil {
+				t.Fatalf("%s: no block authenticates (%v), though block %d keeps old bytes", what, err, idx)
+			}
+			break
+		}
+	}
+	return got
 }
 
 // checkReads reads every block of sf and checks it as checkSettled says.
