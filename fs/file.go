@@ -64,20 +64,19 @@ var errNeedKey = errors.New("file was given a header by another mount while open
 // journal first, as an open would, rather than overwrite that record.
 // Caller holds st.content for writing.
 func (f *file) change(fn func(bf blockfile.File, size int64) error) error {
+	if f.st.unsettled && f.st.key != nil {
+		// Before ensureHeader looks at the final block: it may read
+		// only through its journal record until then.
+		if err := f.n.r.settle(f.fd, f.st.cipher(), f.n.relPath); err != nil {
+			return err
+		}
+		f.st.unsettled = false
+	}
 	stored, done, err := f.ensureHeader()
 	if err != nil {
 		return err
 	}
 	defer done()
-	if f.st.unsettled {
-		if err := f.n.r.settle(f.fd, f.st.cipher(), f.n.relPath); err != nil {
-			return err
-		}
-		f.st.unsettled = false
-		if stored, err = fdStore(f.fd).size(); err != nil {
-			return err
-		}
-	}
 	bf, size, err := f.blocksOf(stored)
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -87,16 +88,16 @@ func (r *Root) loadKey(fd int, before func() (after func())) (*fileKey, error) {
 // openStored is loadKey of the stored file read through ra, size bytes
 // long.
 func (r *Root) openStored(ra io.ReaderAt, size int64, before func() (after func())) (*fileKey, error) {
-	unwrap := r.unwrap
-	if before != nil {
-		unwrap = func(h *blockcipher.Header) (*keyring.DataKey, error) {
-			if before != nil {
-				after := before()
-				before = nil
-				defer after()
-			}
-			return r.unwrap(h)
+	kept := false
+	unwrap := func(h *blockcipher.Header) (*keyring.DataKey, error) {
+		if before != nil {
+			after := before()
+			before = nil
+			defer after()
 		}
+		dk, fromKept, err := r.unwrap(h)
+		kept = fromKept
+		return dk, err
 	}
 	h, dk, fromRecord, err := r.vol.OpenHeader(ra, size, unwrap)
 	if err != nil || h == nil {
@@ -105,28 +106,40 @@ func (r *Root) openStored(ra io.ReaderAt, size int64, before func() (after func(
 	if fromRecord {
 		r.log.Info("reading a header through the record of an interrupted kmsfs rewrap: run kmsfs rewrap again to finish it", "file_id", fmt.Sprintf("%x", h.FileID))
 	}
-	return openFileKey(h, dk, &r.stats.liveKeys)
+	k, err := openFileKey(h, dk, &r.stats.liveKeys)
+	if err != nil {
+		return nil, err
+	}
+	k.h = h
+	if kept {
+		// This mount made the key, and kept it through the outage
+		// (outage.go): it stays its own, and is kept again at the
+		// last close.
+		k.made, k.own = true, true
+	}
+	return k, nil
 }
 
 // unwrap unwraps the data key of h with one keyring call (which a
-// prefetch may have made already).
-func (r *Root) unwrap(h *blockcipher.Header) (*keyring.DataKey, error) {
+// prefetch may have made already); kept says the key service could not
+// answer and the key is the one this mount kept for h's file
+// (outage.go). The keyring below notes how the service answered
+// (noting).
+func (r *Root) unwrap(h *blockcipher.Header) (dk *keyring.DataKey, kept bool, err error) {
 	ctx, cancel := keyCtx()
 	defer cancel()
 	r.stats.decrypts.Add(1)
-	r.outage.noteCall()
-	dk, err := r.keyring.Decrypt(ctx, volume.Entries(h), r.vol.FileContext(h.FileID))
-	r.outage.noteResult(err)
+	dk, err = r.keyring.Decrypt(ctx, volume.Entries(h), r.vol.FileContext(h.FileID))
 	if err != nil && unavailable(err) {
-		if kept := r.outage.take(h); kept != nil {
+		if k := r.outage.take(h); k != nil {
 			// A file this mount wrote while the key service is down.
-			dk, err = kept, nil
+			return k, true, nil
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("unwrap data key: %w", err)
+		return nil, false, fmt.Errorf("unwrap data key: %w", err)
 	}
-	return dk, nil
+	return dk, false, nil
 }
 
 // newFileKey returns a data key for a new file: from the pool when one is
@@ -169,9 +182,11 @@ func (r *Root) sealNewHeader(k *pooledKey) ([]byte, *fileKey, error) {
 // sealed under that file's ID and key, would then authenticate in the
 // other file too. The same holds after a truncate to 0 (O_TRUNC): the
 // file starts over. Only while the key service cannot give a new key
-// does an emptied file go on under its own key (own: made here, or seen
-// holding blocks), so that a file truncated and written again during an
-// outage, as log rotation does, keeps working.
+// does an emptied file go on under its own key, so that a file truncated
+// and written again during an outage, as log rotation does, keeps
+// working: a key this mount made, or, when the service is unreachable
+// (not merely throttling, which anyone with access to the account can
+// cause), one under which it saw the file hold blocks.
 //
 // The header is written in one pwrite before any block: a crash in
 // between leaves a header-only file, a valid empty file. An exclusive
@@ -192,20 +207,28 @@ func (f *file) ensureHeader() (stored int64, done func(), err error) {
 			}
 			return stored, noop, nil
 		}
-		if st.key.made && !st.restart {
+		if st.key.made && !st.restart && r.headerOf(f.fd, stored, st.key) {
+			// A header alone, the one this mount wrote.
 			return stored, noop, nil
 		}
 	}
 	if err := lockHeader(f.fd); err != nil {
 		return -1, nil, err
 	}
-	unlock := func() { unix.Flock(f.fd, unix.LOCK_UN) }
-	stored, keep, err := f.ensureHeaderLocked()
-	if err != nil || !keep {
-		unlock()
-		unlock = noop
+	keep := false
+	defer func() {
+		if !keep {
+			unix.Flock(f.fd, unix.LOCK_UN)
+		}
+	}()
+	if stored, keep, err = f.ensureHeaderLocked(); err != nil {
+		keep = false
+		return -1, nil, err
 	}
-	return stored, unlock, err
+	if !keep {
+		return stored, noop, nil
+	}
+	return stored, func() { unix.Flock(f.fd, unix.LOCK_UN) }, nil
 }
 
 // ensureHeaderLocked is ensureHeader's work under the stored file's
@@ -234,7 +257,7 @@ func (f *file) ensureHeaderLocked() (stored int64, keep bool, err error) {
 	}
 	pk, err := r.newFileKey()
 	if err != nil {
-		if unavailable(err) && st.key != nil && st.key.own && r.headerOf(f.fd, stored, st.key) {
+		if unavailable(err) && st.key != nil && (st.key.made || st.key.own && errors.Is(err, keyring.ErrUnreachable)) && r.headerOf(f.fd, stored, st.key) {
 			r.log.Info("the key service cannot give a new key: an emptied file goes on under its own", "path", f.n.relPath(), "err", err.Error())
 			st.restart = false
 			return stored, true, nil
@@ -287,7 +310,19 @@ func (f *file) proveOwn(stored int64) error {
 	}
 	var b [1]byte
 	if _, err := bf.ReadAt(b[:], size-1, size); err != nil {
-		return fmt.Errorf("its final block does not authenticate under its header, so nothing is written under that key: %w", err)
+		if !errors.Is(err, blockcipher.ErrAuth) {
+			return err
+		}
+		// A crash during an append leaves a tail that fails: the
+		// blocks before it still authenticate (blockfile.Authentic).
+		idx, ok, aerr := bf.Authentic(size)
+		if aerr != nil {
+			return aerr
+		}
+		if !ok {
+			return fmt.Errorf("its final block does not authenticate under its header, nor does any block before it, so nothing is written under that key (truncate it to 0 to start it over): %w", err)
+		}
+		f.n.r.log.Info("the file's final block fails authentication (a crash during an append leaves that), but an earlier one authenticates: writing under its key", "path", f.n.relPath(), "block", idx)
 	}
 	k.own = true
 	return nil
@@ -301,14 +336,15 @@ func (r *Root) noContent(stored int64) bool {
 	return plain == 0
 }
 
-// headerOf reports whether the stored file still begins with the header
-// of k's file, for an emptied file going on under its own key.
+// headerOf reports whether the stored file still begins with k's header
+// (k.h, the very one: its file ID and MAC), for an emptied file going on
+// under its own key.
 func (r *Root) headerOf(fd int, stored int64, k *fileKey) bool {
-	if stored < r.layout.HeaderSize {
+	if stored < r.layout.HeaderSize || k.h == nil {
 		return false
 	}
 	h, err := r.vol.ReadHeader(fdStore(fd), stored)
-	return err == nil && h != nil && h.FileID == k.c.FileID()
+	return err == nil && h != nil && h.FileID == k.h.FileID && h.MAC == k.h.MAC
 }
 
 // ensureKey loads the key of a file that was empty when this mount opened

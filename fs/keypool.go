@@ -22,9 +22,7 @@ type pooledKey struct {
 func (r *Root) generateKey(ctx context.Context) (*pooledKey, error) {
 	id := blockcipher.NewID()
 	r.stats.generates.Add(1)
-	r.outage.noteCall()
 	dk, wrapped, err := r.keyring.GenerateDataKey(ctx, r.vol.FileContext(id))
-	r.outage.noteResult(err)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"time"
@@ -45,6 +46,29 @@ type heldKey struct {
 	dk   *keyring.DataKey
 	h    *blockcipher.Header
 	kept time.Time
+}
+
+// noting is the keyring below the key readahead (keyring.Ahead): it tells
+// o how each call to the key service went. A key the readahead hands out
+// made no call, and says nothing about the service: counted above it, it
+// ended an outage and wiped the kept keys (found by review).
+type noting struct {
+	inner keyring.Keyring
+	o     *outageKeys
+}
+
+func (k noting) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
+	k.o.noteCall()
+	dk, wrapped, err := k.inner.GenerateDataKey(ctx, ec)
+	k.o.noteResult(err)
+	return dk, wrapped, err
+}
+
+func (k noting) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
+	k.o.noteCall()
+	dk, err := k.inner.Decrypt(ctx, wrapped, ec)
+	k.o.noteResult(err)
+	return dk, err
 }
 
 // unavailable reports whether err says the key service could not answer.

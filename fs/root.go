@@ -104,8 +104,9 @@ func NewRoot(opts Options) (*Root, error) {
 		log:      opts.Logger,
 	}
 	r.root = &node{r: r}
+	r.keyring = noting{inner: opts.Keyring, o: &r.outage}
 	if opts.PrefetchKeys || opts.KeyReadahead {
-		r.ahead = newAhead(opts.Keyring)
+		r.ahead = newAhead(r.keyring)
 		r.keyring = r.ahead
 	}
 	if opts.KeyReadahead && !opts.PrefetchKeys {

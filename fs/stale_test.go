@@ -247,18 +247,37 @@ func TestPlantedHeaderBeforeGarbage(t *testing.T) {
 	}
 }
 
-// outageKeyring fails GenerateDataKey as an unreachable key service does
-// while down is set.
+// outageKeyring fails GenerateDataKey and Decrypt as an unreachable (or
+// throttling) key service does while down is set.
 type outageKeyring struct {
 	keyring.Keyring
-	down atomic.Bool
+	down, throttle atomic.Bool
 }
 
 func (o *outageKeyring) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
-	if o.down.Load() {
-		return nil, nil, fmt.Errorf("kms GenerateDataKey: %w", keyring.ErrUnreachable)
+	if err := o.err("GenerateDataKey"); err != nil {
+		return nil, nil, err
 	}
 	return o.Keyring.GenerateDataKey(ctx, ec)
+}
+
+func (o *outageKeyring) Decrypt(ctx context.Context, w []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
+	if err := o.err("Decrypt"); err != nil {
+		return nil, err
+	}
+	return o.Keyring.Decrypt(ctx, w, ec)
+}
+
+// err is the error of a call while the service is down: unreachable, or
+// throttling when throttle is set.
+func (o *outageKeyring) err(op string) error {
+	switch {
+	case !o.down.Load():
+		return nil
+	case o.throttle.Load():
+		return fmt.Errorf("kms %s: %w", op, keyring.ErrThrottled)
+	}
+	return fmt.Errorf("kms %s: %w", op, keyring.ErrUnreachable)
 }
 
 // TestTruncatedWriteInOutage: a file held open, truncated to 0 and
