@@ -80,3 +80,45 @@ func TestChmodDoesNotLeaveCipherDir(t *testing.T) {
 		t.Fatalf("chmod through the mount (%v) changed a file outside CIPHERDIR: now %v", err, st.Mode())
 	}
 }
+
+// TestFchmodUnlinkedOpenFile: fchmod of an open file that was unlinked
+// works, as on ext4 (found by review: ENOENT, looking for its name).
+func TestFchmodUnlinkedOpenFile(t *testing.T) {
+	mnt, _ := mountInProcess(t, Options{})
+	p := filepath.Join(mnt, "f")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		t.Fatalf("fchmod of an unlinked open file: %v", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Mode&0o777 != 0o600 {
+		t.Fatalf("mode %o, %v; want 600", st.Mode&0o777, err)
+	}
+}
+
+// TestReadOnlyTruncOpen: open(O_RDONLY|O_TRUNC) truncates, as on ext4.
+// (A review feared EINVAL from an ftruncate of the read-only descriptor;
+// go-fuse does not ask for atomic O_TRUNC, so the kernel truncates with a
+// SETATTR before the open, which this keeps true.)
+func TestReadOnlyTruncOpen(t *testing.T) {
+	mnt, _ := mountInProcess(t, Options{})
+	p := filepath.Join(mnt, "f")
+	if err := os.WriteFile(p, []byte("content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_RDONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatalf("open O_RDONLY|O_TRUNC: %v", err)
+	}
+	f.Close()
+	if got, err := os.ReadFile(p); err != nil || len(got) != 0 {
+		t.Fatalf("after O_RDONLY|O_TRUNC: %q, %v; want empty", got, err)
+	}
+}

@@ -211,6 +211,10 @@ func (n *node) reopen(pfd int, name string, ofd, flags int) (int, error) {
 		return fd, err
 	}
 	if fd, err = openat(pfd, name, flags|unix.O_NOFOLLOW, 0); err != nil {
+		if err == unix.ELOOP {
+			// A symlink took the name since ofd was checked.
+			err = syscall.ESTALE
+		}
 		return -1, err
 	}
 	if err := n.checkSame(fd, ""); err != nil {

@@ -37,8 +37,13 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAt
 			if fd, done, ok := n.borrowFd(); ok {
 				defer done()
 				pfd, name, err := n.parentAt()
-				if err == nil {
+				switch _, parent := n.Parent(); {
+				case err == nil:
 					err = n.checkSame(pfd, name)
+				case parent == nil && !n.isRoot():
+					// Unlinked (or made with O_TMPFILE): no name to
+					// check, and the handle's descriptor is n's own.
+					err = nil
 				}
 				if err != nil {
 					return n.r.errno(err, "setattr", n.relPath())
