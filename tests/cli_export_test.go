@@ -432,9 +432,16 @@ func TestOfflineHugeUnauthenticatedSize(t *testing.T) {
 	m := mountVolume(t, v)
 	a := patterned(7, 2*g.BlockSize+5)
 	writeFile(t, m.path("a"), a)
+	tail := patterned(9, 3*g.BlockSize+7)
+	writeFile(t, m.path("tail"), tail)
 	if err := m.unmount(); err != nil {
 		t.Fatal(err)
 	}
+	// A genuine file whose final block is damaged: --keep-going
+	// exports it up to the end of the last block that authenticates.
+	stored := readFile(t, filepath.Join(v.Dir, "tail"))
+	stored[len(stored)-1] ^= 1
+	writeFile(t, filepath.Join(v.Dir, "tail"), stored)
 	big := filepath.Join(v.Dir, "big")
 	writeFile(t, big, readFile(t, filepath.Join(v.Dir, "a"))[:g.HeaderSize])
 	if err := os.Truncate(big, 8<<40); err != nil {
@@ -466,6 +473,9 @@ func TestOfflineHugeUnauthenticatedSize(t *testing.T) {
 	}
 	if got := readFile(t, filepath.Join(dest, "a")); !bytes.Equal(got, a) {
 		t.Errorf("export --keep-going: a has %d bytes, want %d", len(got), len(a))
+	}
+	if got := readFile(t, filepath.Join(dest, "tail")); !bytes.Equal(got, tail[:3*g.BlockSize]) || !strings.Contains(errOut, "tail: its final block") || !strings.Contains(errOut, "exported up to byte") {
+		t.Errorf("export --keep-going: tail, its final block damaged, has %d bytes (want its first %d), stderr %q", len(got), 3*g.BlockSize, errOut)
 	}
 	out, _, errOut, code = runCapped(t, time.Minute, v.Env, "fsck", "--json", v.Dir)
 	if code != cliExitDamage || !strings.Contains(out, `"path": "big"`) {

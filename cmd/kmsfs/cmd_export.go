@@ -451,9 +451,11 @@ func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *
 	}
 	defer pf.wipe()
 	// Before DEST gets the file: a final block that fails leaves its size
-	// unknown (it could be terabytes of holes), so the file is not
-	// exported even with --keep-going; a stored size no writer leaves
-	// stops the export here.
+	// unknown (it could be terabytes of holes). With --keep-going the
+	// file is exported up to the end of the last block before it that
+	// authenticates (blockfile.Authentic looks back a bounded way), or
+	// not at all; a stored size no writer leaves stops the export here.
+	var salvaged string
 	if err := pf.finalBlock(); err != nil {
 		msg := pf.finalBlockMessage(rel, err)
 		switch {
@@ -462,7 +464,15 @@ func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *
 		case !e.keepGoing:
 			return exportResult{fatal: fail(exitDamage, "export stopped: %s; %s holds a partial export (--keep-going exports the rest)", msg, e.dest)}
 		}
-		return exportResult{damaged: true, notes: []string{msg + ": not exported"}}
+		idx, ok, aerr := pf.bf.Authentic(pf.size)
+		if aerr != nil {
+			return e.unreadable(rel, aerr)
+		}
+		if !ok {
+			return exportResult{damaged: true, notes: []string{msg + ": not exported (no block near its end authenticates)"}}
+		}
+		pf.upTo = int64(idx+1) * e.vol.Layout.BlockSize
+		salvaged = fmt.Sprintf("%s: exported up to byte %d, the end of block %d, the last that authenticates", msg, pf.upTo, idx)
 	}
 	if pf.sizeErr != nil && !e.keepGoing {
 		return exportResult{fatal: fail(exitDamage, "export stopped: %s: damaged at plaintext offset %d: the stored file ends in %d bytes that cannot hold a block (it was cut, or appended to); %s holds a partial export (--keep-going exports the readable part)", rel, pf.size, pf.stored-e.vol.Layout.CipherSize(pf.size), e.dest)}
@@ -492,7 +502,11 @@ func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *
 		return nil
 	})
 	if err == nil {
-		err = out.Truncate(pf.size)
+		size := pf.size
+		if pf.upTo > 0 {
+			size = pf.upTo
+		}
+		err = out.Truncate(size)
 	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
@@ -511,6 +525,11 @@ func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *
 		r.notes = append(r.notes, msg+": exported up to there")
 	}
 	r.plain = pf.size
+	if salvaged != "" {
+		r.damaged = true
+		r.notes = append(r.notes, salvaged)
+		r.plain = pf.upTo
+	}
 	kept := e.setMeta(target, st, x, false)
 	r.notes = append(r.notes, kept...)
 	r.notKept = len(kept)

@@ -152,6 +152,9 @@ type plainFile struct {
 	stored  int64    // stored bytes
 	size    int64    // plaintext bytes (of the readable part, if sizeErr)
 	sizeErr error    // the stored size is one no writer produces
+	// upTo, if not 0, is where read stops: the end of the last block
+	// that authenticates, in a file whose final block fails (salvage).
+	upTo int64
 }
 
 // wipe zeroes the file's keys (its cipher's). Safe on nil and on an empty
@@ -275,13 +278,20 @@ func (pf *plainFile) read(skipHoles bool, out func(plainOff int64, p []byte) err
 		return nil
 	}
 	l := pf.bf.C.Layout()
+	end := pf.size
+	if pf.upTo > 0 {
+		end = pf.upTo
+	}
 	chunk := max(readChunk/l.BlockSize, 1) * l.BlockSize
-	buf := make([]byte, min(chunk, (pf.size+l.BlockSize-1)/l.BlockSize*l.BlockSize))
-	for off := int64(0); off < pf.size; off += chunk {
+	buf := make([]byte, min(chunk, (end+l.BlockSize-1)/l.BlockSize*l.BlockSize))
+	for off := int64(0); off < end; off += chunk {
 		if skipHoles {
 			off = pf.nextData(off)
+			if off >= end {
+				break
+			}
 		}
-		n, err := pf.bf.ReadAt(buf, off, pf.size)
+		n, err := pf.bf.ReadAt(buf[:min(int64(len(buf)), end-off)], off, pf.size)
 		if err == nil || errors.Is(err, io.EOF) {
 			if err := out(off, buf[:n]); err != nil {
 				return err
@@ -293,7 +303,7 @@ func (pf *plainFile) read(skipHoles bool, out func(plainOff int64, p []byte) err
 			return err
 		}
 		// Block by block, to find every bad one.
-		for boff := off; boff < min(off+chunk, pf.size); boff += l.BlockSize {
+		for boff := off; boff < min(off+chunk, end); boff += l.BlockSize {
 			n, err := pf.bf.ReadAt(buf[:l.BlockSize], boff, pf.size)
 			switch {
 			case err == nil || errors.Is(err, io.EOF):
