@@ -66,7 +66,13 @@ func (k noting) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContex
 
 func (k noting) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
 	k.o.noteCall()
+	ctx, served := keyring.WithServedMark(ctx)
 	dk, err := k.inner.Decrypt(ctx, wrapped, ec)
+	if served() {
+		// From the opt-in key cache (--key-cache-ttl): no call made.
+		k.o.noteNothing()
+		return dk, err
+	}
 	k.o.noteResult(err)
 	return dk, err
 }
@@ -96,6 +102,14 @@ func (o *outageKeys) noteResult(err error) {
 	case unavailable(err):
 		o.down = true
 	}
+}
+
+// noteNothing records that a keyring call ended without reaching the
+// key service.
+func (o *outageKeys) noteNothing() {
+	o.mu.Lock()
+	o.inflight--
+	o.mu.Unlock()
 }
 
 // keep takes over the key of a file this mount wrote, at its last close,

@@ -201,6 +201,27 @@ func TestCacheHit(t *testing.T) {
 	}
 }
 
+// TestCacheMarksServed: a hit sets WithServedMark's mark, a miss does
+// not, so that fs does not take a hit for the key service answering.
+func TestCacheMarksServed(t *testing.T) {
+	inner := newCounting(t)
+	c := NewCache(inner, time.Hour)
+	defer c.Close()
+	ec := testContext(1)
+	wrapped, _ := wrapFile(t, inner, 1)
+	for i, want := range []bool{false, true} {
+		ctx, served := WithServedMark(context.Background())
+		dk, err := c.Decrypt(ctx, wrapped, ec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dk.Wipe()
+		if served() != want {
+			t.Errorf("Decrypt %d: served from memory %v, want %v", i, served(), want)
+		}
+	}
+}
+
 func TestCacheFailureNotCached(t *testing.T) {
 	inner := newCounting(t)
 	c := NewCache(inner, time.Hour)
