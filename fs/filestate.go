@@ -166,9 +166,9 @@ func (n *node) acquireAt(fd int, wantKey bool, stored int64) (*fileState, error)
 		var err error
 		pending := true // unknown: settle reads the journal
 		if stored >= 0 {
-			k, pending, err = n.r.loadKeyHead(fd, stored, n.readaheadHint)
+			k, pending, err = n.r.loadKeyHead(fd, stored, n.objectID(), n.readaheadHint)
 		} else {
-			k, err = n.r.loadKey(fd, n.readaheadHint)
+			k, err = n.r.loadKey(fd, n.objectID(), n.readaheadHint)
 		}
 		if err == nil && k != nil && pending {
 			n.settleOnOpen(st, fd, k.c)
@@ -251,6 +251,14 @@ func (n *node) borrowFd() (fd int, done func(), ok bool) {
 	return f.fd, f.fdMu.RUnlock, true
 }
 
+// objectID names n's stored file among all this mount has seen (its
+// inode number and generation: the node's stable attributes), for a key
+// kept through an outage, which only that file may take back as its own.
+func (n *node) objectID() [2]uint64 {
+	sa := n.StableAttr()
+	return [2]uint64{sa.Ino, sa.Gen}
+}
+
 // release drops one user; the last one wipes the data key.
 func (n *node) release(st *fileState) {
 	n.mu.Lock()
@@ -264,7 +272,7 @@ func (n *node) release(st *fileState) {
 	if last {
 		st.content.Lock()
 		if k := st.key; k != nil && k.made {
-			n.r.outage.keep(k, k.h)
+			n.r.outage.keep(k, k.h, n.objectID())
 		}
 		st.key.wipe()
 		st.key = nil

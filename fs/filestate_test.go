@@ -528,7 +528,7 @@ func TestLoadKey(t *testing.T) {
 		t.Fatalf("creating a file made %d GenerateDataKey calls, want 1", gen)
 	}
 	fd := openStored(t, f.path)
-	k, err := r.loadKey(fd, nil)
+	k, err := r.loadKey(fd, [2]uint64{}, nil)
 	if err != nil {
 		t.Fatalf("loadKey: %v", err)
 	}
@@ -611,7 +611,7 @@ func TestReadHeaderRejects(t *testing.T) {
 				t.Errorf("errno %v, want EIO", e)
 			}
 			// loadKey fails the same way, without asking the keyring.
-			k, err := r.loadKey(fd, nil)
+			k, err := r.loadKey(fd, [2]uint64{}, nil)
 			if !errors.Is(err, c.is) || k != nil {
 				t.Errorf("loadKey: %v", err)
 			}
@@ -664,7 +664,7 @@ func TestLoadKeyTamperedHeader(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := g.decrypts.Load()
-			k, err := r.loadKey(fd, nil)
+			k, err := r.loadKey(fd, [2]uint64{}, nil)
 			if !errors.Is(err, c.is) || k != nil {
 				t.Fatalf("loadKey of a header with a flipped %s byte: %v, want %v", c.name, err, c.is)
 			}

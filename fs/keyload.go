@@ -41,13 +41,13 @@ var headBufs = sync.Pool{New: func() any { return new([]byte) }}
 // heads lie too far out to be read with the header). fd must be
 // openBacking's, whose reads do not move the file's atime where the
 // daemon may say so.
-func (r *Root) loadKeyHead(fd int, stored int64, before func() (after func())) (k *fileKey, pending bool, err error) {
+func (r *Root) loadKeyHead(fd int, stored int64, obj [2]uint64, before func() (after func())) (k *fileKey, pending bool, err error) {
 	if stored == 0 {
 		return nil, false, nil
 	}
 	n := blockfile.HeadLen(r.layout)
 	if n > headMax {
-		k, err := r.loadKey(fd, before)
+		k, err := r.loadKey(fd, obj, before)
 		return k, true, err
 	}
 	bp := headBufs.Get().(*[]byte)
@@ -63,7 +63,7 @@ func (r *Root) loadKeyHead(fd int, stored int64, before func() (after func())) (
 	// A file shorter than n is read whole; one that another mount
 	// changed since the open is read as it is now.
 	head = head[:got]
-	if k, err = r.openStored(bytes.NewReader(head), int64(got), before); err != nil || k == nil {
+	if k, err = r.openStored(bytes.NewReader(head), int64(got), obj, before); err != nil || k == nil {
 		return nil, false, err
 	}
 	return k, blockfile.PendingInHead(r.layout, head), nil
@@ -76,27 +76,31 @@ func (r *Root) loadKeyHead(fd int, stored int64, before func() (after func())) (
 // A header that a kmsfs rewrap left torn
 // is read from its rewrite record (volume.OpenHeader), at the cost of a
 // second keyring call if the torn slot's was made.
-func (r *Root) loadKey(fd int, before func() (after func())) (*fileKey, error) {
+func (r *Root) loadKey(fd int, obj [2]uint64, before func() (after func())) (*fileKey, error) {
 	size, err := fdStore(fd).size()
 	if err != nil || size == 0 {
 		return nil, err
 	}
 	defer noatime(fd)()
-	return r.openStored(fdStore(fd), size, before)
+	return r.openStored(fdStore(fd), size, obj, before)
 }
 
 // openStored is loadKey of the stored file read through ra, size bytes
-// long.
-func (r *Root) openStored(ra io.ReaderAt, size int64, before func() (after func())) (*fileKey, error) {
-	kept := false
+// long; obj is its node's objectID.
+func (r *Root) openStored(ra io.ReaderAt, size int64, obj [2]uint64, before func() (after func())) (*fileKey, error) {
+	own := false
 	unwrap := func(h *blockcipher.Header) (*keyring.DataKey, error) {
 		if before != nil {
 			after := before()
 			before = nil
 			defer after()
 		}
-		dk, fromKept, err := r.unwrap(h)
-		kept = fromKept
+		dk, keptFor, kept, err := r.unwrap(h)
+		// Only the very file it was kept for takes a kept key back as
+		// its own: a copy of that file's header elsewhere (anyone who
+		// can write CIPHERDIR can make one) gets it as a key found in a
+		// header, checked as any other (ensureHeader).
+		own = kept && keptFor == obj
 		return dk, err
 	}
 	h, dk, fromRecord, err := r.vol.OpenHeader(ra, size, unwrap)
@@ -111,7 +115,7 @@ func (r *Root) openStored(ra io.ReaderAt, size int64, before func() (after func(
 		return nil, err
 	}
 	k.h = h
-	if kept {
+	if own {
 		// This mount made the key, and kept it through the outage
 		// (outage.go): it stays its own, and is kept again at the
 		// last close.
@@ -122,24 +126,24 @@ func (r *Root) openStored(ra io.ReaderAt, size int64, before func() (after func(
 
 // unwrap unwraps the data key of h with one keyring call (which a
 // prefetch may have made already); kept says the key service could not
-// answer and the key is the one this mount kept for h's file
-// (outage.go). The keyring below notes how the service answered
-// (noting).
-func (r *Root) unwrap(h *blockcipher.Header) (dk *keyring.DataKey, kept bool, err error) {
+// answer and the key is the one this mount kept for h's file, the
+// object keptFor (outage.go). The keyring below notes how the service
+// answered (noting).
+func (r *Root) unwrap(h *blockcipher.Header) (dk *keyring.DataKey, keptFor [2]uint64, kept bool, err error) {
 	ctx, cancel := keyCtx()
 	defer cancel()
 	r.stats.decrypts.Add(1)
 	dk, err = r.keyring.Decrypt(ctx, volume.Entries(h), r.vol.FileContext(h.FileID))
 	if err != nil && unavailable(err) {
-		if k := r.outage.take(h); k != nil {
+		if k, obj := r.outage.take(h); k != nil {
 			// A file this mount wrote while the key service is down.
-			return k, true, nil
+			return k, obj, true, nil
 		}
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("unwrap data key: %w", err)
+		return nil, keptFor, false, fmt.Errorf("unwrap data key: %w", err)
 	}
-	return dk, false, nil
+	return dk, keptFor, false, nil
 }
 
 // newFileKey returns a data key for a new file: from the pool when one is
@@ -244,7 +248,7 @@ func (f *file) ensureHeaderLocked() (stored int64, keep bool, err error) {
 		// Another mount wrote the file since it was opened here (or
 		// since this mount found it empty).
 		if st.key == nil {
-			if st.key, err = r.loadKey(f.fd, nil); err != nil {
+			if st.key, err = r.loadKey(f.fd, f.n.objectID(), nil); err != nil {
 				return -1, false, err
 			}
 		}
@@ -357,7 +361,7 @@ func (f *file) ensureKey() error {
 	if st.key != nil {
 		return nil
 	}
-	k, err := f.n.r.loadKey(f.fd, nil)
+	k, err := f.n.r.loadKey(f.fd, f.n.objectID(), nil)
 	if err != nil || k == nil {
 		return err
 	}

@@ -45,13 +45,15 @@ type outageKeys struct {
 type heldKey struct {
 	dk   *keyring.DataKey
 	h    *blockcipher.Header
+	obj  [2]uint64 // the file's node.objectID
 	kept time.Time
 }
 
 // noting is the keyring below the key readahead (keyring.Ahead): it tells
 // o how each call to the key service went. A key the readahead hands out
 // made no call, and says nothing about the service: counted above it, it
-// ended an outage and wiped the kept keys (found by review).
+// ended an outage and wiped the kept keys (found by review). Nor does an
+// answer a keyring below marks as served from memory (WithServedMark).
 type noting struct {
 	inner keyring.Keyring
 	o     *outageKeys
@@ -59,8 +61,9 @@ type noting struct {
 
 func (k noting) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
 	k.o.noteCall()
+	ctx, served := keyring.WithServedMark(ctx)
 	dk, wrapped, err := k.inner.GenerateDataKey(ctx, ec)
-	k.o.noteResult(err)
+	k.o.noteEnd(served(), err)
 	return dk, wrapped, err
 }
 
@@ -68,12 +71,7 @@ func (k noting) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec ke
 	k.o.noteCall()
 	ctx, served := keyring.WithServedMark(ctx)
 	dk, err := k.inner.Decrypt(ctx, wrapped, ec)
-	if served() {
-		// From the opt-in key cache (--key-cache-ttl): no call made.
-		k.o.noteNothing()
-		return dk, err
-	}
-	k.o.noteResult(err)
+	k.o.noteEnd(served(), err)
 	return dk, err
 }
 
@@ -104,9 +102,14 @@ func (o *outageKeys) noteResult(err error) {
 	}
 }
 
-// noteNothing records that a keyring call ended without reaching the
-// key service.
-func (o *outageKeys) noteNothing() {
+// noteEnd is noteResult for a call answered without reaching the key
+// service when served (the opt-in key cache, a held branch key), which
+// says nothing about the service.
+func (o *outageKeys) noteEnd(served bool, err error) {
+	if !served {
+		o.noteResult(err)
+		return
+	}
 	o.mu.Lock()
 	o.inflight--
 	o.mu.Unlock()
@@ -115,7 +118,7 @@ func (o *outageKeys) noteNothing() {
 // keep takes over the key of a file this mount wrote, at its last close,
 // if the key service is down; it reports whether it did (else the caller
 // wipes the key).
-func (o *outageKeys) keep(k *fileKey, h *blockcipher.Header) bool {
+func (o *outageKeys) keep(k *fileKey, h *blockcipher.Header, obj [2]uint64) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if h == nil {
@@ -148,7 +151,7 @@ func (o *outageKeys) keep(k *fileKey, h *blockcipher.Header) bool {
 	if old := o.keys[h.FileID]; old != nil {
 		old.dk.Wipe()
 	}
-	o.keys[h.FileID] = &heldKey{dk: k.dk.Clone(), h: h, kept: now}
+	o.keys[h.FileID] = &heldKey{dk: k.dk.Clone(), h: h, obj: obj, kept: now}
 	return true
 }
 
@@ -175,15 +178,16 @@ func (o *outageKeys) expire() {
 }
 
 // take returns a clone of the key kept for h, if h is the very header it
-// was kept with; nil otherwise.
-func (o *outageKeys) take(h *blockcipher.Header) *keyring.DataKey {
+// was kept with, and the objectID of the file it was kept for; nil
+// otherwise.
+func (o *outageKeys) take(h *blockcipher.Header) (*keyring.DataKey, [2]uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	hk := o.keys[h.FileID]
 	if hk == nil || hk.h.MAC != h.MAC || time.Since(hk.kept) > outageKeep {
-		return nil
+		return nil, [2]uint64{}
 	}
-	return hk.dk.Clone()
+	return hk.dk.Clone(), hk.obj
 }
 
 // wipe wipes every kept key.

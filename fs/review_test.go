@@ -182,3 +182,57 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestKeptKeyOnlyForItsFile: the key this mount kept through an outage
+// for a file it wrote comes back as its own only to that file. A copy of
+// the file's header put into an empty file takes it as a key found in a
+// header, so a write there starts the file over (or, with no key to be
+// had, fails) rather than seal the user's data under the first file's ID
+// and key (found by review).
+func TestKeptKeyOnlyForItsFile(t *testing.T) {
+	vol, key := testVolume(t, 4096)
+	kr := &outageKeyring{Keyring: key}
+	warns := &warnRecorder{}
+	log := slog.New(slog.NewTextHandler(warns, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	mnt, root := mountInProcess(t, Options{Volume: vol, Keyring: kr, KeyPool: 1, Logger: log})
+	waitFor(t, "a key in the pool", func() bool { return root.Stats().Pooled >= 1 })
+	kr.throttle.Store(true)
+	kr.down.Store(true)
+	if err := os.WriteFile(filepath.Join(mnt, "x"), []byte("x's data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "y"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := os.ReadFile(filepath.Join(vol.Dir, "x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(vol.Dir, "y"), stored[:root.layout.HeaderSize], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(mnt, "y"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, werr := f.Write([]byte("the user's data"))
+	f.Close()
+	if werr == nil {
+		b, err := os.ReadFile(filepath.Join(vol.Dir, "y"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := root.vol.ReadHeader(bytes.NewReader(b), int64(len(b)))
+		if err != nil || h == nil {
+			t.Fatalf("y's header: %v", err)
+		}
+		if xh, _ := root.vol.ReadHeader(bytes.NewReader(stored), int64(len(stored))); h.FileID == xh.FileID {
+			t.Fatal("a write to a copy of x's header was sealed under x's ID and key")
+		}
+	} else if !errors.Is(werr, syscall.EIO) {
+		t.Fatalf("write to a copy of x's header: %v, want success under a new ID or EIO", werr)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "x")); err != nil || string(got) != "x's data" {
+		t.Fatalf("x in the outage: %q, %v", got, err)
+	}
+}

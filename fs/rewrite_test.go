@@ -32,7 +32,7 @@ func TestLoadKeyThroughRewriteRecord(t *testing.T) {
 	if err := os.WriteFile(f.path, torn, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	k, err := r.loadKey(openStored(t, f.path), nil)
+	k, err := r.loadKey(openStored(t, f.path), [2]uint64{}, nil)
 	if err != nil {
 		t.Fatalf("loadKey of a torn slot with its record: %v", err)
 	}
@@ -44,7 +44,7 @@ func TestLoadKeyThroughRewriteRecord(t *testing.T) {
 	}
 	k.wipe()
 	os.Remove(record)
-	if k, err := r.loadKey(openStored(t, f.path), nil); err == nil {
+	if k, err := r.loadKey(openStored(t, f.path), [2]uint64{}, nil); err == nil {
 		k.wipe()
 		t.Fatal("a torn slot without a record opened")
 	}
