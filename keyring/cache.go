@@ -92,7 +92,7 @@ func (c *Cache) Decrypt(ctx context.Context, wrapped []WrappedKey, ec Encryption
 		dk := e.dk.Clone()
 		c.mu.Unlock()
 		c.hits.Add(1)
-		markServed(ctx)
+		MarkServed(ctx)
 		return dk, nil
 	}
 	c.mu.Unlock()

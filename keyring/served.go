@@ -10,7 +10,8 @@ type servedKey struct{}
 
 // WithServedMark returns ctx carrying a mark, and what reads it: a
 // keyring that answers from memory, without calling its key service (a
-// Cache hit), sets the mark. A caller that watches the key service's
+// Cache hit, a file key unwrapped under a branch key held already), sets
+// the mark. A caller that watches the key service's
 // health (fs, through an outage) learns nothing about it from such an
 // answer.
 func WithServedMark(ctx context.Context) (context.Context, func() bool) {
@@ -18,8 +19,8 @@ func WithServedMark(ctx context.Context) (context.Context, func() bool) {
 	return context.WithValue(ctx, servedKey{}, &b), b.Load
 }
 
-// markServed sets ctx's mark, if it has one.
-func markServed(ctx context.Context) {
+// MarkServed sets ctx's mark, if it has one.
+func MarkServed(ctx context.Context) {
 	if b, ok := ctx.Value(servedKey{}).(*atomic.Bool); ok {
 		b.Store(true)
 	}

@@ -45,6 +45,7 @@ type BranchKeyring struct {
 	closed  bool                                     // guarded by mu
 
 	unwraps, creates atomic.Int64
+	calls            atomic.Int64 // inner keyring calls begun, for keyring.MarkServed
 	stop             chan struct{}
 	done             chan struct{}
 }
@@ -99,6 +100,17 @@ type BranchStats struct {
 	Held    int   // branch keys in memory now
 }
 
+// markServed marks ctx (keyring.MarkServed) when no inner keyring call
+// began since calls was before: the answer came from a held branch key,
+// and says nothing about the key service. Another caller's call in the
+// meantime leaves it unmarked, which only counts the answer as the
+// service's, as before marks.
+func (k *BranchKeyring) markServed(ctx context.Context, before int64) {
+	if k.calls.Load() == before {
+		keyring.MarkServed(ctx)
+	}
+}
+
 // Stats returns the counts.
 func (k *BranchKeyring) Stats() BranchStats {
 	k.mu.Lock()
@@ -109,6 +121,7 @@ func (k *BranchKeyring) Stats() BranchStats {
 // GenerateDataKey returns a random data key wrapped under the active
 // branch key, making one if there is none within the rotation period.
 func (k *BranchKeyring) GenerateDataKey(ctx context.Context, ec keyring.EncryptionContext) (*keyring.DataKey, []keyring.WrappedKey, error) {
+	defer k.markServed(ctx, k.calls.Load())
 	h, err := k.activeBranch(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -120,6 +133,7 @@ func (k *BranchKeyring) GenerateDataKey(ctx context.Context, ec keyring.Encrypti
 // Decrypt unwraps a file's data key under the branch key an entry names;
 // a header without branch entries goes to the inner keyring.
 func (k *BranchKeyring) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
+	defer k.markServed(ctx, k.calls.Load())
 	var errs []error
 	branched := false
 	for _, w := range wrapped {
@@ -145,6 +159,7 @@ func (k *BranchKeyring) Decrypt(ctx context.Context, wrapped []keyring.WrappedKe
 		errs = append(errs, err)
 	}
 	if !branched {
+		k.calls.Add(1)
 		return k.inner.Decrypt(ctx, wrapped, ec)
 	}
 	return nil, errors.Join(errs...)
@@ -255,6 +270,7 @@ func (k *BranchKeyring) Rotate(ctx context.Context) ([blockcipher.IDSize]byte, e
 }
 
 func (k *BranchKeyring) createAt(ctx context.Context, id [blockcipher.IDSize]byte) (*heldBranch, error) {
+	k.calls.Add(1)
 	dk, wrapped, err := k.inner.GenerateDataKey(ctx, k.vol.BranchContext(id))
 	if err != nil {
 		return nil, fmt.Errorf("make a branch key: %w", err)
@@ -347,6 +363,7 @@ func (k *BranchKeyring) unwrap(ctx context.Context, id [blockcipher.IDSize]byte)
 		return nil, err
 	}
 	k.unwraps.Add(1)
+	k.calls.Add(1)
 	dk, err := k.inner.Decrypt(ctx, Entries(h), k.vol.BranchContext(id))
 	if err != nil {
 		return nil, fmt.Errorf("unwrap branch key %x: %w", id, err)

@@ -165,6 +165,49 @@ func TestBranchKeyringCalls(t *testing.T) {
 	}
 }
 
+// TestBranchKeyringMarksServed: an answer from a held branch key is
+// marked as served from memory; one that needed the inner keyring (the
+// first of each mount, one after the TTL) is not.
+func TestBranchKeyringMarksServed(t *testing.T) {
+	l := testLocal(t)
+	v := branchVolume(t, t.TempDir(), l)
+	c := &clock{t: time.Now()}
+	k := newTestBranchKeyring(t, v, l, time.Hour, c)
+	ec := v.FileContext(blockcipher.NewID())
+	generate := func() []keyring.WrappedKey {
+		ctx, served := keyring.WithServedMark(context.Background())
+		dk, wrapped, err := k.GenerateDataKey(ctx, ec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dk.Wipe()
+		if served() {
+			t.Error("the GenerateDataKey that made the branch key was marked served from memory")
+		}
+		return wrapped
+	}
+	wrapped := generate()
+	decrypt := func(k *BranchKeyring, want bool) {
+		t.Helper()
+		ctx, served := keyring.WithServedMark(context.Background())
+		dk, err := k.Decrypt(ctx, wrapped, ec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dk.Wipe()
+		if served() != want {
+			t.Errorf("Decrypt: served from memory %v, want %v", served(), want)
+		}
+	}
+	decrypt(k, true)
+	k2 := newTestBranchKeyring(t, v, l, time.Hour, c)
+	decrypt(k2, false)
+	decrypt(k2, true)
+	c.advance(time.Hour + time.Second)
+	waitHeld(t, k2, 0)
+	decrypt(k2, false)
+}
+
 // waitHeld runs the janitor's expiry and checks how many keys are held.
 func waitHeld(t *testing.T, k *BranchKeyring, n int) {
 	t.Helper()
