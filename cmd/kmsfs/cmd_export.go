@@ -471,7 +471,7 @@ func (e *exportRun) exportFile(ctx context.Context, rel string, f *os.File, st *
 		if !ok {
 			return exportResult{damaged: true, notes: []string{msg + ": not exported (no block near its end authenticates)"}}
 		}
-		pf.upTo = int64(idx+1) * e.vol.Layout.BlockSize
+		pf.upTo = min(int64(idx+1)*e.vol.Layout.BlockSize, pf.size)
 		salvaged = fmt.Sprintf("%s: exported up to byte %d, the end of block %d, the last that authenticates", msg, pf.upTo, idx)
 	}
 	if pf.sizeErr != nil && !e.keepGoing {
