@@ -106,6 +106,17 @@ func requireFUSE(t testing.TB) {
 	t.Skipf("/dev/fuse is not usable (%v); set KMSFS_REQUIRE_FUSE=1 to make this a failure", err)
 }
 
+// skipOrFail skips a test whose precondition this machine lacks, or
+// fails it under KMSFS_REQUIRE_FUSE=1: CI's machine has it and must not
+// skip.
+func skipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("KMSFS_REQUIRE_FUSE") == "1" {
+		t.Fatalf(format+" (KMSFS_REQUIRE_FUSE=1: CI must run this test)", args...)
+	}
+	t.Skipf(format, args...)
+}
+
 // skipUnlessRoot skips a test that needs root for why, or fails it under
 // KMSFS_REQUIRE_FUSE=1: CI runs as root and must not skip it.
 func skipUnlessRoot(t testing.TB, why string) {
