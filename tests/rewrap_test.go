@@ -485,16 +485,7 @@ func TestRewrapRerunChecksTrust(t *testing.T) {
 
 	edit := func(f func(map[string]any)) {
 		t.Helper()
-		var c map[string]any
-		if err := json.Unmarshal(good, &c); err != nil {
-			t.Fatal(err)
-		}
-		f(c)
-		b, err := json.MarshalIndent(c, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeFile(t, cfgPath, b)
+		editConfigJSON(t, cfgPath, good, f)
 	}
 	for _, tc := range []struct {
 		name        string

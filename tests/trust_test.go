@@ -38,16 +38,7 @@ func TestMountRefusesChangedConfig(t *testing.T) {
 
 	edit := func(f func(map[string]any)) {
 		t.Helper()
-		var c map[string]any
-		if err := json.Unmarshal(pristine, &c); err != nil {
-			t.Fatal(err)
-		}
-		f(c)
-		b, err := json.MarshalIndent(c, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeFile(t, cfgPath, b)
+		editConfigJSON(t, cfgPath, pristine, f)
 	}
 	mnt := t.TempDir()
 	refused := func(what string) {
@@ -298,4 +289,20 @@ func trustedDir(v *volume) string {
 		}
 	}
 	return ""
+}
+
+// editConfigJSON writes to path the config base with f's changes to its
+// fields.
+func editConfigJSON(t *testing.T, path string, base []byte, f func(map[string]any)) {
+	t.Helper()
+	var c map[string]any
+	if err := json.Unmarshal(base, &c); err != nil {
+		t.Fatal(err)
+	}
+	f(c)
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path, b)
 }

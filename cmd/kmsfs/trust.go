@@ -251,7 +251,7 @@ func configChange(old []byte, cfg *volume.Config) string {
 	if was != now {
 		return "its keyrings were " + was + " and are now " + now
 	}
-	return "its keyrings are unchanged (" + now + ") but other fields differ"
+	return "its keyrings are unchanged (" + now + ") but " + otherFieldsChange(old, cfg)
 }
 
 // keyringList names keyrings for a log line or an error: kind, key, and
