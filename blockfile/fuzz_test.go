@@ -51,5 +51,24 @@ func FuzzReadJournal(f *testing.F) {
 		if pending, _ := jf.JournalPending(m.Size()); pending {
 			t.Fatal("the journal is still pending after Settle")
 		}
+		// Whatever the bytes, Authentic names only a block that is not
+		// a hole and that opens under the key at its own index.
+		plain, err := c.Layout().PlainSize(m.Size())
+		if err != nil || plain == 0 {
+			return
+		}
+		idx, ok, err := jf.Authentic(plain)
+		if err != nil || !ok {
+			return
+		}
+		l := c.Layout()
+		stored := m.Bytes()[l.BlockToCipherOff(idx):][:l.BlockPlainLen(idx, plain)+l.Overhead()]
+		if isZero(stored) {
+			t.Fatalf("Authentic named block %d, a hole", idx)
+		}
+		last := int64(idx) == int64(l.BlockCount(plain))-1
+		if _, err := c.OpenBlock(nil, stored, idx, last); err != nil {
+			t.Fatalf("Authentic named block %d, which fails: %v", idx, err)
+		}
 	})
 }
