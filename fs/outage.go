@@ -124,7 +124,8 @@ func (o *outageKeys) keep(k *fileKey, h *blockcipher.Header, obj [2]uint64) bool
 	if h == nil {
 		return false
 	}
-	if !o.down && o.timer == nil {
+	if o.timer == nil {
+		// Also while the service is down: expire enforces outageKeep.
 		o.timer = time.AfterFunc(outageGrace, o.expire)
 	}
 	if o.keys == nil {
@@ -155,19 +156,22 @@ func (o *outageKeys) keep(k *fileKey, h *blockcipher.Header, obj [2]uint64) bool
 	return true
 }
 
-// expire wipes the keys kept longer than outageGrace, unless the key
-// service is down.
+// expire wipes the keys kept longer than outageKeep, and, unless the key
+// service is down or a call to it is under way, those kept longer than
+// outageGrace. It runs every outageGrace while keys are kept, so that an
+// outage longer than outageKeep does not keep them longer (found by
+// review: only a close or the service's return wiped them).
 func (o *outageKeys) expire() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.timer = nil
+	limit := outageGrace
 	if o.down || o.inflight > 0 {
-		o.timer = time.AfterFunc(outageGrace, o.expire)
-		return
+		limit = outageKeep
 	}
 	now := time.Now()
 	for id, hk := range o.keys {
-		if now.Sub(hk.kept) >= outageGrace {
+		if now.Sub(hk.kept) >= limit {
 			hk.dk.Wipe()
 			delete(o.keys, id)
 		}
