@@ -122,6 +122,21 @@ func (l Layout) PlainSize(cipherSize int64) (int64, error) {
 	}
 }
 
+// StrayTail returns how many bytes at the end of a stored file of
+// cipherSize bytes belong to no readable block: the 1 to Overhead() bytes
+// past the last whole block that PlainSize reports as ErrTruncated. No
+// writer leaves them; a crash during an append, its write torn at a page
+// boundary, can. 0 if there are none, or no block at all.
+func (l Layout) StrayTail(cipherSize int64) int64 {
+	if cipherSize <= l.DataOff() {
+		return 0
+	}
+	if rem := (cipherSize - l.DataOff()) % l.StoredBlockSize(); rem <= l.Overhead() {
+		return rem
+	}
+	return 0
+}
+
 // CipherSize returns the stored size of a file holding plainSize bytes,
 // header included (a file with a header and no data has HeaderSize bytes).
 func (l Layout) CipherSize(plainSize int64) int64 {

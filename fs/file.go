@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"syscall"
@@ -62,8 +63,12 @@ var errNeedKey = errors.New("file was given a header by another mount while open
 // stopped part-way, leaving a block that reads only through its journal
 // record, so the file is marked unsettled; the next change settles the
 // journal first, as an open would, rather than overwrite that record.
-// Caller holds st.content for writing.
-func (f *file) change(fn func(bf blockfile.File, size int64) error) error {
+// reach is the plaintext offset up to which fn seals blocks (a write's
+// end, a truncate's new size; 0 if it seals none): past a bad tail
+// (fileKey.badTail) the change is refused. Stray bytes past the last
+// whole block, which a crash during an append can leave and no read
+// serves, are cut off first. Caller holds st.content for writing.
+func (f *file) change(reach int64, fn func(bf blockfile.File, size int64) error) error {
 	if f.st.unsettled && f.st.key != nil {
 		// Before ensureHeader looks at the final block: it may read
 		// only through its journal record until then.
@@ -77,9 +82,19 @@ func (f *file) change(fn func(bf blockfile.File, size int64) error) error {
 		return err
 	}
 	defer done()
+	if cut := f.n.r.layout.StrayTail(stored); cut > 0 && f.st.key != nil {
+		if err := fdStore(f.fd).Truncate(stored - cut); err != nil {
+			return err
+		}
+		f.n.r.log.Info("cut stray bytes past the last whole block (a crash during an append leaves them; they hold nothing readable)", "path", f.n.relPath(), "bytes", cut)
+		stored -= cut
+	}
 	bf, size, err := f.blocksOf(stored)
 	if err != nil {
 		return err
+	}
+	if k := f.st.key; k != nil && k.badTail > 0 && reach > k.badTail {
+		return fmt.Errorf("its final block fails authentication (a crash during an append, or a cut, leaves that): it takes no change reaching it, to %d bytes, until it is truncated to at most %d bytes: %w", reach, k.badTail, blockcipher.ErrAuth)
 	}
 	if err := fn(bf, size); err != nil {
 		f.st.unsettled = true
@@ -200,7 +215,7 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	}
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
-	err := f.change(func(bf blockfile.File, size int64) error {
+	err := f.change(off+int64(len(data)), func(bf blockfile.File, size int64) error {
 		_, err := bf.WriteAt(data, off, size)
 		return err
 	})
@@ -239,7 +254,16 @@ func (f *file) truncate(size int64) error {
 		f.st.restart = true
 		return fdStore(f.fd).Truncate(min(stored, f.n.r.layout.HeaderSize))
 	}
-	return f.change(func(bf blockfile.File, cur int64) error { return bf.Truncate(cur, size) })
+	return f.change(size, func(bf blockfile.File, cur int64) error {
+		if err := bf.Truncate(cur, size); err != nil {
+			return err
+		}
+		if k := f.st.key; k != nil && k.badTail > 0 && size <= k.badTail {
+			// The new final block, sealed anew, authenticates.
+			k.badTail = 0
+		}
+		return nil
+	})
 }
 
 // Flush has nothing to do: writes reach the stored file before they are
@@ -292,7 +316,11 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	}
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
-	err := f.change(func(bf blockfile.File, cur int64) error {
+	reach := end
+	if mode&unix.FALLOC_FL_KEEP_SIZE != 0 {
+		reach = 0 // reserves space, seals nothing
+	}
+	err := f.change(reach, func(bf blockfile.File, cur int64) error {
 		l := f.n.r.layout
 		first, count := l.Span(int64(off), int64(size))
 		cipherOff := l.BlockToCipherOff(first)

@@ -58,6 +58,14 @@ type fileKey struct {
 	// it: the file's own key, not one a header put into an empty file
 	// brought (ensureHeader). Guarded by the content lock.
 	own bool
+	// badTail, when not 0, is where the final block begins of a file
+	// whose key was proven own by a block before it while that final
+	// block failed (proveOwn): a tail torn by a crash during an append
+	// looks the same as a file cut at a block boundary, so no change
+	// may seal a block from there on, which would make the cut read as
+	// whole, until a truncate to at most badTail bytes. Guarded by the
+	// content lock.
+	badTail int64
 }
 
 // openFileKey checks h against dk (key commitment, header MAC) and returns

@@ -303,12 +303,20 @@ func (f *file) ensureHeaderLocked() (stored int64, keep bool, err error) {
 // block of garbage, and whole blocks written over it, never read, would
 // be sealed under the other file's ID and key. Passing takes the other
 // file's blocks themselves: a copy of that file (THREAT_MODEL.md).
+//
+// If the final block fails but one before it passes, the key is the
+// file's, and its tail is marked bad (fileKey.badTail): a tail torn by a
+// crash during an append and a file cut at a block boundary look alike,
+// and a write sealing the final block anew would make the cut read as
+// whole. Stray bytes past the last whole block (change cuts them off)
+// are not looked at.
 func (f *file) proveOwn(stored int64) error {
 	k := f.st.key
 	if k.own {
 		return nil
 	}
-	bf, size, err := f.blocksOf(stored)
+	l := f.n.r.layout
+	bf, size, err := f.blocksOf(stored - l.StrayTail(stored))
 	if err != nil {
 		return err
 	}
@@ -326,7 +334,8 @@ func (f *file) proveOwn(stored int64) error {
 		if !ok {
 			return fmt.Errorf("its final block does not authenticate under its header, nor does any block before it, so nothing is written under that key (truncate it to 0 to start it over): %w", err)
 		}
-		f.n.r.log.Info("the file's final block fails authentication (a crash during an append leaves that), but an earlier one authenticates: writing under its key", "path", f.n.relPath(), "block", idx)
+		k.badTail = l.BlockToPlainOff(l.PlainOffToBlock(size - 1))
+		f.n.r.log.Info("the file's final block fails authentication (a crash during an append, or a cut, leaves that), but an earlier one authenticates: it takes writes before its final block, and a truncate to at most bad_tail bytes writes it whole again", "path", f.n.relPath(), "block", idx, "bad_tail", k.badTail)
 	}
 	k.own = true
 	return nil

@@ -11,6 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/keyring"
 )
 
 // TestTornAppendStaysWritable: a crash during an append leaves its new
@@ -44,21 +47,28 @@ func TestTornAppendStaysWritable(t *testing.T) {
 		t.Fatal(err)
 	}
 	sf.Close()
+	truncateBackAndAppend(t, p, old, "appended again")
+}
 
+// truncateBackAndAppend recovers p as a database or log does after a
+// crash: truncated back to old's length and appended to; it must then
+// read as old and the append.
+func truncateBackAndAppend(t *testing.T, p string, old []byte, appended string) {
+	t.Helper()
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	if err := f.Truncate(int64(len(old))); err != nil {
-		t.Fatalf("truncate back to the length before the torn append: %v", err)
+		t.Fatalf("truncate back to %d bytes: %v", len(old), err)
 	}
-	if _, err := f.WriteAt([]byte("appended again"), int64(len(old))); err != nil {
-		t.Fatalf("append after the torn one: %v", err)
+	if _, err := f.WriteAt([]byte(appended), int64(len(old))); err != nil {
+		t.Fatalf("append after the truncate: %v", err)
 	}
 	got, err := os.ReadFile(p)
-	if want := append(bytes.Clone(old), "appended again"...); err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("after recovery: %d bytes, %v; want the old %d bytes and the new append", len(got), err, len(old))
+	if want := append(bytes.Clone(old), appended...); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("after recovery: %d bytes, %v; want the old %d bytes and the append", len(got), err, len(old))
 	}
 }
 
@@ -234,5 +244,128 @@ func TestKeptKeyOnlyForItsFile(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(mnt, "x")); err != nil || string(got) != "x's data" {
 		t.Fatalf("x in the outage: %q, %v", got, err)
+	}
+}
+
+// TestStrayTailTakesWrites: a crash during an append, its write torn at a
+// page boundary, can leave a few bytes of a block too short to hold any
+// plaintext past the last whole block. Reads serve the whole blocks; a
+// truncate to that size and an append must work too, the stray bytes cut
+// off (found by review: every change but a truncate to 0 failed with EIO).
+func TestStrayTailTakesWrites(t *testing.T) {
+	mnt, root := mountInProcess(t, Options{})
+	p := filepath.Join(mnt, "f")
+	old := bytes.Repeat([]byte("0123456789abcdef"), 8192/16) // two whole blocks
+	if err := os.WriteFile(p, old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitNoLiveKeys(t, root)
+	sp := filepath.Join(root.vol.Dir, "f")
+	sf, err := os.OpenFile(sp, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf.Write(bytes.Repeat([]byte{0xa5}, 10))
+	sf.Close()
+	truncateBackAndAppend(t, p, old, "appended")
+	fi, err := os.Stat(sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := root.layout.CipherSize(int64(len(old) + len("appended"))); fi.Size() != want {
+		t.Errorf("stored size %d, want %d: the stray bytes cut off", fi.Size(), want)
+	}
+}
+
+// TestCutAtBlockBoundaryStaysDetected: a file cut at a block boundary has
+// a final block sealed as a middle block, which fails; so does the tail a
+// crash during an append tears, and the key is proven the file's own by
+// a block before it (TestTornAppendStaysWritable). A write sealing that
+// final block anew must fail, or the cut would read as whole from then on
+// (found by review); a write before it, and a truncate back below it,
+// which the user asks for knowing the tail is lost, work.
+func TestCutAtBlockBoundaryStaysDetected(t *testing.T) {
+	warns := &warnRecorder{}
+	log := slog.New(slog.NewTextHandler(warns, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	mnt, root := mountInProcess(t, Options{Logger: log})
+	l := root.layout
+	bs := int(l.BlockSize)
+	old := bytes.Repeat([]byte("0123456789abcdef"), 5*bs/16)
+	p := filepath.Join(mnt, "db")
+	if err := os.WriteFile(p, old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitNoLiveKeys(t, root)
+	if err := os.Truncate(filepath.Join(root.vol.Dir, "db"), l.BlockToCipherOff(3)); err != nil {
+		t.Fatal(err)
+	}
+
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	page := bytes.Repeat([]byte("new page"), bs/8)
+	if _, err := f.WriteAt(page, int64(2*bs)); !errors.Is(err, syscall.EIO) {
+		t.Errorf("a whole-block write over the final block of a file cut at a block boundary: %v, want EIO", err)
+	}
+	if _, err := f.WriteAt(page, 3*int64(bs)); !errors.Is(err, syscall.EIO) {
+		t.Errorf("an append to a file cut at a block boundary: %v, want EIO", err)
+	}
+	if _, err := f.ReadAt(make([]byte, bs), int64(2*bs)); !errors.Is(err, syscall.EIO) {
+		t.Errorf("a read of the cut file's final block after the refused writes: %v, want EIO", err)
+	}
+	if _, err := f.WriteAt(page, 0); err != nil {
+		t.Errorf("a write before the failing final block: %v", err)
+	}
+	if err := f.Truncate(int64(2 * bs)); err != nil {
+		t.Fatalf("truncate back below the failing final block: %v", err)
+	}
+	if _, err := f.WriteAt(page, int64(2*bs)); err != nil {
+		t.Fatalf("append after the truncate: %v", err)
+	}
+	got, err := os.ReadFile(p)
+	want := append(append(bytes.Clone(page), old[bs:2*bs]...), page...)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("after recovery: %d bytes, %v; want %d", len(got), err, len(want))
+	}
+	warns.mu.Lock()
+	defer warns.mu.Unlock()
+	if got := strings.Join(warns.records, ""); !strings.Contains(got, "path=db") || !strings.Contains(got, "truncated to at most") {
+		t.Errorf("the refused write's warning: %q, want one naming db and what to do", got)
+	}
+}
+
+// TestOutageKeysWipedAfterKeepWhileDown: a kept key lives at most
+// outageKeep even while the key service stays down (found by review:
+// only a close or the service's return wiped it).
+func TestOutageKeysWipedAfterKeepWhileDown(t *testing.T) {
+	var o outageKeys
+	defer o.wipe()
+	dk, err := keyring.NewDataKey(bytes.Repeat([]byte{7}, keyring.DataKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dk.Wipe()
+	h := &blockcipher.Header{FileID: blockcipher.NewID()}
+	o.noteCall()
+	o.noteResult(keyring.ErrUnreachable)
+	if !o.keep(&fileKey{dk: dk}, h, [2]uint64{1, 1}) {
+		t.Fatal("keep refused a key while the service is down")
+	}
+	o.expire()
+	if o.len() != 1 {
+		t.Fatalf("a key kept a moment ago, service down: %d kept, want 1", o.len())
+	}
+	o.mu.Lock()
+	o.keys[h.FileID].kept = time.Now().Add(-outageKeep - time.Minute)
+	timer := o.timer != nil
+	o.mu.Unlock()
+	if !timer {
+		t.Error("no expiry scheduled while keys are kept and the service is down")
+	}
+	o.expire()
+	if o.len() != 0 {
+		t.Errorf("a key kept past outageKeep, service still down: %d kept, want 0", o.len())
 	}
 }
