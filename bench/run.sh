@@ -15,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 need=()
-for t in fio:fio gocryptfs:gocryptfs securefs:securefs fusermount3:fuse3 strace:strace; do
+for t in fio:fio gocryptfs:gocryptfs securefs:securefs fusermount3:fuse3 strace:strace restic:restic; do
 	command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
