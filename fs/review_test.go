@@ -340,17 +340,11 @@ func TestCutAtBlockBoundaryStaysDetected(t *testing.T) {
 // outageKeep even while the key service stays down (found by review:
 // only a close or the service's return wiped it).
 func TestOutageKeysWipedAfterKeepWhileDown(t *testing.T) {
-	var o outageKeys
-	defer o.wipe()
-	dk, err := keyring.NewDataKey(bytes.Repeat([]byte{7}, keyring.DataKeySize))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dk.Wipe()
+	o, k := testOutageKeys(t)
 	h := &blockcipher.Header{FileID: blockcipher.NewID()}
 	o.noteCall()
 	o.noteResult(keyring.ErrUnreachable)
-	if !o.keep(&fileKey{dk: dk}, h, [2]uint64{1, 1}) {
+	if !o.keep(k, h, [2]uint64{1, 1}) {
 		t.Fatal("keep refused a key while the service is down")
 	}
 	o.expire()
@@ -376,14 +370,7 @@ func TestOutageKeysWipedAfterKeepWhileDown(t *testing.T) {
 // about 100 µs per closed file in branch-key mounts, where nothing wiped
 // the kept keys while files were written).
 func TestOutageKeysBounded(t *testing.T) {
-	var o outageKeys
-	defer o.wipe()
-	dk, err := keyring.NewDataKey(bytes.Repeat([]byte{7}, keyring.DataKeySize))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dk.Wipe()
-	k := &fileKey{dk: dk}
+	o, k := testOutageKeys(t)
 	first := &blockcipher.Header{FileID: blockcipher.NewID()}
 	o.keep(k, first, [2]uint64{})
 	for range outageMax {
@@ -411,4 +398,17 @@ func TestOutageKeysBounded(t *testing.T) {
 	} else {
 		got.Wipe()
 	}
+}
+
+// testOutageKeys returns an empty outageKeys and a file key to keep in
+// it, both wiped when the test ends.
+func testOutageKeys(t *testing.T) (*outageKeys, *fileKey) {
+	o := &outageKeys{}
+	t.Cleanup(o.wipe)
+	dk, err := keyring.NewDataKey(bytes.Repeat([]byte{7}, keyring.DataKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dk.Wipe)
+	return o, &fileKey{dk: dk}
 }
