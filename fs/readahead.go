@@ -235,8 +235,18 @@ func (ra *readahead) advance(l *listing, o int, name string, concurrent bool) *c
 		if s.streak == 0 {
 			s.from = i
 		}
+		if s.streak == 0 || i > s.last {
+			s.streak++
+		}
+		// An open behind the stream's furthest, taken as in order
+		// only for the jitter of concurrent opens, does not count:
+		// readers going the other way (8 readers in name order are,
+		// in a tmpfs listing, going backwards) made a scan in this
+		// order every few opens, which walked on past the directory
+		// and, walking it, kept the readers' own order from starting
+		// one: they got no key ahead (found by this stop's benchmark
+		// run: 15 s instead of 3 for 10k files at 10 ms).
 		s.last = max(s.last, i)
-		s.streak++
 	}
 	s.seen, s.at = ra.clock, time.Now()
 	// A directory that a scan in the other order walks is that scan's:
