@@ -215,7 +215,19 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	}
 	f.st.content.Lock()
 	defer f.st.content.Unlock()
-	err := f.change(off+int64(len(data)), func(bf blockfile.File, size int64) error {
+	end := off + int64(len(data))
+	err := f.change(end, func(bf blockfile.File, size int64) error {
+		if l := f.n.r.layout; size > 0 && off <= l.BlockToPlainOff(l.PlainOffToBlock(size-1)) && end >= size {
+			// The write replaces the final block whole, unread: it must
+			// authenticate first, or a cut at a block boundary made
+			// behind this mount's back (the file held open here, or its
+			// key this mount's own) would be sealed over and read as
+			// whole (found by review).
+			var b [1]byte
+			if _, err := bf.ReadAt(b[:], size-1, size); err != nil {
+				return err
+			}
+		}
 		_, err := bf.WriteAt(data, off, size)
 		return err
 	})

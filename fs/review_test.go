@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -411,4 +412,34 @@ func testOutageKeys(t *testing.T) (*outageKeys, *fileKey) {
 	}
 	t.Cleanup(dk.Wipe)
 	return o, &fileKey{dk: dk}
+}
+
+// TestCutWhileOpenStaysDetected: a file this mount wrote and holds open,
+// cut at a block boundary behind its back, must not take a write that
+// replaces its new final block whole: that would seal the cut over
+// (found by review: only a key proven by a block before a failing final
+// block was checked).
+func TestCutWhileOpenStaysDetected(t *testing.T) {
+	// Refused writes are logged as warnings: expected here.
+	mnt, root := mountInProcess(t, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	bs := int(root.layout.BlockSize)
+	l := root.layout
+	f, err := os.OpenFile(filepath.Join(mnt, "db"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(bytes.Repeat([]byte("0123456789abcdef"), 5*bs/16)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(root.vol.Dir, "db"), l.BlockToCipherOff(3)); err != nil {
+		t.Fatal(err)
+	}
+	page := bytes.Repeat([]byte("new page"), bs/8)
+	if _, err := f.WriteAt(page, int64(2*bs)); !errors.Is(err, syscall.EIO) {
+		t.Errorf("a whole-block write over the final block of an open file cut at a block boundary: %v, want EIO", err)
+	}
+	if _, err := f.WriteAt(page, 0); err != nil {
+		t.Errorf("a write before the final block: %v", err)
+	}
 }
