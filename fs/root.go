@@ -109,7 +109,10 @@ func NewRoot(opts Options) (*Root, error) {
 		r.ahead = newAhead(r.keyring)
 		r.keyring = r.ahead
 	}
-	if opts.KeyReadahead && !opts.PrefetchKeys {
+	// Both, with --prefetch-keys: a listing's prefetch skips the files
+	// read in the last moments (readaheadRecent), so a second pass
+	// right after the first gets its keys from the readahead.
+	if opts.KeyReadahead {
 		r.ra = &readahead{r: r}
 	}
 	// Last: the pool's workers start calling r.keyring at once.

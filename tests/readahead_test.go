@@ -276,6 +276,21 @@ func TestKeyReadaheadStreams(t *testing.T) {
 // own, and the keys its reader took are asked for again.
 func TestKeyReadaheadSecondPass(t *testing.T) {
 	t.Parallel()
+	secondPass(t, "--read-only")
+}
+
+// TestPrefetchKeysSecondPass: the same with --prefetch-keys. A listing's
+// prefetch skips the keys taken in the last 2 s (so restic's second
+// listing unwraps nothing again), so a pass right after another got no
+// key ahead before key readahead ran beside it: 8 readers of 10k files
+// at 10 ms took 15 s after a serial pass instead of 2.1 s, every open
+// unwrapping its own key.
+func TestPrefetchKeysSecondPass(t *testing.T) {
+	t.Parallel()
+	secondPass(t, "--read-only", "--prefetch-keys")
+}
+
+func secondPass(t *testing.T, flags ...string) {
 	env := newKMSEnv(t)
 	const dirs, per = 3, 50
 	k := env.mount(t)
@@ -290,7 +305,7 @@ func TestKeyReadaheadSecondPass(t *testing.T) {
 	if err := k.unmount(); err != nil {
 		t.Fatal(err)
 	}
-	k = env.mount(t, "--read-only")
+	k = env.mount(t, flags...)
 	readAll := func(sorted bool) {
 		t.Helper()
 		for d := range dirs {

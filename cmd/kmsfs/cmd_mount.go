@@ -48,7 +48,7 @@ func (m *mountFlags) define(fl *flag.FlagSet) {
 	fl.BoolVar(&m.daemon, "d", false, "short for --daemon")
 	fl.IntVar(&m.keyPool, "key-pool", 64, "data keys for new files generated ahead in the background (0: generate at the first write); not used with branch keys")
 	fl.DurationVar(&m.branchKeyTTL, "branch-key-ttl", 15*time.Minute, "with branch keys: wipe an unwrapped branch key this long after its unwrap, and unwrap it again when next needed")
-	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files as it is listed, ahead of their opens (eager, for backup tools; keys unused for 30s are wiped)")
+	fl.BoolVar(&m.prefetchKeys, "prefetch-keys", false, "unwrap the keys of a listed directory's files as it is listed, ahead of their opens (eager, for backup tools; keys unused for 30s are wiped; key readahead stays on beside it)")
 	fl.BoolVar(&m.keyReadahead, "key-readahead", true, "when files of a directory are opened one after the other, unwrap the next ones' keys ahead (--key-readahead=false: off; off by default when every keyring is a local key)")
 	fl.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at `host:port`")
 	fl.BoolVar(&m.debugFUSE, "debug-fuse", false, "log every FUSE request, with file names and the first bytes of each read and write: plaintext in the log")
