@@ -106,10 +106,18 @@ func (v *Volume) BranchIDs() ([][blockcipher.IDSize]byte, error) {
 	return ids, nil
 }
 
+// parseBranchName returns the branch ID that n names, if it names one:
+// 32 lowercase hex digits whose date (the first 8 bytes) is one a branch
+// key can have. No branch key is made at or past 2^63 ns (the year 2262):
+// such an ID would sort as the newest (IDs compare as bytes) while
+// BranchCreated dates it before 1970, and Rotate and activeBranch, which
+// walk the store newest first by date, would stop at it (found by
+// review: a name alone in the store then kept Rotate from out-dating a
+// branch key a recovery carried over).
 func parseBranchName(n string) ([blockcipher.IDSize]byte, bool) {
 	var id [blockcipher.IDSize]byte
 	b, err := hex.DecodeString(n)
-	if err != nil || len(b) != blockcipher.IDSize || hex.EncodeToString(b) != n {
+	if err != nil || len(b) != blockcipher.IDSize || hex.EncodeToString(b) != n || b[0]&0x80 != 0 {
 		return id, false
 	}
 	copy(id[:], b)

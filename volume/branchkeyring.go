@@ -252,12 +252,11 @@ func (k *BranchKeyring) Rotate(ctx context.Context) ([blockcipher.IDSize]byte, e
 	}
 	now := k.now()
 	at := now
-	for _, id := range ids { // newest first
-		if c := BranchCreated(id); c.Sub(now) < MaxBranchClockSkew {
-			if !c.Before(at) {
-				at = c.Add(time.Nanosecond)
-			}
-			break
+	for _, id := range ids {
+		// Every one, not the first below the skew bound: the date is
+		// the bound that matters, whatever order the store lists in.
+		if c := BranchCreated(id); c.Sub(now) < MaxBranchClockSkew && !c.Before(at) {
+			at = c.Add(time.Nanosecond)
 		}
 	}
 	id := NewBranchID(at)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -379,6 +380,46 @@ func TestBranchKeyringDatedAhead(t *testing.T) {
 	k6 := newTestBranchKeyring(t, v, l, time.Hour, c)
 	if f := newBranchFiles(t, k6, v, 1); f[0].wrapped[0].KeyID != hex.EncodeToString(id[:]) {
 		t.Fatal("new files do not go under the key Rotate made")
+	}
+}
+
+// A name with its top bit set looks like a branch ID but is dated before
+// 1970 while it sorts as the newest. Found by review: one such name in the
+// store made Rotate stop at it and date its key now, so a branch key dated
+// a few minutes ahead (one a recovery carried over, planted or not) went
+// on wrapping new files once the name was gone. It is not a branch ID.
+func TestBranchKeyringTopBitName(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	v := branchVolume(t, dir, l)
+	c := &clock{t: time.Now()}
+
+	c.advance(4 * time.Minute)
+	carried := newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 1)[0].wrapped[0].KeyID
+	c.advance(-4 * time.Minute)
+	junk := filepath.Join(dir, BranchStore, "80"+strings.Repeat("0", 30))
+	if err := os.WriteFile(junk, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := v.BranchIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if id[0]&0x80 != 0 {
+			t.Fatalf("BranchIDs lists %x, dated %v", id, BranchCreated(id))
+		}
+	}
+	id, err := newTestBranchKeyring(t, v, l, time.Hour, c).Rotate(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(junk); err != nil {
+		t.Fatal(err)
+	}
+	got := newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 1)[0].wrapped[0].KeyID
+	if got == carried || got != hex.EncodeToString(id[:]) {
+		t.Fatalf("new files go under branch key %s; want %x, the one Rotate made (the one dated ahead is %s)", got, id, carried)
 	}
 }
 
