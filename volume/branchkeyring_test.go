@@ -3,6 +3,7 @@ package volume
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -420,6 +421,72 @@ func TestBranchKeyringTopBitName(t *testing.T) {
 	got := newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 1)[0].wrapped[0].KeyID
 	if got == carried || got != hex.EncodeToString(id[:]) {
 		t.Fatalf("new files go under branch key %s; want %x, the one Rotate made (the one dated ahead is %s)", got, id, carried)
+	}
+}
+
+// entryCounter counts the calls that reach a keyring and the entries they
+// carry: with an aws-kms keyring, each entry naming its key is a KMS call.
+type entryCounter struct {
+	keyring.Keyring
+	calls, entries atomic.Int64
+}
+
+func (c *entryCounter) Decrypt(ctx context.Context, w []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
+	c.calls.Add(1)
+	c.entries.Add(int64(len(w)))
+	return c.Keyring.Decrypt(ctx, w, ec)
+}
+
+// A planted header names as many branch keys as a header holds, each a
+// planted key file with as many entries naming the volume's key: an open
+// must cost one unwrap of one entry, not 16 × 16 (found by review).
+func TestBranchKeyringPlantedEntries(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	vid := blockcipher.NewID()
+	v, err := New(dir, &Config{FormatVersion: ConfigVersion2, VolumeID: hex.EncodeToString(vid[:]), BlockSize: 4096, HeaderSize: 4096,
+		Keyrings: []KeyringSpec{{Kind: keyring.KindLocal, KeyID: l.KeyID(), KeyFile: "unused"}},
+		Features: []string{}, KeyMode: KeyModeBranch, BranchKeyRotation: "24h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := func() []byte {
+		b := make([]byte, 1+12+keyring.DataKeySize+16)
+		rand.Read(b)
+		b[0] = 1
+		return b
+	}
+	var planted []keyring.WrappedKey
+	for range blockcipher.MaxKeys {
+		bid := NewBranchID(time.Now().Add(-time.Hour))
+		var ws []keyring.WrappedKey
+		for range blockcipher.MaxKeys {
+			ws = append(ws, keyring.WrappedKey{Kind: keyring.KindLocal, KeyID: l.KeyID(), Blob: junk()})
+		}
+		h, err := v.NewBranchHeader(bid, ws)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slot, c, err := h.Seal(make([]byte, keyring.DataKeySize))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Wipe()
+		if err := v.WriteBranch(bid, slot); err != nil {
+			t.Fatal(err)
+		}
+		planted = append(planted, keyring.WrappedKey{Kind: keyring.KindBranch, KeyID: hex.EncodeToString(bid[:]), Blob: junk()})
+	}
+	inner := &entryCounter{Keyring: l}
+	k := newTestBranchKeyring(t, v, inner, time.Hour, &clock{t: time.Now()})
+	ec := v.FileContext(blockcipher.NewID())
+	for open := int64(1); open <= 2; open++ {
+		if _, err := k.Decrypt(context.Background(), planted, ec); err == nil {
+			t.Fatal("a planted header unwrapped a key")
+		}
+		if c, e := inner.calls.Load(), inner.entries.Load(); c != open || e != open {
+			t.Fatalf("after %d opens of the planted file: %d unwraps of %d entries; want one of one per open", open, c, e)
+		}
 	}
 }
 
