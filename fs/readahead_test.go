@@ -52,6 +52,55 @@ func TestReadaheadWalkBounded(t *testing.T) {
 	}
 }
 
+// The tree walk's stack keeps the listings it is in alive, also those the
+// readahead has let go: it enters no directory that would take them past
+// treeHeld entries (found by review: a chain of 128 directories of 65k
+// entries each held 8M names, past the readahead's own bound of 1M). It
+// still reaches the end of the tree, and asks for the first file of every
+// directory it entered.
+func TestReadaheadTreeWalkHoldsBounded(t *testing.T) {
+	dir := t.TempDir()
+	const depth, files = 10, 20
+	p := dir
+	for d := range depth {
+		p = filepath.Join(p, fmt.Sprintf("d%d", d))
+		mustOK(t, os.Mkdir(p, 0o755))
+		for i := range files {
+			mustOK(t, os.WriteFile(filepath.Join(p, fmt.Sprintf("f%02d", i)), nil, 0o644))
+		}
+	}
+	old := treeHeld
+	treeHeld = 4 * (files + 1)
+	t.Cleanup(func() { treeHeld = old })
+	ra := testReadahead(t, dir)
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	const o = 0
+	ra.passNum = 1 // as after the first cold open
+	ra.tree[o] = treeScan{starts: 1000, at: time.Now()}
+	var asked []string
+	for range 100 {
+		if ra.tree[o].done {
+			break
+		}
+		asked = append(asked, ra.walkStarts(o)...)
+		held := 0
+		for _, pos := range ra.tree[o].stack {
+			held += len(pos.l.ents[0])
+		}
+		if held != ra.tree[o].held || held > treeHeld {
+			t.Fatalf("the walk's stack holds %d entries (counted %d), want at most %d", held, ra.tree[o].held, treeHeld)
+		}
+	}
+	if !ra.tree[o].done {
+		t.Fatal("the walk did not reach the end of the tree")
+	}
+	// The root (one entry) and the directories d0 to d2 (21 each) fit.
+	if len(asked) != 3 {
+		t.Errorf("the walk asked for %v, want the first files of d0, d1 and d2", asked)
+	}
+}
+
 // Entries that are neither files nor directories (symlinks here) cost a
 // walk what files do: directories full of them end a walk's call as soon
 // as it has read walkEntries entries, not walkEntries listings.

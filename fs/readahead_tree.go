@@ -57,6 +57,10 @@ const (
 	treeAdoptMax = 256
 )
 
+// treeHeld bounds the entries of the listings the tree walk is in
+// (treeScan.held); a variable for tests.
+var treeHeld = namesKept
+
 // treeScan is the directory-start state of one order.
 type treeScan struct {
 	starts  int       // directories started since the state began
@@ -70,6 +74,10 @@ type treeScan struct {
 	stack   []treePos // the walk: the listings it is in, outermost first
 	begun   bool      // the walk has its root
 	done    bool      // the walk reached the end of the tree
+	// held: the entries of the listings on the stack, which stay in
+	// memory while the walk is in them even once the readahead has let
+	// them go (evicted from ra.dirs): at most treeHeld.
+	held int
 }
 
 type treePos struct {
@@ -193,6 +201,7 @@ func (ra *readahead) walkStarts(o int) []string {
 			return nil
 		}
 		t.stack = []treePos{{l: root}}
+		t.held = len(root.ents[0])
 	}
 	var want []string
 	visited := 0 // entries visited for this open
@@ -204,6 +213,7 @@ func (ra *readahead) walkStarts(o int) []string {
 			}
 		}
 		if top.idx >= len(top.l.ents[o]) {
+			t.held -= len(top.l.ents[0])
 			t.stack = t.stack[:len(t.stack)-1]
 			continue
 		}
@@ -213,9 +223,16 @@ func (ra *readahead) walkStarts(o int) []string {
 		if !e.dir || len(t.stack) >= treeDepth {
 			continue
 		}
+		// A listing that would take the stack past treeHeld entries
+		// is not entered: a chain of directories of up to listingMax
+		// entries each, treeDepth deep, would otherwise hold 8M names
+		// beyond the readahead's own bound (found by review).
 		if sub := ra.listing(join(top.l.path, e.name)); sub != nil {
 			visited += sub.listed
-			t.stack = append(t.stack, treePos{l: sub})
+			if t.held+len(sub.ents[0]) <= treeHeld {
+				t.held += len(sub.ents[0])
+				t.stack = append(t.stack, treePos{l: sub})
+			}
 		}
 	}
 	if len(t.stack) == 0 {
