@@ -22,6 +22,11 @@ func FuzzParseHeader(f *testing.F) {
 			f.Fatal(err)
 		}
 		f.Add(slot)
+		h.Flags = FlagBranchKey | FlagBranchReadOnly // one a rewrap carried over
+		if slot, _, err = h.Seal(randomKey()); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(slot)
 	}
 	f.Add([]byte(Magic))
 	f.Add([]byte{})

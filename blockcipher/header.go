@@ -57,15 +57,26 @@ type Header struct {
 	VolumeID   [IDSize]byte
 	FileID     [IDSize]byte // the branch ID in a branch key file
 	Commitment [CommitmentSize]byte
-	Flags      uint16 // 0, or FlagBranchKey
+	Flags      uint16 // 0, FlagBranchKey, or that and FlagBranchReadOnly
 	Keys       []KeyEntry
 	MAC        [MACSize]byte
 }
 
 // FlagBranchKey marks the header of a branch key file: its entries wrap a
 // branch key, its "file ID" is the branch ID, and no block follows it
-// (docs/FORMAT.md, "Branch keys"). It is the only flag defined.
-const FlagBranchKey = 0x0001
+// (docs/FORMAT.md, "Branch keys"). FlagBranchReadOnly, only beside it,
+// says the entries wrap the key under its read-only context: a key that
+// a rewrap carried over, which unwraps the files that name it and wraps
+// no new one. They are the only flags defined.
+const (
+	FlagBranchKey      = 0x0001
+	FlagBranchReadOnly = 0x0002
+)
+
+// validFlags reports whether f is a combination of flags a header can have.
+func validFlags(f uint16) bool {
+	return f == 0 || f == FlagBranchKey || f == FlagBranchKey|FlagBranchReadOnly
+}
 
 // NewID returns a random 128-bit ID for a volume or a file.
 func NewID() [IDSize]byte {
@@ -119,7 +130,7 @@ func (h *Header) validate() error {
 	if _, err := NewLayout(h.HeaderSize, h.BlockSize, h.Version); err != nil {
 		return err
 	}
-	if h.Flags&^FlagBranchKey != 0 {
+	if !validFlags(h.Flags) {
 		return formatErr("flags", ErrUnsupportedVersion, "unknown flags %#04x", h.Flags)
 	}
 	if len(h.Keys) == 0 || len(h.Keys) > MaxKeys {
@@ -193,7 +204,7 @@ func ParseHeader(b []byte) (*Header, error) {
 	copy(h.FileID[:], b[32:48])
 	copy(h.Commitment[:], b[48:80])
 	h.Flags = binary.BigEndian.Uint16(b[80:])
-	if h.Flags&^FlagBranchKey != 0 {
+	if !validFlags(h.Flags) {
 		return nil, formatErr("flags", ErrUnsupportedVersion, "unknown flags %#04x", h.Flags)
 	}
 	n := int(b[82])

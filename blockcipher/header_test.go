@@ -39,6 +39,36 @@ func TestHeaderRoundTrip(t *testing.T) {
 	}
 }
 
+// The flags a header may have: none (a file), FlagBranchKey (a branch key
+// file), and that with FlagBranchReadOnly (one a rewrap carried over).
+// The flags are under the MAC: changing them needs the key.
+func TestHeaderFlags(t *testing.T) {
+	for _, flags := range []uint16{0, FlagBranchKey, FlagBranchKey | FlagBranchReadOnly} {
+		h := testHeader(t, 512, 4096)
+		h.Flags = flags
+		key := randomKey()
+		slot, _, err := h.Seal(key)
+		if err != nil {
+			t.Fatalf("flags %#04x: %v", flags, err)
+		}
+		got, err := ParseHeader(slot)
+		if err != nil || got.Flags != flags {
+			t.Fatalf("flags %#04x: parsed %+v, %v", flags, got, err)
+		}
+		binary.BigEndian.PutUint16(slot[80:], flags^FlagBranchReadOnly|FlagBranchKey)
+		if got, err := ParseHeader(slot); err == nil {
+			if err := got.Verify(key); !errors.Is(err, ErrHeaderAuth) {
+				t.Fatalf("flags %#04x changed to %#04x: Verify = %v, want ErrHeaderAuth", flags, got.Flags, err)
+			}
+		}
+	}
+	h := testHeader(t, 512, 4096)
+	h.Flags = FlagBranchReadOnly
+	if _, _, err := h.Seal(randomKey()); !errors.Is(err, ErrUnsupportedVersion) {
+		t.Fatalf("Seal with the read-only flag alone: %v, want ErrUnsupportedVersion", err)
+	}
+}
+
 // TestHeaderTamper flips every byte of a sealed header in turn: each flip
 // must fail parsing or authentication, never pass.
 func TestHeaderTamper(t *testing.T) {
@@ -99,7 +129,8 @@ func TestParseHeaderRejects(t *testing.T) {
 		{"trailing garbage", append(bytes.Clone(slot), 0), ErrMalformed},
 		{"block size not power of two", mut(func(b []byte) []byte { binary.BigEndian.PutUint32(b[12:], 4000); return b }), ErrMalformed},
 		{"huge header size", mut(func(b []byte) []byte { binary.BigEndian.PutUint32(b[8:], 1<<31); return b }), ErrMalformed},
-		{"unknown flag", mut(func(b []byte) []byte { b[81] = 2; return b }), ErrUnsupportedVersion},
+		{"read-only flag on a file", mut(func(b []byte) []byte { b[81] = FlagBranchReadOnly; return b }), ErrUnsupportedVersion},
+		{"unknown flag", mut(func(b []byte) []byte { b[81] = 4; return b }), ErrUnsupportedVersion},
 		{"unknown high flag", mut(func(b []byte) []byte { b[80] = 0x80; return b }), ErrUnsupportedVersion},
 		{"zero keys", mut(func(b []byte) []byte { b[82] = 0; return b }), ErrMalformed},
 		{"too many keys", mut(func(b []byte) []byte { b[82] = MaxKeys + 1; return b }), ErrMalformed},

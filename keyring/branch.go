@@ -23,6 +23,23 @@ func BranchContext(volumeID, branchID string) EncryptionContext {
 	return EncryptionContext{ContextVolume: volumeID, ContextBranch: branchID}
 }
 
+// ContextBranchUse, set to BranchUseRead, marks the context of a branch
+// key that a rewrap carried over to new keys: it unwraps the files that
+// name it and wraps no new file. The key service (or the local or age
+// wrap, which binds the whole context) holds a mount to it: an entry
+// wrapped under the read-only context opens under no other.
+const (
+	ContextBranchUse = "kmsfs:branch-use"
+	BranchUseRead    = "read"
+)
+
+// ReadOnlyBranchContext returns the context of a carried-over branch key.
+func ReadOnlyBranchContext(volumeID, branchID string) EncryptionContext {
+	ec := BranchContext(volumeID, branchID)
+	ec[ContextBranchUse] = BranchUseRead
+	return ec
+}
+
 // branchBlobVersion is the first byte of every blob Branch produces.
 const branchBlobVersion = 1
 

@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/kmsfs/kmsfs/keyring/kmstest"
+	kvolume "github.com/kmsfs/kmsfs/volume"
 )
 
 // rewrapSummary is the --json output of kmsfs rewrap (README, "Changing
@@ -367,6 +368,7 @@ func TestRewrapBranchKeys(t *testing.T) {
 	v := newVolumeIn(t, base, nil, "--branch-keys", "--local-key", filepath.Join(base, "old.key"))
 	fillVolume(t, v, n)
 	before, _ := os.ReadFile(filepath.Join(v.Dir, "f2"))
+	old := inspectEntries(t, filepath.Join(v.Dir, "f2"))[0].KeyID
 	s := runRewrap(t, v, "--local-key", filepath.Join(base, "new.key"))
 	if s.BranchKeys != 1 || s.BranchRewrap != 1 || s.Rewrapped != 0 || s.Unchanged != n {
 		t.Errorf("summary %+v: want the one branch key rewrapped and %d files unchanged", s, n)
@@ -376,6 +378,39 @@ func TestRewrapBranchKeys(t *testing.T) {
 	}
 	os.Rename(filepath.Join(base, "old.key"), filepath.Join(base, "old.key.gone"))
 	checkVolume(t, v, n)
+
+	// Carried over, the old branch key is read-only: with the key rewrap
+	// made gone (whoever writes CIPHERDIR can remove it), a new file
+	// still does not go under it.
+	for _, w := range inspectEntries(t, filepath.Join(v.Dir, kvolume.BranchStore, old)) {
+		if w.EncryptionContext["kmsfs:branch-use"] != "read" {
+			t.Errorf("the carried-over branch key's %s entry is under %v, not its read-only context", w.Keyring, w.EncryptionContext)
+		}
+	}
+	if err := os.Remove(filepath.Join(v.Dir, kvolume.BranchStore, s.NewBranchKey)); err != nil {
+		t.Fatal(err)
+	}
+	m := mountVolume(t, v)
+	writeFile(t, m.path("after"), []byte("written after the rewrap\n"))
+	m.unmount()
+	if got := inspectEntries(t, filepath.Join(v.Dir, "after"))[0].KeyID; got == old {
+		t.Errorf("a new file went under the carried-over branch key %s", old)
+	}
+	checkVolume(t, v, n)
+}
+
+// inspectEntries returns the wrapped keys kmsfs inspect prints for a
+// stored file or a branch key file.
+func inspectEntries(t *testing.T, path string) []cliWrappedJSON {
+	t.Helper()
+	out, errOut, code := run(t, nil, "inspect", path)
+	var ins struct {
+		WrappedKeys []cliWrappedJSON `json:"wrapped_keys"`
+	}
+	if err := json.Unmarshal([]byte(out), &ins); code != cliExitOK || err != nil || len(ins.WrappedKeys) == 0 {
+		t.Fatalf("inspect %s: exit %d, %v\n%s%s", path, code, err, out, errOut)
+	}
+	return ins.WrappedKeys
 }
 
 // TestMountWithoutRecoveryKey: a local recovery key moved away no longer

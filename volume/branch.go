@@ -64,6 +64,23 @@ func (v *Volume) BranchContext(id [blockcipher.IDSize]byte) keyring.EncryptionCo
 	return keyring.BranchContext(v.IDHex, hex.EncodeToString(id[:]))
 }
 
+// BranchKeyContext is the encryption context the entries of branch key
+// file h are wrapped under: the read-only one if its flags say so. The
+// flags are only a hint (whoever knows the branch key can reseal the
+// header with others): an entry opens under its own context only.
+func (v *Volume) BranchKeyContext(h *blockcipher.Header) keyring.EncryptionContext {
+	if ReadOnlyBranch(h) {
+		return keyring.ReadOnlyBranchContext(v.IDHex, hex.EncodeToString(h.FileID[:]))
+	}
+	return v.BranchContext(h.FileID)
+}
+
+// ReadOnlyBranch reports whether branch key file h says its key was
+// carried over by a rewrap, to read the files under it only.
+func ReadOnlyBranch(h *blockcipher.Header) bool {
+	return h.Flags&blockcipher.FlagBranchReadOnly != 0
+}
+
 // NewBranchHeader returns the (unsealed) header of a branch key file of
 // v: branch ID id, and the branch key's wrapped copies.
 func (v *Volume) NewBranchHeader(id [blockcipher.IDSize]byte, wrapped []keyring.WrappedKey) (*blockcipher.Header, error) {

@@ -53,10 +53,11 @@ type BranchKeyring struct {
 
 // heldBranch is an unwrapped branch key.
 type heldBranch struct {
-	b       *keyring.Branch
-	expires time.Time // guarded by BranchKeyring.mu, as the rest
-	users   int       // calls using b right now
-	dead    bool      // expired while in use: wiped by its last user
+	b        *keyring.Branch
+	readOnly bool      // unwrapped under its read-only context: wraps no new file
+	expires  time.Time // guarded by BranchKeyring.mu, as the rest
+	users    int       // calls using b right now
+	dead     bool      // expired while in use: wiped by its last user
 }
 
 // branchLoad is one unwrap that concurrent users wait for.
@@ -171,13 +172,21 @@ func (k *BranchKeyring) Load(ctx context.Context, id [blockcipher.IDSize]byte) e
 
 // activeBranch returns the branch key new files are wrapped under,
 // acquired: the newest in the store made within the rotation period that
-// unwraps and verifies, else a new one.
+// unwraps under its writable context and verifies, else a new one. A key
+// a rewrap carried over unwraps under its read-only context only, so
+// whatever the store's dates say (a writer of CIPHERDIR sets them), no
+// such key wraps a new file (found by review: one planted for a recovery
+// recipient and carried over became the newest again once the key
+// rewrap made was deleted).
 func (k *BranchKeyring) activeBranch(ctx context.Context) (*heldBranch, error) {
 	k.mu.Lock()
 	if a := k.active; a != nil && k.now().Sub(BranchCreated(*a)) < k.rotation {
 		k.mu.Unlock()
 		if h, err := k.acquire(ctx, *a); err == nil {
-			return h, nil
+			if !h.readOnly {
+				return h, nil
+			}
+			k.release(h)
 		}
 	} else {
 		k.mu.Unlock()
@@ -204,8 +213,11 @@ func (k *BranchKeyring) activeBranch(ctx context.Context) (*heldBranch, error) {
 		}
 		tried++
 		if h, err := k.acquire(ctx, id); err == nil {
-			k.setActive(id)
-			return h, nil
+			if !h.readOnly {
+				k.setActive(id)
+				return h, nil
+			}
+			k.release(h)
 		}
 	}
 	return k.create(ctx)
@@ -325,7 +337,7 @@ func (k *BranchKeyring) acquire(ctx context.Context, id [blockcipher.IDSize]byte
 		l := &branchLoad{done: make(chan struct{})}
 		k.loading[id] = l
 		k.mu.Unlock()
-		b, err := k.unwrap(ctx, id)
+		b, readOnly, err := k.unwrap(ctx, id)
 		k.mu.Lock()
 		delete(k.loading, id)
 		l.err = err
@@ -341,28 +353,29 @@ func (k *BranchKeyring) acquire(ctx context.Context, id [blockcipher.IDSize]byte
 		if old := k.held[id]; old != nil {
 			k.retire(old)
 		}
-		k.held[id] = &heldBranch{b: b, expires: k.now().Add(k.ttl)}
+		k.held[id] = &heldBranch{b: b, readOnly: readOnly, expires: k.now().Add(k.ttl)}
 	}
 }
 
 // unwrap reads the key file of branch id, unwraps it with the inner
-// keyring and verifies it.
-func (k *BranchKeyring) unwrap(ctx context.Context, id [blockcipher.IDSize]byte) (*keyring.Branch, error) {
+// keyring and verifies it. readOnly: it was unwrapped under its read-only
+// context (a key a rewrap carried over), so it wraps no new file.
+func (k *BranchKeyring) unwrap(ctx context.Context, id [blockcipher.IDSize]byte) (b *keyring.Branch, readOnly bool, err error) {
 	h, err := k.vol.ReadBranch(id)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	k.unwraps.Add(1)
 	k.calls.Add(1)
-	dk, err := k.inner.Decrypt(ctx, onePerKeyring(Entries(h)), k.vol.BranchContext(id))
+	dk, err := k.inner.Decrypt(ctx, onePerKeyring(Entries(h)), k.vol.BranchKeyContext(h))
 	if err != nil {
-		return nil, fmt.Errorf("unwrap branch key %x: %w", id, err)
+		return nil, false, fmt.Errorf("unwrap branch key %x: %w", id, err)
 	}
 	if err := h.Verify(dk.Bytes()); err != nil {
 		dk.Wipe()
-		return nil, fmt.Errorf("branch key %x: %w", id, err)
+		return nil, false, fmt.Errorf("branch key %x: %w", id, err)
 	}
-	return keyring.NewBranch(hex.EncodeToString(id[:]), dk), nil
+	return keyring.NewBranch(hex.EncodeToString(id[:]), dk), ReadOnlyBranch(h), nil
 }
 
 // onePerKeyring drops every entry but the first of each keyring (kind

@@ -424,6 +424,107 @@ func TestBranchKeyringTopBitName(t *testing.T) {
 	}
 }
 
+// carryOver rewraps branch key id as kmsfs rewrap does, to the same local
+// key: RewrapBranch makes it read-only.
+func carryOver(t *testing.T, v *Volume, l *keyring.Local, id [blockcipher.IDSize]byte) {
+	t.Helper()
+	ctx := context.Background()
+	wrote, err := v.RewrapBranch(id, Rewrap{
+		Done: func([]keyring.WrappedKey) bool { return false },
+		Unwrap: func(h *blockcipher.Header) (*keyring.DataKey, error) {
+			return l.Decrypt(ctx, Entries(h), v.BranchKeyContext(h))
+		},
+		Entries: func(h *blockcipher.Header, dk *keyring.DataKey) ([]keyring.WrappedKey, error) {
+			w, err := l.Wrap(ctx, dk, v.BranchKeyContext(h))
+			return []keyring.WrappedKey{w}, err
+		},
+	})
+	if err != nil || !wrote {
+		t.Fatalf("rewrap of branch key %x: wrote %v, %v", id, wrote, err)
+	}
+	h, err := v.ReadBranch(id)
+	if err != nil || !ReadOnlyBranch(h) {
+		t.Fatalf("branch key %x after its rewrap: %v, read-only %v", id, err, err == nil && ReadOnlyBranch(h))
+	}
+}
+
+// A branch key a rewrap carried over (a recovery cannot tell one planted
+// for its recipient from a genuine one) reads the files under it and
+// wraps no new file, whatever the store's dates say. Found by review:
+// with dates alone, deleting the key rewrap made last (Rotate) made the
+// carried-over key, dated a few minutes ahead, the newest again. Its
+// flag is a hint only: whoever knows the key can reseal its file without
+// it, and then it does not unwrap at all.
+func TestBranchKeyringCarriedOverReadsOnly(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	v := branchVolume(t, dir, l)
+	c := &clock{t: time.Now()}
+
+	c.advance(4 * time.Minute)
+	files := newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 2)
+	c.advance(-4 * time.Minute)
+	carriedHex := files[0].wrapped[0].KeyID
+	raw, _ := hex.DecodeString(carriedHex)
+	carried := [blockcipher.IDSize]byte(raw)
+	carryOver(t, v, l, carried)
+	checkBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), files)
+
+	rotated, err := newTestBranchKeyring(t, v, l, time.Hour, c).Rotate(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, BranchStore, hex.EncodeToString(rotated[:]))); err != nil {
+		t.Fatal(err)
+	}
+	if got := newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 1)[0].wrapped[0].KeyID; got == carriedHex {
+		t.Fatal("with the key rewrap made gone, new files go under the carried-over key")
+	}
+
+	// Resealed without the flag by whoever knows the key: its entry
+	// opens under the read-only context only.
+	h, err := v.ReadBranch(carried)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, err := l.Decrypt(context.Background(), Entries(h), v.BranchKeyContext(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Flags = blockcipher.FlagBranchKey
+	slot, cph, err := h.Seal(dk.Bytes())
+	dk.Wipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cph.Wipe()
+	for _, id := range mustIDs(t, v) {
+		if id != carried {
+			os.Remove(filepath.Join(dir, BranchStore, hex.EncodeToString(id[:])))
+		}
+	}
+	os.Remove(filepath.Join(dir, BranchStore, carriedHex))
+	if err := v.WriteBranch(carried, slot); err != nil {
+		t.Fatal(err)
+	}
+	k := newTestBranchKeyring(t, v, l, time.Hour, c)
+	if got := newBranchFiles(t, k, v, 1)[0].wrapped[0].KeyID; got == carriedHex {
+		t.Fatal("resealed without its read-only flag, the carried-over key wraps new files")
+	}
+	if _, err := k.Decrypt(context.Background(), files[0].wrapped, files[0].ec); err == nil {
+		t.Fatal("resealed without its read-only flag, the carried-over key still unwraps")
+	}
+}
+
+func mustIDs(t *testing.T, v *Volume) [][blockcipher.IDSize]byte {
+	t.Helper()
+	ids, err := v.BranchIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
 // entryCounter counts the calls that reach a keyring and the entries they
 // carry: with an aws-kms keyring, each entry naming its key is a KMS call.
 type entryCounter struct {

@@ -131,7 +131,7 @@ func (v *Volume) readHeader(r io.ReaderAt, storedSize int64, branchKey bool) (*b
 	if h.Version != v.Layout.Version {
 		return nil, fmt.Errorf("header has version %d, the volume's files version %d: %w", h.Version, v.Layout.Version, blockcipher.ErrHeaderAuth)
 	}
-	if branchKey != (h.Flags == blockcipher.FlagBranchKey) {
+	if branchKey != (h.Flags&blockcipher.FlagBranchKey != 0) {
 		return nil, fmt.Errorf("header flags %#04x where a %s was expected: %w", h.Flags, map[bool]string{true: "branch key", false: "file"}[branchKey], blockcipher.ErrHeaderAuth)
 	}
 	for _, k := range h.Keys {

@@ -131,6 +131,13 @@ func sameEntries(a, b *blockcipher.Header) bool {
 // branch key file is one slot and nothing else, so it is replaced whole
 // (a temporary file in the store, fsync, rename over it), needing no
 // record. It reports whether it wrote.
+//
+// The key it writes is read-only (FlagBranchReadOnly): rw.Entries gets
+// the header with that flag, and so wraps under the read-only context
+// (BranchKeyContext), and, for a key that was not read-only yet, with no
+// entries, so that none is kept or moved under the writable context. A
+// rewrap cannot tell a branch key planted for a recovery recipient from a
+// genuine one; so carried over, neither wraps a new file again.
 func (v *Volume) RewrapBranch(id [blockcipher.IDSize]byte, rw Rewrap) (bool, error) {
 	h, err := v.ReadBranch(id)
 	if err != nil {
@@ -144,7 +151,12 @@ func (v *Volume) RewrapBranch(id [blockcipher.IDSize]byte, rw Rewrap) (bool, err
 		return false, fmt.Errorf("branch key %x: %w", id, err)
 	}
 	defer dk.Wipe()
-	nh, slot, err := v.resealed(h, dk, rw)
+	ro := *h
+	if !ReadOnlyBranch(h) {
+		ro.Flags |= blockcipher.FlagBranchReadOnly
+		ro.Keys = nil
+	}
+	nh, slot, err := v.resealed(&ro, dk, rw)
 	if err != nil {
 		return false, fmt.Errorf("branch key %x: %w", id, err)
 	}

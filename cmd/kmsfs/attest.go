@@ -38,7 +38,7 @@ func attest(ctx context.Context, vol *volume.Volume, members []keyring.Keyring) 
 		if err != nil || !carriesAll(h, vol.Config.Keyrings) {
 			continue
 		}
-		if err := unwrapEach(ctx, h, vol.BranchContext(id), members); err != nil {
+		if err := unwrapEach(ctx, h, vol.BranchKeyContext(h), members); err != nil {
 			keyErr = err
 			continue
 		}

@@ -88,11 +88,14 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 		WrappedKeys:   []wrappedJSON{},
 	}
 	ec := keyring.FileContext(out.VolumeID, out.FileID)
-	if h.Flags == blockcipher.FlagBranchKey {
+	if h.Flags&blockcipher.FlagBranchKey != 0 {
 		out.FileID, out.BranchID = "", hex.EncodeToString(h.FileID[:])
 		out.BranchCreated = volume.BranchCreated(h.FileID).UTC().Format(time.RFC3339Nano)
 		out.PlaintextSize = 0
 		ec = keyring.BranchContext(out.VolumeID, out.BranchID)
+		if volume.ReadOnlyBranch(h) {
+			ec = keyring.ReadOnlyBranchContext(out.VolumeID, out.BranchID)
+		}
 	}
 	for _, k := range volume.Entries(h) {
 		w := wrappedJSON{

@@ -420,8 +420,10 @@ func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) err
 		return fail(exitVolume, "list the branch keys of %s: %v", r.vol.Dir, err)
 	}
 	r.summary.Files, r.summary.BranchKeys = len(files), len(branches)
-	bctx := func(id [blockcipher.IDSize]byte) func(*blockcipher.Header) keyring.EncryptionContext {
-		return func(*blockcipher.Header) keyring.EncryptionContext { return r.vol.BranchContext(id) }
+	// The context the header's flags name: a key file is unwrapped under
+	// its own, and rewritten read-only (volume.RewrapBranch).
+	bctx := func([blockcipher.IDSize]byte) func(*blockcipher.Header) keyring.EncryptionContext {
+		return r.vol.BranchKeyContext
 	}
 	now := time.Now()
 	for _, id := range branches {
