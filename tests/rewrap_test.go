@@ -393,8 +393,23 @@ func TestRewrapBranchKeys(t *testing.T) {
 	m := mountVolume(t, v)
 	writeFile(t, m.path("after"), []byte("written after the rewrap\n"))
 	m.unmount()
-	if got := inspectEntries(t, filepath.Join(v.Dir, "after"))[0].KeyID; got == old {
+	made := inspectEntries(t, filepath.Join(v.Dir, "after"))[0].KeyID
+	if made == old {
 		t.Errorf("a new file went under the carried-over branch key %s", old)
+	}
+	checkVolume(t, v, n)
+
+	// Run again with the same keys (what a volume recovered by a kmsfs
+	// before read-only keys needs): the writable key the mount made is
+	// under them already, and is made read-only all the same.
+	s = runRewrap(t, v, "--local-key", filepath.Join(base, "new.key"))
+	if s.BranchRewrap != 1 || s.NewBranchKey == "" {
+		t.Errorf("second rewrap, summary %+v: want the mount's writable branch key rewrapped and a new one made", s)
+	}
+	for _, w := range inspectEntries(t, filepath.Join(v.Dir, kvolume.BranchStore, made)) {
+		if w.EncryptionContext["kmsfs:branch-use"] != "read" {
+			t.Errorf("after the second rewrap, branch key %s's %s entry is under %v", made, w.Keyring, w.EncryptionContext)
+		}
 	}
 	checkVolume(t, v, n)
 }

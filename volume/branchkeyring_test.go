@@ -516,6 +516,39 @@ func TestBranchKeyringCarriedOverReadsOnly(t *testing.T) {
 	}
 }
 
+// A writable key file whose entries are the new keyrings' already (the
+// key the last rewrap made, or one a kmsfs before read-only keys carried
+// over) is rewritten read-only all the same; a read-only one under them
+// is done (found by review: Done alone left the first writable).
+func TestRewrapBranchDoneOnlyWhenReadOnly(t *testing.T) {
+	dir := t.TempDir()
+	l := testLocal(t)
+	v := branchVolume(t, dir, l)
+	c := &clock{t: time.Now()}
+	raw, _ := hex.DecodeString(newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 1)[0].wrapped[0].KeyID)
+	id := [blockcipher.IDSize]byte(raw)
+	ctx := context.Background()
+	rw := Rewrap{
+		Done: func([]keyring.WrappedKey) bool { return true },
+		Unwrap: func(h *blockcipher.Header) (*keyring.DataKey, error) {
+			return l.Decrypt(ctx, Entries(h), v.BranchKeyContext(h))
+		},
+		Entries: func(h *blockcipher.Header, dk *keyring.DataKey) ([]keyring.WrappedKey, error) {
+			w, err := l.Wrap(ctx, dk, v.BranchKeyContext(h))
+			return []keyring.WrappedKey{w}, err
+		},
+	}
+	for i, want := range []bool{true, false} {
+		wrote, err := v.RewrapBranch(id, rw)
+		if err != nil || wrote != want {
+			t.Fatalf("rewrap %d of a key file under the new keyrings already: wrote %v, %v; want %v", i+1, wrote, err, want)
+		}
+		if h, err := v.ReadBranch(id); err != nil || !ReadOnlyBranch(h) {
+			t.Fatalf("after rewrap %d: %v, read-only %v", i+1, err, err == nil && ReadOnlyBranch(h))
+		}
+	}
+}
+
 func mustIDs(t *testing.T, v *Volume) [][blockcipher.IDSize]byte {
 	t.Helper()
 	ids, err := v.BranchIDs()

@@ -143,7 +143,11 @@ func (v *Volume) RewrapBranch(id [blockcipher.IDSize]byte, rw Rewrap) (bool, err
 	if err != nil {
 		return false, err
 	}
-	if rw.Done(Entries(h)) {
+	// Done only once read-only too: a key file under the new keyrings
+	// already, but writable (the key the last rewrap made, or one a
+	// kmsfs before read-only keys carried over), is rewritten read-only
+	// like any other (found by review).
+	if ReadOnlyBranch(h) && rw.Done(Entries(h)) {
 		return false, nil
 	}
 	dk, err := openWith(h, rw.Unwrap)

@@ -636,7 +636,7 @@ func rewrapDryRun(vol *volume.Volume, f *rewrapFlags, stdout io.Writer) error {
 	ids, _ := vol.BranchIDs()
 	s.BranchKeys = len(ids)
 	for _, id := range ids {
-		if h, err := vol.ReadBranch(id); err == nil && !r.done(volume.Entries(h)) {
+		if h, err := vol.ReadBranch(id); err == nil && !(volume.ReadOnlyBranch(h) && r.done(volume.Entries(h))) {
 			s.BranchRewrap++
 		}
 	}
