@@ -206,7 +206,10 @@ func (f File) rewrite(idx uint64, plain []byte, last bool, padTo int) error {
 
 // putInPlace writes a record's block at its place, padded with zeros to
 // its padTo but, when storedSize is not -1, not past the end of the stored
-// file of storedSize bytes: settling a record never makes a file longer.
+// file of storedSize bytes: its padding never makes a file longer. The
+// block itself may, where the record finishes a rewrite that grew the
+// final block (a truncate growing the file inside it) and was torn in
+// place before the file grew (found by FuzzReadJournal).
 func (f File) putInPlace(r journalRec, storedSize int64) error {
 	at := f.C.Layout().BlockToCipherOff(r.idx)
 	padTo := r.padTo
