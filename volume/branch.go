@@ -69,10 +69,16 @@ func (v *Volume) BranchContext(id [blockcipher.IDSize]byte) keyring.EncryptionCo
 // flags are only a hint (whoever knows the branch key can reseal the
 // header with others): an entry opens under its own context only.
 func (v *Volume) BranchKeyContext(h *blockcipher.Header) keyring.EncryptionContext {
+	return BranchKeyContextOf(v.IDHex, h)
+}
+
+// BranchKeyContextOf is BranchKeyContext for the volume whose ID is
+// volumeID (lowercase hex), for a reader without its config (inspect).
+func BranchKeyContextOf(volumeID string, h *blockcipher.Header) keyring.EncryptionContext {
 	if ReadOnlyBranch(h) {
-		return keyring.ReadOnlyBranchContext(v.IDHex, hex.EncodeToString(h.FileID[:]))
+		return keyring.ReadOnlyBranchContext(volumeID, hex.EncodeToString(h.FileID[:]))
 	}
-	return v.BranchContext(h.FileID)
+	return keyring.BranchContext(volumeID, hex.EncodeToString(h.FileID[:]))
 }
 
 // ReadOnlyBranch reports whether branch key file h says its key was

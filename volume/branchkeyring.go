@@ -132,8 +132,8 @@ func (k *BranchKeyring) GenerateDataKey(ctx context.Context, ec keyring.Encrypti
 	return h.b.GenerateDataKey(ctx, ec)
 }
 
-// Decrypt unwraps a file's data key under the branch key an entry names;
-// a header without branch entries goes to the inner keyring.
+// Decrypt unwraps a file's data key under the branch key its first branch
+// entry names; a header without branch entries goes to the inner keyring.
 func (k *BranchKeyring) Decrypt(ctx context.Context, wrapped []keyring.WrappedKey, ec keyring.EncryptionContext) (*keyring.DataKey, error) {
 	defer k.markServed(ctx, k.calls.Load())
 	// The first branch entry only: a header kmsfs writes holds one. A

@@ -424,13 +424,12 @@ func TestBranchKeyringTopBitName(t *testing.T) {
 	}
 }
 
-// carryOver rewraps branch key id as kmsfs rewrap does, to the same local
-// key: RewrapBranch makes it read-only.
-func carryOver(t *testing.T, v *Volume, l *keyring.Local, id [blockcipher.IDSize]byte) {
-	t.Helper()
+// localRewrap is the Rewrap kmsfs rewrap makes for branch key files, to
+// the same local key: done reports what Done says of any entries.
+func localRewrap(v *Volume, l *keyring.Local, done bool) Rewrap {
 	ctx := context.Background()
-	wrote, err := v.RewrapBranch(id, Rewrap{
-		Done: func([]keyring.WrappedKey) bool { return false },
+	return Rewrap{
+		Done: func([]keyring.WrappedKey) bool { return done },
 		Unwrap: func(h *blockcipher.Header) (*keyring.DataKey, error) {
 			return l.Decrypt(ctx, Entries(h), v.BranchKeyContext(h))
 		},
@@ -438,7 +437,24 @@ func carryOver(t *testing.T, v *Volume, l *keyring.Local, id [blockcipher.IDSize
 			w, err := l.Wrap(ctx, dk, v.BranchKeyContext(h))
 			return []keyring.WrappedKey{w}, err
 		},
-	})
+	}
+}
+
+// branchIDOf returns the branch ID a branch-wrapped entry names.
+func branchIDOf(t *testing.T, w keyring.WrappedKey) [blockcipher.IDSize]byte {
+	t.Helper()
+	id, ok := parseBranchName(w.KeyID)
+	if !ok {
+		t.Fatalf("entry names %q, not a branch ID", w.KeyID)
+	}
+	return id
+}
+
+// carryOver rewraps branch key id as kmsfs rewrap does, to the same local
+// key: RewrapBranch makes it read-only.
+func carryOver(t *testing.T, v *Volume, l *keyring.Local, id [blockcipher.IDSize]byte) {
+	t.Helper()
+	wrote, err := v.RewrapBranch(id, localRewrap(v, l, false))
 	if err != nil || !wrote {
 		t.Fatalf("rewrap of branch key %x: wrote %v, %v", id, wrote, err)
 	}
@@ -465,8 +481,7 @@ func TestBranchKeyringCarriedOverReadsOnly(t *testing.T) {
 	files := newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 2)
 	c.advance(-4 * time.Minute)
 	carriedHex := files[0].wrapped[0].KeyID
-	raw, _ := hex.DecodeString(carriedHex)
-	carried := [blockcipher.IDSize]byte(raw)
+	carried := branchIDOf(t, files[0].wrapped[0])
 	carryOver(t, v, l, carried)
 	checkBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), files)
 
@@ -525,19 +540,8 @@ func TestRewrapBranchDoneOnlyWhenReadOnly(t *testing.T) {
 	l := testLocal(t)
 	v := branchVolume(t, dir, l)
 	c := &clock{t: time.Now()}
-	raw, _ := hex.DecodeString(newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 1)[0].wrapped[0].KeyID)
-	id := [blockcipher.IDSize]byte(raw)
-	ctx := context.Background()
-	rw := Rewrap{
-		Done: func([]keyring.WrappedKey) bool { return true },
-		Unwrap: func(h *blockcipher.Header) (*keyring.DataKey, error) {
-			return l.Decrypt(ctx, Entries(h), v.BranchKeyContext(h))
-		},
-		Entries: func(h *blockcipher.Header, dk *keyring.DataKey) ([]keyring.WrappedKey, error) {
-			w, err := l.Wrap(ctx, dk, v.BranchKeyContext(h))
-			return []keyring.WrappedKey{w}, err
-		},
-	}
+	id := branchIDOf(t, newBranchFiles(t, newTestBranchKeyring(t, v, l, time.Hour, c), v, 1)[0].wrapped[0])
+	rw := localRewrap(v, l, true)
 	for i, want := range []bool{true, false} {
 		wrote, err := v.RewrapBranch(id, rw)
 		if err != nil || wrote != want {

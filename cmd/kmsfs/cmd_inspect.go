@@ -92,10 +92,7 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 		out.FileID, out.BranchID = "", hex.EncodeToString(h.FileID[:])
 		out.BranchCreated = volume.BranchCreated(h.FileID).UTC().Format(time.RFC3339Nano)
 		out.PlaintextSize = 0
-		ec = keyring.BranchContext(out.VolumeID, out.BranchID)
-		if volume.ReadOnlyBranch(h) {
-			ec = keyring.ReadOnlyBranchContext(out.VolumeID, out.BranchID)
-		}
+		ec = volume.BranchKeyContextOf(out.VolumeID, h)
 	}
 	for _, k := range volume.Entries(h) {
 		w := wrappedJSON{

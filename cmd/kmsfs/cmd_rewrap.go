@@ -420,14 +420,12 @@ func (r *rewrapRun) run(ctx context.Context, parallel int, stderr io.Writer) err
 		return fail(exitVolume, "list the branch keys of %s: %v", r.vol.Dir, err)
 	}
 	r.summary.Files, r.summary.BranchKeys = len(files), len(branches)
-	// The context the header's flags name: a key file is unwrapped under
-	// its own, and rewritten read-only (volume.RewrapBranch).
-	bctx := func([blockcipher.IDSize]byte) func(*blockcipher.Header) keyring.EncryptionContext {
-		return r.vol.BranchKeyContext
-	}
 	now := time.Now()
 	for _, id := range branches {
-		rw := r.rewrapFor(ctx, bctx(id))
+		// Under the context the header's flags name: a key file is
+		// unwrapped under its own, and rewritten read-only
+		// (volume.RewrapBranch).
+		rw := r.rewrapFor(ctx, r.vol.BranchKeyContext)
 		created := volume.BranchCreated(id)
 		if created.Sub(now) >= volume.MaxBranchClockSkew {
 			// Checked once it unwraps: a file that does not is left
