@@ -6,7 +6,10 @@ package tests
 // testdata/volume-v1 (format version 1, a per-file volume),
 // testdata/volume-v2-branch (format version 2, branch keys), and
 // testdata/volume-v3 and volume-v3-branch (format version 3: header
-// version 2, XAES-256-GCM blocks).
+// version 2, XAES-256-GCM blocks), and volume-v3-branch-rewrapped
+// (volume-v3-branch's content after a kmsfs rewrap to another local key:
+// its files' branch key is read-only, docs/FORMAT.md "Read-only branch
+// keys").
 //
 // Never regenerate a committed one; a new format version adds a new one:
 //
@@ -40,6 +43,9 @@ type frozenVolume struct {
 	name      string
 	version   int
 	initFlags []string
+	// rewrap: after writing, the generator runs kmsfs rewrap to a new
+	// local key, which the committed key file is.
+	rewrap bool
 }
 
 var frozenVolumes = []frozenVolume{
@@ -47,6 +53,7 @@ var frozenVolumes = []frozenVolume{
 	{name: "volume-v2-branch", version: 2, initFlags: []string{"--branch-keys"}},
 	{name: "volume-v3", version: 3},
 	{name: "volume-v3-branch", version: 3, initFlags: []string{"--branch-keys"}},
+	{name: "volume-v3-branch-rewrapped", version: 3, initFlags: []string{"--branch-keys"}, rewrap: true},
 }
 
 func (f frozenVolume) dir() string      { return "testdata/" + f.name }
@@ -205,6 +212,55 @@ func frozenCheck(t *testing.T, fv frozenVolume) {
 	if got := readFile(t, m.path("new")); string(got) != "written by this kmsfs" {
 		t.Errorf("new file reads %q", got)
 	}
+	if fv.rewrap {
+		if err := m.unmount(); err != nil {
+			t.Fatalf("unmount: %v", err)
+		}
+		frozenCheckReadOnlyBranch(t, cipher)
+	}
+}
+
+// frozenCheckReadOnlyBranch checks a rewrapped branch-key volume: its
+// files name a branch key file marked read-only, whose wrap is under the
+// read context, and the file a mount wrote after is under the writable
+// branch key the rewrap made.
+func frozenCheckReadOnlyBranch(t *testing.T, cipher string) {
+	t.Helper()
+	type inspected struct {
+		BranchID    string `json:"branch_id"`
+		WrappedKeys []struct {
+			Keyring           string            `json:"keyring"`
+			KeyID             string            `json:"key_id"`
+			EncryptionContext map[string]string `json:"encryption_context"`
+		} `json:"wrapped_keys"`
+	}
+	inspect := func(path string) inspected {
+		out, errOut, code := run(t, nil, "inspect", path)
+		var res inspected
+		if code != cliExitOK || json.Unmarshal([]byte(out), &res) != nil || len(res.WrappedKeys) == 0 {
+			t.Fatalf("inspect %s: exit %d\n%s%s", path, code, out, errOut)
+		}
+		return res
+	}
+	branchOf := func(name string) string {
+		w := inspect(filepath.Join(cipher, name)).WrappedKeys[0]
+		if w.Keyring != "branch" {
+			t.Fatalf("%s is wrapped by keyring %q, want branch", name, w.Keyring)
+		}
+		return w.KeyID
+	}
+	old, written := branchOf("one-byte"), branchOf("new")
+	if old == written {
+		t.Errorf("the new file went under the rewrapped volume's carried-over branch key %s", old)
+	}
+	for id, wantUse := range map[string]string{old: "read", written: ""} {
+		bk := inspect(filepath.Join(cipher, ".kmsfs", "branch", id))
+		for _, w := range bk.WrappedKeys {
+			if use := w.EncryptionContext["kmsfs:branch-use"]; use != wantUse || w.EncryptionContext["kmsfs:branch"] != id {
+				t.Errorf("branch key file %s: an entry's context %v, want kmsfs:branch %s and kmsfs:branch-use %q", id, w.EncryptionContext, id, wantUse)
+			}
+		}
+	}
 }
 
 // frozenCopy copies the frozen volume to a temporary directory (cp -a, so
@@ -339,6 +395,12 @@ func frozenGenerate(t *testing.T, fv frozenVolume) {
 	}
 	if err := m.unmount(); err != nil {
 		t.Fatalf("unmount: %v", err)
+	}
+	if fv.rewrap {
+		keyFile = filepath.Join(base, fv.name+".new.key")
+		if out, errOut, code := run(t, v.Env, "rewrap", "--local-key", keyFile, v.Dir); code != cliExitOK {
+			t.Fatalf("rewrap: exit %d\n%s%s", code, out, errOut)
+		}
 	}
 
 	var manifest strings.Builder
