@@ -464,12 +464,16 @@ func (l *listing) startedAt(o int) bool {
 
 // extend keeps c's window of keys asked for ahead of the reader, walking
 // on once readaheadBatch of them were used, and doubles the window each
-// time the reader has used half of it.
+// time the reader has used half of it. A directory start's window grows
+// too (it never walks past its directory): a reader taken for one that
+// starts directories may read a whole large directory in order, and a
+// window held at treeWindow kept 8 keys in flight (found by the
+// benchmark: 10k files at 10 ms took 15.7 s in place of 2.5).
 func (ra *readahead) extend(c *chain) []string {
 	if c.done {
 		return nil
 	}
-	if c.grown >= c.window/2 && !c.confined {
+	if c.grown >= c.window/2 {
 		c.window, c.grown = min(2*c.window, readaheadMax), 0
 	}
 	if n := c.window - c.ahead; n >= min(readaheadBatch, c.window) {

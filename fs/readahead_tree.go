@@ -27,9 +27,12 @@ import (
 // row counts as that many starts. Then:
 //   - a directory it opens at its first file starts a confined scan at
 //     once: the next treeWindow files of that directory, topped up as
-//     they are used, and never beyond the directory (the reader comes
-//     back to it later, not to what follows it); walks started earlier
-//     stay in their directories too;
+//     they are used, the window doubling as a scan's does each time the
+//     reader has used half of it (a whole directory read in order, such
+//     as a serial read of 10k files right after md5sum -c, needs
+//     readaheadMax keys in flight), and never beyond the directory (the
+//     reader comes back to it later, not to what follows it); walks
+//     started earlier stay in their directories too;
 //   - a walk of the whole tree, depth first in that order, asks for the
 //     first file of each directory not started yet, so that entering one
 //     costs no round trip either. Its keys asked for and not used stay
