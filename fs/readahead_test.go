@@ -136,6 +136,18 @@ func mustOK(t *testing.T, err error) {
 	}
 }
 
+// dirOfFiles returns a backing directory holding a directory "a" of n
+// empty files, f0000 and on.
+func dirOfFiles(t *testing.T, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	mustOK(t, os.Mkdir(filepath.Join(dir, "a"), 0o755))
+	for i := range n {
+		mustOK(t, os.WriteFile(filepath.Join(dir, "a", fmt.Sprintf("f%04d", i)), nil, 0o644))
+	}
+	return dir
+}
+
 // testReadahead returns a readahead over the backing directory dir.
 func testReadahead(t *testing.T, dir string) *readahead {
 	t.Helper()
@@ -154,13 +166,8 @@ func testReadahead(t *testing.T, dir string) *readahead {
 // starting (found by the benchmark: 8 readers of 10k files at 10 ms got
 // no key ahead in some rounds, 15 s instead of 3).
 func TestReadaheadConcurrentReadersAgainstListingOrder(t *testing.T) {
-	dir := t.TempDir()
-	mustOK(t, os.Mkdir(filepath.Join(dir, "a"), 0o755))
 	const files = 200
-	for i := range files {
-		mustOK(t, os.WriteFile(filepath.Join(dir, "a", fmt.Sprintf("f%04d", i)), nil, 0o644))
-	}
-	ra := testReadahead(t, dir)
+	ra := testReadahead(t, dirOfFiles(t, files))
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
 	l := ra.listing("a")
@@ -200,13 +207,8 @@ func TestReadaheadConcurrentReadersAgainstListingOrder(t *testing.T) {
 // of 2.5 (found by the benchmark, in the rounds whose create was fast
 // enough to begin the read within chainIdle of the tree's last start).
 func TestReadaheadDirectoryStartWindowGrows(t *testing.T) {
-	dir := t.TempDir()
-	mustOK(t, os.Mkdir(filepath.Join(dir, "a"), 0o755))
 	const files = 400
-	for i := range files {
-		mustOK(t, os.WriteFile(filepath.Join(dir, "a", fmt.Sprintf("f%04d", i)), nil, 0o644))
-	}
-	ra := testReadahead(t, dir)
+	ra := testReadahead(t, dirOfFiles(t, files))
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
 	const o = 1 // name order
